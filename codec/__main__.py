@@ -1,0 +1,177 @@
+"""Command line: `python -m codec {eval,encode,decode,info} ...`.
+
+Errors a user can cause (bad file, bad spec, damaged bitstream) print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from codec.errors import CodecError
+
+EXIT_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        return args.run(args)
+    except CodecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not the user's fault: one line unless --debug
+        if args.debug:
+            raise
+        print(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m codec", description="DiffVC Studio codec library")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="rate-distortion sweep of codecs over QPs on one clip")
+    ev.add_argument("input", type=Path)
+    ev.add_argument("--codecs", nargs="+", required=True, metavar="SPEC",
+                    help="codec specs, e.g. x265 x265:preset=veryslow av1; BD-rate is against the first")
+    ev.add_argument("--qps", nargs="+", type=int, required=True, metavar="Q")
+    _add_clip_args(ev)
+    ev.add_argument("--metrics", nargs="+", metavar="M", help="subset of psnr psnr_y ms_ssim lpips dists")
+    ev.add_argument("--out", type=Path, help="output folder (default out/eval-<clip>)")
+    ev.add_argument("--cache", type=Path, help="result cache folder (default under ~/.cache/diffvc-studio)")
+    ev.add_argument("--force", action="store_true", help="recompute cached results")
+    ev.add_argument("--device", default="cpu", help="metric and neural-codec device (cpu, cuda)")
+    ev.set_defaults(run=_cmd_eval)
+
+    enc = sub.add_parser("encode", help="encode a clip to a bitstream file")
+    enc.add_argument("input", type=Path)
+    enc.add_argument("-o", "--output", type=Path, required=True)
+    enc.add_argument("--codec", default="x265", metavar="SPEC")
+    enc.add_argument("--qp", type=int, required=True)
+    _add_clip_args(enc)
+    enc.add_argument("--recon", type=Path, help="also write the encoder-side reconstruction (.y4m or .mp4)")
+    enc.set_defaults(run=_cmd_encode)
+
+    dec = sub.add_parser("decode", help="decode a bitstream file to .mp4 or .y4m")
+    dec.add_argument("input", type=Path)
+    dec.add_argument("-o", "--output", type=Path, required=True)
+    dec.add_argument("--codec", metavar="SPEC", help="codec spec (default: recognised from the stream)")
+    dec.set_defaults(run=_cmd_decode)
+
+    info = sub.add_parser("info", help="codecs usable here, model packs, metric weights, device")
+    info.set_defaults(run=_cmd_info)
+    return parser
+
+
+def _add_clip_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frames", type=int, help="number of frames (default: all)")
+    p.add_argument("--start", type=int, default=0, help="first frame index")
+    p.add_argument("--size", help="resize to WIDTHxHEIGHT")
+
+
+def _read_clip(args: argparse.Namespace):
+    from codec.video import parse_size, read_video
+
+    return read_video(args.input, start=args.start, frames=args.frames, size=parse_size(args.size))
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from codec.eval import EvalRequest, evaluate
+    from codec.eval.report import bd_rate_table, results_frame, write_results
+    from codec.metrics import METRICS
+    from codec.weights import cache_root
+
+    video = _read_clip(args)
+    request = EvalRequest(
+        video=video, specs=args.codecs, qps=sorted(set(args.qps)), source=args.input.name, start=args.start,
+        metrics=tuple(args.metrics or METRICS), device=args.device,
+        cache_dir=args.cache or cache_root() / "eval-cache", force=args.force,
+    )
+    with tqdm(total=len(args.codecs) * len(request.qps), file=sys.stderr, unit="job") as bar:
+        def progress(done: int, total: int, label: str) -> None:
+            bar.set_postfix_str(label)
+            bar.update(1)
+
+        rows = evaluate(request, progress)
+    out = args.out or Path("out") / f"eval-{args.input.stem}"
+    paths = write_results(rows, out)
+    columns = ["spec", "qp", "bpp", *request.metrics, "enc_fps", "dec_fps"]
+    print(results_frame(rows)[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    table = bd_rate_table(rows, request.metrics)
+    if len(table):
+        print(f"\nBD-rate (%) against {args.codecs[0]}:")
+        print(table.pivot(index="test", columns="metric", values="bd_rate_pct").to_string(float_format=lambda v: f"{v:+.2f}"))
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from codec.registry import get_codec
+    from codec.video import write_video
+
+    codec = get_codec(args.codec)
+    video = _read_clip(args)
+    encoded = codec.encode(video, args.qp)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_bytes(encoded.bitstream)
+    if args.recon:
+        write_video(encoded.reconstruction, args.recon)
+    print(f"{args.output}: {encoded.num_bytes} bytes, {video.num_frames} frames {video.width}x{video.height}, "
+          f"{encoded.bpp(video):.4f} bpp ({codec.name}, QP {args.qp})")
+    return 0
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    from codec.registry import detect_codec, get_codec
+    from codec.video import write_video
+
+    if not args.input.is_file():
+        raise CodecError(f"{args.input}: no such file")
+    data = args.input.read_bytes()
+    codec = get_codec(args.codec or detect_codec(data))
+    video = codec.decode(data)
+    write_video(video, args.output)
+    print(f"{args.output}: {video.num_frames} frames {video.width}x{video.height} ({codec.name})")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import platform
+
+    import av
+    import torch
+
+    from codec.metrics import metric_weights_source
+    from codec.registry import list_codecs
+    from codec.weights import metric_weight_files
+
+    print("codecs:")
+    for entry in list_codecs():
+        reason = entry.unavailable_reason()
+        print(f"  {entry.name:8s} {'usable' if reason is None else 'UNUSABLE: ' + reason:10s}  {entry.description}")
+    print("model packs: none yet (the DiffVC codec and its packs come with issue [2/5])")
+    weights = metric_weight_files()
+    problem = weights.verify()
+    print(f"metric weights: {'OK' if problem is None else problem} ({weights.root}); LPIPS/DISTS use: "
+          f"{metric_weights_source()}")
+    cuda = torch.cuda.is_available()
+    print(f"device: {'cuda: ' + torch.cuda.get_device_name(0) if cuda else 'cpu only'} "
+          f"(torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    print(f"versions: python {platform.python_version()}, PyAV {av.__version__}, "
+          f"libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

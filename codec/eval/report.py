@@ -1,0 +1,181 @@
+"""Results table (JSON + CSV), BD-rate against the first codec, the HTML report (plotly) and PNG RD plots.
+
+BD-rate uses the `bjontegaard` package (Akima interpolation). Metrics where lower is better (LPIPS, DISTS)
+are negated before interpolation, so a negative BD-rate always means "fewer bits for the same quality".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import bjontegaard
+import numpy as np
+import pandas as pd
+
+from codec.metrics import HIGHER_IS_BETTER, LABELS, METRICS
+
+CSV_FIRST_COLUMNS = [
+    "codec", "spec", "qp", "frames", "width", "height", "bytes", "bpp", *METRICS,
+    "enc_s", "dec_s", "enc_fps", "dec_fps",
+]
+BD_METHOD = "akima"
+MIN_BD_POINTS = 4
+
+
+def results_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Rows -> a flat table: the fixed columns first, then `opt_*` options and `t_*` stage timings."""
+    flat = []
+    for row in rows:
+        record = {k: v for k, v in row.items() if not isinstance(v, (dict, list))}
+        record.update({f"opt_{k}": v for k, v in row.get("options", {}).items()})
+        record.update({f"t_{k}": v for k, v in row.get("timings", {}).items()})
+        record.update({k: v for k, v in row.get("stats", {}).items() if not isinstance(v, (dict, list))})
+        flat.append(record)
+    frame = pd.DataFrame(flat)
+    first = [c for c in CSV_FIRST_COLUMNS if c in frame.columns]
+    return frame[first + [c for c in frame.columns if c not in first]]
+
+
+def curves(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """spec -> its rows sorted by bpp, in the order the specs first appear."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(row["spec"], []).append(row)
+    return {spec: sorted(points, key=lambda r: r["bpp"]) for spec, points in out.items()}
+
+
+def bd_rate(anchor: list[dict], test: list[dict], metric: str) -> tuple[float | None, str]:
+    """BD-rate (%) of `test` against `anchor` on `metric`, and a note ('' when fine, else why it is missing)."""
+    a = [(r["bpp"], r[metric]) for r in anchor if _finite(r.get(metric))]
+    t = [(r["bpp"], r[metric]) for r in test if _finite(r.get(metric))]
+    if min(len(a), len(t)) < MIN_BD_POINTS:
+        return None, f"needs {MIN_BD_POINTS} points per curve"
+    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            value = bjontegaard.bd_rate(
+                [p[0] for p in a], [sign * p[1] for p in a], [p[0] for p in t], [sign * p[1] for p in t],
+                method=BD_METHOD, require_matching_points=False,
+            )
+        except (ValueError, ZeroDivisionError, np.linalg.LinAlgError) as e:
+            return None, f"not computable: {e}"
+    note = "; ".join(sorted({str(w.message).splitlines()[0] for w in caught}))[:200]
+    return (float(value) if _finite(value) else None), note
+
+
+def bd_rate_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = METRICS) -> pd.DataFrame:
+    """One row per (test spec, metric): BD-rate against the first spec."""
+    by_spec = curves(rows)
+    specs = list(by_spec)
+    records = []
+    for spec in specs[1:]:
+        for metric in metrics:
+            value, note = bd_rate(by_spec[specs[0]], by_spec[spec], metric)
+            records.append({"anchor": specs[0], "test": spec, "metric": metric, "bd_rate_pct": value, "note": note})
+    return pd.DataFrame(records, columns=["anchor", "test", "metric", "bd_rate_pct", "note"])
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def metrics_present(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return [m for m in METRICS if any(_finite(r.get(m)) for r in rows)]
+
+
+# --- writing ----------------------------------------------------------------------------------------------
+
+def write_results(rows: Sequence[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
+    """Write results.json, results.csv, bdrate.csv, report.html and rd.png into `out_dir`; return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = metrics_present(rows)
+    paths = {
+        "json": out_dir / "results.json",
+        "csv": out_dir / "results.csv",
+        "bdrate": out_dir / "bdrate.csv",
+        "html": out_dir / "report.html",
+        "png": out_dir / "rd.png",
+    }
+    paths["json"].write_text(json.dumps(list(rows), indent=1, default=str))
+    results_frame(rows).to_csv(paths["csv"], index=False)
+    table = bd_rate_table(rows, metrics)
+    table.to_csv(paths["bdrate"], index=False)
+    paths["html"].write_text(html_report(rows, table, metrics))
+    plot_rd_png(rows, paths["png"], metrics)
+    return paths
+
+
+def rd_figure(rows: Sequence[dict[str, Any]], metric: str):
+    """A plotly figure: bpp (from real bytes) against `metric`, one line per codec spec, hover shows QP and time."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for spec, points in curves(rows).items():
+        fig.add_trace(go.Scatter(
+            x=[p["bpp"] for p in points], y=[p[metric] for p in points], mode="lines+markers", name=spec,
+            customdata=[[p["qp"], p["enc_fps"], p["dec_fps"]] for p in points],
+            hovertemplate="QP %{customdata[0]}<br>bpp %{x:.4f}<br>%{y:.4f}<br>"
+                          "enc %{customdata[1]:.2f} fps, dec %{customdata[2]:.2f} fps<extra>%{fullData.name}</extra>",
+        ))
+    fig.update_layout(title=LABELS[metric], xaxis_title="bpp (from bitstream bytes)", yaxis_title=LABELS[metric],
+                      template="plotly_white", height=420, margin=dict(l=60, r=20, t=50, b=50))
+    return fig
+
+
+def html_report(rows: Sequence[dict[str, Any]], table: pd.DataFrame, metrics: Sequence[str]) -> str:
+    """A self-contained HTML page (plotly.js embedded once, so it opens offline)."""
+    clip = rows[0] if rows else {}
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>RD report</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>",
+        f"<h1>Rate-distortion report</h1><p>Clip: {_esc(clip.get('source', ''))}, "
+        f"{clip.get('width')}x{clip.get('height')}, {clip.get('frames')} frames from frame {clip.get('start', 0)}. "
+        "Rates are from the bitstreams' bytes; quality from the decoded frames.</p>",
+    ]
+    for i, metric in enumerate(metrics):
+        parts.append(rd_figure(rows, metric).to_html(full_html=False, include_plotlyjs=(i == 0)))
+    parts.append(f"<h2>BD-rate against {_esc(table['anchor'].iloc[0]) if len(table) else 'the first codec'}</h2>")
+    parts.append(table.to_html(index=False, float_format=lambda v: f"{v:+.2f}", na_rep="n/a") if len(table)
+                 else "<p>Only one codec: no BD-rate.</p>")
+    parts.append("<h2>All results</h2>")
+    parts.append(results_frame(rows).to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _esc(text: Any) -> str:
+    import html
+
+    return html.escape(str(text))
+
+
+def plot_rd_png(rows: Sequence[dict[str, Any]], path: Path, metrics: Sequence[str]) -> Path:
+    """Matplotlib RD curves, one panel per metric, for docs/RESULTS.md."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, max(1, len(metrics)))
+    n_rows = math.ceil(len(metrics) / cols) or 1
+    fig, axes = plt.subplots(n_rows, cols, figsize=(5 * cols, 3.8 * n_rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        for spec, points in curves(rows).items():
+            ax.plot([p["bpp"] for p in points], [p[metric] for p in points], marker="o", label=spec)
+        ax.set_xlabel("bpp")
+        ax.set_title(LABELS[metric], fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

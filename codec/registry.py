@@ -1,0 +1,217 @@
+"""The one codec contract and the registry every caller goes through (app, CLI, evaluation engine, tests).
+
+A codec is a class with a frozen `Options` dataclass, registered once by name:
+
+    @register_codec("x265", "HEVC through libx265 (PyAV)")
+    class X265(FFmpegCodec): ...
+
+    codec = get_codec("x265:preset=veryslow:rc=crf")   # a spec: name, then option=value pairs
+    encoded = codec.encode(video, qp=32)
+    video2 = codec.decode(encoded.bitstream)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+from codec.errors import BitstreamError, CodecUnavailableError, SpecError
+from codec.video import Video
+
+
+@dataclass
+class Encoded:
+    """What `VideoCodec.encode` returns.
+
+    bitstream: the bytes whose length is the rate (for anchors the elementary stream, for DVC1 the whole file).
+    reconstruction: the encoder-side decoded video, same size as the input.
+    frame_bits: bits spent on each frame, in display order. frame_types: "I" or "P" (or "B") per frame.
+    timings: seconds per stage of the encoder (e.g. motion, latent, entropy, diffusion, vae); may be empty.
+    params: every parameter the codec ran with, recorded with the result.
+    stats: other measured counts, e.g. unet_evals or a likelihood-estimated bpp (labelled as such).
+    """
+
+    bitstream: bytes
+    reconstruction: Video
+    frame_bits: list[int]
+    frame_types: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_bytes(self) -> int:
+        return len(self.bitstream)
+
+    def bpp(self, video: Video) -> float:
+        """Bits per pixel from the real bytes, over the original (unpadded) size of `video`."""
+        return 8 * len(self.bitstream) / video.num_pixels
+
+
+@runtime_checkable
+class VideoCodec(Protocol):
+    """Every codec: DiffVC, its baseline, x265, x264, AV1. Larger QP = fewer bits, as in HEVC."""
+
+    name: str
+    qp_range: tuple[int, int]  # inclusive
+
+    def encode(self, video: Video, qp: int, **options: Any) -> Encoded: ...
+
+    def decode(self, bitstream: bytes) -> Video: ...
+
+
+@dataclass(frozen=True)
+class CodecEntry:
+    """A registered codec: its class, a one-line description, and a check for whether it can run here."""
+
+    name: str
+    cls: type
+    description: str
+
+    @property
+    def options_type(self) -> type:
+        return self.cls.Options
+
+    def unavailable_reason(self) -> str | None:
+        """None when the codec can run on this machine, else why not (one line)."""
+        check: Callable[[], str | None] | None = getattr(self.cls, "unavailable_reason", None)
+        return check() if check else None
+
+
+_REGISTRY: dict[str, CodecEntry] = {}
+
+
+def register_codec(name: str, description: str) -> Callable[[type], type]:
+    """Class decorator: register a codec class (with a nested frozen `Options` dataclass) under `name`."""
+
+    def decorate(cls: type) -> type:
+        if name in _REGISTRY:
+            raise ValueError(f"codec {name!r} is registered twice")
+        if not dataclasses.is_dataclass(getattr(cls, "Options", None)):
+            raise TypeError(f"{cls.__name__} needs a nested dataclass `Options`")
+        cls.name = name
+        _REGISTRY[name] = CodecEntry(name, cls, description)
+        return cls
+
+    return decorate
+
+
+def _load_builtin_codecs() -> None:
+    """Import the modules that register the built-in codecs (idempotent; light: no weights are loaded)."""
+    import codec.baselines  # noqa: F401
+
+
+def list_codecs() -> list[CodecEntry]:
+    _load_builtin_codecs()
+    return list(_REGISTRY.values())
+
+
+def detect_codec(bitstream: bytes) -> str:
+    """The name of the registered codec whose `recognizes(bitstream)` accepts these bytes (its first bytes)."""
+    for entry in list_codecs():
+        recognizes = getattr(entry.cls, "recognizes", None)
+        if recognizes is not None and recognizes(bitstream):
+            return entry.name
+    raise BitstreamError("not a bitstream of any known codec (give the codec explicitly, e.g. --codec x265)")
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """'x265:preset=veryslow:rc=crf' -> ('x265', {'preset': 'veryslow', 'rc': 'crf'})."""
+    name, *pairs = spec.strip().split(":")
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SpecError(f"codec spec {spec!r}: expected option=value, got {pair!r}")
+        options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
+def get_codec(spec: str, **overrides: Any) -> VideoCodec:
+    """Build a codec from a spec string; keyword overrides win over options in the spec.
+
+    Raises SpecError for an unknown codec, option or value, CodecUnavailableError when it cannot run here.
+    """
+    name, options = parse_spec(spec)
+    options.update(overrides)
+    entry = get_entry(name)
+    reason = entry.unavailable_reason()
+    if reason:
+        raise CodecUnavailableError(f"codec {name!r} cannot run here: {reason}")
+    return entry.cls(parse_options(entry.options_type, options, name))
+
+
+def get_entry(name: str) -> CodecEntry:
+    _load_builtin_codecs()
+    if name not in _REGISTRY:
+        raise SpecError(f"unknown codec {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def parse_options(options_type: type, values: dict[str, Any], codec_name: str = "") -> Any:
+    """Build an Options dataclass from strings (or values), converting each by its annotated type."""
+    hints = typing.get_type_hints(options_type)
+    known = {f.name for f in dataclasses.fields(options_type)}
+    kwargs = {}
+    for key, raw in values.items():
+        if key not in known:
+            raise SpecError(f"codec {codec_name!r} has no option {key!r}; options: {', '.join(sorted(known))}")
+        kwargs[key] = _convert(raw, hints[key], f"{codec_name}:{key}")
+    try:
+        return options_type(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise SpecError(f"codec {codec_name!r}: {e}") from None
+
+
+_TRUE = {"1", "true", "on", "yes"}
+_FALSE = {"0", "false", "off", "no"}
+
+
+def _convert(raw: Any, hint: Any, where: str) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    if typing.get_origin(hint) is Literal:
+        choices = typing.get_args(hint)
+        for choice in choices:
+            if raw == str(choice):
+                return choice
+        raise SpecError(f"{where} must be one of {', '.join(map(str, choices))}, got {raw!r}")
+    try:
+        if hint is bool:
+            if raw.lower() in _TRUE | _FALSE:
+                return raw.lower() in _TRUE
+            raise ValueError
+        if hint in (int, float, str):
+            return hint(raw)
+    except ValueError:
+        raise SpecError(f"{where} must be {hint.__name__}, got {raw!r}") from None
+    return raw
+
+
+def options_dict(options: Any) -> dict[str, Any]:
+    """The recorded form of an Options dataclass."""
+    return dataclasses.asdict(options)
+
+
+class CodecBase:
+    """Shared plumbing for registered codecs: the options object and how it is recorded."""
+
+    name: ClassVar[str]
+    qp_range: ClassVar[tuple[int, int]]
+    Options: ClassVar[type]
+
+    def __init__(self, options: Any | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    def check_qp(self, qp: int) -> int:
+        lo, hi = self.qp_range
+        if not isinstance(qp, int) or not lo <= qp <= hi:
+            raise SpecError(f"{self.name}: QP must be an integer in [{lo}, {hi}], got {qp!r}")
+        return qp
+
+    def identity(self) -> str:
+        """What, beside the options, makes this codec's output what it is (library or model pack version)."""
+        return ""

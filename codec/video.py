@@ -1,0 +1,253 @@
+"""Video I/O: read any clip PyAV can decode into RGB frames, write mp4 (H.264) or y4m, pad and crop.
+
+This module is the one place where colour conversion between RGB and the YUV formats of codecs happens
+(`rgb_to_av_frame`, `av_frame_to_rgb`): every codec wrapper and writer goes through it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from codec.errors import VideoError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FPS = Fraction(25)
+WRITE_FORMATS = (".mp4", ".y4m")
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """What a reader accepts before it allocates: per-frame size, frame count and total pixels."""
+
+    max_width: int = 4096
+    max_height: int = 4096
+    min_side: int = 2
+    max_frames: int = 10_000
+    max_total_pixels: int = 1_000_000_000  # frames x width x height: about 3 GB of RGB
+
+    def check_size(self, width: int, height: int) -> None:
+        if width < self.min_side or height < self.min_side:
+            raise VideoError(f"video is {width}x{height}: smaller than {self.min_side}x{self.min_side} pixels")
+        if width > self.max_width or height > self.max_height:
+            raise VideoError(
+                f"video is {width}x{height}: larger than the limit {self.max_width}x{self.max_height}; "
+                "pass a smaller size (e.g. --size 1280x720)"
+            )
+
+    def check_count(self, frames: int, width: int, height: int) -> None:
+        if frames > self.max_frames:
+            raise VideoError(f"video has more than {self.max_frames} frames; pass a frame count (e.g. --frames 96)")
+        if frames * width * height > self.max_total_pixels:
+            raise VideoError(
+                f"{frames} frames of {width}x{height} exceed the budget of {self.max_total_pixels:,} pixels; "
+                "pass fewer frames or a smaller size"
+            )
+
+
+DEFAULT_LIMITS = VideoLimits()
+
+
+@dataclass(frozen=True, eq=False)
+class Video:
+    """A clip in memory.
+
+    frames: uint8 array [T, H, W, 3], RGB, full range 0..255. fps: frames per second (exact fraction).
+    """
+
+    frames: np.ndarray
+    fps: Fraction = DEFAULT_FPS
+
+    def __post_init__(self) -> None:
+        f = self.frames
+        if not isinstance(f, np.ndarray) or f.dtype != np.uint8 or f.ndim != 4 or f.shape[-1] != 3:
+            raise VideoError(f"frames must be uint8 [T,H,W,3], got {getattr(f, 'dtype', type(f))} {getattr(f, 'shape', '')}")
+        if f.shape[0] == 0:
+            raise VideoError("a video needs at least one frame")
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.frames.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.frames.shape[2])
+
+    @property
+    def num_pixels(self) -> int:
+        """Pixels in the whole clip: frames x height x width (the denominator of bpp)."""
+        return self.num_frames * self.height * self.width
+
+    def content_hash(self) -> str:
+        """sha256 of the pixels, shape and frame rate: identifies a clip for the evaluation cache."""
+        h = hashlib.sha256()
+        h.update(f"{self.frames.shape}|{self.fps}".encode())
+        h.update(np.ascontiguousarray(self.frames).data)
+        return h.hexdigest()
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """'640x360' -> (640, 360); None stays None."""
+    if text is None:
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise VideoError(f"size must look like WIDTHxHEIGHT (e.g. 640x360), got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise VideoError(f"size must be positive, got {text!r}")
+    return w, h
+
+
+# --- colour conversion: the one place -------------------------------------------------------------------
+
+def rgb_to_av_frame(rgb: np.ndarray, pix_fmt: str = "rgb24") -> av.VideoFrame:
+    """uint8 RGB [H, W, 3] -> PyAV frame in `pix_fmt` (BT.601 matrix, limited range for YUV, as swscale does)."""
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    return frame if pix_fmt == "rgb24" else frame.reformat(format=pix_fmt)
+
+
+def av_frame_to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Any PyAV frame (gray, 10-bit, alpha, YUV, ...) -> uint8 RGB [H, W, 3], resized to size=(W, H) if given."""
+    if size is not None and (frame.width, frame.height) != size:
+        frame = frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="BICUBIC")
+    return frame.to_ndarray(format="rgb24")
+
+
+# --- reading ---------------------------------------------------------------------------------------------
+
+def read_video(
+    path: str | Path,
+    start: int = 0,
+    frames: int | None = None,
+    size: tuple[int, int] | None = None,
+    limits: VideoLimits = DEFAULT_LIMITS,
+) -> Video:
+    """Decode `frames` frames (all if None) of the first video stream, from frame index `start`.
+
+    size=(W, H) resizes every frame; otherwise every frame takes the size of the first one.
+    Raises VideoError when the file is missing, not a video, has no video stream or no frames, or exceeds `limits`.
+    """
+    path = Path(path)
+    if start < 0 or (frames is not None and frames <= 0):
+        raise VideoError(f"start must be >= 0 and frames > 0 (got start={start}, frames={frames})")
+    if not path.is_file():
+        raise VideoError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise VideoError(f"{path.name}: the file is empty")
+    if size is not None:
+        limits.check_size(*size)
+    try:
+        container = av.open(str(path), mode="r")
+    except (av.FFmpegError, ValueError, OSError, UnicodeDecodeError) as e:
+        raise VideoError(f"{path.name}: not a video file that can be read ({_reason(e)})") from None
+    with container:
+        if not container.streams.video:
+            raise VideoError(f"{path.name}: the file has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        declared = (stream.codec_context.width, stream.codec_context.height)
+        if size is None and all(declared):
+            limits.check_size(*declared)
+        fps = _stream_fps(stream)
+        rgb = _decode_frames(container, stream, path.name, start, frames, size, limits)
+    if not rgb:
+        where = f" at or after frame {start}" if start else ""
+        raise VideoError(f"{path.name}: the video stream has no decodable frames{where}")
+    return Video(np.stack(rgb), fps)
+
+
+def _decode_frames(container, stream, name, start, frames, size, limits) -> list[np.ndarray]:
+    out: list[np.ndarray] = []
+    index = 0
+    try:
+        for frame in container.decode(stream):
+            if index >= start:
+                if size is None:
+                    size = (frame.width, frame.height)
+                    limits.check_size(*size)
+                limits.check_count(len(out) + 1, *size)
+                out.append(av_frame_to_rgb(frame, size))
+                if frames is not None and len(out) >= frames:
+                    break
+            index += 1
+    except (av.FFmpegError, ValueError, OSError) as e:
+        if not out:
+            raise VideoError(f"{name}: the video stream cannot be decoded ({_reason(e)})") from None
+        log.warning("%s: decoding stopped after %d frames: %s", name, len(out), _reason(e))
+    return out
+
+
+def _stream_fps(stream) -> Fraction:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate and 0 < float(rate) <= 1000:
+            return Fraction(rate)
+    return DEFAULT_FPS
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:200]
+
+
+# --- writing ---------------------------------------------------------------------------------------------
+
+def write_video(video: Video, path: str | Path, crf: int = 12) -> Path:
+    """Write `video` as H.264 mp4 (yuv420p, browser-playable) or y4m (yuv444p), chosen by the suffix.
+
+    H.264 in yuv420p needs even dimensions: an odd width or height is padded by one replicated column/row.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in WRITE_FORMATS:
+        raise VideoError(f"{path.name}: can only write {', '.join(WRITE_FORMATS)}")
+    if suffix == ".mp4":
+        _write(video.frames if video.height % 2 == 0 and video.width % 2 == 0 else pad_to_multiple(video.frames, 2)[0],
+               video.fps, path, "mp4", "libx264", "yuv420p",
+               {"crf": str(crf), "preset": "medium", "movflags": "+faststart"})
+    else:
+        _write(video.frames, video.fps, path, "yuv4mpegpipe", "rawvideo", "yuv444p", {})
+    return path
+
+
+def _write(frames: np.ndarray, fps: Fraction, path: Path, fmt: str, codec: str, pix_fmt: str, options: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    container_options = {k: v for k, v in options.items() if k == "movflags"}
+    codec_options = {k: v for k, v in options.items() if k != "movflags"}
+    with av.open(str(path), mode="w", format=fmt, options=container_options) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = pix_fmt
+        stream.options = codec_options
+        for rgb in frames:
+            for packet in stream.encode(rgb_to_av_frame(rgb)):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+# --- padding ---------------------------------------------------------------------------------------------
+
+def pad_to_multiple(frames: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Replicate-pad [T, H, W, C] frames at the bottom/right to a multiple of `multiple`; return (padded, (H, W))."""
+    h, w = frames.shape[1], frames.shape[2]
+    ph, pw = -h % multiple, -w % multiple
+    if ph or pw:
+        frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
+    return frames, (h, w)
+
+
+def crop(frames: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Undo `pad_to_multiple`: keep the top-left H x W of [T, H', W', C] frames."""
+    return frames[:, : size_hw[0], : size_hw[1]]
