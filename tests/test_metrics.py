@@ -1,0 +1,155 @@
+"""Metrics and their offline weights: layout and values of the converted VGG16, and metric behaviour."""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import lpips
+import numpy as np
+import pytest
+import torch
+from conftest import EXAMPLE_CLIP
+from torchvision.models import vgg16
+
+from codec.errors import CodecError
+from codec.metrics import OfflineLPIPS, compute_metrics, luma, perceptual_model, psnr
+from codec.video import Video, read_video
+from codec.weights import _NumpyOnlyUnpickler, load_metric_weights, metric_weight_files, prepare_metric_weights
+
+# torchvision's published VGG16 (VGG16_Weights.IMAGENET1K_V1): features[0].weight[0, 0], the first filter's red plane.
+TORCHVISION_VGG16_CONV1_FILTER0_RED = [
+    [-0.5537, 0.1427, 0.5290],
+    [-0.5831, 0.3566, 0.7657],
+    [-0.6902, -0.0480, 0.4841],
+]
+
+
+@pytest.fixture(scope="module")
+def weights():
+    w = load_metric_weights()
+    assert w is not None, f"metric weights not prepared: {metric_weight_files().verify()}"
+    return w
+
+
+@pytest.fixture(scope="module")
+def frames() -> Video:
+    return read_video(EXAMPLE_CLIP, start=40, frames=2, size=(256, 144))
+
+
+def test_converted_vgg16_has_torchvisions_layout(weights):
+    reference = vgg16(weights=None).features.state_dict()
+    converted = {k.removeprefix("features."): v for k, v in weights["vgg16"].items()}
+    assert converted.keys() == reference.keys()
+    for key, tensor in reference.items():
+        assert converted[key].shape == tensor.shape and converted[key].dtype == tensor.dtype, key
+
+
+def test_converted_vgg16_has_torchvisions_values(weights):
+    first = weights["vgg16"]["features.0.weight"]
+    assert torch.allclose(first[0, 0], torch.tensor(TORCHVISION_VGG16_CONV1_FILTER0_RED), atol=1e-4)
+    # the transposition is right only if every filter is (out, in, kh, kw): the red plane above pins it
+    assert first.shape == (64, 3, 3, 3)
+
+
+def test_prepare_is_idempotent_and_manifest_verifies():
+    files = metric_weight_files()
+    before = [p.stat().st_mtime_ns for p in files.files()]
+    prepare_metric_weights()
+    assert [p.stat().st_mtime_ns for p in files.files()] == before
+    assert files.verify() is None
+
+
+def test_weight_unpickler_refuses_code():
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        _NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(Evil()))).load()
+
+
+def test_missing_weights_offline_give_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFVC_CACHE", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("network is unreachable")))
+    perceptual_model.cache_clear()
+    try:
+        with pytest.raises(CodecError, match="python -m codec.weights prepare"):
+            perceptual_model("lpips")
+    finally:
+        perceptual_model.cache_clear()
+
+
+def test_piq_lpips_matches_the_reference_lpips_implementation(weights, frames):
+    """piq's LPIPS with our weights == the `lpips` package's LPIPS-VGG v0.1 with the same VGG16."""
+    reference = lpips.LPIPS(net="vgg", version="0.1", pretrained=True, pnet_rand=True, verbose=False).eval()
+    slices = [(1, range(0, 4)), (2, range(4, 9)), (3, range(9, 16)), (4, range(16, 23)), (5, range(23, 30))]
+    state = {}
+    for slice_no, indices in slices:
+        for i in indices:
+            for part in ("weight", "bias"):
+                if f"features.{i}.{part}" in weights["vgg16"]:
+                    state[f"slice{slice_no}.{i}.{part}"] = weights["vgg16"][f"features.{i}.{part}"]
+    reference.net.load_state_dict(state)
+    x = torch.from_numpy(frames.frames).permute(0, 3, 1, 2).float() / 255
+    y = torch.roll(x, shifts=3, dims=-1)
+    with torch.no_grad():
+        expected = reference(x * 2 - 1, y * 2 - 1).flatten()
+        ours = OfflineLPIPS(weights["vgg16"], weights["lpips"])(x, y)
+    assert torch.allclose(ours, expected, rtol=1e-4, atol=1e-5), (ours, expected)
+
+
+def test_identical_frames(frames):
+    m = compute_metrics(frames, frames)
+    assert np.all(m["lpips"] < 1e-6) and np.all(m["dists"] < 1e-6)
+    assert np.all(m["ms_ssim"] > 0.9999) and np.all(m["psnr"] == 100.0)
+
+
+def _degrade(video: Video, noise: float = 0.0, blur: int = 0) -> Video:
+    x = video.frames.astype(np.float64)
+    if blur:
+        k = 2 * blur + 1
+        x = np.stack([np.stack([np.apply_along_axis(lambda r: np.convolve(r, np.ones(k) / k, "same"), 0, f[..., c])
+                                for c in range(3)], -1) for f in x])
+    x = x + np.random.default_rng(1).normal(0, noise, x.shape) if noise else x
+    return Video(np.clip(np.rint(x), 0, 255).astype(np.uint8), video.fps)
+
+
+@pytest.mark.parametrize("kind", ["noise", "blur"])
+def test_perceptual_metrics_grow_with_distortion(frames, kind):
+    levels = [(4, 0), (12, 0), (30, 0)] if kind == "noise" else [(0, 1), (0, 2), (0, 4)]
+    results = [compute_metrics(frames, _degrade(frames, n, b)) for n, b in levels]
+    for name, sign in (("lpips", 1), ("dists", 1), ("psnr", -1), ("ms_ssim", -1)):
+        values = [sign * r[name].mean() for r in results]
+        assert values == sorted(values) and len(set(values)) == 3, (name, values)
+
+
+def test_psnr_y_uses_bt601_luma_and_differs_from_rgb():
+    a = np.zeros((1, 8, 8, 3), np.uint8)
+    b = a.copy()
+    b[..., 2] = 10  # blue only: weight 0.114 in luma
+    assert np.isclose(luma(b)[0, 0, 0], 1.14)
+    m = compute_metrics(Video(a), Video(b), ["psnr", "psnr_y"])
+    assert m["psnr_y"][0] > m["psnr"][0]
+    assert np.isclose(m["psnr"][0], 10 * np.log10(255**2 / (100 / 3)))
+
+
+def test_psnr_is_per_frame():
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    b = a.copy()
+    b[1] = 1
+    assert list(psnr(a, b)) == [100.0, pytest.approx(48.1308, abs=1e-3)]
+
+
+def test_ms_ssim_works_on_small_frames():
+    small = Video(np.random.default_rng(0).integers(0, 255, (2, 40, 24, 3), dtype=np.uint8))
+    assert np.allclose(compute_metrics(small, small, ["ms_ssim"])["ms_ssim"], 1.0)
+
+
+def test_unknown_metric_and_shape_mismatch(frames):
+    with pytest.raises(CodecError, match="unknown metric"):
+        compute_metrics(frames, frames, ["vmaf"])
+    with pytest.raises(CodecError, match="cannot compare"):
+        compute_metrics(frames, Video(frames.frames[:1]))
