@@ -111,7 +111,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     table = bd_rate_table(rows, request.metrics)
     if len(table):
         print(f"\nBD-rate (%) against {args.codecs[0]}:")
-        print(table.pivot(index="test", columns="metric", values="bd_rate_pct").to_string(float_format=lambda v: f"{v:+.2f}"))
+        pivot = table.pivot(index="test", columns="metric", values="bd_rate_pct")
+        print(pivot.to_string(float_format=lambda v: f"{v:+.2f}"))
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     return 0
 

@@ -68,7 +68,8 @@ class Video:
     def __post_init__(self) -> None:
         f = self.frames
         if not isinstance(f, np.ndarray) or f.dtype != np.uint8 or f.ndim != 4 or f.shape[-1] != 3:
-            raise VideoError(f"frames must be uint8 [T,H,W,3], got {getattr(f, 'dtype', type(f))} {getattr(f, 'shape', '')}")
+            got = f"{getattr(f, 'dtype', type(f).__name__)} {getattr(f, 'shape', '')}"
+            raise VideoError(f"frames must be uint8 [T,H,W,3], got {got}")
         if f.shape[0] == 0:
             raise VideoError("a video needs at least one frame")
 

@@ -1,0 +1,110 @@
+"""The evaluation engine: rows from real runs, the on-disk cache, BD-rate and the written report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import moving_clip
+
+import codec.eval.engine as engine
+from codec.errors import SpecError
+from codec.eval import EvalRequest, evaluate
+from codec.eval.report import CSV_FIRST_COLUMNS, bd_rate, bd_rate_table, write_results
+
+QPS = (22, 28, 34, 40)
+
+
+@pytest.fixture(scope="module")
+def video():
+    return moving_clip(frames=6, height=64, width=96, seed=3)
+
+
+@pytest.fixture(scope="module")
+def rows(video, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    request = EvalRequest(video=video, specs=["x265", "x264:preset=fast"], qps=QPS, source="synthetic",
+                          metrics=("psnr", "psnr_y", "ms_ssim"), cache_dir=cache)
+    return evaluate(request)
+
+
+def test_rows_are_real_measurements(rows, video):
+    assert [(r["spec"], r["qp"]) for r in rows] == [(s, q) for s in ("x265", "x264:preset=fast") for q in QPS]
+    for r in rows:
+        assert r["bytes"] > 0 and r["bpp"] == pytest.approx(8 * r["bytes"] / (6 * 64 * 96))
+        assert r["recon_match"] and r["frames"] == 6 and (r["width"], r["height"]) == (96, 64)
+        assert r["enc_s"] > 0 and r["dec_s"] > 0 and r["enc_fps"] == pytest.approx(6 / r["enc_s"])
+        assert sum(r["per_frame"]["bits"]) <= 8 * r["bytes"] and len(r["per_frame"]["psnr"]) == 6
+        assert r["lpips"] is None and r["dists"] is None  # not asked for
+        assert r["options"]["intra_period"] == 32 and r["params"]
+    for spec in ("x265", "x264:preset=fast"):
+        curve = [r for r in rows if r["spec"] == spec]
+        assert all(a["bpp"] > b["bpp"] for a, b in zip(curve, curve[1:]))
+        assert all(a["psnr"] > b["psnr"] for a, b in zip(curve, curve[1:]))
+
+
+def test_cache_makes_a_rerun_free_and_force_recomputes(video, tmp_path, monkeypatch):
+    request = EvalRequest(video=video, specs=["x264"], qps=(30,), metrics=("psnr",), cache_dir=tmp_path)
+    first = evaluate(request)
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("a cached job was run again")
+
+    monkeypatch.setattr(engine, "measure", no_run)
+    assert evaluate(request) == first
+    with pytest.raises(AssertionError, match="run again"):
+        evaluate(EvalRequest(**{**request.__dict__, "force": True}))
+    with pytest.raises(AssertionError, match="run again"):  # another QP, another key
+        evaluate(EvalRequest(**{**request.__dict__, "qps": (31,)}))
+    with pytest.raises(AssertionError, match="run again"):  # another option, another key
+        evaluate(EvalRequest(**{**request.__dict__, "specs": ["x264:preset=fast"]}))
+    with pytest.raises(AssertionError, match="run again"):  # another clip, another key
+        evaluate(EvalRequest(**{**request.__dict__, "video": moving_clip(frames=6, height=64, width=96, seed=4)}))
+
+
+def test_a_damaged_cache_entry_is_recomputed(video, tmp_path):
+    request = EvalRequest(video=video, specs=["x264"], qps=(30,), metrics=("psnr",), cache_dir=tmp_path)
+    first = evaluate(request)
+    for path in tmp_path.glob("*.json"):
+        path.write_text("{not json")
+    assert evaluate(request)[0]["bytes"] == first[0]["bytes"]
+
+
+def test_bad_spec_fails_before_any_job(video):
+    with pytest.raises(SpecError, match="unknown codec"):
+        evaluate(EvalRequest(video=video, specs=["x264", "h266"], qps=(30,)))
+
+
+def test_bd_rate_sign_and_identity(rows):
+    x265 = [r for r in rows if r["spec"] == "x265"]
+    same, note = bd_rate(x265, x265, "psnr")
+    assert same == pytest.approx(0.0, abs=1e-6)
+    # the same curve shifted to 20 % more bits costs about +20 %
+    costly = [{**r, "bpp": r["bpp"] * 1.2} for r in x265]
+    value, _ = bd_rate(x265, costly, "psnr")
+    assert value == pytest.approx(20.0, abs=0.5)
+    # lower-is-better metrics are negated: a curve with lower LPIPS at every rate saves bits
+    a = [{"bpp": b, "lpips": 0.5 - b} for b in (0.1, 0.2, 0.3, 0.4)]
+    better = [{"bpp": b, "lpips": 0.45 - b} for b in (0.1, 0.2, 0.3, 0.4)]
+    assert bd_rate(a, better, "lpips")[0] < 0
+    assert bd_rate(a[:3], better, "lpips") == (None, "needs 4 points per curve")
+
+
+def test_written_results(rows, tmp_path):
+    paths = write_results(rows, tmp_path)
+    table = pd.read_csv(paths["csv"])
+    assert list(table.columns[: len(CSV_FIRST_COLUMNS)]) == CSV_FIRST_COLUMNS
+    assert {"opt_preset", "opt_intra_period", "opt_rc"} <= set(table.columns)
+    assert len(json.loads(paths["json"].read_text())) == len(rows)
+    bd = pd.read_csv(paths["bdrate"])
+    assert set(bd["metric"]) == {"psnr", "psnr_y", "ms_ssim"} and set(bd["test"]) == {"x264:preset=fast"}
+    assert np.isfinite(bd["bd_rate_pct"]).all()
+    html = paths["html"].read_text()
+    assert "plotly" in html and "BD-rate against x265" in html
+    assert paths["png"].stat().st_size > 10_000
+
+
+def test_bd_table_needs_two_codecs(rows):
+    assert len(bd_rate_table([r for r in rows if r["spec"] == "x265"])) == 0
