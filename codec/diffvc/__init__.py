@@ -1,0 +1,6 @@
+"""DiffVC (Ma & Chen, arXiv 2501.13528): a diffusion-based perceptual neural video codec.
+
+Submodules: `entropy` (the learned entropy models shared by the motion, intra and contextual latent codecs),
+`diffusion` (the conditional diffusion stage with QP prompting and TDIR). Import them directly; this package
+file imports nothing so that importing one part never loads the others.
+"""

@@ -1,0 +1,660 @@
+"""Learned entropy models shared by every part of DiffVC: a factorized prior and a Gaussian conditional.
+
+Both follow the hyperprior design of Ballé et al., "Variational image compression with a scale hyperprior"
+(ICLR 2018), as CompressAI (Bégaint et al. 2020) packages it: `forward` returns the quantized tensor and its
+likelihoods (additive uniform noise in training, rounding in evaluation), `compress` returns bytes and
+`decompress` inverts it exactly. The coding is ours, on constriction's ANS coder (`stream.stack.AnsCoder`),
+because CompressAI's wheel pins numpy < 2.
+
+**Exact decoding (docs/DESIGN.md, section 4).** ANS desynchronizes on the smallest difference between the
+encoder's and the decoder's models, so no symbol's model depends on a float computed at coding time:
+
+* Every symbol is coded with a *categorical* model chosen by an integer index (the channel for the factorized
+  prior, the scale-table entry for the Gaussian). The tables are integer frequencies, computed once in float64 on
+  the CPU and kept as buffers, so they travel in the model pack and both sides use the same integers.
+* The Gaussian's scales become the index of a fixed log-spaced scale table (CompressAI's `get_scale_table`:
+  64 levels, 0.11 .. 256, the smallest entry >= the scale). Its means are rounded to a grid of 1/64 before
+  anything uses them; the symbol is round(y - mean_q) and the reconstruction is symbol + mean_q, so the mean
+  never enters a symbol's model. Noise in the predicted means or scales that does not cross a grid or table
+  boundary changes nothing, bit for bit. Crossings need the noise to straddle a boundary; measured for noise of
+  1e-6 (absolute on means, relative on scales), about one element in 19 000 for a mean (that element's
+  reconstruction moves by 1/64; decoding stays in step) and one in 90 000 for a scale (that symbol's model
+  changes and decoding desynchronizes, which `decompress` reports as a `BitstreamError` or, rarely, as wrong
+  values). Both sides must therefore still compute means and scales the same way; the grid and the table make
+  the rare slip local or detectable.
+* One function, `GaussianConditional._coding_params`, turns (means, scales) into (mean_q, indexes) for the
+  evaluation-mode forward, `compress` and `decompress` alike: float32 contiguous tensors and exact operations
+  only (rounding to a power-of-two grid, comparisons), so its result does not depend on the device; the coding
+  paths run it on the CPU.
+
+**Escapes.** Each table covers the symbols inside the model's 1e-9 tails and has one more symbol, the escape.
+A value outside the support is coded as the escape followed by its overflow, bypass-coded with uniform models
+(a 6-bit head: bit length and sign; then the remaining bits in chunks of at most 16), as CompressAI does. So any
+value codes exactly, at a cost that only matters if it is frequent. Values are first clamped to
++-MAX_ABS_SYMBOL (2**30) around the mean or median, in `forward` as well, so `decompress(compress(x))` always
+equals the evaluation-mode `forward`; non-finite inputs raise `ValueError`.
+
+**String layout.** One string per tensor: the 32-bit words of an ANS stack, little-endian. Decoding order: the
+symbols grouped by model index (ascending; inside a group, in C order of the tensor), then the escapes'
+payloads in the same order, then a 16-bit end marker (0xD1A5). A string for an empty tensor is empty.
+`decompress` raises `BitstreamError` when constriction rejects the words, a decoded value is out of range, the
+end marker is wrong (an ANS decoder that runs out of words silently returns zeros, so this is how a short
+string shows) or words are left over after it. Damage is caught with high probability, not certainty: the
+container's CRCs (codec/bitstream.py) are the first line of defence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from statistics import NormalDist
+
+import constriction
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from codec.errors import BitstreamError
+
+__all__ = [
+    "FactorizedPrior",
+    "GaussianConditional",
+    "CodingTables",
+    "bits_from_likelihoods",
+    "decode_indexed",
+    "encode_indexed",
+    "get_scale_table",
+    "quantize_symbols",
+]
+
+SCALE_BOUND = 0.11  # smallest Gaussian scale (CompressAI's SCALES_MIN); units of the latent's quantization step
+SCALE_TABLE = (0.11, 256.0, 64)  # min, max, levels of the log-spaced scale table (CompressAI's defaults)
+LIKELIHOOD_BOUND = 1e-9  # likelihoods are bounded below so that -log2 stays finite (<= 29.9 bits)
+TAIL_MASS = 1e-9  # probability left outside a table's support, carried by its escape symbol
+MEAN_STEP = 1.0 / 64  # grid of the Gaussian means before coding; a power of two, so rounding to it is exact
+PROB_PRECISION = 24  # every frequency table sums to 2**24 (constriction's default model precision)
+MAX_ABS_SYMBOL = 2**30  # values are clamped to +-2**30 around their mean/median before coding
+MAX_HALF_SUPPORT = 2048  # the factorized prior's table spans at most 2 * 2048 + 1 values around the median
+END_MARKER = 0xD1A5  # 16-bit value decoded last from every non-empty string
+ESCAPE_CHUNK_BITS = 16  # overflow bits are bypass-coded in chunks of at most this many bits
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Helpers shared by both models
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _LowerBound(torch.autograd.Function):
+    """max(x, bound) whose gradient still flows where x < bound if it pushes x up (CompressAI's LowerBound)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, bound: float) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.bound = bound
+        return x.clamp_min(bound)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (x,) = ctx.saved_tensors
+        passes = (x >= ctx.bound) | (grad < 0)
+        return grad * passes.to(grad.dtype), None
+
+
+def lower_bound(x: Tensor, bound: float) -> Tensor:
+    """Elementwise max(x, bound) with a gradient that lets values below the bound recover (see `_LowerBound`)."""
+    return _LowerBound.apply(x, bound)
+
+
+def bits_from_likelihoods(likelihoods: Tensor) -> Tensor:
+    """Estimated size in bits, sum(-log2 p), of the symbols whose likelihoods are given; a 0-dim tensor.
+
+    This is the training rate and the labelled "estimated bits"; real rates come from `len(compress(...))`.
+    """
+    return -torch.log2(likelihoods).sum()
+
+
+def get_scale_table(
+    min_scale: float = SCALE_TABLE[0], max_scale: float = SCALE_TABLE[1], levels: int = SCALE_TABLE[2]
+) -> Tensor:
+    """The log-spaced Gaussian scales the coder may use (CompressAI's `get_scale_table`): float64 [levels]."""
+    return torch.exp(torch.linspace(math.log(min_scale), math.log(max_scale), levels, dtype=torch.float64))
+
+
+def quantize_symbols(x: Tensor, center: Tensor) -> Tensor:
+    """round(x - center) clamped to +-MAX_ABS_SYMBOL: the integer symbols (as float32) that get coded.
+
+    x: float tensor; center: broadcastable to x (medians or grid-rounded means). One float32 subtraction, a
+    rounding and a clamp, which every IEEE device computes identically, so the result does not depend on it.
+    """
+    return torch.round(x.float() - center).clamp_(-MAX_ABS_SYMBOL, MAX_ABS_SYMBOL)
+
+
+def _to_cpu_float32(x: Tensor) -> Tensor:
+    """x detached, on the CPU, float32, contiguous: the one layout the coding paths compute in."""
+    return x.detach().to(device="cpu", dtype=torch.float32).contiguous()
+
+
+def _check_finite(name: str, x: Tensor) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} has non-finite values; only finite tensors can be entropy coded")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Integer frequency tables and the ANS coding of indexed symbols
+# --------------------------------------------------------------------------------------------------------------
+
+
+def quantize_pmf(probabilities: np.ndarray, precision: int = PROB_PRECISION) -> np.ndarray:
+    """Integer frequencies for a probability vector: int64 [n], each >= 1, summing to 2**precision.
+
+    Every entry gets 1, the rest of the budget is shared in proportion to the probabilities (floor, then the
+    leftover units to the largest fractional parts, ties to the lower index). Deterministic for a given input.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    budget = (1 << precision) - p.size
+    if budget < 0 or not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
+        raise ValueError("probabilities must be finite, non-negative, not all zero, and fewer than 2**precision")
+    scaled = p / p.sum() * budget
+    freqs = np.floor(scaled).astype(np.int64)
+    leftover = budget - int(freqs.sum())
+    freqs[np.argsort(-(scaled - freqs), kind="stable")[:leftover]] += 1
+    return freqs + 1
+
+
+@dataclass(frozen=True)
+class CodingTables:
+    """Categorical models for ANS coding, one per model index t; ragged rows stored one after the other.
+
+    frequencies: int64 [sum(lengths + 1)]. Row t has lengths[t] regular symbols, standing for the values
+        offsets[t] .. offsets[t] + lengths[t] - 1, then the escape symbol; entries >= 1, rows sum to 2**24.
+    lengths: int64 [T], >= 1. offsets: int64 [T], the value of each row's first symbol.
+    """
+
+    frequencies: np.ndarray
+    lengths: np.ndarray
+    offsets: np.ndarray
+
+    def __post_init__(self) -> None:
+        """Reject inconsistent tables (e.g. from a damaged model pack) before constriction sees them."""
+        lengths = self.lengths
+        if (
+            lengths.ndim != 1
+            or lengths.shape != self.offsets.shape
+            or lengths.size == 0
+            or lengths.min() < 1
+            or lengths.max() >= 1 << PROB_PRECISION
+            or np.abs(self.offsets).max() >= 1 << PROB_PRECISION
+            or self.frequencies.shape != (int((lengths + 1).sum()),)
+            or self.frequencies.min() < 1
+        ):
+            raise ValueError("inconsistent entropy coding tables (lengths, offsets and frequencies do not agree)")
+
+    @classmethod
+    def from_pmfs(cls, pmfs: Sequence[np.ndarray], tails: Sequence[float], offsets: Sequence[int]) -> CodingTables:
+        """Quantize per-index pmfs (float64 [lengths[t]]) and tail masses (the escape's probability) to a table."""
+        rows = [quantize_pmf(np.append(np.asarray(pmf, np.float64), tail)) for pmf, tail in zip(pmfs, tails)]
+        return cls(
+            frequencies=np.concatenate(rows),
+            lengths=np.array([row.size - 1 for row in rows], dtype=np.int64),
+            offsets=np.asarray(offsets, dtype=np.int64),
+        )
+
+    @cached_property
+    def models(self) -> list[constriction.stream.model.Categorical]:
+        """constriction's categorical model for each index, built from the integer frequencies."""
+        ends = np.cumsum(self.lengths + 1)
+        starts = ends - (self.lengths + 1)
+        return [
+            constriction.stream.model.Categorical(self.frequencies[s:e].astype(np.float64), perfect=False)
+            for s, e in zip(starts, ends)
+        ]
+
+
+def _decode_order(indexes: np.ndarray, num_tables: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions sorted by model index (stable) and the group bounds: order [N], bounds [T + 1]."""
+    narrow = indexes.astype(np.int16) if num_tables <= np.iinfo(np.int16).max else indexes
+    order = np.argsort(narrow, kind="stable")  # radix sort for 16-bit keys: ~15x faster than for int64
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(indexes, minlength=num_tables))])
+    return order, bounds
+
+
+def _encode_escapes(coder: constriction.stream.stack.AnsCoder, excess: np.ndarray) -> None:
+    """Push the overflows of escaped symbols (int64 [K]; >= 0 above the support, < 0 below) for `_decode_escapes`.
+
+    Each is a head (2 * bit length of the magnitude + sign, 6 bits) and the magnitude's bits below its leading
+    one in a low chunk (<= 16 bits) and a high chunk (<= 14 bits), all uniform. Pushed last-decoded first.
+    """
+    sign = (excess < 0).astype(np.int64)
+    magnitude = np.where(sign == 1, -excess - 1, excess)
+    nbits = np.frexp(magnitude.astype(np.float64))[1].astype(np.int64)  # bit length; exact below 2**53
+    rest = magnitude - np.where(nbits > 0, np.left_shift(1, np.maximum(nbits - 1, 0)), 0)
+    low_bits, high_bits = _chunk_bits(nbits)
+    uniform = constriction.stream.model.Uniform()
+    has_high, has_low = high_bits > 0, low_bits > 0
+    _push_uniform(coder, np.right_shift(rest, ESCAPE_CHUNK_BITS)[has_high], high_bits[has_high])
+    _push_uniform(coder, (rest & ((1 << ESCAPE_CHUNK_BITS) - 1))[has_low], low_bits[has_low])
+    coder.encode_reverse((2 * nbits + sign).astype(np.int32), uniform, np.full(excess.size, 64, np.int32))
+
+
+def _decode_escapes(coder: constriction.stream.stack.AnsCoder, count: int) -> np.ndarray:
+    """Pop `count` overflows pushed by `_encode_escapes`: int64 [count]."""
+    uniform = constriction.stream.model.Uniform()
+    head = coder.decode(uniform, np.full(count, 64, np.int32)).astype(np.int64)
+    nbits, sign = head >> 1, head & 1
+    low_bits, high_bits = _chunk_bits(nbits)
+    rest = np.zeros(count, np.int64)
+    rest[low_bits > 0] = _pop_uniform(coder, low_bits[low_bits > 0])
+    rest[high_bits > 0] += np.left_shift(_pop_uniform(coder, high_bits[high_bits > 0]), ESCAPE_CHUNK_BITS)
+    magnitude = np.where(nbits > 0, np.left_shift(1, np.maximum(nbits - 1, 0)) + rest, 0)
+    return np.where(sign == 1, -magnitude - 1, magnitude)
+
+
+def _chunk_bits(nbits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bits below the leading one, split into the low chunk (<= 16) and the high chunk: two int64 arrays."""
+    below = np.maximum(nbits - 1, 0)
+    low = np.minimum(below, ESCAPE_CHUNK_BITS)
+    return low, below - low
+
+
+def _push_uniform(coder: constriction.stream.stack.AnsCoder, values: np.ndarray, bits: np.ndarray) -> None:
+    if values.size:
+        sizes = np.left_shift(1, bits).astype(np.int32)
+        coder.encode_reverse(values.astype(np.int32), constriction.stream.model.Uniform(), sizes)
+
+
+def _pop_uniform(coder: constriction.stream.stack.AnsCoder, bits: np.ndarray) -> np.ndarray:
+    if not bits.size:
+        return np.zeros(0, np.int64)
+    sizes = np.left_shift(1, bits).astype(np.int32)
+    return coder.decode(constriction.stream.model.Uniform(), sizes).astype(np.int64)
+
+
+def encode_indexed(values: np.ndarray, indexes: np.ndarray, tables: CodingTables) -> bytes:
+    """ANS-code integer values, each with the categorical model tables.models[indexes[i]]; the module docstring
+    gives the string layout.
+
+    values: int64 [N], |v| <= MAX_ABS_SYMBOL (those outside a table's support are escaped).
+    indexes: int64 [N] in 0 .. T - 1. Returns the string (bytes, a multiple of 4 long; empty iff N == 0).
+    """
+    values = np.asarray(values, dtype=np.int64).ravel()
+    indexes = np.asarray(indexes, dtype=np.int64).ravel()
+    if values.size == 0:
+        return b""
+    if values.shape != indexes.shape or np.abs(values).max() > MAX_ABS_SYMBOL:
+        raise ValueError(f"need as many indexes as values, and values within +-{MAX_ABS_SYMBOL}")
+    if indexes.min() < 0 or indexes.max() >= tables.lengths.size:
+        raise ValueError(f"model indexes must lie in 0 .. {tables.lengths.size - 1}")
+    raw = values - tables.offsets[indexes]
+    lengths = tables.lengths[indexes]
+    escaped = (raw < 0) | (raw >= lengths)
+    symbols = np.where(escaped, lengths, raw).astype(np.int32)
+    order, bounds = _decode_order(indexes, tables.lengths.size)
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(END_MARKER, constriction.stream.model.Uniform(1 << 16))
+    escaped_in_order = order[escaped[order]]
+    _encode_escapes(coder, np.where(raw < 0, raw, raw - lengths)[escaped_in_order])
+    for t in reversed(range(tables.lengths.size)):
+        group = order[bounds[t] : bounds[t + 1]]
+        if group.size:
+            coder.encode_reverse(symbols[group], tables.models[t])
+    return coder.get_compressed().astype("<u4").tobytes()
+
+
+def decode_indexed(data: bytes, indexes: np.ndarray, tables: CodingTables) -> np.ndarray:
+    """Invert `encode_indexed`: the int64 [N] values, given the same indexes and tables.
+
+    Raises BitstreamError if the string cannot be what `encode_indexed` made for N = indexes.size symbols.
+    """
+    indexes = np.asarray(indexes, dtype=np.int64).ravel()
+    if indexes.size == 0:
+        if data:
+            raise BitstreamError("entropy-coded string has data where no symbol was expected")
+        return np.zeros(0, np.int64)
+    if len(data) == 0 or len(data) % 4:
+        raise BitstreamError(f"entropy-coded string of {len(data)} bytes is not a whole, non-empty number of words")
+    try:
+        raw = _decode_raw(np.frombuffer(data, dtype="<u4").astype(np.uint32), indexes, tables)
+    except BitstreamError:
+        raise
+    except Exception as err:  # constriction rejects the words (e.g. a trailing zero word)
+        raise BitstreamError(f"entropy-coded string is damaged ({err})") from err
+    values = raw + tables.offsets[indexes]
+    if np.abs(values).max() > MAX_ABS_SYMBOL:
+        raise BitstreamError("entropy-coded string decodes to values out of range; it is damaged")
+    return values
+
+
+def _decode_raw(words: np.ndarray, indexes: np.ndarray, tables: CodingTables) -> np.ndarray:
+    """Symbols relative to each table's offset (escapes resolved): int64 [N]."""
+    coder = constriction.stream.stack.AnsCoder(words)
+    order, bounds = _decode_order(indexes, tables.lengths.size)
+    raw = np.empty(indexes.size, np.int64)
+    for t in range(tables.lengths.size):
+        group = order[bounds[t] : bounds[t + 1]]
+        if group.size:
+            raw[group] = coder.decode(tables.models[t], group.size)
+    lengths = tables.lengths[indexes]
+    escaped_in_order = order[(raw == lengths)[order]]
+    excess = _decode_escapes(coder, escaped_in_order.size)
+    raw[escaped_in_order] = np.where(excess < 0, excess, lengths[escaped_in_order] + excess)
+    if coder.decode(constriction.stream.model.Uniform(1 << 16)) != END_MARKER:
+        # An ANS decoder that runs out of words goes on returning symbol 0 from an empty state: a string that is
+        # too short for its symbols ends without its marker.
+        raise BitstreamError("entropy-coded string ends without its marker; it is truncated or damaged")
+    if not coder.is_empty():
+        raise BitstreamError("entropy-coded string has data left after its last symbol; it is damaged")
+    return raw
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _TabledEntropyModel(nn.Module):
+    """Base of the entropy models: keeps the `CodingTables` as integer buffers, so they travel in the state dict.
+
+    Buffers `_frequencies`, `_lengths`, `_offsets` (int32) mirror `CodingTables`; their sizes depend on the model,
+    so loading a state dict resizes them first (as CompressAI does for its quantized CDFs).
+    """
+
+    _TABLE_BUFFERS = ("_frequencies", "_lengths", "_offsets")
+
+    def __init__(self, likelihood_bound: float) -> None:
+        super().__init__()
+        self.likelihood_bound = float(likelihood_bound)
+        for name in self._TABLE_BUFFERS:
+            self.register_buffer(name, torch.zeros(0, dtype=torch.int32))
+        self._tables_cache: tuple[bytes, CodingTables] | None = None
+
+    def _store_tables(self, tables: CodingTables) -> None:
+        for name in self._TABLE_BUFFERS:
+            array = getattr(tables, name.lstrip("_"))
+            buffer = getattr(self, name)
+            setattr(self, name, torch.from_numpy(array.astype(np.int32)).to(buffer.device))
+
+    def coding_tables(self) -> CodingTables:
+        """The current tables as numpy arrays; cached, and rebuilt whenever the buffers' contents change."""
+        arrays = [getattr(self, name).cpu().numpy().astype(np.int64) for name in self._TABLE_BUFFERS]
+        if arrays[1].size == 0:
+            raise RuntimeError(f"{type(self).__name__} has no coding tables: call update() after training")
+        key = b"".join(a.tobytes() for a in arrays)
+        if self._tables_cache is None or self._tables_cache[0] != key:
+            self._tables_cache = (key, CodingTables(*arrays))
+        return self._tables_cache[1]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        for name in self._TABLE_BUFFERS:
+            if prefix + name in state_dict:
+                buffer = getattr(self, name)
+                setattr(
+                    self, name, torch.zeros_like(state_dict[prefix + name], dtype=buffer.dtype, device=buffer.device)
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class FactorizedPrior(_TabledEntropyModel):
+    """Per-channel learned density for hyper-latents z (a.k.a. EntropyBottleneck).
+
+    Source: Ballé et al., "Variational image compression with a scale hyperprior" (ICLR 2018), appendix 6.1: the
+    cumulative density c(x) = sigmoid(f(x)) of each channel is a small monotone network f (softplus matrices,
+    tanh gates, `filters` hidden widths); the likelihood of a quantized value is c(x + 1/2) - c(x - 1/2).
+    CompressAI's `EntropyBottleneck` is the reference layout (filters (3, 3, 3), init_scale 10).
+
+    Difference from CompressAI: the quantiles that set each channel's median and table support are not learned
+    through an auxiliary loss; `update()` finds them by bisection on the (monotone) learned CDF, so training needs
+    no second optimizer. Call `update()` after training or changing the weights; it sets `medians` (rounding
+    centres) and the integer coding tables, both saved in the state dict.
+
+    Shapes: z is [N, C, *spatial] (typically [N, C, H, W]), C = `channels`; values in latent units (the
+    quantization step is 1). Likelihoods have z's shape, in (0, 1], bounded below by 1e-9.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        filters: Sequence[int] = (3, 3, 3),
+        init_scale: float = 10.0,
+        tail_mass: float = TAIL_MASS,
+        likelihood_bound: float = LIKELIHOOD_BOUND,
+    ) -> None:
+        super().__init__(likelihood_bound)
+        self.channels = int(channels)
+        self.tail_mass = float(tail_mass)
+        widths = (1, *filters, 1)
+        scale = init_scale ** (1 / (len(widths) - 1))
+        self.matrices = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.factors = nn.ParameterList()
+        for i in range(len(widths) - 1):
+            init = math.log(math.expm1(1 / scale / widths[i + 1]))
+            self.matrices.append(nn.Parameter(torch.full((channels, widths[i + 1], widths[i]), init)))
+            self.biases.append(nn.Parameter(torch.empty(channels, widths[i + 1], 1).uniform_(-0.5, 0.5)))
+            if i < len(widths) - 2:
+                self.factors.append(nn.Parameter(torch.zeros(channels, widths[i + 1], 1)))
+        self.register_buffer("medians", torch.zeros(channels))
+
+    # -- the density ------------------------------------------------------------------------------------------
+
+    def _logits_cumulative(self, x: Tensor) -> Tensor:
+        """f(x), the logit of the CDF, per channel: x [C, 1, M] -> [C, 1, M], in x's dtype and device."""
+        for i, (matrix, bias) in enumerate(zip(self.matrices, self.biases)):
+            x = torch.matmul(F.softplus(matrix.to(x)), x) + bias.to(x)
+            if i < len(self.factors):
+                x = x + torch.tanh(self.factors[i].to(x)) * torch.tanh(x)
+        return x
+
+    def _likelihood(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(c(x + 1/2) - c(x - 1/2), f(x - 1/2), f(x + 1/2)) for x [C, 1, M], computed in the accurate tail.
+
+        The sigmoid difference is taken on the side where both sigmoids are small (CompressAI's trick); the sign
+        is never 0 (CompressAI's `-sign(lower + upper)` is 0 when the bin is centred on the median of an odd
+        density, e.g. at initialization, and then gives likelihood 0).
+        """
+        lower = self._logits_cumulative(x - 0.5)
+        upper = self._logits_cumulative(x + 0.5)
+        sign = torch.where(lower + upper > 0, -1.0, 1.0).to(x).detach()
+        return (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs(), lower, upper
+
+    def _centers(self, ndim: int, medians: Tensor | None = None) -> Tensor:
+        """The medians shaped [1, C, 1, ...] to broadcast against a z of `ndim` dimensions."""
+        medians = self.medians if medians is None else medians
+        return medians.view(1, -1, *([1] * (ndim - 2)))
+
+    def forward(self, z: Tensor, training: bool | None = None) -> tuple[Tensor, Tensor]:
+        """z [N, C, *spatial] -> (z_hat, likelihoods), both z's shape, float32.
+
+        training (default: the module's mode): z_hat = z + U(-1/2, 1/2) noise; otherwise
+        z_hat = round(z - medians) + medians, exactly what `decompress(compress(z))` returns.
+        """
+        training = self.training if training is None else training
+        if training:
+            z_hat = z + torch.empty_like(z).uniform_(-0.5, 0.5)
+        else:
+            centers = self._centers(z.dim())
+            z_hat = quantize_symbols(z, centers) + centers
+        per_channel = z_hat.transpose(0, 1).reshape(self.channels, 1, -1)
+        likelihood = lower_bound(self._likelihood(per_channel)[0], self.likelihood_bound)
+        return z_hat, likelihood.reshape(z_hat.transpose(0, 1).shape).transpose(0, 1)
+
+    # -- tables -------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _quantiles(self) -> Tensor:
+        """Per channel, where the learned CDF is tail_mass/2, 1/2 and 1 - tail_mass/2: float64 [C, 3] on the CPU."""
+        limit = math.log(2 / self.tail_mass - 1)
+        target = torch.tensor([-limit, 0.0, limit], dtype=torch.float64).expand(self.channels, 3)
+
+        def logits(x: Tensor) -> Tensor:
+            return self._logits_cumulative(x.unsqueeze(1)).squeeze(1)
+
+        lo = torch.full_like(target, -1.0)
+        hi = torch.full_like(target, 1.0)
+        for _ in range(64):  # f is increasing and unbounded both ways: doubling brackets every target
+            lo = torch.where(logits(lo) > target, lo * 2, lo)
+            hi = torch.where(logits(hi) < target, hi * 2, hi)
+        for _ in range(64):
+            mid = (lo + hi) / 2
+            below = logits(mid) < target
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return (lo + hi) / 2
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Recompute `medians` and the integer coding tables from the current weights (float64, on the CPU).
+
+        Channel c's table covers the values v = -minima[c] .. maxima[c] (coded as round(z - median)), the
+        integers that lie within the 1e-9 tails of the learned density, at most 2048 on each side.
+        """
+        quantiles = self._quantiles()
+        if not bool(torch.isfinite(quantiles).all()):
+            raise ValueError("the learned density has non-finite quantiles; its weights are broken")
+        medians = quantiles[:, 1].float().double()  # the float32 median used for rounding, widened
+        minima = torch.ceil(medians - quantiles[:, 0]).clamp(0, MAX_HALF_SUPPORT).long()
+        maxima = torch.ceil(quantiles[:, 2] - medians).clamp(0, MAX_HALF_SUPPORT).long()
+        lengths = minima + maxima + 1
+        samples = medians[:, None] - minima[:, None] + torch.arange(int(lengths.max()), dtype=torch.float64)
+        pmf, lower, upper = self._likelihood(samples.unsqueeze(1))
+        last = upper[:, 0].gather(1, (lengths - 1)[:, None])[:, 0]
+        tails = torch.sigmoid(lower[:, 0, 0]) + torch.sigmoid(-last)
+        pmfs = [pmf[c, 0, : lengths[c]].numpy() for c in range(self.channels)]
+        self._store_tables(CodingTables.from_pmfs(pmfs, tails.tolist(), (-minima).tolist()))
+        self.medians.copy_(medians.float())
+
+    # -- coding ---------------------------------------------------------------------------------------------
+
+    def _indexes(self, shape: Sequence[int]) -> np.ndarray:
+        """Model index (the channel) of every element of a tensor of `shape`, C order: int64 [prod(shape)]."""
+        if len(shape) < 2 or shape[1] != self.channels or min(shape) < 0:
+            raise ValueError(f"expected a shape [N, {self.channels}, ...], got {tuple(shape)}")
+        view = np.arange(self.channels, dtype=np.int64).reshape(1, -1, *([1] * (len(shape) - 2)))
+        return np.broadcast_to(view, tuple(shape)).ravel()
+
+    def compress(self, z: Tensor) -> bytes:
+        """Entropy-code round(z - medians) for z [N, C, *spatial] (any device): one string (bytes)."""
+        z = _to_cpu_float32(z)
+        indexes = self._indexes(z.shape)
+        _check_finite("z", z)
+        symbols = quantize_symbols(z, self._centers(z.dim(), self.medians.cpu()))
+        return encode_indexed(symbols.numpy().astype(np.int64), indexes, self.coding_tables())
+
+    def decompress(self, data: bytes, shape: Sequence[int]) -> Tensor:
+        """Invert `compress`: z_hat [shape] float32, on the module's device; BitstreamError if `data` is damaged."""
+        shape = tuple(int(s) for s in shape)
+        values = decode_indexed(data, self._indexes(shape), self.coding_tables())
+        medians = self.medians.cpu()
+        z_hat = torch.from_numpy(values.astype(np.float32)).reshape(shape) + self._centers(len(shape), medians)
+        return z_hat.to(self.medians.device)
+
+
+class GaussianConditional(_TabledEntropyModel):
+    """Gaussian entropy model for latents y with predicted means and scales (a hyperprior / context model).
+
+    Source: Ballé et al., "Variational image compression with a scale hyperprior" (ICLR 2018), with the mean
+    of Minnen et al. 2018; the layout of CompressAI's `GaussianConditional`: the likelihood of a quantized value
+    is the N(mean, scale) density integrated over its unit bin, scales bounded below by 0.11, likelihoods by
+    1e-9, and coding with one table per entry of a log-spaced scale table (64 levels, 0.11 .. 256).
+
+    Shapes: y, means, scales all [N, C, H, W] (any equal shapes); latent units (quantization step 1). Means are
+    rounded to a 1/64 grid before coding and in the evaluation-mode forward (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        scale_table: Sequence[float] | Tensor | None = None,
+        scale_bound: float = SCALE_BOUND,
+        tail_mass: float = TAIL_MASS,
+        likelihood_bound: float = LIKELIHOOD_BOUND,
+        mean_step: float = MEAN_STEP,
+    ) -> None:
+        super().__init__(likelihood_bound)
+        if math.frexp(mean_step)[0] != 0.5:
+            raise ValueError(f"mean_step must be a power of two so that rounding to it is exact, got {mean_step}")
+        self.scale_bound = float(scale_bound)
+        self.tail_mass = float(tail_mass)
+        self.mean_step = float(mean_step)
+        table = get_scale_table() if scale_table is None else torch.as_tensor(scale_table, dtype=torch.float64)
+        self.register_buffer("scale_table", table.float())
+        self._store_tables(self._gaussian_tables(self.scale_table.double()))
+
+    def _gaussian_tables(self, scales: Tensor) -> CodingTables:
+        """One table per scale s: values -c .. c with c = ceil(s * 6.1) (the 1e-9 tails), zero mean, float64."""
+        multiplier = -NormalDist().inv_cdf(self.tail_mass / 2)
+        pmfs, tails, offsets = [], [], []
+        for scale in scales.tolist():
+            center = math.ceil(scale * multiplier)
+            values = torch.arange(-center, center + 1, dtype=torch.float64).abs()
+            pmfs.append((_std_cdf((0.5 - values) / scale) - _std_cdf((-0.5 - values) / scale)).numpy())
+            tails.append(2 * float(_std_cdf(torch.tensor((-0.5 - center) / scale, dtype=torch.float64))))
+            offsets.append(-center)
+        return CodingTables.from_pmfs(pmfs, tails, offsets)
+
+    def _coding_params(self, means: Tensor, scales: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean_q, indexes): means rounded to the 1/64 grid (float32) and scale-table indexes (int64).
+
+        The one place where the coder's parameters are computed, for `forward` (evaluation), `compress` and
+        `decompress`: float32, contiguous, exact operations only (round to a power-of-two grid, comparisons), so
+        the result depends on the inputs alone, whatever the device. Index = the smallest table entry >= scale
+        (the last entry for larger scales), as in CompressAI's `build_indexes`.
+        """
+        means = means.detach().float().contiguous()
+        scales = scales.detach().float().contiguous()
+        mean_q = torch.round(means / self.mean_step) * self.mean_step
+        indexes = torch.bucketize(scales, self.scale_table[:-1].to(scales.device))
+        return mean_q, indexes
+
+    def likelihood(self, y_hat: Tensor, means: Tensor, scales: Tensor) -> Tensor:
+        """P(y_hat's unit bin) under N(means, max(scales, 0.11)), bounded below by 1e-9; y_hat's shape."""
+        scales = lower_bound(scales, self.scale_bound)
+        distance = (y_hat - means).abs()
+        upper = _std_cdf((0.5 - distance) / scales)
+        lower = _std_cdf((-0.5 - distance) / scales)
+        return lower_bound(upper - lower, self.likelihood_bound)
+
+    def forward(self, y: Tensor, means: Tensor, scales: Tensor, training: bool | None = None) -> tuple[Tensor, Tensor]:
+        """(y_hat, likelihoods), both y's shape.
+
+        training (default: the module's mode): y_hat = y + U(-1/2, 1/2) noise; otherwise
+        y_hat = round(y - mean_q) + mean_q (mean_q: means on the 1/64 grid), exactly what
+        `decompress(compress(y, means, scales), means, scales)` returns.
+        """
+        training = self.training if training is None else training
+        if training:
+            y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+        else:
+            mean_q, _ = self._coding_params(means, scales)
+            y_hat = quantize_symbols(y, mean_q) + mean_q
+        return y_hat, self.likelihood(y_hat, means, scales)
+
+    def _cpu_params(self, means: Tensor, scales: Tensor) -> tuple[Tensor, Tensor]:
+        if means.shape != scales.shape:
+            raise ValueError(f"means {tuple(means.shape)} and scales {tuple(scales.shape)} differ in shape")
+        means, scales = _to_cpu_float32(means), _to_cpu_float32(scales)
+        _check_finite("means", means)
+        _check_finite("scales", scales)
+        return self._coding_params(means, scales)
+
+    def compress(self, y: Tensor, means: Tensor, scales: Tensor) -> bytes:
+        """Entropy-code round(y - mean_q), each with the table of its scale index: one string (bytes)."""
+        if y.shape != means.shape:
+            raise ValueError(f"y {tuple(y.shape)} and means {tuple(means.shape)} differ in shape")
+        mean_q, indexes = self._cpu_params(means, scales)
+        y = _to_cpu_float32(y)
+        _check_finite("y", y)
+        symbols = quantize_symbols(y, mean_q)
+        return encode_indexed(symbols.numpy().astype(np.int64), indexes.numpy(), self.coding_tables())
+
+    def decompress(self, data: bytes, means: Tensor, scales: Tensor) -> Tensor:
+        """Invert `compress`: y_hat (means' shape, float32, on means' device); BitstreamError if damaged."""
+        mean_q, indexes = self._cpu_params(means, scales)
+        values = decode_indexed(data, indexes.numpy(), self.coding_tables())
+        y_hat = torch.from_numpy(values.astype(np.float32)).reshape(mean_q.shape) + mean_q
+        return y_hat.to(means.device)
+
+
+def _std_cdf(x: Tensor) -> Tensor:
+    """Standard normal CDF, accurate in the lower tail."""
+    return 0.5 * torch.erfc(-x / math.sqrt(2))

@@ -1,0 +1,99 @@
+"""The latent space DiffVC codes and denoises in: one interface, two implementations (DESIGN.md section 3).
+
+* `VAELatent` (preset `full`): Stable Diffusion 2.1-base's `AutoencoderKL` (4 channels, 1/8 resolution, scaling
+  factor 0.18215), as in the paper.
+* `PixelUnshuffleLatent` (preset `tiny`): `PixelUnshuffle(8)` of the frame mapped to [-1, 1]: 192 channels at 1/8
+  resolution, lossless and free (the choice of the same authors' successor, DiffVC-RT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SD21_VAE_CONFIG = {  # stabilityai/stable-diffusion-2-1-base, vae/config.json
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "sample_size": 768, "layers_per_block": 2,
+    "block_out_channels": [128, 256, 512, 512], "norm_num_groups": 32, "act_fn": "silu",
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "scaling_factor": 0.18215,
+}
+
+
+@dataclass(frozen=True)
+class LatentSpaceConfig:
+    """kind: 'pixel_unshuffle' (tiny) or 'sd_vae' (full). vae_path: a local diffusers folder (or hub id online)."""
+
+    kind: Literal["pixel_unshuffle", "sd_vae"] = "pixel_unshuffle"
+    factor: int = 8
+    vae_path: str | None = None
+    scaling_factor: float = 0.18215
+
+    @property
+    def channels(self) -> int:
+        return 3 * self.factor**2 if self.kind == "pixel_unshuffle" else SD21_VAE_CONFIG["latent_channels"]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LatentSpace(nn.Module):
+    """frames [N, 3, H, W] in [0, 1] (H, W multiples of 8) <-> latents [N, C, H/8, W/8]."""
+
+    config: LatentSpaceConfig
+
+    @property
+    def channels(self) -> int:
+        return self.config.channels
+
+    @property
+    def factor(self) -> int:
+        return self.config.factor
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PixelUnshuffleLatent(LatentSpace):
+    """Lossless space-to-depth: latent values are pixel values mapped to [-1, 1] (DiffVC-RT, Ma & Chen 2025)."""
+
+    def __init__(self, config: LatentSpaceConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(frames * 2 - 1, self.factor)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return ((F.pixel_shuffle(latents, self.factor) + 1) / 2).clamp(0, 1)
+
+
+class VAELatent(LatentSpace):
+    """Stable Diffusion 2.1-base's KL autoencoder (Rombach et al. 2022); the posterior mean is the latent."""
+
+    def __init__(self, config: LatentSpaceConfig, vae: nn.Module | None = None) -> None:
+        super().__init__()
+        from diffusers import AutoencoderKL
+
+        self.config = config
+        if vae is None:
+            vae = (AutoencoderKL.from_pretrained(config.vae_path, subfolder="vae") if config.vae_path
+                   else AutoencoderKL(**{k: v for k, v in SD21_VAE_CONFIG.items()}))
+        self.vae = vae
+        self.vae.requires_grad_(False)
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(frames * 2 - 1).latent_dist.mean * self.config.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return ((self.vae.decode(latents / self.config.scaling_factor).sample + 1) / 2).clamp(0, 1)
+
+
+def build_latent_space(config: LatentSpaceConfig) -> LatentSpace:
+    return PixelUnshuffleLatent(config) if config.kind == "pixel_unshuffle" else VAELatent(config)
