@@ -1,0 +1,623 @@
+"""The diffusion stage of DiffVC: a U-Net guided by a ControlNet branch, prompted by the QP, sampled with TDIR.
+
+DiffVC (Ma & Chen, "Diffusion-based Perceptual Neural Video Compression with Temporal Diffusion Information
+Reuse", arXiv 2501.13528) refines each frame's reconstructed latent l^_t with a latent diffusion model:
+
+* **Denoiser.** diffusers' `UNet2DConditionModel` (preset `full`: exactly Stable Diffusion 2.1-base's U-Net,
+  Rombach et al. 2022 / Stability AI 2022; preset `tiny`: a small U-Net for CPUs), guided by a diffusers
+  `ControlNetModel` (Zhang et al., "Adding Conditional Control to Text-to-Image Diffusion Models", 2023) that is a
+  trainable copy of the U-Net's encoder. The ControlNet's condition is at latent resolution: [l^_t, C1], the
+  reconstructed latent concatenated with the temporal context C1 (see docs/DESIGN.md section 3).
+* **QPP.** The QP replaces SD's text prompt: `QPPrompt` turns it into cross-attention tokens for both networks.
+  No text encoder.
+* **Sampling.** DDIM (Song et al., "Denoising Diffusion Implicit Models", ICLR 2021), eta = 0, started
+  img2img-style from the seeded, noised reconstruction at strength s: z = sqrt(a_s) l^_t + sqrt(1 - a_s) eps.
+* **TDIR.** For P-frames, the first K of the T_s steps skip both networks and derive the noise estimate from the
+  previous frame's x0 prediction (motion-compensated by the caller): eps = (z_t - sqrt(a_t) x0) / sqrt(1 - a_t).
+
+Latents here are whatever the latent space produces ([N, C, h, w], h = H / 8); nothing is clamped. Timesteps
+t are integers in 0 .. num_train_timesteps - 1. QPs are integers in 0 .. qp_levels - 1, larger = stronger
+compression. Which of the [S]/[I] choices (PAPER.md) each default reflects is said where it is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from diffusers import ControlNetModel, DDIMScheduler, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
+from torch import Tensor, nn
+
+from codec.errors import CodecError
+
+ReuseSource = Literal["final", "step"]
+REUSE_SOURCES: tuple[str, ...] = ("final", "step")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Configs
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QPPromptConfig:
+    """Shape of the QP prompt: QP -> `num_tokens` cross-attention tokens of width `dim`.
+
+    `dim` must equal the U-Net's `cross_attention_dim`. The sinusoidal code uses periods spaced geometrically from
+    2 to 4 * qp_levels, so neighbouring QPs differ in the fine terms and the whole range is monotone in the coarse
+    ones.
+    """
+
+    qp_levels: int = 64
+    code_dim: int = 128
+    hidden_dim: int = 256
+    num_tokens: int = 4
+    dim: int = 128
+
+    def __post_init__(self) -> None:
+        if self.code_dim % 2 or self.code_dim < 4:
+            raise CodecError(f"QPPromptConfig.code_dim must be even and >= 4, got {self.code_dim}")
+        if min(self.qp_levels, self.hidden_dim, self.num_tokens, self.dim) < 1:
+            raise CodecError(f"QPPromptConfig fields must be positive: {self}")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Everything that defines the diffusion stage; JSON-serialisable with `dataclasses.asdict`.
+
+    U-Net fields follow diffusers' `UNet2DConditionModel` names. Beware diffusers' historical naming:
+    `attention_head_dim` is the number of attention *heads* per level (SD 2.1: 5, 10, 20, 20 heads of 64 channels).
+    The ControlNet is built from the U-Net (`ControlNetModel.from_unet`); its conditioning embedding is one 3x3
+    convolution to `controlnet_embedding_channels` and a zero-initialised 3x3 convolution to the U-Net's first
+    width, so the condition stays at latent resolution (each further entry of diffusers'
+    `conditioning_embedding_out_channels` would halve it).
+
+    Scheduler: SD 2.1's training schedule (scaled_linear 0.00085 .. 0.012 over 1000 steps, epsilon prediction,
+    "leading" spacing with steps_offset 1), sampled with DDIM. One deliberate difference: `set_alpha_to_one` is
+    True, so the last DDIM step lands on the x0 prediction itself. SD's own config (False) leaves
+    sqrt(1 - a_0) = 2.9 % of the noise estimate in the output, which a codec would show as grain (most visibly in
+    the tiny preset's PixelUnshuffle latent, where it is about 7 grey levels).
+
+    Sampling: `steps` is the length of the full DDIM schedule, `strength` s the fraction of it used
+    (T_s = round(steps * s) steps starting at the corresponding timestep, as in img2img), `tdir_ratio` is K / T_s.
+    `reuse_source` says which x0 of the previous frame TDIR reuses ("final": its final denoised latent; "step":
+    its x0 prediction at the same step index), `reuse_warp` whether the caller motion-compensates it. [I] The
+    paper gives none of these numbers; the defaults are provisional until docs/RESULTS.md records a measurement.
+    """
+
+    # Latent and condition (channels at latent resolution).
+    latent_channels: int
+    condition_channels: int
+    # U-Net shape (diffusers UNet2DConditionModel).
+    sample_size: int
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    down_block_types: tuple[str, ...]
+    up_block_types: tuple[str, ...]
+    attention_head_dim: int | tuple[int, ...]
+    cross_attention_dim: int
+    norm_num_groups: int
+    use_linear_projection: bool
+    qp_prompt: QPPromptConfig
+    mid_block_type: str = "UNetMidBlock2DCrossAttn"
+    upcast_attention: bool = False
+    controlnet_embedding_channels: int = 256
+    # Noise schedule (SD 2.1) and sampler.
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    prediction_type: str = "epsilon"
+    timestep_spacing: str = "leading"
+    steps_offset: int = 1
+    set_alpha_to_one: bool = True
+    # Sampling defaults.
+    steps: int = 50
+    strength: float = 0.5
+    tdir_ratio: float = 0.5
+    reuse_source: ReuseSource = "final"
+    reuse_warp: bool = True
+
+    def __post_init__(self) -> None:
+        levels = len(self.block_out_channels)
+        if not (len(self.down_block_types) == len(self.up_block_types) == levels):
+            raise CodecError(f"block_out_channels, down_block_types and up_block_types differ in length: {self}")
+        if isinstance(self.attention_head_dim, tuple) and len(self.attention_head_dim) != levels:
+            raise CodecError(f"attention_head_dim needs one entry per level ({levels}): {self.attention_head_dim}")
+        if self.qp_prompt.dim != self.cross_attention_dim:
+            raise CodecError(f"qp_prompt.dim {self.qp_prompt.dim} != cross_attention_dim {self.cross_attention_dim}")
+        if self.condition_channels < 1 or self.latent_channels < 1:
+            raise CodecError("latent_channels and condition_channels must be positive")
+        if self.prediction_type != "epsilon":
+            raise CodecError(f"only epsilon prediction is supported (TDIR derives eps), got {self.prediction_type}")
+        if self.steps < 1 or not 0.0 <= self.strength <= 1.0 or not 0.0 <= self.tdir_ratio <= 1.0:
+            raise CodecError(f"need steps >= 1 and strength, tdir_ratio in [0, 1]: {self}")
+        if self.reuse_source not in REUSE_SOURCES:
+            raise CodecError(f"reuse_source must be one of {REUSE_SOURCES}, got {self.reuse_source!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiffusionConfig:
+        """Inverse of `dataclasses.asdict` (after a JSON round trip, which turns tuples into lists)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise CodecError(f"unknown DiffusionConfig field(s): {sorted(unknown)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        prompt = values["qp_prompt"]
+        values["qp_prompt"] = prompt if isinstance(prompt, QPPromptConfig) else QPPromptConfig(**prompt)
+        return cls(**values)
+
+    def unet_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `UNet2DConditionModel` (SD's fixed choices where this config has no field)."""
+        return dict(
+            sample_size=self.sample_size,
+            in_channels=self.latent_channels,
+            out_channels=self.latent_channels,
+            flip_sin_to_cos=True,
+            freq_shift=0,
+            down_block_types=self.down_block_types,
+            mid_block_type=self.mid_block_type,
+            up_block_types=self.up_block_types,
+            block_out_channels=self.block_out_channels,
+            layers_per_block=self.layers_per_block,
+            downsample_padding=1,
+            mid_block_scale_factor=1,
+            act_fn="silu",
+            norm_num_groups=self.norm_num_groups,
+            norm_eps=1e-5,
+            cross_attention_dim=self.cross_attention_dim,
+            attention_head_dim=self.attention_head_dim,
+            use_linear_projection=self.use_linear_projection,
+            upcast_attention=self.upcast_attention,
+        )
+
+    def scheduler_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of diffusers' `DDIMScheduler`."""
+        return dict(
+            num_train_timesteps=self.num_train_timesteps,
+            beta_start=self.beta_start,
+            beta_end=self.beta_end,
+            beta_schedule=self.beta_schedule,
+            clip_sample=False,
+            set_alpha_to_one=self.set_alpha_to_one,
+            steps_offset=self.steps_offset,
+            prediction_type=self.prediction_type,
+            timestep_spacing=self.timestep_spacing,
+        )
+
+
+def _coarsest_attention_blocks(levels: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Down/up block types with (self- and cross-) attention only at the coarsest level."""
+    down = ("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",)
+    up = ("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1)
+    return down, up
+
+
+def tiny_diffusion_config(
+    latent_channels: int = 192,
+    context_channels: int = 64,
+    block_out_channels: tuple[int, ...] = (64, 128, 128),
+    cross_attention_dim: int = 128,
+    num_qp_tokens: int = 4,
+    norm_num_groups: int = 32,
+    head_channels: int = 32,
+    controlnet_embedding_channels: int = 64,
+    steps: int = 10,
+    strength: float = 0.4,
+) -> DiffusionConfig:
+    """A small U-Net + ControlNet for a 2-core CPU (the `tiny` preset; [I] sized here, not from the paper).
+
+    Defaults: a 192-channel PixelUnshuffle(8) latent, widths (64, 128, 128) at 1/8, 1/16, 1/32 of the frame, one
+    resnet per level, attention only at the coarsest level and in the mid block (self-attention at 32x32 latents
+    made a step 5x slower on this CPU). 5.8 M U-Net, 2.7 M ControlNet and 0.15 M QP-prompt parameters; one
+    U-Net + ControlNet evaluation takes about 21-25 ms for a 1x192x16x16 latent (a 128x128 frame) and 36-55 ms
+    for 1x192x32x32 on the 2-core CPU of docs/DESIGN.md. Sampling: a 10-step schedule at strength 0.4, i.e.
+    T_s = 4 denoising steps per frame.
+    """
+    down, up = _coarsest_attention_blocks(len(block_out_channels))
+    return DiffusionConfig(
+        latent_channels=latent_channels,
+        condition_channels=latent_channels + context_channels,
+        sample_size=16,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=1,
+        down_block_types=down,
+        up_block_types=up,
+        attention_head_dim=tuple(max(1, c // head_channels) for c in block_out_channels),
+        cross_attention_dim=cross_attention_dim,
+        norm_num_groups=norm_num_groups,
+        use_linear_projection=True,
+        qp_prompt=QPPromptConfig(
+            code_dim=64, hidden_dim=2 * cross_attention_dim, num_tokens=num_qp_tokens, dim=cross_attention_dim
+        ),
+        controlnet_embedding_channels=controlnet_embedding_channels,
+        steps=steps,
+        strength=strength,
+    )
+
+
+def full_diffusion_config(context_channels: int = 64) -> DiffusionConfig:
+    """The paper's scale: Stable Diffusion 2.1-base's U-Net (865,910,724 parameters) and a ControlNet copy of it
+    (364.0 M), plus an 8.7 M-parameter QP prompt of 8 tokens.
+
+    The U-Net fields are those of stabilityai/stable-diffusion-2-1-base `unet/config.json`, so that
+    `DiffusionStage.load_sd_unet` can load its weights. Sampling: [I] 50-step schedule at strength 0.5
+    (T_s = 25, "tens of steps" [S]).
+    """
+    return DiffusionConfig(
+        latent_channels=4,
+        condition_channels=4 + context_channels,
+        sample_size=64,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        attention_head_dim=(5, 10, 20, 20),
+        cross_attention_dim=1024,
+        norm_num_groups=32,
+        use_linear_projection=True,
+        qp_prompt=QPPromptConfig(code_dim=256, hidden_dim=1024, num_tokens=8, dim=1024),
+        controlnet_embedding_channels=256,
+        steps=50,
+        strength=0.5,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# QP prompting
+# --------------------------------------------------------------------------------------------------------------
+
+
+def sinusoidal_qp_code(qp: Tensor, code_dim: int, qp_levels: int) -> Tensor:
+    """Sinusoidal code of integer QPs [N] -> float32 [N, code_dim] in [-1, 1] (sin half, then cos half).
+
+    Periods are geometric from 2 to 4 * qp_levels QP units (the transformer position code of Vaswani et al. 2017,
+    with periods fitted to the QP range instead of 2 pi .. 10000 * 2 pi).
+    """
+    half = code_dim // 2
+    periods = torch.logspace(math.log10(2.0), math.log10(4.0 * qp_levels), half, device=qp.device)
+    angles = qp.float()[:, None] * (2.0 * math.pi / periods)[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+class QPPrompt(nn.Module):
+    """QPP: the QP as the cross-attention prompt of the U-Net and the ControlNet (replaces SD's text encoder).
+
+    qp: integer tensor [N], 0 .. qp_levels - 1 (larger = stronger compression); values outside are clamped
+    (checking them would cost a host sync). Returns tokens [N, num_tokens, dim]: sinusoidal code -> MLP ->
+    `num_tokens` tokens, plus a learned position embedding per token, then a LayerNorm (CLIP's text encoder, whose
+    place this takes, also ends in one).
+    """
+
+    def __init__(self, config: QPPromptConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.mlp = nn.Sequential(
+            nn.Linear(config.code_dim, config.hidden_dim),
+            nn.SiLU(),
+            nn.Linear(config.hidden_dim, config.num_tokens * config.dim),
+        )
+        self.position = nn.Parameter(torch.randn(config.num_tokens, config.dim) * 0.02)
+        self.norm = nn.LayerNorm(config.dim)
+
+    def forward(self, qp: Tensor) -> Tensor:
+        cfg = self.config
+        qp = qp.reshape(-1).clamp(0, cfg.qp_levels - 1)
+        code = sinusoidal_qp_code(qp, cfg.code_dim, cfg.qp_levels).to(self.position.dtype)
+        tokens = self.mlp(code).view(qp.shape[0], cfg.num_tokens, cfg.dim) + self.position
+        return self.norm(tokens)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The networks
+# --------------------------------------------------------------------------------------------------------------
+
+
+def controlnet_from_unet(unet: UNet2DConditionModel, config: DiffusionConfig) -> ControlNetModel:
+    """A ControlNet (Zhang et al. 2023) copying `unet`'s encoder weights, conditioned at latent resolution."""
+    return ControlNetModel.from_unet(
+        unet,
+        conditioning_embedding_out_channels=(config.controlnet_embedding_channels,),
+        conditioning_channels=config.condition_channels,
+        load_weights_from_unet=True,
+    )
+
+
+class DiffusionStage(nn.Module):
+    """U-Net + ControlNet + QP prompt of DiffVC, with the config of the DDIM scheduler that samples them.
+
+    `predict_noise` is one evaluation of the denoiser; `noise_prediction_loss` is its training objective;
+    `TDIRSampler` runs the sampling loop.
+    """
+
+    def __init__(
+        self, config: DiffusionConfig, unet: UNet2DConditionModel, controlnet: ControlNetModel, qp_prompt: QPPrompt
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.unet = unet
+        self.controlnet = controlnet
+        self.qp_prompt = qp_prompt
+
+    @classmethod
+    def from_config(cls, config: DiffusionConfig) -> DiffusionStage:
+        """Random initialisation (diffusers' defaults; the ControlNet copies the U-Net encoder, zero convs at 0)."""
+        unet = UNet2DConditionModel(**config.unet_kwargs())
+        return cls(config, unet, controlnet_from_unet(unet, config), QPPrompt(config.qp_prompt))
+
+    def load_sd_unet(self, local_dir: str | Path) -> DiffusionStage:
+        """Load SD 2.1-base's U-Net from a local diffusers folder (`<dir>/unet`), and re-copy the ControlNet from it.
+
+        No network access (`local_files_only`). The folder's U-Net must match this config's U-Net fields (use
+        `full_diffusion_config`). The QP prompt is kept. Returns self.
+        """
+        try:
+            unet = UNet2DConditionModel.from_pretrained(local_dir, subfolder="unet", local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise CodecError(f"cannot load a Stable Diffusion U-Net from {local_dir}/unet: {exc}") from exc
+        ours = self.config.unet_kwargs()
+        mismatched = {k: (v, unet.config[k]) for k, v in ours.items() if _differs(v, unet.config[k])}
+        if mismatched:
+            raise CodecError(f"the U-Net in {local_dir} does not match this config (ours, theirs): {mismatched}")
+        self.unet = unet.to(self.qp_prompt.position.device)
+        self.controlnet = controlnet_from_unet(self.unet, self.config).to(self.unet.device)
+        return self
+
+    def make_scheduler(self) -> DDIMScheduler:
+        """A fresh DDIM scheduler (schedulers are stateful: `set_timesteps`)."""
+        return DDIMScheduler(**self.config.scheduler_kwargs())
+
+    def predict_noise(
+        self, z_t: Tensor, t: Tensor | int, condition: Tensor, tokens: Tensor, conditioning_scale: float = 1.0
+    ) -> Tensor:
+        """One denoiser evaluation: the ControlNet's residuals feed the U-Net's skip connections and mid block.
+
+        z_t: noisy latent [N, C, h, w]; t: timestep, scalar or [N] (int); condition: [N, condition_channels, h, w],
+        i.e. [l^_t, C1]; tokens: QP prompt [N, num_tokens, cross_attention_dim]. Returns eps [N, C, h, w] in the
+        networks' dtype. Inputs are cast to the networks' dtype (see `prepare_for_inference`).
+        """
+        dtype = _parameter_dtype(self.unet)
+        z_t, condition, tokens = z_t.to(dtype), condition.to(dtype), tokens.to(dtype)
+        down_residuals, mid_residual = self.controlnet(
+            z_t,
+            t,
+            encoder_hidden_states=tokens,
+            controlnet_cond=condition,
+            conditioning_scale=conditioning_scale,
+            return_dict=False,
+        )
+        return self.unet(
+            z_t,
+            t,
+            encoder_hidden_states=tokens,
+            down_block_additional_residuals=down_residuals,
+            mid_block_additional_residual=mid_residual,
+            return_dict=False,
+        )[0]
+
+    def noise_prediction_loss(
+        self,
+        x0: Tensor,
+        condition: Tensor,
+        qp: Tensor,
+        generator: torch.Generator | None = None,
+        timestep_range: Literal["sampling", "full"] = "sampling",
+    ) -> Tensor:
+        """The epsilon-prediction objective (Ho et al. 2020): MSE between the drawn and the predicted noise.
+
+        x0: clean latent [N, C, h, w] (the original frame's latent l_t); condition: [N, condition_channels, h, w];
+        qp: int [N]. t is drawn uniformly from 0 .. t_start (the timesteps that sampling at the config's steps and
+        strength visits, `timestep_range="sampling"`) or from the whole schedule ("full"). Noise and t come from
+        `generator` (on its device) when given. Returns a float32 scalar.
+        """
+        t_max = self.config.num_train_timesteps - 1
+        if timestep_range == "sampling":
+            kept = sampling_timesteps(self.make_scheduler(), self.config.steps, self.config.strength)
+            t_max = kept[0] if kept else 0
+        draw_device = generator.device if generator is not None else x0.device
+        t = torch.randint(0, t_max + 1, (x0.shape[0],), generator=generator, device=draw_device).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=draw_device, dtype=torch.float32).to(x0.device)
+        z_t = self.make_scheduler().add_noise(x0.float(), noise, t)
+        eps = self.predict_noise(z_t, t, condition, self.qp_prompt(qp))
+        return F.mse_loss(eps.float(), noise)
+
+
+def _parameter_dtype(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+def _differs(ours: Any, theirs: Any) -> bool:
+    normalise = lambda v: tuple(v) if isinstance(v, list | tuple) else v  # noqa: E731
+    return normalise(ours) != normalise(theirs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sampling with TDIR
+# --------------------------------------------------------------------------------------------------------------
+
+
+def sampling_timesteps(scheduler: DDIMScheduler, steps: int, strength: float) -> list[int]:
+    """The last T_s = round(steps * strength) timesteps of a `steps`-step DDIM schedule, descending.
+
+    For SD's leading spacing with steps_offset 1, steps=50, strength=0.5: [481, 461, ..., 1]. Python ints, read
+    from the scheduler's CPU tensor (no device sync).
+    """
+    scheduler.set_timesteps(steps)
+    kept = min(steps, round(steps * strength))
+    return [int(t) for t in scheduler.timesteps.tolist()[steps - kept :]] if kept else []
+
+
+def num_reuse_steps(sampling_steps: int, tdir_ratio: float) -> int:
+    """K = round(tdir_ratio * T_s): how many leading steps TDIR takes from the previous frame."""
+    return min(sampling_steps, round(sampling_steps * tdir_ratio))
+
+
+def noise_seed(seed: int, frame_index: int) -> int:
+    """A 63-bit generator seed from (stream seed, frame index); the same on every platform and Python run."""
+    digest = hashlib.blake2b(struct.pack("<qq", seed, frame_index), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def seeded_noise(shape: Sequence[int], seed: int, frame_index: int) -> Tensor:
+    """Standard normal float32 noise drawn on the CPU from `noise_seed(seed, frame_index)`.
+
+    Drawn on the CPU so that an encoder on a GPU and a decoder on a CPU see the same noise.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(noise_seed(seed, frame_index))
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+
+
+def eps_from_x0(z_t: Tensor, x0: Tensor, alpha_bar: float) -> Tensor:
+    """The noise estimate implied by a clean-latent estimate: eps = (z_t - sqrt(a_t) x0) / sqrt(1 - a_t)."""
+    return (z_t - math.sqrt(alpha_bar) * x0) / math.sqrt(1.0 - alpha_bar)
+
+
+@dataclass
+class SampleResult:
+    """Output of `TDIRSampler.sample`.
+
+    latent: denoised latent [N, C, h, w], float32. x0_per_step: the x0 prediction after each of the T_s steps
+    (float32, same shape), what a following frame may reuse with reuse_source="step"; its last entry equals
+    `latent` when set_alpha_to_one is True. unet_evals: how many denoiser (U-Net + ControlNet) evaluations ran.
+    """
+
+    latent: Tensor
+    x0_per_step: list[Tensor] = field(default_factory=list)
+    unet_evals: int = 0
+
+
+class TDIRSampler:
+    """DDIM sampling (Song et al. 2021, eta = 0) with Temporal Diffusion Information Reuse (DiffVC).
+
+    The loop has no host synchronisation: no `.item()`, no branching on tensor values; everything the loop
+    branches on (timesteps, alphas, K) is a Python number computed before it.
+    """
+
+    def __init__(self, stage: DiffusionStage) -> None:
+        self.stage = stage
+
+    @torch.no_grad()
+    def sample(
+        self,
+        latent_hat: Tensor,
+        condition: Tensor,
+        qp: Tensor,
+        seed: int,
+        frame_index: int,
+        steps: int | None = None,
+        strength: float | None = None,
+        reuse_steps: int = 0,
+        reuse_x0: Tensor | Sequence[Tensor] | None = None,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> SampleResult:
+        """Denoise the reconstructed latent.
+
+        latent_hat: reconstructed latent l^_t [N, C, h, w]; condition: [N, condition_channels, h, w] ([l^_t, C1]);
+        qp: int [N], 0 .. qp_levels - 1. seed, frame_index: select the noise (same values -> same noise, on any
+        device). steps, strength: the DDIM schedule length and the fraction of it run (default: the config's);
+        T_s = round(steps * strength), and strength 0 returns latent_hat unchanged (float32) with no step run.
+        reuse_steps: K, how many of the first steps take their x0 from `reuse_x0` instead of the networks
+        (clipped to T_s; ignored when reuse_x0 is None). reuse_x0: the previous frame's x0, already
+        motion-compensated if wanted: one tensor [N, C, h, w] (reuse_source="final") or a sequence of at least K
+        tensors indexed by step (reuse_source="step", the previous frame's `x0_per_step`, same steps and strength).
+        autocast_dtype: e.g. torch.bfloat16 on CUDA, to run the networks under autocast; the DDIM arithmetic and
+        the result stay float32.
+        """
+        cfg = self.stage.config
+        steps = cfg.steps if steps is None else steps
+        strength = cfg.strength if strength is None else strength
+        device = latent_hat.device
+        if steps < 1 or not 0.0 <= strength <= 1.0 or reuse_steps < 0:
+            raise CodecError(
+                f"need steps >= 1, strength in [0, 1], reuse_steps >= 0; got {steps}, {strength}, {reuse_steps}"
+            )
+        scheduler = self.stage.make_scheduler()
+
+        # 1. Timesteps: the last T_s of the DDIM schedule; K of them reuse the previous frame's x0.
+        timesteps = sampling_timesteps(scheduler, steps, strength)
+        if not timesteps:
+            return SampleResult(latent_hat.float().clone(), [], 0)
+        k = min(reuse_steps, len(timesteps)) if reuse_x0 is not None else 0
+        reused = _reuse_list(reuse_x0, k, latent_hat.shape)
+        alpha_bars = [float(scheduler.alphas_cumprod[t]) for t in timesteps]
+        timesteps_on_device = torch.tensor(timesteps, dtype=torch.long, device=device)
+        autocast = _autocast(device, autocast_dtype)
+
+        # 2. Start: the reconstruction noised to the first kept timestep with the (seed, frame) noise.
+        noise = seeded_noise(latent_hat.shape, seed, frame_index).to(device)
+        z = math.sqrt(alpha_bars[0]) * latent_hat.float() + math.sqrt(1.0 - alpha_bars[0]) * noise
+        with autocast:
+            tokens = self.stage.qp_prompt(qp.to(device))
+
+        # 3. Denoise: reuse steps derive eps from the reused x0 (no network); the others run ControlNet + U-Net.
+        x0_per_step: list[Tensor] = []
+        unet_evals = 0
+        for i, t in enumerate(timesteps):
+            if i < k:
+                eps = eps_from_x0(z, reused[i].to(device, torch.float32), alpha_bars[i])
+            else:
+                with autocast:
+                    eps = self.stage.predict_noise(z, timesteps_on_device[i], condition, tokens).float()
+                unet_evals += 1
+            # 4. DDIM step (eta = 0): move z to the previous timestep; keep the x0 prediction for the next frame.
+            z, x0 = scheduler.step(eps, t, z, eta=0.0, return_dict=False)
+            x0_per_step.append(x0)
+
+        return SampleResult(z.float(), x0_per_step, unet_evals)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _reuse_list(reuse_x0: Tensor | Sequence[Tensor] | None, k: int, shape: torch.Size) -> list[Tensor]:
+    """The x0 to reuse at each of the first k steps: the same tensor each time ("final") or one per step ("step")."""
+    if k == 0 or reuse_x0 is None:
+        return []
+    per_step = [reuse_x0] * k if isinstance(reuse_x0, Tensor) else list(reuse_x0)
+    if len(per_step) < k:
+        raise CodecError(f"TDIR needs {k} reused x0 predictions, got {len(per_step)}")
+    for x0 in per_step[:k]:
+        if x0.shape != shape:
+            raise CodecError(f"reused x0 has shape {tuple(x0.shape)}, the latent {tuple(shape)}")
+    return per_step[:k]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Inference fast path
+# --------------------------------------------------------------------------------------------------------------
+
+
+def prepare_for_inference(
+    stage: DiffusionStage,
+    device: str | torch.device,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = True,
+    compile: bool = False,
+) -> DiffusionStage:
+    """Put the stage in inference form, in place: device and dtype, eval mode, no gradients, SDPA attention
+    (`AttnProcessor2_0`, PyTorch's scaled_dot_product_attention: diffusers' default, set explicitly here),
+    channels-last convolution weights, and optionally `torch.compile` of the U-Net and ControlNet (in place via
+    `nn.Module.compile`, so state-dict keys are unchanged). Returns the stage.
+
+    With dtype float16/bfloat16 the networks hold that dtype and `predict_noise` casts inputs to it; the sampler
+    keeps its own arithmetic in float32 either way.
+    """
+    stage.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    for model in (stage.unet, stage.controlnet):
+        model.set_attn_processor(AttnProcessor2_0())
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        if compile:
+            model.compile()
+    return stage
