@@ -75,10 +75,10 @@ class CodecEntry:
     def options_type(self) -> type:
         return self.cls.Options
 
-    def unavailable_reason(self) -> str | None:
-        """None when the codec can run on this machine, else why not (one line)."""
-        check: Callable[[], str | None] | None = getattr(self.cls, "unavailable_reason", None)
-        return check() if check else None
+    def unavailable_reason(self, options: Any = None) -> str | None:
+        """None when the codec can run on this machine with `options` (default: its defaults), else why not."""
+        check: Callable[[Any], str | None] | None = getattr(self.cls, "unavailable_reason", None)
+        return check(options if options is not None else self.options_type()) if check else None
 
 
 _REGISTRY: dict[str, CodecEntry] = {}
@@ -102,6 +102,7 @@ def register_codec(name: str, description: str) -> Callable[[type], type]:
 def _load_builtin_codecs() -> None:
     """Import the modules that register the built-in codecs (idempotent; light: no weights are loaded)."""
     import codec.baselines  # noqa: F401
+    import codec.diffvc.codec  # noqa: F401
 
 
 def list_codecs() -> list[CodecEntry]:
@@ -138,10 +139,11 @@ def get_codec(spec: str, **overrides: Any) -> VideoCodec:
     name, options = parse_spec(spec)
     options.update(overrides)
     entry = get_entry(name)
-    reason = entry.unavailable_reason()
+    parsed = parse_options(entry.options_type, options, name)
+    reason = entry.unavailable_reason(parsed)
     if reason:
         raise CodecUnavailableError(f"codec {name!r} cannot run here: {reason}")
-    return entry.cls(parse_options(entry.options_type, options, name))
+    return entry.cls(parsed)
 
 
 def get_entry(name: str) -> CodecEntry:

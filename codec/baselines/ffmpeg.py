@@ -353,7 +353,7 @@ class FFmpegCodec(CodecBase):
     environment: ClassVar[dict[str, str]] = {}  # set (if unset) before encoding, e.g. to quiet a library's log
 
     @classmethod
-    def unavailable_reason(cls) -> str | None:
+    def unavailable_reason(cls, options: Any = None) -> str | None:
         """None when this PyAV build has both the encoder and the decoder, else which one is missing."""
         for name, mode, role in ((cls.encoder, "w", "encoder"), (cls.decoder, "r", "decoder")):
             try:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -42,3 +44,31 @@ class StageTimer:
 
     def as_dict(self) -> dict[str, float]:
         return {name: float(self.seconds.get(name, 0.0)) for name in STAGES}
+
+
+_ACTIVE: contextvars.ContextVar[StageTimer | None] = contextvars.ContextVar("active_stage_timer", default=None)
+
+
+@contextlib.contextmanager
+def active_timer(timer: StageTimer) -> Iterator[StageTimer]:
+    """Make `timer` the one that `timed` functions report to, for the duration of the block."""
+    token = _ACTIVE.set(timer)
+    try:
+        yield timer
+    finally:
+        _ACTIVE.reset(token)
+
+
+def timed(stage: str, fn: Callable) -> Callable:
+    """Wrap `fn` so that its calls count as `stage` on the active timer (if any): e.g. entropy coding calls
+    deep inside the latent codecs are moved out of the 'latent' stage into 'entropy'."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        timer = _ACTIVE.get()
+        if timer is None:
+            return fn(*args, **kwargs)
+        with timer.stage(stage):
+            return fn(*args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,297 @@
+"""DiffVC as a registered `VideoCodec`: GOP structure, the DVC1 bitstream, model packs, timings.
+
+* `diffvc`: the full codec (diffusion stage on, QP prompt, TDIR).
+* `condlc`: the baseline neural codec: the same conditional latent codec with the diffusion stage switched off
+  *in the loop* (the latent decoder's output is the frame and the next reference), same pack, same rate control.
+
+GOP: frame t is an I-frame when t = 0 or (intra_period > 0 and t % intra_period == 0). A P-frame's QP is the
+stream QP plus `qp_offsets[(position in the GOP - 1) % len(qp_offsets)]` (DCVC-DC's hierarchical quality:
+e.g. "0,4,2,4"), clipped to 0..63. Each unit carries its QP, so the decoder needs no options.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+
+from codec.bitstream import MAGIC, FrameUnit, StreamHeader, read_stream, write_stream
+from codec.diffvc.config import PAD_MULTIPLE, PRESETS
+from codec.diffvc.diffusion import num_reuse_steps
+from codec.diffvc.model import DiffVCModel, FrameCoder, SamplingPlan, instrument_entropy_timing
+from codec.diffvc.pack import PackInfo, find_packs, resolve_pack
+from codec.diffvc.qp import QP_MAX, QP_MIN
+from codec.diffvc.timing import StageTimer, active_timer
+from codec.errors import BitstreamError, CodecError, CodecUnavailableError, VideoError
+from codec.registry import CodecBase, Encoded, options_dict, register_codec
+from codec.video import DEFAULT_LIMITS, Video, crop, pad_to_multiple
+
+RANDOM_PACK_PREFIX = "random-"  # pack="random-tiny": random init of a preset (tests, speed), never a real result
+FLAG_REUSE_STEP = 1  # header flags: TDIR reuses per-step x0 (else the final latent)
+FLAG_REUSE_WARP = 2  # TDIR warps the reused x0 with the decoded flow
+STRINGS_PER_TYPE = {"I": 2, "P": 4}
+
+
+@dataclass(frozen=True)
+class NeuralOptions:
+    """Options shared by `diffvc` and `condlc`."""
+
+    intra_period: int = 32
+    qp_offsets: str = "0"
+    pack: str = ""  # a pack name or folder; "" = the default pack; "random-tiny" = random init
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.intra_period != -1 and not 1 <= self.intra_period <= 65535:
+            raise ValueError(f"intra_period must be -1 or 1..65535, got {self.intra_period}")
+        parse_offsets(self.qp_offsets)
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class DiffVCOptions(NeuralOptions):
+    """Diffusion options; steps/strength/tdir_ratio <= 0 (or < 0) mean the pack's defaults."""
+
+    tdir: bool = True
+    tdir_ratio: float = -1.0
+    steps: int = 0
+    strength: float = -1.0
+    reuse: Literal["final", "step"] = "final"
+    reuse_warp: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tdir_ratio > 1 or self.strength > 1 or not 0 <= self.steps <= 1000:
+            raise ValueError("need tdir_ratio <= 1, strength <= 1 and 0 <= steps <= 1000")
+
+
+def parse_offsets(text: str) -> tuple[int, ...]:
+    try:
+        offsets = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"qp_offsets must be comma-separated integers, got {text!r}") from None
+    if not offsets or any(abs(v) > QP_MAX for v in offsets):
+        raise ValueError(f"qp_offsets must be integers in [-63, 63], got {text!r}")
+    return offsets
+
+
+def frame_type(index: int, intra_period: int) -> str:
+    return "I" if index == 0 or (intra_period > 0 and index % intra_period == 0) else "P"
+
+
+def frame_qp(qp: int, index: int, intra_period: int, offsets: tuple[int, ...]) -> int:
+    position = index % intra_period if intra_period > 0 else index
+    offset = 0 if position == 0 else offsets[(position - 1) % len(offsets)]
+    return min(QP_MAX, max(QP_MIN, qp + offset))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CodecUnavailableError("device cuda asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+@functools.lru_cache(maxsize=4)
+def load_model(pack: str, device: str) -> tuple[DiffVCModel, PackInfo]:
+    """The model of a pack on a device, loaded once per process (packs are read-only)."""
+    if pack.startswith(RANDOM_PACK_PREFIX):
+        preset = pack.removeprefix(RANDOM_PACK_PREFIX)
+        if preset not in PRESETS:
+            raise CodecError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+        model, info = DiffVCModel.random(PRESETS[preset](), seed=0, name=pack)
+    else:
+        folder = resolve_pack(pack or None)
+        if folder is None:
+            raise CodecUnavailableError("no DiffVC model pack found (train one: python -m codec train, issue [3/5])")
+        model, info = DiffVCModel.from_pack(folder)
+    model = model.to(device)
+    instrument_entropy_timing(model)
+    return model, info
+
+
+class NeuralCodecBase(CodecBase):
+    """The sequence codec shared by `diffvc` and `condlc`: GOP, DVC1 stream, DPB, timing."""
+
+    qp_range: ClassVar[tuple[int, int]] = (QP_MIN, QP_MAX)
+
+    @classmethod
+    def unavailable_reason(cls, options: NeuralOptions) -> str | None:
+        """None when the pack the options name can be found (a random-init pack always can)."""
+        if options.pack.startswith(RANDOM_PACK_PREFIX):
+            return None
+        try:
+            found = resolve_pack(options.pack or None)
+        except CodecError as e:
+            return str(e)
+        return None if found else "no model pack installed (pack=random-tiny runs a random-init model)"
+
+    @classmethod
+    def recognizes(cls, bitstream: bytes) -> bool:
+        if bitstream[:4] != MAGIC or len(bitstream) < 6:
+            return False
+        from codec.bitstream import CODEC_IDS
+
+        return bitstream[5] == CODEC_IDS[cls.name]
+
+    def _model(self) -> tuple[DiffVCModel, PackInfo, torch.device]:
+        device = pick_device(self.options.device)
+        model, info = load_model(self.options.pack, str(device))
+        return model, info, device
+
+    def identity(self) -> str:
+        return self._model()[1].sha256
+
+    def sampling_plan(self, model: DiffVCModel) -> SamplingPlan:
+        return SamplingPlan(0, 0.0, 0, "final", False, self.options.seed)
+
+    # --- encoder --------------------------------------------------------------------------------------
+
+    def encode(self, video: Video, qp: int, **overrides: Any) -> Encoded:
+        """Encode `video` at `qp` (0..63; larger = fewer bits) into one DVC1 stream."""
+        qp = self.check_qp(qp)
+        opts = self.options
+        model, info, device = self._model()
+        plan = self.sampling_plan(model)
+        header = self._header(video, qp, plan, info)
+        frames, size_hw = pad_to_multiple(video.frames, PAD_MULTIPLE)
+        offsets = parse_offsets(opts.qp_offsets)
+        timer = StageTimer(device)
+        coder = FrameCoder(model, plan, device, timer, _autocast_dtype(device))
+        units, recon, evals = [], [], []
+        start = time.perf_counter()
+        with active_timer(timer):
+            for t in range(video.num_frames):
+                ftype, fqp = frame_type(t, opts.intra_period), frame_qp(qp, t, opts.intra_period, offsets)
+                strings, result = coder.encode_frame(_to_tensor(frames[t], device), ftype, fqp, t)
+                units.append(FrameUnit(ftype, fqp, tuple(strings)))
+                recon.append(_to_uint8(result.frame, size_hw))
+                evals.append(result.unet_evals)
+        encode_s = time.perf_counter() - start
+        bitstream = write_stream(header, units)
+        return Encoded(
+            bitstream=bitstream,
+            reconstruction=Video(np.stack(recon), video.fps),
+            frame_bits=[8 * sum(len(s) for s in u.strings) for u in units],
+            frame_types=[u.frame_type for u in units],
+            timings={**timer.as_dict(), "encode": encode_s},
+            params={**options_dict(opts), "qp": qp, "pack": info.name, "pack_sha256": info.sha256,
+                    "device": str(device), "steps": plan.steps, "strength": plan.strength, "tdir_k": plan.tdir_k,
+                    "header_bytes": len(bitstream) - sum(len(s) for u in units for s in u.strings)},
+            stats={"unet_evals": int(sum(evals)), "unet_evals_per_frame": evals},
+        )
+
+    def _header(self, video: Video, qp: int, plan: SamplingPlan, info: PackInfo) -> StreamHeader:
+        fps = Fraction(video.fps).limit_denominator(1_000_000)
+        flags = (FLAG_REUSE_STEP if plan.reuse_source == "step" else 0) | (FLAG_REUSE_WARP if plan.reuse_warp else 0)
+        return StreamHeader(
+            codec=self.name, width=video.width, height=video.height, fps_num=fps.numerator,
+            fps_den=fps.denominator, num_frames=video.num_frames, intra_period=self.options.intra_period, qp=qp,
+            steps=plan.steps, tdir_k=plan.tdir_k, strength_milli=round(plan.strength * 1000), flags=flags,
+            seed=plan.seed, pack_hash=info.hash_prefix,
+        )
+
+    # --- decoder --------------------------------------------------------------------------------------
+
+    def decode(self, bitstream: bytes) -> Video:
+        """DVC1 bytes -> the video the encoder reconstructed, bit for bit (same pack, same device)."""
+        header, units = read_stream(bitstream)
+        model, info, device = self._model()
+        self._check_stream(header, info)
+        plan = SamplingPlan(header.steps, header.strength_milli / 1000, header.tdir_k,
+                            "step" if header.flags & FLAG_REUSE_STEP else "final",
+                            bool(header.flags & FLAG_REUSE_WARP), header.seed)
+        size_hw = (header.height, header.width)
+        padded_hw = tuple(-(-v // PAD_MULTIPLE) * PAD_MULTIPLE for v in size_hw)
+        coder = FrameCoder(model, plan, device, StageTimer(device), _autocast_dtype(device))
+        frames = []
+        for t, unit in enumerate(units):
+            if len(unit.strings) != STRINGS_PER_TYPE[unit.frame_type]:
+                raise BitstreamError(f"frame {t}: {unit.frame_type}-frame with {len(unit.strings)} strings")
+            try:
+                result = coder.decode_frame(list(unit.strings), unit.frame_type, unit.qp, t, padded_hw)
+            except (ValueError, RuntimeError) as e:
+                raise BitstreamError(f"frame {t}: cannot be decoded ({e})") from None
+            frames.append(_to_uint8(result.frame, size_hw))
+        return Video(np.stack(frames), Fraction(header.fps_num, header.fps_den))
+
+    def _check_stream(self, header: StreamHeader, info: PackInfo) -> None:
+        if header.codec != self.name:
+            raise BitstreamError(f"this is a {header.codec} stream; decode it with codec {header.codec}")
+        if header.pack_hash != info.hash_prefix:
+            raise BitstreamError(
+                f"stream was encoded with model pack {_pack_name(header.pack_hash)}, "
+                f"but this decoder has pack {info.name} ({info.hash_prefix.hex()}): decode with pack=<that pack>"
+            )
+        try:
+            DEFAULT_LIMITS.check_size(header.width, header.height)
+            DEFAULT_LIMITS.check_count(header.num_frames, header.width, header.height)
+        except VideoError as e:
+            raise BitstreamError(f"stream declares a video beyond this decoder's limits: {e}") from None
+
+
+def _pack_name(hash_prefix: bytes) -> str:
+    """'<name> (<hash>)' when a pack with that hash is installed, else the hash alone."""
+    for folder in find_packs():
+        try:
+            info = load_model(str(folder), "cpu")[1]
+        except CodecError:
+            continue
+        if info.hash_prefix == hash_prefix:
+            return f"{info.name} ({hash_prefix.hex()})"
+    return hash_prefix.hex()
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    return torch.bfloat16 if device.type == "cuda" else None
+
+
+def _to_tensor(frame: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float32 [1, 3, H, W] in [0, 1] on `device`."""
+    return torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1)[None].float().div_(255)
+
+
+def _to_uint8(frame: torch.Tensor, size_hw: tuple[int, int]) -> np.ndarray:
+    """[1, 3, H', W'] in [0, 1] -> uint8 [H, W, 3], cropped to the original size."""
+    rgb = (frame[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return crop(rgb[None], size_hw)[0]
+
+
+@register_codec("diffvc", "DiffVC: conditional latent coding + ControlNet-guided diffusion, QPP, TDIR")
+class DiffVC(NeuralCodecBase):
+    Options = DiffVCOptions
+
+    def sampling_plan(self, model: DiffVCModel) -> SamplingPlan:
+        opts, cfg = self.options, model.config.diffusion
+        steps = opts.steps or cfg.steps
+        strength = opts.strength if opts.strength >= 0 else cfg.strength
+        ratio = opts.tdir_ratio if opts.tdir_ratio >= 0 else cfg.tdir_ratio
+        sampling_steps = min(steps, round(steps * strength))
+        k = num_reuse_steps(sampling_steps, ratio) if opts.tdir else 0
+        return SamplingPlan(steps, strength, k, opts.reuse, opts.reuse_warp, opts.seed)
+
+
+@register_codec("condlc", "baseline neural codec: DiffVC's conditional latent codec, diffusion stage off in the loop")
+class CondLC(NeuralCodecBase):
+    Options = NeuralOptions
+
+
+def pack_summary() -> list[tuple[str, Path, str]]:
+    """(name, folder, sha256) of every pack found; for `python -m codec info`."""
+    out = []
+    for folder in find_packs():
+        try:
+            info = load_model(str(folder), "cpu")[1]
+            out.append((info.name, folder, info.sha256))
+        except CodecError as e:
+            out.append((folder.name, folder, f"unreadable: {e}"))
+    return out

@@ -1,0 +1,210 @@
+"""The DiffVC model: every part in one module, and the per-frame coding steps shared by encoder and decoder.
+
+Per P-frame (DESIGN.md section 3; Ma & Chen 2025, with DCVC-DC's conditional coding):
+  1. motion     flow = estimator(x_t, x^_{t-1}) (encoder only); MV codec -> decoded flow f^
+  2. context    C1, C2, C3 = TemporalContext(x^_{t-1}, DPB feature, f^)
+  3. latent     l_t = LatentSpace.encode(x_t); y = Enc(l_t, C1..3) ... -> l^_t, DPB feature, y^
+  4. diffusion  z = sqrt(a_s) l^_t + sqrt(1 - a_s) eps; T_s DDIM steps guided by [l^_t, C1] and the QP prompt,
+                the first K of them (TDIR) reusing the previous frame's x0, warped by f^
+  5. vae        x^_t = LatentSpace.decode(z_0): the output and the next frame's reference
+I-frames: the intra latent codec, then steps 4-5 with zeros for C1 and no reuse.
+Every step after the entropy decoding is a function of decoded data only, and the encoder runs it exactly as
+the decoder does (`FrameCoder.reconstruct`), so both hold the same DPB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from codec.diffvc.config import DiffVCConfig
+from codec.diffvc.context import Contexts, TemporalContext
+from codec.diffvc.diffusion import DiffusionStage, TDIRSampler
+from codec.diffvc.dpb import DecodedPictureBuffer
+from codec.diffvc.entropy import FactorizedPrior, GaussianConditional
+from codec.diffvc.latent import build_latent_space
+from codec.diffvc.latent_codec import ContextualLatentCodec, IntraLatentCodec
+from codec.diffvc.motion import DISFlow, MotionCodec, SpyNetFlow
+from codec.diffvc.pack import PackInfo, deserialize, in_memory_info, read_pack, serialize
+from codec.diffvc.timing import StageTimer, timed
+from codec.diffvc.warp import resize_flow, warp
+from codec.errors import BitstreamError, CodecError
+
+
+class DiffVCModel(nn.Module):
+    """All parts of DiffVC. Build with `DiffVCModel(config)`, `.random(config, seed)` or `.from_pack(folder)`."""
+
+    def __init__(self, config: DiffVCConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.latent_space = build_latent_space(config.latent_space)
+        self.flow_estimator = SpyNetFlow(config.spynet) if config.flow == "spynet" else DISFlow(config.dis)
+        self.motion = MotionCodec(config.motion)
+        self.context = TemporalContext(config.context)
+        self.intra = IntraLatentCodec(config.intra)
+        self.inter = ContextualLatentCodec(config.inter)
+        self.diffusion = DiffusionStage.from_config(config.diffusion)
+
+    def coding_parts(self) -> list[nn.Module]:
+        return [self.motion, self.intra, self.inter]
+
+    def update_entropy_models(self) -> None:
+        """Compute the entropy coders' tables from the current weights (after training or loading)."""
+        for part in self.coding_parts():
+            part.update()
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        """The state that a pack stores: everything but a frozen pretrained VAE (loaded from its own folder)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("latent_space.vae.")}
+
+    @classmethod
+    def random(cls, config: DiffVCConfig, seed: int = 0, name: str = "random") -> tuple[DiffVCModel, PackInfo]:
+        """Random init, with weights rounded exactly as a saved pack would hold them (so saving is lossless)."""
+        torch.manual_seed(seed)
+        model = cls(config)
+        model.update_entropy_models()
+        config_dict = config.to_dict()
+        _, weight_bytes = serialize(config_dict, model.trainable_state())
+        model.load_state_dict(deserialize(weight_bytes), strict=False)
+        return model.eval(), in_memory_info(name, config_dict, model.trainable_state())
+
+    @classmethod
+    def from_pack(cls, folder: Path) -> tuple[DiffVCModel, PackInfo]:
+        config_dict, state, info = read_pack(folder)
+        try:
+            config = DiffVCConfig.from_dict(config_dict)
+        except ValueError as e:
+            raise CodecError(f"model pack {folder}: {e}") from None
+        model = cls(config)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("latent_space.vae.")]
+        if missing or unexpected:
+            raise CodecError(f"model pack {folder} does not fit its config: missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}")
+        return model.eval(), info
+
+
+def instrument_entropy_timing(model: DiffVCModel) -> None:
+    """Count the entropy coders' compress/decompress calls as the 'entropy' stage of the active timer."""
+    for module in model.modules():
+        if isinstance(module, (FactorizedPrior, GaussianConditional)) and not getattr(module, "_timed", False):
+            module.compress = timed("entropy", module.compress)
+            module.decompress = timed("entropy", module.decompress)
+            module._timed = True
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """What the diffusion stage runs for this stream (from the header): all zeros = diffusion off (condlc)."""
+
+    steps: int
+    strength: float
+    tdir_k: int
+    reuse_source: str  # "final" | "step"
+    reuse_warp: bool
+    seed: int
+
+    @property
+    def enabled(self) -> bool:
+        return self.steps > 0 and self.strength > 0
+
+
+@dataclass
+class FrameResult:
+    frame: Tensor  # [1, 3, H, W] in [0, 1], padded size
+    unet_evals: int
+
+
+class FrameCoder:
+    """Codes one stream's frames in order, holding the decoded-picture buffer. One instance per stream and side."""
+
+    def __init__(self, model: DiffVCModel, plan: SamplingPlan, device: torch.device, timer: StageTimer,
+                 autocast_dtype: torch.dtype | None = None) -> None:
+        self.model, self.plan, self.device, self.timer = model, plan, device, timer
+        self.autocast_dtype = autocast_dtype
+        self.sampler = TDIRSampler(model.diffusion)
+        self.dpb = DecodedPictureBuffer()
+
+    # --- encoder side ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_frame(self, x: Tensor, frame_type: str, qp: int, index: int) -> tuple[list[bytes], FrameResult]:
+        """x [1, 3, H, W] in [0, 1] -> (entropy-coded strings, the reconstruction the decoder will make)."""
+        m, t = self.model, self.timer
+        with t.stage("vae"):
+            latent = m.latent_space.encode(x)
+        if frame_type == "I":
+            with t.stage("latent"):
+                strings, coded = m.intra.compress(latent, qp)
+            return strings, self._finish(coded, None, None, frame_type, qp, index)
+        with t.stage("motion"):
+            flow = m.flow_estimator(x, self.dpb.frame)
+            mv_strings, flow_hat = m.motion.compress(flow, qp)
+        with t.stage("latent"):
+            contexts = m.context(self.dpb.frame, self.dpb.feature, flow_hat)
+            y_strings, coded = m.inter.compress(latent, contexts, self.dpb.y_hat, qp)
+        return mv_strings + y_strings, self._finish(coded, contexts, flow_hat, frame_type, qp, index)
+
+    # --- decoder side ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode_frame(self, strings: list[bytes], frame_type: str, qp: int, index: int,
+                     size_hw: tuple[int, int]) -> FrameResult:
+        """Entropy-coded strings of one frame -> the reconstruction; updates the DPB."""
+        m, t = self.model, self.timer
+        latent_hw = (size_hw[0] // m.latent_space.factor, size_hw[1] // m.latent_space.factor)
+        if frame_type == "I":
+            with t.stage("latent"):
+                coded = m.intra.decompress(strings, qp, latent_hw)
+            return self._finish(coded, None, None, frame_type, qp, index)
+        if self.dpb.empty:
+            raise BitstreamError(f"frame {index}: a P-frame with no reference")
+        with t.stage("motion"):
+            flow_hat = m.motion.decompress(strings[:2], size_hw, qp)
+        with t.stage("latent"):
+            contexts = m.context(self.dpb.frame, self.dpb.feature, flow_hat)
+            coded = m.inter.decompress(strings[2:], contexts, self.dpb.y_hat, qp, latent_hw)
+        return self._finish(coded, contexts, flow_hat, frame_type, qp, index)
+
+    # --- shared: everything after the entropy decoding ------------------------------------------------
+
+    def _finish(self, coded, contexts: Contexts | None, flow_hat: Tensor | None, frame_type: str, qp: int,
+                index: int) -> FrameResult:
+        """Diffusion (with TDIR) and the latent decoder; pushes the frame into the DPB. Both sides run this."""
+        latent, x0, evals = self._generate(coded.latent_hat, contexts, flow_hat, frame_type, qp, index)
+        with self.timer.stage("vae"):
+            frame = self.model.latent_space.decode(latent).float()
+        self.dpb.push(frame, coded.feature, coded.y_hat if frame_type == "P" else None, x0, frame_type)
+        return FrameResult(frame, evals)
+
+    def _generate(self, latent_hat: Tensor, contexts: Contexts | None, flow_hat: Tensor | None, frame_type: str,
+                  qp: int, index: int) -> tuple[Tensor, Tensor | list[Tensor] | None, int]:
+        plan = self.plan
+        if not plan.enabled:
+            return latent_hat, None, 0
+        with self.timer.stage("diffusion"):
+            c1 = contexts.c1 if contexts is not None else latent_hat.new_zeros(
+                (latent_hat.shape[0], self.model.config.context.channels[0], *latent_hat.shape[-2:]))
+            condition = torch.cat([latent_hat, c1], dim=1)
+            reuse = self._reuse_x0(flow_hat, latent_hat.shape[-2:]) if frame_type == "P" else None
+            result = self.sampler.sample(
+                latent_hat, condition, torch.tensor([qp], device=latent_hat.device), plan.seed, index,
+                steps=plan.steps, strength=plan.strength, reuse_steps=plan.tdir_k if reuse is not None else 0,
+                reuse_x0=reuse, autocast_dtype=self.autocast_dtype,
+            )
+        x0 = result.latent if plan.reuse_source == "final" else result.x0_per_step
+        return result.latent, x0, result.unet_evals
+
+    def _reuse_x0(self, flow_hat: Tensor, latent_hw) -> Tensor | list[Tensor] | None:
+        """The previous frame's x0 for TDIR, motion-compensated if asked; None for the first P after an I."""
+        if self.plan.tdir_k == 0 or self.dpb.x0 is None or self.dpb.frames_since_intra < 1:
+            return None
+        if not self.plan.reuse_warp:
+            return self.dpb.x0
+        flow = resize_flow(flow_hat, tuple(latent_hw))
+        if isinstance(self.dpb.x0, Tensor):
+            return warp(self.dpb.x0, flow)
+        return [warp(x0, flow) for x0 in self.dpb.x0]
