@@ -1,0 +1,637 @@
+"""Learned latent codecs of DiffVC: the hyperprior plumbing shared by every codec, the intra latent codec and the
+contextual (conditional) latent codec of P-frames.
+
+Sources:
+* Ballé et al., "Variational image compression with a scale hyperprior" (ICLR 2018) and Minnen et al. 2018 for
+  the mean-scale hyperprior: y -> z -> (means, scales) of a Gaussian conditional; a factorized prior for z.
+* Li et al., "Neural Video Compression with Diverse Contexts" (DCVC-DC, CVPR 2023) for conditional coding: the
+  latent is encoded and decoded *with* multi-scale temporal contexts C1, C2, C3 (concatenated at their scales,
+  not subtracted as a residual), a temporal prior from the contexts joins the hyperprior, and one model covers
+  every rate through learned per-QP quantization scales (`codec.diffvc.qp.QPScales`).
+* Ma & Chen, DiffVC (arXiv 2501.13528): the codec codes the *latent* of the frame (Stable Diffusion's VAE latent,
+  or PixelUnshuffle(8) for the tiny preset, docs/DESIGN.md section 3) instead of pixels; the decoded latent goes on
+  to the diffusion stage, and the decoder also returns a feature kept in the decoded-picture buffer (DPB).
+
+**Shared plumbing (`HyperpriorCodec`).** Every codec here (this module's two and `motion.MotionCodec`) runs the
+same pipeline, written once:
+
+1. ``y = analysis(x, cond) * q_enc`` (q_enc: the QP's encoder scale, per channel of y);
+2. ``z = h_a(y)``; ``z_hat`` from the factorized prior (noise in training, rounding otherwise);
+3. ``(means, scales) = entropy_params(z_hat, cond, q_enc)``: the hyper-decoder and the codec's own prior head;
+4. ``y_hat`` from the Gaussian conditional (noise in training; round(y - mean_q) + mean_q otherwise);
+5. ``out = synthesis(y_hat * q_dec, cond)``.
+
+`forward` (training and evaluation) and `compress` run steps 1-5 through `HyperpriorCodec._run`; `decompress`
+decodes z_hat, runs step 3 with *the same function*, decodes y_hat and runs step 5 with *the same function*. In
+float32 with the same batch shapes and layouts, so ``decompress(compress(x))`` equals compress's own reconstruction
+bit for bit (docs/DESIGN.md section 4), and so does the evaluation-mode `forward`.
+
+Shapes (H, W: the frame size, a multiple of 64; h = H / 8, w = W / 8: the latent's):
+* latent l_t [N, C, h, w] (C = `latent_channels`: 192 tiny, 4 full); contexts C1 [N, c1, h, w], C2 [N, c2, h/2,
+  w/2], C3 [N, c3, h/4, w/4]; y [N, M, h/4, w/4] (1/32 of the frame); z [N, Z, h/8, w/8] (1/64 of the frame);
+  the DPB feature [N, F, h, w].
+* Values of y, z in units of the quantization step (1). QP: integers 0..63, larger = fewer bits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from codec.diffvc.entropy import FactorizedPrior, GaussianConditional, bits_from_likelihoods
+from codec.diffvc.qp import QPScales, QPScalesConfig, qp_tensor
+from codec.errors import BitstreamError
+
+if TYPE_CHECKING:
+    from codec.diffvc.context import Contexts
+
+__all__ = [
+    "CodingOutput",
+    "ContextualLatentCodec",
+    "ContextualLatentCodecConfig",
+    "Hyperprior",
+    "HyperpriorCodec",
+    "IntraLatentCodec",
+    "IntraLatentCodecConfig",
+    "LatentAnalysis",
+    "LatentCodingOutput",
+    "LatentSynthesis",
+    "ResidualBlock",
+    "SubpelUpsample",
+    "config_from_dict",
+    "estimated_bits",
+    "init_variance_preserving",
+    "qp_batch",
+    "real_bits",
+]
+
+NEGATIVE_SLOPE = 0.1  # LeakyReLU slope used throughout (DCVC-DC's choice)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Outputs and rates
+# --------------------------------------------------------------------------------------------------------------
+
+
+def estimated_bits(likelihoods: Mapping[str, Tensor]) -> Tensor:
+    """Estimated size in bits, sum over every tensor of sum(-log2 p): a 0-dim tensor, differentiable.
+
+    The training rate, and the rate shown *labelled as an estimate*; real rates come from `real_bits`.
+    """
+    terms = [bits_from_likelihoods(p) for p in likelihoods.values()]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def real_bits(strings: Sequence[bytes]) -> int:
+    """Size in bits of entropy-coded strings: 8 * total bytes (without the container's framing)."""
+    return 8 * sum(len(s) for s in strings)
+
+
+@dataclass
+class CodingOutput:
+    """What a codec's `forward` gives for training: the reconstruction and the likelihoods of y and z.
+
+    hat: the reconstruction (e.g. the decoded flow [N, 2, H, W] in pixels).
+    likelihoods: {"y": [N, M, ...], "z": [N, Z, ...]}, in (0, 1].
+    """
+
+    hat: Tensor
+    likelihoods: dict[str, Tensor]
+
+    def estimated_bits(self) -> Tensor:
+        """sum(-log2 p) over y and z: the estimated rate in bits (labelled as such), differentiable."""
+        return estimated_bits(self.likelihoods)
+
+
+@dataclass
+class LatentCodingOutput:
+    """Result of a latent codec (intra or contextual), identical on the encoder and the decoder side.
+
+    latent_hat: reconstructed latent l^_t [N, C, h, w], input of the diffusion stage.
+    feature: [N, F, h, w], kept in the decoded-picture buffer for the next frame's temporal context.
+    y_hat: the dequantized latent y^ * q_dec [N, M, h/4, w/4]; the next P-frame's temporal prior takes it.
+    likelihoods: {"y": ..., "z": ...} (y's and z's shapes), in (0, 1].
+    """
+
+    latent_hat: Tensor
+    feature: Tensor
+    y_hat: Tensor
+    likelihoods: dict[str, Tensor]
+
+    def estimated_bits(self) -> Tensor:
+        """sum(-log2 p) over y and z: the estimated rate in bits (labelled as such), differentiable."""
+        return estimated_bits(self.likelihoods)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building blocks (also used by `motion` and `context`)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def conv(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Conv2d:
+    """A 'same' convolution (padding k // 2); stride 2 halves H and W (even sizes)."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
+
+
+def act() -> nn.LeakyReLU:
+    return nn.LeakyReLU(NEGATIVE_SLOPE)
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(act(conv(act(x)))): two 3x3 convolutions, [N, C, H, W] -> [N, C, H, W] (He et al. 2016)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(act(), conv(channels, channels), act(), conv(channels, channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class SubpelUpsample(nn.Sequential):
+    """x2 upsampling by sub-pixel convolution (Shi et al. 2016; DCVC's `subpel_conv3x3`):
+    [N, C_in, H, W] -> [N, C_out, 2H, 2W]."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__(conv(in_channels, out_channels * 4, kernel_size), nn.PixelShuffle(2))
+
+
+def init_variance_preserving(module: nn.Module) -> None:
+    """He-normal weights (fan-in, LeakyReLU slope 0.1) and zero biases for every convolution of `module`.
+
+    PyTorch's default initialization shrinks activations by about 3x per layer, so a randomly initialized codec's y
+    would be far below the quantization step (every symbol 0, whatever the QP); with this one, y starts at about
+    the input's magnitude and the QP scales act from the first step (He et al. 2015).
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, a=NEGATIVE_SLOPE, nonlinearity="leaky_relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def config_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+    """Inverse of `dataclasses.asdict` for the flat configs of this package (a JSON round trip turns tuples into
+    lists). Unknown fields raise ValueError."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s): {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The hyperprior pipeline, written once
+# --------------------------------------------------------------------------------------------------------------
+
+
+class Hyperprior(nn.Module):
+    """Hyper-analysis h_a, the factorized prior of z and the hyper-synthesis h_s (Ballé et al. 2018).
+
+    y [N, M, hy, wy] -> z [N, Z, hy / 2**d, wy / 2**d] (d = `downsamples` stride-2 convolutions)
+    -> hyper features [N, P, hy, wy] (P = `hidden`), from which a prior head predicts means and scales.
+    """
+
+    def __init__(self, y_channels: int, z_channels: int, hidden: int, downsamples: int) -> None:
+        super().__init__()
+        if downsamples < 1:
+            raise ValueError("the hyperprior needs at least one stride-2 stage")
+        self.downsamples = downsamples
+        enc: list[nn.Module] = [conv(y_channels, hidden), act()]
+        for i in range(downsamples):
+            last = i == downsamples - 1
+            enc += [conv(hidden, z_channels if last else hidden, stride=2)] + ([] if last else [act()])
+        dec: list[nn.Module] = []
+        for i in range(downsamples):
+            dec += [SubpelUpsample(z_channels if i == 0 else hidden, hidden), act()]
+        dec += [conv(hidden, hidden)]
+        self.encoder = nn.Sequential(*enc)
+        self.decoder = nn.Sequential(*dec)
+        self.prior = FactorizedPrior(z_channels)
+
+    def z_shape(self, y_shape: Sequence[int]) -> tuple[int, int, int, int]:
+        n, _, h, w = y_shape
+        step = 2**self.downsamples
+        return (n, self.prior.channels, h // step, w // step)
+
+
+@dataclass
+class _Coded:
+    """Every intermediate of one pass of `HyperpriorCodec._run` (quantities in the scaled domain of y)."""
+
+    y: Tensor
+    z: Tensor
+    y_hat: Tensor  # quantized (or noisy) y, before the decoder scale
+    y_deq: Tensor  # y_hat * q_dec, the input of the synthesis
+    out: Any  # what the synthesis returns
+    likelihoods: dict[str, Tensor]
+    means: Tensor
+    scales: Tensor
+
+
+def qp_batch(qp: int | Sequence[int] | Tensor, batch: int, device: torch.device) -> Tensor:
+    """A QP (int, list or int tensor [N] / [1]) as int64 [batch] on `device`; ValueError outside 0..63."""
+    if isinstance(qp, Tensor):
+        values = qp.reshape(-1)
+        if values.numel() and (int(values.min()) < 0 or int(values.max()) > 63):
+            raise ValueError(f"QP must be in [0, 63], got {values.tolist()}")
+        values = values.to(device=device, dtype=torch.int64)
+    else:
+        values = qp_tensor(qp if isinstance(qp, int) else [int(v) for v in qp], device=device)
+    if values.numel() == 1 and batch != 1:
+        values = values.expand(batch)
+    if values.numel() != batch:
+        raise ValueError(f"need one QP or one per batch item ({batch}), got {values.numel()}")
+    return values
+
+
+class HyperpriorCodec(nn.Module):
+    """Base of the motion, intra and contextual codecs: the mean-scale hyperprior pipeline written once.
+
+    Subclasses build `analysis`-side and `synthesis`-side networks and implement three hooks:
+
+    * `_analysis(x, cond) -> y` (before the QP scale),
+    * `_prior(hyper, cond, q_enc) -> (means, scales)` from the hyper features [N, P, hy, wy] (and whatever `cond`
+      carries, e.g. contexts and the previous y),
+    * `_synthesis(y_deq, cond) -> out` (any structure).
+
+    `cond` is whatever the codec conditions on (None for motion and intra). Members: `hyperprior`, `gaussian`
+    (GaussianConditional), `qp_scales` (QPScales over y's channels).
+    """
+
+    def __init__(self, y_channels: int, z_channels: int, hyper_channels: int, hyper_downsamples: int,
+                 qp_anchors: int, qp_init_range: float) -> None:
+        super().__init__()
+        self.y_channels = y_channels
+        self.hyperprior = Hyperprior(y_channels, z_channels, hyper_channels, hyper_downsamples)
+        self.gaussian = GaussianConditional()
+        self.qp_scales = QPScales(QPScalesConfig(y_channels, qp_anchors, qp_init_range))
+
+    # -- hooks --------------------------------------------------------------------------------------------------
+
+    def _analysis(self, x: Tensor, cond: Any) -> Tensor:
+        raise NotImplementedError
+
+    def _prior(self, hyper: Tensor, cond: Any, q_enc: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _synthesis(self, y_deq: Tensor, cond: Any) -> Any:
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Rebuild the coding tables of every entropy model (call after training or loading weights)."""
+        for module in self.modules():
+            if isinstance(module, FactorizedPrior):
+                module.update()
+
+    def entropy_params(self, z_hat: Tensor, cond: Any, q_enc: Tensor) -> tuple[Tensor, Tensor]:
+        """(means, scales) of y [N, M, hy, wy] from z_hat: THE one function both coding sides use."""
+        means, scales = self._prior(self.hyperprior.decoder(z_hat), cond, q_enc)
+        return means.float().contiguous(), scales.float().contiguous()
+
+    def synthesize(self, y_hat: Tensor, cond: Any, q_dec: Tensor) -> tuple[Tensor, Any]:
+        """(y_deq, out) = (y_hat * q_dec, synthesis(y_deq)): THE one decoder both coding sides use."""
+        y_deq = (y_hat * q_dec).contiguous()
+        return y_deq, self._synthesis(y_deq, cond)
+
+    def _run(self, x: Tensor, cond: Any, qp: Tensor, training: bool) -> _Coded:
+        """Steps 1-5 of the module docstring for `forward` and `compress` (training: additive noise)."""
+        q_enc, q_dec = self.qp_scales(qp)
+        y = (self._analysis(x, cond) * q_enc).float()
+        z = self.hyperprior.encoder(y).float()
+        z_hat, z_likelihoods = self.hyperprior.prior(z, training=training)
+        means, scales = self.entropy_params(z_hat, cond, q_enc)
+        y_hat, y_likelihoods = self.gaussian(y, means, scales, training=training)
+        y_deq, out = self.synthesize(y_hat, cond, q_dec)
+        return _Coded(y, z, y_hat, y_deq, out, {"y": y_likelihoods, "z": z_likelihoods}, means, scales)
+
+    def _compress(self, x: Tensor, cond: Any, qp: Tensor) -> tuple[list[bytes], _Coded]:
+        """Strings [y, z] and the evaluation-mode pass whose reconstruction `decompress` reproduces bit for bit."""
+        coded = self._run(x, cond, qp, training=False)
+        z_string = self.hyperprior.prior.compress(coded.z)
+        y_string = self.gaussian.compress(coded.y, coded.means, coded.scales)
+        return [y_string, z_string], coded
+
+    def _decompress(
+        self, strings: Sequence[bytes], cond: Any, qp: Tensor, y_shape: Sequence[int]
+    ) -> tuple[Tensor, Any]:
+        """Invert `_compress` given y's shape: (y_deq, out). BitstreamError if the strings are damaged."""
+        if len(strings) != 2 or not all(isinstance(s, bytes | bytearray) for s in strings):
+            raise BitstreamError(f"a {type(self).__name__} frame needs 2 strings (y, z), got {len(strings)}")
+        q_enc, q_dec = self.qp_scales(qp)
+        z_hat = self.hyperprior.prior.decompress(bytes(strings[1]), self.hyperprior.z_shape(y_shape))
+        means, scales = self.entropy_params(z_hat, cond, q_enc)
+        if not (bool(torch.isfinite(means).all()) and bool(torch.isfinite(scales).all())):
+            raise BitstreamError("the decoded hyper-latent gives non-finite entropy parameters; the stream is damaged")
+        y_hat = self.gaussian.decompress(bytes(strings[0]), means, scales)
+        return self.synthesize(y_hat, cond, q_dec)
+
+
+def _check_latent_size(size_hw: Sequence[int], multiple: int, what: str) -> tuple[int, int]:
+    h, w = (int(s) for s in size_hw)
+    if h <= 0 or w <= 0 or h % multiple or w % multiple:
+        raise ValueError(f"{what} {h}x{w} must be positive multiples of {multiple} (frames are padded to 64)")
+    return h, w
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Latent analysis and synthesis, with or without contexts
+# --------------------------------------------------------------------------------------------------------------
+
+
+class LatentAnalysis(nn.Module):
+    """Enc(l_t, C1, C2, C3) -> y (DCVC-DC's `ContextualEncoder`, moved into the latent domain).
+
+    latent [N, C, h, w] (+ C1 [N, c1, h, w]) -> conv, residual block (width ch1) -> stride 2 (+ C2 at h/2)
+    -> conv, residual block (width ch2) -> stride 2 (+ C3 at h/4) -> conv -> y [N, M, h/4, w/4].
+    With context widths (0, 0, 0) nothing is concatenated: the intra encoder.
+    """
+
+    def __init__(self, latent_channels: int, contexts: Sequence[int], channels: Sequence[int], y_channels: int):
+        super().__init__()
+        c1, c2, c3 = contexts
+        ch1, ch2 = channels
+        self.stage1 = nn.Sequential(conv(latent_channels + c1, ch1), ResidualBlock(ch1), conv(ch1, ch2, stride=2),
+                                    act())
+        self.stage2 = nn.Sequential(conv(ch2 + c2, ch2), ResidualBlock(ch2), conv(ch2, ch2, stride=2), act())
+        self.stage3 = nn.Sequential(conv(ch2 + c3, ch2), act(), conv(ch2, y_channels))
+
+    def forward(self, latent: Tensor, contexts: Contexts | None) -> Tensor:
+        if contexts is None:
+            return self.stage3(self.stage2(self.stage1(latent)))
+        x = self.stage1(torch.cat((latent, contexts.c1), dim=1))
+        x = self.stage2(torch.cat((x, contexts.c2), dim=1))
+        return self.stage3(torch.cat((x, contexts.c3), dim=1))
+
+
+class LatentSynthesis(nn.Module):
+    """Dec(y_hat, C1, C2, C3) -> (l^_t, feature) (DCVC-DC's `ContextualDecoder` + `ReconGeneration`, latent domain).
+
+    y [N, M, h/4, w/4] (+ C3) -> conv, residual block -> x2 (+ C2 at h/2) -> conv, residual block -> x2
+    (+ C1 at h) -> conv, residual block -> feature [N, F, h, w] -> conv -> latent [N, C, h, w].
+    """
+
+    def __init__(self, latent_channels: int, contexts: Sequence[int], channels: Sequence[int], y_channels: int,
+                 feature_channels: int) -> None:
+        super().__init__()
+        c1, c2, c3 = contexts
+        ch1, ch2 = channels
+        self.stage3 = nn.Sequential(conv(y_channels + c3, ch2), ResidualBlock(ch2), SubpelUpsample(ch2, ch2), act())
+        self.stage2 = nn.Sequential(conv(ch2 + c2, ch2), ResidualBlock(ch2), SubpelUpsample(ch2, ch1), act())
+        self.stage1 = nn.Sequential(conv(ch1 + c1, feature_channels), ResidualBlock(feature_channels))
+        self.head = nn.Sequential(act(), conv(feature_channels, latent_channels))
+
+    def forward(self, y: Tensor, contexts: Contexts | None) -> tuple[Tensor, Tensor]:
+        if contexts is None:
+            feature = self.stage1(self.stage2(self.stage3(y)))
+        else:
+            x = self.stage3(torch.cat((y, contexts.c3), dim=1))
+            x = self.stage2(torch.cat((x, contexts.c2), dim=1))
+            feature = self.stage1(torch.cat((x, contexts.c1), dim=1))
+        return self.head(feature), feature
+
+
+def _split_params(params: Tensor) -> tuple[Tensor, Tensor]:
+    """[N, 2M, ...] -> (means, scales), each [N, M, ...]."""
+    means, scales = params.chunk(2, dim=1)
+    return means, scales
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Intra latent codec
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IntraLatentCodecConfig:
+    """Widths of the intra latent codec. channels: hidden widths at 1/8 and 1/16 of the frame; y_channels (M) at
+    1/32; z_channels (Z) at 1/64; hyper_channels: the hyperprior's width; feature_channels (F): the DPB feature."""
+
+    latent_channels: int = 192
+    channels: tuple[int, int] = (64, 96)
+    y_channels: int = 128
+    z_channels: int = 64
+    hyper_channels: int = 96
+    feature_channels: int = 64
+    qp_anchors: int = 4
+    qp_init_range: float = 16.0
+
+    def __post_init__(self) -> None:
+        if len(self.channels) != 2 or min(self.latent_channels, *self.channels, self.y_channels, self.z_channels,
+                                          self.hyper_channels, self.feature_channels) < 1:
+            raise ValueError(f"IntraLatentCodecConfig needs two positive hidden widths and positive sizes: {self}")
+
+    @classmethod
+    def tiny(cls, latent_channels: int = 192) -> IntraLatentCodecConfig:
+        """[I] For a 2-core CPU: PixelUnshuffle(8) latent, widths 64/96, M = 128 (docs/DESIGN.md, Cost on a CPU)."""
+        return cls(latent_channels=latent_channels)
+
+    @classmethod
+    def full(cls, latent_channels: int = 4) -> IntraLatentCodecConfig:
+        """[I] The SD-VAE latent (4 channels), DCVC-DC-like widths."""
+        return cls(latent_channels=latent_channels, channels=(128, 192), y_channels=192, z_channels=128,
+                   hyper_channels=192, feature_channels=64)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> IntraLatentCodecConfig:
+        return config_from_dict(cls, data)
+
+
+class IntraLatentCodec(HyperpriorCodec):
+    """Hyperprior latent codec of I-frames: l_t [N, C, h, w] -> y at 1/32 of the frame -> (l^_t, DPB feature).
+
+    Ballé et al. 2018 mean-scale hyperprior (Minnen et al. 2018, without the autoregressive context), in DiffVC's
+    latent space; QP-variable rate as in DCVC-DC. The I-frame's y_hat is returned but is not a temporal prior
+    for the P-frames (their y lives in another transform): the first P-frame after an I-frame gets
+    prev_y_hat = None.
+    """
+
+    def __init__(self, config: IntraLatentCodecConfig) -> None:
+        super().__init__(config.y_channels, config.z_channels, config.hyper_channels, 1, config.qp_anchors,
+                         config.qp_init_range)
+        self.config = config
+        no_context = (0, 0, 0)
+        self.encoder = LatentAnalysis(config.latent_channels, no_context, config.channels, config.y_channels)
+        self.decoder = LatentSynthesis(config.latent_channels, no_context, config.channels, config.y_channels,
+                                       config.feature_channels)
+        self.prior_head = nn.Sequential(act(), conv(config.hyper_channels, 2 * config.y_channels, 1))
+        init_variance_preserving(self)
+
+    def _analysis(self, x: Tensor, cond: Any) -> Tensor:
+        return self.encoder(x, None)
+
+    def _prior(self, hyper: Tensor, cond: Any, q_enc: Tensor) -> tuple[Tensor, Tensor]:
+        return _split_params(self.prior_head(hyper))
+
+    def _synthesis(self, y_deq: Tensor, cond: Any) -> tuple[Tensor, Tensor]:
+        return self.decoder(y_deq, None)
+
+    def _output(self, y_deq: Tensor, out: tuple[Tensor, Tensor], likelihoods: dict[str, Tensor]) -> LatentCodingOutput:
+        latent_hat, feature = out
+        return LatentCodingOutput(latent_hat, feature, y_deq, likelihoods)
+
+    def forward(self, latent: Tensor, qp: int | Sequence[int] | Tensor) -> LatentCodingOutput:
+        """latent [N, C, h, w] (h, w multiples of 8) -> LatentCodingOutput; training mode adds uniform noise,
+        evaluation mode rounds (then it equals `compress`'s output bit for bit)."""
+        _check_latent_size(latent.shape[-2:], 8, "latent size")
+        coded = self._run(latent, None, qp_batch(qp, latent.shape[0], latent.device), training=self.training)
+        return self._output(coded.y_deq, coded.out, coded.likelihoods)
+
+    @torch.no_grad()
+    def compress(self, latent: Tensor, qp: int | Sequence[int] | Tensor) -> tuple[list[bytes], LatentCodingOutput]:
+        """-> (strings [y, z], the decoder's LatentCodingOutput, with evaluation-mode likelihoods)."""
+        _check_latent_size(latent.shape[-2:], 8, "latent size")
+        strings, coded = self._compress(latent, None, qp_batch(qp, latent.shape[0], latent.device))
+        return strings, self._output(coded.y_deq, coded.out, coded.likelihoods)
+
+    @torch.no_grad()
+    def decompress(self, strings: Sequence[bytes], qp: int | Sequence[int] | Tensor,
+                   latent_size_hw: Sequence[int]) -> LatentCodingOutput:
+        """Invert `compress` (batch size = number of QPs given): likelihoods are not recomputed (empty dict)."""
+        h, w = _check_latent_size(latent_size_hw, 8, "latent size")
+        device = self.qp_scales.log_enc.device
+        qp = qp_batch(qp, 1 if isinstance(qp, int) else len(qp), device)
+        y_deq, out = self._decompress(strings, None, qp, (qp.numel(), self.y_channels, h // 4, w // 4))
+        return self._output(y_deq, out, {})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Contextual latent codec (P-frames)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContextualLatentCodecConfig:
+    """Widths of the contextual latent codec. context_channels: C1, C2, C3 (must match `TemporalContextConfig`);
+    channels: hidden widths at 1/8 and 1/16; y_channels (M) at 1/32; z_channels (Z) at 1/64; hyper_channels;
+    temporal_channels: the temporal prior's width; feature_channels (F): the DPB feature."""
+
+    latent_channels: int = 192
+    context_channels: tuple[int, int, int] = (64, 64, 96)
+    channels: tuple[int, int] = (64, 96)
+    y_channels: int = 128
+    z_channels: int = 64
+    hyper_channels: int = 96
+    temporal_channels: int = 96
+    feature_channels: int = 64
+    qp_anchors: int = 4
+    qp_init_range: float = 16.0
+
+    def __post_init__(self) -> None:
+        sizes = (self.latent_channels, *self.context_channels, *self.channels, self.y_channels, self.z_channels,
+                 self.hyper_channels, self.temporal_channels, self.feature_channels)
+        if len(self.context_channels) != 3 or len(self.channels) != 2 or min(sizes) < 1:
+            raise ValueError(f"ContextualLatentCodecConfig needs 3 context and 2 hidden widths, all positive: {self}")
+
+    @classmethod
+    def tiny(cls, latent_channels: int = 192) -> ContextualLatentCodecConfig:
+        """[I] For a 2-core CPU: PixelUnshuffle(8) latent, contexts 64/64/96, widths 64/96, M = 128."""
+        return cls(latent_channels=latent_channels)
+
+    @classmethod
+    def full(cls, latent_channels: int = 4) -> ContextualLatentCodecConfig:
+        """[I] The SD-VAE latent (4 channels), DCVC-DC-like widths; C1 = 64 to match the diffusion condition."""
+        return cls(latent_channels=latent_channels, context_channels=(64, 128, 192), channels=(128, 192),
+                   y_channels=192, z_channels=128, hyper_channels=192, temporal_channels=192, feature_channels=64)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ContextualLatentCodecConfig:
+        return config_from_dict(cls, data)
+
+
+@dataclass
+class _Condition:
+    contexts: Contexts
+    prev_y_hat: Tensor | None
+
+
+class ContextualLatentCodec(HyperpriorCodec):
+    """Conditional latent codec of P-frames (DCVC-DC, Li et al. 2023, in DiffVC's latent space).
+
+    y = Enc(l_t, C1, C2, C3) at 1/32 of the frame; a hyperprior z at 1/64; a temporal prior from C3 and the
+    previous P-frame's dequantized y_hat (zeros when absent), rescaled by this frame's q_enc, fused with the
+    hyper features into the Gaussian's (means, scales); (l^_t, feature) = Dec(y_hat * q_dec, C1, C2, C3).
+    """
+
+    def __init__(self, config: ContextualLatentCodecConfig) -> None:
+        super().__init__(config.y_channels, config.z_channels, config.hyper_channels, 1, config.qp_anchors,
+                         config.qp_init_range)
+        self.config = config
+        m, t, hyper = config.y_channels, config.temporal_channels, config.hyper_channels
+        self.encoder = LatentAnalysis(config.latent_channels, config.context_channels, config.channels, m)
+        self.decoder = LatentSynthesis(config.latent_channels, config.context_channels, config.channels, m,
+                                       config.feature_channels)
+        self.temporal_prior = nn.Sequential(conv(config.context_channels[2] + m, t), act(), conv(t, t))
+        self.prior_fusion = nn.Sequential(act(), conv(hyper + t, hyper, 1), act(), conv(hyper, 2 * m, 1))
+        init_variance_preserving(self)
+
+    def _analysis(self, x: Tensor, cond: _Condition) -> Tensor:
+        return self.encoder(x, cond.contexts)
+
+    def _prior(self, hyper: Tensor, cond: _Condition, q_enc: Tensor) -> tuple[Tensor, Tensor]:
+        c3 = cond.contexts.c3
+        prev = cond.prev_y_hat
+        prev = c3.new_zeros(c3.shape[0], self.y_channels, *c3.shape[-2:]) if prev is None else prev * q_enc
+        temporal = self.temporal_prior(torch.cat((c3, prev), dim=1))
+        return _split_params(self.prior_fusion(torch.cat((hyper, temporal), dim=1)))
+
+    def _synthesis(self, y_deq: Tensor, cond: _Condition) -> tuple[Tensor, Tensor]:
+        return self.decoder(y_deq, cond.contexts)
+
+    def _condition(self, contexts: Contexts, prev_y_hat: Tensor | None, latent_hw: Sequence[int],
+                   batch: int) -> _Condition:
+        h, w = _check_latent_size(latent_hw, 8, "latent size")
+        c1, c2, c3 = self.config.context_channels
+        expected = {"c1": (batch, c1, h, w), "c2": (batch, c2, h // 2, w // 2), "c3": (batch, c3, h // 4, w // 4)}
+        for name, shape in expected.items():
+            got = tuple(getattr(contexts, name).shape)
+            if got != shape:
+                raise ValueError(f"context {name} has shape {got}, expected {shape}")
+        if prev_y_hat is not None and tuple(prev_y_hat.shape) != (batch, self.y_channels, h // 4, w // 4):
+            raise ValueError(f"prev_y_hat has shape {tuple(prev_y_hat.shape)}, expected "
+                             f"{(batch, self.y_channels, h // 4, w // 4)}")
+        return _Condition(contexts, prev_y_hat)
+
+    @staticmethod
+    def _output(y_deq: Tensor, out: tuple[Tensor, Tensor], likelihoods: dict[str, Tensor]) -> LatentCodingOutput:
+        latent_hat, feature = out
+        return LatentCodingOutput(latent_hat, feature, y_deq, likelihoods)
+
+    def forward(self, latent: Tensor, contexts: Contexts, prev_y_hat: Tensor | None,
+                qp: int | Sequence[int] | Tensor) -> LatentCodingOutput:
+        """latent [N, C, h, w], contexts at 1/8, 1/16, 1/32 of the frame, prev_y_hat [N, M, h/4, w/4] or None
+        -> LatentCodingOutput (training: uniform noise; evaluation: rounding, equal to `compress`'s output)."""
+        n = latent.shape[0]
+        cond = self._condition(contexts, prev_y_hat, latent.shape[-2:], n)
+        coded = self._run(latent, cond, qp_batch(qp, n, latent.device), training=self.training)
+        return self._output(coded.y_deq, coded.out, coded.likelihoods)
+
+    @torch.no_grad()
+    def compress(self, latent: Tensor, contexts: Contexts, prev_y_hat: Tensor | None,
+                 qp: int | Sequence[int] | Tensor) -> tuple[list[bytes], LatentCodingOutput]:
+        """-> (strings [y, z], the decoder's LatentCodingOutput, with evaluation-mode likelihoods)."""
+        n = latent.shape[0]
+        cond = self._condition(contexts, prev_y_hat, latent.shape[-2:], n)
+        strings, coded = self._compress(latent, cond, qp_batch(qp, n, latent.device))
+        return strings, self._output(coded.y_deq, coded.out, coded.likelihoods)
+
+    @torch.no_grad()
+    def decompress(self, strings: Sequence[bytes], contexts: Contexts, prev_y_hat: Tensor | None,
+                   qp: int | Sequence[int] | Tensor, latent_size_hw: Sequence[int]) -> LatentCodingOutput:
+        """Invert `compress` given the same contexts and prev_y_hat (batch size: the contexts'); likelihoods are
+        not recomputed (empty dict). BitstreamError if the strings are damaged."""
+        h, w = _check_latent_size(latent_size_hw, 8, "latent size")
+        n = contexts.c1.shape[0]
+        cond = self._condition(contexts, prev_y_hat, (h, w), n)
+        qp = qp_batch(qp, n, contexts.c1.device)
+        y_deq, out = self._decompress(strings, cond, qp, (n, self.y_channels, h // 4, w // 4))
+        return self._output(y_deq, out, {})
+

@@ -1,0 +1,142 @@
+"""DiffVC and condlc as sequence codecs on tiny random-init models: exact round trips, TDIR, QP, damage, packs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import moving_clip
+
+from codec.bitstream import read_stream
+from codec.diffvc.codec import frame_qp, frame_type
+from codec.diffvc.config import tiny_config
+from codec.diffvc.model import DiffVCModel
+from codec.diffvc.pack import write_pack
+from codec.errors import BitstreamError, CodecUnavailableError, SpecError
+from codec.registry import detect_codec, get_codec
+
+RANDOM = "pack=random-tiny"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return moving_clip(frames=6, height=48, width=80, seed=5)  # odd multiple: padded to 64x128 inside
+
+
+@pytest.fixture(scope="module")
+def encoded(clip):
+    return get_codec(f"diffvc:{RANDOM}:intra_period=4").encode(clip, 30)
+
+
+def test_decode_reproduces_the_encoder_exactly_across_a_gop_boundary(clip, encoded):
+    assert encoded.frame_types == ["I", "P", "P", "P", "I", "P"]
+    decoded = get_codec(f"diffvc:{RANDOM}").decode(encoded.bitstream)
+    assert decoded.frames.shape == clip.frames.shape and decoded.fps == clip.fps
+    assert np.abs(decoded.frames.astype(int) - encoded.reconstruction.frames.astype(int)).max() == 0
+
+
+@pytest.mark.parametrize("spec", [f"diffvc:{RANDOM}:tdir=off", f"diffvc:{RANDOM}:reuse=step:reuse_warp=off",
+                                  f"condlc:{RANDOM}:intra_period=-1"])
+def test_exact_round_trip_with_other_switches(clip, spec):
+    codec = get_codec(spec)
+    enc = codec.encode(moving_clip(frames=4, height=64, width=64, seed=2), 40)
+    assert np.array_equal(codec.decode(enc.bitstream).frames, enc.reconstruction.frames)
+
+
+def test_tdir_halves_the_unet_evaluations(encoded):
+    per_frame = encoded.stats["unet_evals_per_frame"]
+    full = per_frame[0]
+    # I-frames and the first P after them run every step; later P-frames reuse half (tdir_ratio 0.5)
+    assert full > 0 and per_frame == [full, full, full // 2, full // 2, full, full]
+    header, _ = read_stream(encoded.bitstream)
+    assert header.tdir_k == full // 2
+
+
+def test_tdir_off_and_condlc_evaluation_counts(clip):
+    off = get_codec(f"diffvc:{RANDOM}:tdir=off").encode(clip, 30)
+    assert len(set(off.stats["unet_evals_per_frame"])) == 1
+    assert get_codec(f"condlc:{RANDOM}").encode(clip, 30).stats["unet_evals"] == 0
+
+
+def test_rates_fall_from_qp_0_to_qp_63(clip):
+    codec = get_codec(f"condlc:{RANDOM}")
+    sizes = [len(codec.encode(clip, qp).bitstream) for qp in (0, 32, 63)]
+    assert sizes[0] > sizes[2]  # random init: QPScales spans 16x in step size between QP 0 and 63
+
+
+def test_timings_and_stats_are_reported(encoded):
+    for stage in ("motion", "latent", "entropy", "diffusion", "vae"):
+        assert encoded.timings[stage] >= 0
+    assert encoded.timings["diffusion"] > 0 and encoded.timings["entropy"] > 0
+    assert sum(encoded.frame_bits) < 8 * len(encoded.bitstream)
+    assert encoded.params["pack"] == "random-tiny"
+
+
+def test_stream_is_recognised_and_deterministic(clip, encoded):
+    assert detect_codec(encoded.bitstream) == "diffvc"
+    again = get_codec(f"diffvc:{RANDOM}:intra_period=4").encode(clip, 30)
+    assert again.bitstream == encoded.bitstream
+
+
+def test_damaged_streams_raise_bitstream_error(encoded):
+    codec = get_codec(f"diffvc:{RANDOM}")
+    data = encoded.bitstream
+    rng = np.random.default_rng(0)
+    for cut in (3, 30, len(data) // 2, len(data) - 1):
+        with pytest.raises(BitstreamError):
+            codec.decode(data[:cut])
+    for _ in range(20):
+        flipped = bytearray(data)
+        pos = int(rng.integers(0, len(data)))
+        flipped[pos] ^= 1 << int(rng.integers(0, 8))
+        with pytest.raises(BitstreamError):
+            codec.decode(bytes(flipped))
+
+
+def test_condlc_stream_with_diffvc_decoder(clip):
+    enc = get_codec(f"condlc:{RANDOM}").encode(moving_clip(frames=2), 30)
+    with pytest.raises(BitstreamError, match="condlc stream"):
+        get_codec(f"diffvc:{RANDOM}").decode(enc.bitstream)
+
+
+def test_wrong_pack_names_both(tmp_path, encoded):
+    model, _ = DiffVCModel.random(tiny_config(), seed=1)
+    info = write_pack(tmp_path / "other-pack", tiny_config().to_dict(), model.trainable_state(), "test pack\n")
+    with pytest.raises(BitstreamError) as err:
+        get_codec(f"diffvc:pack={info.path}").decode(encoded.bitstream)
+    message = str(err.value)
+    assert "other-pack" in message and info.hash_prefix.hex() in message
+    assert read_stream(encoded.bitstream)[0].pack_hash.hex() in message
+
+
+def test_saved_pack_codes_like_the_model_it_came_from(tmp_path, clip):
+    model, info = DiffVCModel.random(tiny_config(), seed=0)
+    saved = write_pack(tmp_path / "random-copy", tiny_config().to_dict(), model.trainable_state(), "copy\n")
+    assert saved.sha256 == info.sha256
+    a = get_codec(f"condlc:{RANDOM}").encode(clip, 30)
+    b = get_codec(f"condlc:pack={saved.path}").decode(a.bitstream)  # same hash: decodes
+    assert np.array_equal(a.reconstruction.frames, b.frames)
+
+
+def test_options_are_checked():
+    with pytest.raises(SpecError):
+        get_codec(f"diffvc:{RANDOM}:intra_period=0")
+    with pytest.raises(SpecError):
+        get_codec(f"diffvc:{RANDOM}:qp_offsets=a,b")
+    with pytest.raises(CodecUnavailableError, match="not found"):
+        get_codec("diffvc:pack=no-such-pack")
+
+
+def test_gop_structure_and_qp_offsets():
+    assert [frame_type(t, 4) for t in range(6)] == ["I", "P", "P", "P", "I", "P"]
+    assert [frame_type(t, -1) for t in range(3)] == ["I", "P", "P"]
+    assert [frame_qp(30, t, 5, (0, 4, 2, 4)) for t in range(6)] == [30, 30, 34, 32, 34, 30]
+    assert frame_qp(62, 2, 32, (5,)) == 63
