@@ -67,6 +67,16 @@ def _parser() -> argparse.ArgumentParser:
     dec.add_argument("--codec", metavar="SPEC", help="codec spec (default: recognised from the stream)")
     dec.set_defaults(run=_cmd_decode)
 
+    sp = sub.add_parser("speed", help="DiffVC time per frame and per stage, TDIR on and off")
+    sp.add_argument("--preset", choices=["tiny", "full"], default="tiny")
+    sp.add_argument("--random-init", action="store_true", help="a random-init model of the preset (no pack needed)")
+    sp.add_argument("--pack", help="a model pack (default: the installed pack of the preset)")
+    sp.add_argument("--size", default="256x256", help="WIDTHxHEIGHT of the synthetic clip")
+    sp.add_argument("--frames", type=int, default=8)
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--steps", type=int, default=0, help="DDIM steps (default: the pack's)")
+    sp.set_defaults(run=_cmd_speed)
+
     info = sub.add_parser("info", help="codecs usable here, model packs, metric weights, device")
     info.set_defaults(run=_cmd_info)
     return parser
@@ -147,6 +157,21 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_speed(args: argparse.Namespace) -> int:
+    from codec.speed import device_description, format_rows, measure_speed
+    from codec.video import parse_size
+
+    pack = f"random-{args.preset}" if args.random_init else (args.pack or "")
+    if not pack and args.preset != "tiny":
+        raise CodecError("give --pack for the full preset, or --random-init")
+    size = parse_size(args.size)
+    extra = f":steps={args.steps}" if args.steps else ""
+    rows = measure_speed(pack, size, args.frames, args.device, extra=extra)
+    print(format_rows(rows, f"DiffVC {args.preset} ({pack or 'default pack'}), {size[0]}x{size[1]}, "
+                            f"{args.frames} frames, {device_description(args.device)}"))
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import platform
 
@@ -161,7 +186,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for entry in list_codecs():
         reason = entry.unavailable_reason()
         print(f"  {entry.name:8s} {'usable' if reason is None else 'UNUSABLE: ' + reason:10s}  {entry.description}")
-    print("model packs: none yet (the DiffVC codec and its packs come with issue [2/5])")
+    from codec.diffvc.codec import pack_summary
+
+    packs = pack_summary()
+    print("model packs:" + ("" if packs else " none found (DiffVC runs with pack=random-tiny, a random-init model)"))
+    for name, folder, sha in packs:
+        print(f"  {name:14s} {sha[:16]}  {folder}")
     weights = metric_weight_files()
     problem = weights.verify()
     print(f"metric weights: {'OK' if problem is None else problem} ({weights.root}); LPIPS/DISTS use: "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -150,11 +150,12 @@ def measure(
         "options": options_dict(codec.options),  # type: ignore[attr-defined]
         "params": encoded.params,
         "timings": encoded.timings,
+        "unet_evals": encoded.stats.get("unet_evals"),
         "stats": encoded.stats,
         "identity": codec.identity(),  # type: ignore[attr-defined]
         "device": device,
         "per_frame": {"bits": list(map(int, encoded.frame_bits)), **{m: v.tolist() for m, v in per_frame.items()}},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return Measurement(row=row, encoded=encoded, decoded=decoded)
 

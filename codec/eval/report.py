@@ -34,7 +34,8 @@ def results_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
         record = {k: v for k, v in row.items() if not isinstance(v, (dict, list))}
         record.update({f"opt_{k}": v for k, v in row.get("options", {}).items()})
         record.update({f"t_{k}": v for k, v in row.get("timings", {}).items()})
-        record.update({k: v for k, v in row.get("stats", {}).items() if not isinstance(v, (dict, list))})
+        record.update({k: v for k, v in row.get("stats", {}).items()
+                       if k not in record and not isinstance(v, (dict, list))})
         flat.append(record)
     frame = pd.DataFrame(flat)
     first = [c for c in CSV_FIRST_COLUMNS if c in frame.columns]
