@@ -79,7 +79,8 @@ def content_hash(config_bytes: bytes, weight_bytes: bytes) -> str:
 
 def serialize(config: dict, state: dict[str, torch.Tensor], half: bool = True) -> tuple[bytes, bytes]:
     """(config.json bytes, safetensors bytes) for a config dict and a state dict (floats to fp16 if `half`)."""
-    tensors = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous() for k, v in state.items()}
+    tensors = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+               for k, v in state.items()}
     return json.dumps(config, indent=1, sort_keys=True).encode(), save(tensors)
 
 
