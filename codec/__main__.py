@@ -77,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=int, default=0, help="DDIM steps (default: the pack's)")
     sp.set_defaults(run=_cmd_speed)
 
+    from codec.train.cli import add_train_parser
+
+    add_train_parser(sub)
+
     info = sub.add_parser("info", help="codecs usable here, model packs, metric weights, device")
     info.set_defaults(run=_cmd_info)
     return parser

@@ -1,0 +1,196 @@
+"""`python -m codec train STAGE ...`: the staged training of DiffVC from the command line.
+
+    python -m codec train flow      --data DIR --out runs/flow                       (SpyNet presets only)
+    python -m codec train codec     --data DIR --out runs/codec     [--pack-from runs/flow]
+    python -m codec train diffusion --data DIR --out runs/diffusion --pack-from runs/codec
+    python -m codec train finetune  --data DIR --out runs/finetune  --pack-from runs/diffusion
+
+Every stage resumes from RUN_DIR/checkpoint.pt when it exists, logs to RUN_DIR/log.csv, draws RUN_DIR/loss.png and
+writes RUN_DIR/pack/; `--time-budget MIN` stops it cleanly after MIN minutes. Nothing heavy is imported until the
+command runs (`add_train_parser` only builds the parser).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+STAGE_NAMES = ("flow", "codec", "diffusion", "finetune")
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `train` subcommand to the CLI's subparsers; it runs `run_train(args)` (via `args.run`)."""
+    p = subparsers.add_parser(
+        "train", help="train a DiffVC stage (flow, codec, diffusion, finetune) into a model pack",
+        description="Train one stage of DiffVC. Stages chain through packs: flow -> codec -> diffusion -> finetune "
+                    "(--pack-from the previous run). Resumes from OUT/checkpoint.pt.")
+    p.add_argument("stage", choices=STAGE_NAMES)
+    p.add_argument("--data", type=Path, required=True, help="training data folder (photos, videos, Vimeo-90k)")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder (checkpoint, log, pack)")
+    p.add_argument("--pack-from", metavar="PACK_OR_RUN",
+                   help="start from this pack (a folder, a run folder holding pack/, or a pack name)")
+    p.add_argument("--preset", choices=("tiny", "full"), help="model preset when starting without --pack-from "
+                   "(default tiny)")
+    p.add_argument("--sd-path", help="full preset without --pack-from: local diffusers folder of SD-2.1-base, "
+                   "whose vae/ and unet/ (also copied into the ControlNet) are the starting point")
+    p.add_argument("--steps", type=int, help="total steps to reach, across resumes (default: per stage)")
+    p.add_argument("--batch", type=int, help="sequences per step and process (default: per stage)")
+    p.add_argument("--crop", type=int, default=128, help="square crop size, a multiple of 64 (default 128)")
+    p.add_argument("--frames", type=int, default=4, help="frames per training sequence T (default 4)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default: per stage and preset)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-budget", type=float, metavar="MIN", help="stop cleanly after MIN minutes of this session")
+    p.add_argument("--qp", type=int, help="train at this QP only (default: uniform in 0..63 per sequence)")
+    p.add_argument("--perceptual", default="dists", choices=("dists", "lpips", "dists+lpips"),
+                   help="finetune: perceptual distance (default dists)")
+    p.add_argument("--mse-weight", type=float, default=1.0, help="finetune: weight of the MSE term (default 1)")
+    p.add_argument("--grad-steps", type=int, help="finetune: backpropagate through the last K sampler steps only")
+    p.add_argument("--force", action="store_true", help="flow: train a SpyNet even for a DIS preset (tiny)")
+    p.add_argument("--log-every", type=int, default=10, metavar="K")
+    p.add_argument("--checkpoint-every", type=int, default=100, metavar="N")
+    p.add_argument("--pack-every", type=int, default=500, metavar="N", help="also write the pack every N steps "
+                   "(0: only at the end)")
+    p.add_argument("--clips", type=int, default=100_000, help="dataset length (distinct clip draws per epoch)")
+    p.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is faster on a busy CPU)")
+    p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
+    p.set_defaults(run=run_train)
+    return p
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from codec.errors import CodecError
+    from codec.train.loop import CHECKPOINT_FILE, LoopSettings, checkpoint_config, run_stage
+    from codec.train.stages import STAGES, StageOptions, uses_spynet
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.crop < 64 or args.crop % 64:
+        raise CodecError(f"--crop must be a positive multiple of 64 (the motion codec works at 1/64), got {args.crop}")
+    if args.frames < 2:
+        raise CodecError(f"--frames must be >= 2 (an I-frame and at least one P-frame), got {args.frames}")
+    defaults = STAGES[args.stage].defaults
+    start_config = checkpoint_config(args.out / CHECKPOINT_FILE) or start_model_config(args)
+    if args.stage == "flow" and not uses_spynet(start_config) and not args.force:
+        print(f"the {start_config.preset} preset estimates flow with OpenCV's DIS, which has nothing to train; "
+              "skipping the flow stage (--force trains a SpyNet to compare with DIS)")
+        return 0
+    settings = LoopSettings(
+        out=args.out, steps=args.steps if args.steps is not None else defaults.steps,
+        batch=args.batch or defaults.batch, lr=args.lr or defaults.lr(start_config.preset), seed=args.seed,
+        time_budget_min=args.time_budget, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+        pack_every=args.pack_every, workers=args.workers, mixed_precision=args.mixed_precision,
+        source=str(args.data),
+    )
+    options = StageOptions(qp=args.qp, perceptual=args.perceptual, mse_weight=args.mse_weight,
+                           grad_steps=args.grad_steps)
+    dataset = make_dataset(args.stage, args.data, args.frames, args.crop, args.seed, args.clips)
+    record = {"from": start_source(args), "crop": args.crop, "frames": args.frames}
+    from codec.train import data
+
+    result = run_stage(args.stage, lambda: start_model(args), dataset, settings, options, record,
+                       collate_fn=data.collate_clips, worker_init_fn=data.single_thread_worker)
+    why = "" if result.stopped_by == "steps" else f" (stopped by {result.stopped_by})"
+    sha = f" ({result.pack.sha256[:16]})" if result.pack else ""
+    print(f"{args.stage}: step {result.step}, {result.seconds / 60:.1f} min of training{why}; "
+          f"pack {args.out / 'pack'}{sha}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The starting model
+# --------------------------------------------------------------------------------------------------------------
+
+
+def resolve_start_pack(name: str) -> Path:
+    """A pack folder from --pack-from: a pack folder, a run folder holding pack/, or a pack name."""
+    from codec.diffvc.pack import CONFIG_FILE, resolve_pack
+
+    path = Path(name)
+    if (path / "pack" / CONFIG_FILE).is_file():
+        return path / "pack"
+    return resolve_pack(name)
+
+
+def start_model_config(args: argparse.Namespace):
+    """The config the run would start from (without building the model): the pack's or the preset's."""
+    import json
+
+    from codec.diffvc.config import DiffVCConfig, full_config, tiny_config
+    from codec.diffvc.pack import CONFIG_FILE
+    from codec.errors import CodecError
+
+    if args.pack_from:
+        config = DiffVCConfig.from_dict(json.loads((resolve_start_pack(args.pack_from) / CONFIG_FILE).read_text()))
+        if args.preset and args.preset != config.preset:
+            raise CodecError(f"--preset {args.preset} contradicts the pack's preset {config.preset}")
+        return config
+    return full_config(args.sd_path) if args.preset == "full" else tiny_config()
+
+
+def start_source(args: argparse.Namespace) -> str:
+    if not args.pack_from:
+        if args.preset == "full" and args.sd_path:
+            return f"SD-2.1-base VAE and U-Net from {args.sd_path}, the rest random (seed {args.seed})"
+        return f"random init ({args.preset or 'tiny'} preset, seed {args.seed})"
+    from codec.diffvc.pack import CONFIG_FILE, WEIGHTS_FILE, content_hash
+
+    folder = resolve_start_pack(args.pack_from)
+    digest = content_hash((folder / CONFIG_FILE).read_bytes(), (folder / WEIGHTS_FILE).read_bytes())
+    return f"{folder} ({digest[:16]})"
+
+
+def start_model(args: argparse.Namespace):
+    """The model the stage starts from when there is no checkpoint (a SpyNet is added for `flow --force`)."""
+    from codec.diffvc.model import DiffVCModel
+    from codec.train.stages import with_spynet
+
+    if args.pack_from:
+        model, _ = DiffVCModel.from_pack(resolve_start_pack(args.pack_from))
+    else:
+        model = DiffVCModel(start_model_config(args))
+        if args.preset == "full" and args.sd_path:
+            model.diffusion.load_sd_unet(args.sd_path)
+    return with_spynet(model) if args.stage == "flow" else model
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------------------
+
+
+def make_dataset(stage: str, data_dir: Path, frames: int, crop: int, seed: int, length: int):
+    """The stage's dataset from `codec.train.data`: synthetic motion clips over the folder's photos for `flow`
+    (ground-truth flow), the mixed dataset (photos turned into clips, real videos) for the others."""
+    from codec.errors import CodecError
+    from codec.train import data
+
+    if not data_dir.is_dir():
+        raise CodecError(f"--data {data_dir}: no such folder")
+    if stage == "flow":  # the training photos of DATA_DIR/photos (held-out ones excluded), else any photos
+        photos = data.split_photos(data.list_photos(data_dir / data.PHOTOS_DIR))[0] or data.list_photos(data_dir)
+        if not photos:
+            raise CodecError(f"the flow stage needs photos (for synthetic clips with exact flow) under {data_dir}")
+        return data.SyntheticMotionClips(photos, frames, crop, seed, length)
+    return data.mixed_dataset(data_dir, frames, crop, seed, length)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (`python -m codec.train.cli STAGE ...`) until `codec/__main__.py` wires the subcommand."""
+    parser = argparse.ArgumentParser(prog="python -m codec")
+    add_train_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["train", *(argv if argv is not None else sys.argv[1:])])
+    from codec.errors import CodecError
+
+    try:
+        return args.run(args)
+    except CodecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,510 @@
+"""The training loop shared by every stage: accelerate, resumable checkpoints, a CSV log, a loss plot, model packs.
+
+One run directory per stage run (RUN_DIR):
+
+* `checkpoint.pt`: the model (its pack state), the optimizer, the step, the wall time spent so far, every RNG
+  state and the model config the run started from. A run that finds one continues from it (the step count goes
+  on; `steps` is the total to reach), so a stage trains over many sessions, e.g. with a time budget each.
+* `log.csv`: every `log_every` steps: step, seconds (training wall time, all sessions), s_per_it, lr, loss and
+  the stage's columns, each averaged over the steps since the previous line. Lines past the checkpoint's step
+  (written before an interruption) are dropped on resume.
+* `loss.png`: one panel per column against the step (matplotlib, redrawn at each checkpoint).
+* `pack/`: a model pack (`codec.diffvc.pack.write_pack`: config.json, fp16 safetensors, README) at the end and
+  every `pack_every` steps; the next stage starts from it (`--pack-from RUN_DIR`). The pack's config carries the
+  training history in `extra["training"]`, one record per stage run.
+
+Accelerate (`Accelerator().prepare` of the stage module, the optimizer and the data loader) runs the same loop
+on a CPU, one GPU or several (docs/DESIGN.md section 7); the stage module's `forward` computes the loss, so a
+DDP wrapper sees every forward.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from codec.diffvc.config import DiffVCConfig
+from codec.diffvc.model import DiffVCModel
+from codec.diffvc.pack import PackInfo, write_pack
+from codec.errors import CodecError
+from codec.train.stages import StageOptions, TrainingStage, make_stage
+
+CHECKPOINT_FILE = "checkpoint.pt"
+LOG_FILE = "log.csv"
+PLOT_FILE = "loss.png"
+PACK_DIR = "pack"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How a stage run trains. steps: the total step count to reach (across resumes); batch: sequences per step
+    and process; lr: Adam's learning rate; time_budget_min: stop cleanly (checkpoint + pack) after this many
+    minutes of this session (None: no limit); log_every / checkpoint_every / pack_every: in steps (pack_every 0:
+    only at the end); max_grad_norm: gradient clipping (L2 norm over the trained parameters); workers: data
+    loader processes; mixed_precision: accelerate's "no" | "fp16" | "bf16"; source: where the data came from
+    (provenance in the pack)."""
+
+    out: Path
+    steps: int
+    batch: int
+    lr: float
+    seed: int = 0
+    time_budget_min: float | None = None
+    log_every: int = 10
+    checkpoint_every: int = 100
+    pack_every: int = 500
+    max_grad_norm: float = 1.0
+    workers: int = 0
+    mixed_precision: str = "no"
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch < 1 or not self.lr > 0:
+            raise CodecError(f"need steps >= 0, batch >= 1 and lr > 0: {self}")
+        if min(self.log_every, self.checkpoint_every) < 1 or self.pack_every < 0:
+            raise CodecError("log_every and checkpoint_every must be >= 1, pack_every >= 0")
+        if self.time_budget_min is not None and self.time_budget_min <= 0:
+            raise CodecError(f"time budget must be positive, got {self.time_budget_min} min")
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    """What a run did: the step reached, training wall seconds (all sessions), why it stopped ("steps" | "time" |
+    "signal"), the pack written and the last logged values."""
+
+    step: int
+    seconds: float
+    stopped_by: str
+    pack: PackInfo | None
+    last_log: dict[str, float]
+
+
+class ResumableSampler(Sampler[int]):
+    """Dataset indices from an endless sequence of seeded permutations of range(length): `count` of them from
+    position `start`. Resuming at step s starts at s * batch * processes, so the data continues where it stopped
+    without loading the skipped items."""
+
+    def __init__(self, length: int, seed: int, start: int, count: int) -> None:
+        if length < 1:
+            raise CodecError("the training dataset is empty")
+        self.length, self.seed, self.start, self.count = length, seed, start, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[int]:
+        position, end = self.start, self.start + self.count
+        while position < end:
+            epoch, offset = divmod(position, self.length)
+            order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+            take = min(self.length - offset, end - position)
+            yield from order[offset : offset + take].tolist()
+            position += take
+
+
+def collate_clips(items: list[dict[str, Any]]) -> dict[str, Tensor]:
+    """Stack the tensor entries every item has ("frames" [T, 3, H, W], "flow" [T - 1, 2, H, W] where all have it)
+    into [N, ...]; other entries (names, sources) are dropped."""
+    keys = [k for k, v in items[0].items() if isinstance(v, Tensor | np.ndarray) and all(k in it for it in items)]
+    if "frames" not in keys:
+        raise CodecError("training items need a 'frames' tensor [T, 3, H, W]")
+    return {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in keys}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------------------
+
+
+def run_stage(stage_name: str, build_model: Callable[[], DiffVCModel], dataset: Dataset, settings: LoopSettings,
+              options: StageOptions | None = None, record: dict[str, Any] | None = None,
+              log: Callable[[str], None] | None = None, collate_fn: Callable[[list], dict] | None = None,
+              worker_init_fn: Callable[[int], None] | None = None) -> LoopResult:
+    """Train one stage into `settings.out`, resuming from its checkpoint when there is one.
+
+    build_model: makes the starting model (from the previous stage's pack or a preset) when no checkpoint exists.
+    dataset: items {"frames": [T, 3, H, W], "flow": ...} (see `collate_clips`). record: provenance for the
+    pack's training history (e.g. {"from": "<pack> <sha>"}). collate_fn (default `collate_clips`) and
+    worker_init_fn go to the DataLoader (the data pipeline has its own, see codec/train/data.py). Returns when
+    `settings.steps` is reached or the time budget is spent, after writing the checkpoint, the plot and the pack.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    say = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    out = settings.out
+    out.mkdir(parents=True, exist_ok=True)
+    # DDP: some parameters may get no gradient in a step (find_unused); buffers are not broadcast, because the
+    # entropy coders' tables are rebuilt (resized) on the main process when it writes a pack, and no buffer here
+    # changes in training (no batch norm).
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
+    accelerator = Accelerator(mixed_precision=settings.mixed_precision, kwargs_handlers=[ddp])
+    main = accelerator.is_main_process
+
+    # 1. The model: from the checkpoint (resume) or fresh.
+    checkpoint = load_checkpoint(out / CHECKPOINT_FILE)
+    if checkpoint is not None:
+        if checkpoint["stage"] != stage_name:
+            raise CodecError(f"{out} holds a checkpoint of stage {checkpoint['stage']!r}, not {stage_name!r}: "
+                             "use another --out")
+        model = model_from_checkpoint(checkpoint)
+        step, seconds_before = int(checkpoint["step"]), float(checkpoint["seconds"])
+        record = checkpoint.get("record", record)
+        say(f"resuming {stage_name} from {out / CHECKPOINT_FILE} at step {step}")
+    else:
+        torch.manual_seed(settings.seed)
+        model = build_model()
+        step, seconds_before = 0, 0.0
+    record = dict(record or {})
+    stage = make_stage(stage_name, model, options, settings.seed, accelerator.process_index)
+    params = stage.trainable_parameters()
+    optimizer = torch.optim.Adam(params, lr=settings.lr)
+
+    # 2. Data that continues where the checkpoint stopped.
+    remaining = max(0, settings.steps - step)
+    per_step = settings.batch * accelerator.num_processes
+    sampler = ResumableSampler(len(dataset), settings.seed, step * per_step, remaining * per_step)
+    loader = DataLoader(dataset, batch_size=settings.batch, sampler=sampler, collate_fn=collate_fn or collate_clips,
+                        num_workers=settings.workers, worker_init_fn=worker_init_fn if settings.workers else None,
+                        drop_last=True, persistent_workers=False,
+                        generator=torch.Generator().manual_seed(settings.seed))  # not the global RNG: resumable
+    stage, optimizer, loader = accelerator.prepare(stage, optimizer, loader)
+    last_logged: list[dict[str, float]] = []
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        for group in optimizer.param_groups:  # this session's lr, e.g. a lower one to finish a long run
+            group["lr"] = settings.lr
+        set_rng_state(checkpoint["rng"])
+        trim_log(out / LOG_FILE, step)
+        last_logged = read_log(out / LOG_FILE)[-1:]
+    unwrapped: TrainingStage = accelerator.unwrap_model(stage)
+    if main:
+        trained = sum(p.numel() for p in params)
+        say(f"stage {stage_name}: {trained / 1e6:.2f} M trained parameters on {accelerator.device} "
+            f"({accelerator.num_processes} process(es)), step {step} -> {settings.steps}, batch {settings.batch}")
+
+    # 3. Train.
+    columns = ("loss", *unwrapped.log_columns)
+    sums: dict[str, Tensor] = {}
+    window_steps, window_start = 0, time.perf_counter()
+    session_start = time.perf_counter()
+    budget_s = None if settings.time_budget_min is None else settings.time_budget_min * 60
+    stopped_by = "steps"
+    last_log = dict(last_logged[0]) if last_logged else {}
+
+    def seconds_now() -> float:
+        return seconds_before + time.perf_counter() - session_start
+
+    def save(with_pack: bool) -> PackInfo | None:
+        accelerator.wait_for_everyone()
+        info = None
+        if main:
+            save_checkpoint(out / CHECKPOINT_FILE, stage_name, unwrapped.model, optimizer, step, seconds_now(),
+                            record, config=model.config)
+            plot_log(out / LOG_FILE, out / PLOT_FILE)
+            if with_pack:
+                info = write_training_pack(unwrapped.model, out / PACK_DIR, stage_name, step, seconds_now(),
+                                           settings, record, last_log)
+        accelerator.wait_for_everyone()
+        return info
+
+    stage.train()
+    pack_info = None
+    stop = _StopRequest()
+    try:
+        for batch in loader:
+            current = step + 1
+            with accelerator.autocast():
+                values = stage(batch, current)
+            accelerator.backward(values["loss"])
+            if settings.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(params, settings.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step = current
+            for name in columns:
+                sums[name] = sums.get(name, 0) + values[name].detach().float()
+            window_steps += 1
+
+            if step % settings.log_every == 0 or step == settings.steps:
+                last_log = _write_log_line(out, step, seconds_now(), time.perf_counter() - window_start,
+                                           window_steps, optimizer.param_groups[0]["lr"], columns, sums,
+                                           accelerator, main)
+                if main:
+                    say(_progress_line(stage_name, step, settings.steps, last_log))
+                if not all(math.isfinite(v) for v in last_log.values()):  # keep the last good checkpoint
+                    raise CodecError(f"stage {stage_name}: non-finite values at step {step} ({last_log}); "
+                                     f"{out / CHECKPOINT_FILE} is the last good state: resume with a lower --lr")
+                sums, window_steps, window_start = {}, 0, time.perf_counter()
+            spent = time.perf_counter() - session_start
+            out_of_time = budget_s is not None and spent >= budget_s
+            if _any_process(accelerator, out_of_time or stop.requested) or step == settings.steps:
+                stopped_by = "steps" if step == settings.steps else "time" if out_of_time else "signal"
+                break
+            pack_due = settings.pack_every > 0 and step % settings.pack_every == 0
+            if pack_due or step % settings.checkpoint_every == 0:
+                pack_info = save(with_pack=pack_due) or pack_info
+    except KeyboardInterrupt:  # Ctrl-C: keep what was trained (the log's later lines are dropped on resume)
+        say(f"interrupted: saving the checkpoint at step {step}")
+        save(with_pack=False)
+        raise
+    finally:
+        stop.restore()
+
+    # 4. Finish: checkpoint, plot and pack (also when nothing was left to train and no pack exists yet).
+    if window_steps:
+        last_log = _write_log_line(out, step, seconds_now(), time.perf_counter() - window_start, window_steps,
+                                   optimizer.param_groups[0]["lr"], columns, sums, accelerator, main)
+    pack_info = save(with_pack=True) or pack_info
+    if main:
+        reason = {"time": "time budget", "signal": "SIGTERM", "steps": "steps"}[stopped_by]
+        say(f"stage {stage_name}: stopped at step {step} ({reason}); pack {out / PACK_DIR}")
+    return LoopResult(step, seconds_now(), stopped_by, pack_info, last_log)
+
+
+class _StopRequest:
+    """SIGTERM (e.g. `kill PID` of a background run, whose SIGINT is ignored) asks the loop to stop after the
+    current step, as the time budget does: checkpoint, plot and pack. Installed from the main thread only."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+def _any_process(accelerator, flag: bool) -> bool:
+    """True when `flag` is true on any process (all of them stop at the same step)."""
+    if accelerator.num_processes == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(value, reduction="sum").item() > 0)
+
+
+def _write_log_line(out: Path, step: int, seconds: float, window_s: float, window_steps: int, lr: float,
+                    columns: tuple[str, ...], sums: dict[str, Tensor], accelerator, main: bool) -> dict[str, float]:
+    means = {name: sums[name] / window_steps for name in columns}
+    if accelerator.num_processes > 1:
+        means = {k: accelerator.reduce(v.reshape(1), reduction="mean")[0] for k, v in means.items()}
+    row = {"step": step, "seconds": round(seconds, 2), "s_per_it": round(window_s / max(window_steps, 1), 4),
+           "lr": lr, **{k: float(v) for k, v in means.items()}}
+    if main:
+        append_log(out / LOG_FILE, row)
+    return {k: float(v) for k, v in row.items()}
+
+
+def _progress_line(stage: str, step: int, total: int, row: dict[str, float]) -> str:
+    values = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("step", "seconds", "s_per_it", "lr"))
+    return f"{stage} {step}/{total}  {row['seconds'] / 60:.1f} min  {row['s_per_it']:.2f} s/it  {values}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------------------
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Every RNG the training touches, in types `torch.load(weights_only=True)` accepts."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, stage: str, model: DiffVCModel, optimizer, step: int, seconds: float,
+                    record: dict[str, Any], config: DiffVCConfig) -> None:
+    """Write the checkpoint atomically (a temporary file renamed over the old one)."""
+    payload = {
+        "version": CHECKPOINT_VERSION,
+        "stage": stage,
+        "step": step,
+        "seconds": seconds,
+        "config": json.dumps(config.to_dict()),
+        "record": json.dumps(record),
+        "model": {k: v.detach().cpu() for k, v in model.trainable_state().items()},
+        "optimizer": optimizer.state_dict(),
+        "rng": get_rng_state(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at `path` (config and record decoded), or None when there is none."""
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise CodecError(f"checkpoint {path} cannot be read ({e}); delete it to start the stage afresh") from None
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise CodecError(f"checkpoint {path} has version {payload.get('version')}, expected {CHECKPOINT_VERSION}")
+    payload["config"] = json.loads(payload["config"])
+    payload["record"] = json.loads(payload["record"])
+    return payload
+
+
+def checkpoint_config(path: Path) -> DiffVCConfig | None:
+    """The model config of the checkpoint at `path` (None when there is none)."""
+    checkpoint = load_checkpoint(path)
+    return None if checkpoint is None else DiffVCConfig.from_dict(checkpoint["config"])
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> DiffVCModel:
+    model = DiffVCModel(DiffVCConfig.from_dict(checkpoint["config"]))
+    missing, unexpected = model.load_state_dict(checkpoint["model"], strict=False)
+    missing = [k for k in missing if not k.startswith("latent_space.vae.")]
+    if missing or unexpected:
+        raise CodecError(f"checkpoint does not fit its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Packs
+# --------------------------------------------------------------------------------------------------------------
+
+
+def write_training_pack(model: DiffVCModel, folder: Path, stage: str, step: int, seconds: float,
+                        settings: LoopSettings, record: dict[str, Any], last_log: dict[str, float]) -> PackInfo:
+    """Update the entropy coders' tables and write the model as a pack; its config's `extra["training"]` gets this
+    run's record appended to the history the model came with."""
+    model.update_entropy_models()
+    entry = {"stage": stage, "steps": step, "minutes": round(seconds / 60, 1), "batch": settings.batch,
+             "lr": settings.lr, "seed": settings.seed, "data": settings.source, **record,
+             "last_log": {k: round(v, 5) for k, v in last_log.items()}}
+    history = [*model.config.extra.get("training", []), entry]
+    config = replace(model.config, extra={**model.config.extra, "training": history})
+    return write_pack(folder, config.to_dict(), model.trainable_state(), _readme(config, history, settings))
+
+
+def _readme(config: DiffVCConfig, history: list[dict[str, Any]], settings: LoopSettings) -> str:
+    lines = [
+        f"# DiffVC model pack ({config.preset} preset), trained with `python -m codec train`",
+        "",
+        "Provenance: trained in this repository, stage by stage (docs/DESIGN.md section 3), from the starting point",
+        "the first row's `from` names (a random init, or for the full preset SD-2.1-base's VAE and U-Net). Weights",
+        "are stored in fp16. Rates and metrics below are training-time *estimates* on training crops, not",
+        "evaluations: evaluate with `python -m codec eval` before quoting results.",
+        "",
+        "| stage | steps | minutes | batch | lr | data | last logged values |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for h in history:
+        logged = ", ".join(f"{k} {v:.4g}" for k, v in h.get("last_log", {}).items()
+                           if k not in ("step", "seconds", "lr"))
+        lines.append(f"| {h.get('stage')} | {h.get('steps')} | {h.get('minutes')} | {h.get('batch')} | "
+                     f"{h.get('lr')} | {h.get('data') or '-'} | {logged} |")
+    lines += ["", "Starting points:", *(f"* {h.get('stage')}: {h.get('from', '-')}" for h in history)]
+    lines += ["", f"Settings of the last stage: `{json.dumps(_jsonable(asdict(settings)))}`", ""]
+    return "\n".join(lines)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return str(value) if isinstance(value, Path) else value
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Log and plot
+# --------------------------------------------------------------------------------------------------------------
+
+
+def append_log(path: Path, row: dict[str, float]) -> None:
+    new = not path.is_file() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def read_log(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop log lines past `step` (written after the checkpoint a run resumes from)."""
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, [r for r in reader if float(r["step"]) <= step]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields or [])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_log(log_path: Path, png_path: Path) -> None:
+    """One panel per logged column (loss first) against the step."""
+    rows = read_log(log_path)
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [k for k in rows[0] if k not in ("step", "seconds", "lr", "s_per_it", "qp")] + ["s_per_it"]
+    cols = min(3, len(columns))
+    nrows = math.ceil(len(columns) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 2.8 * nrows), squeeze=False)
+    steps = [r["step"] for r in rows]
+    for ax, name in zip(axes.flat, columns):
+        ax.plot(steps, [r[name] for r in rows], lw=1.2)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+        if name == "loss" and all(r[name] > 0 for r in rows) and max(r[name] for r in rows) > 10 * min(
+                r[name] for r in rows):
+            ax.set_yscale("log")
+    for ax in list(axes.flat)[len(columns):]:
+        ax.axis("off")
+    fig.suptitle(f"{png_path.parent.name}: {int(steps[-1])} steps, {rows[-1]['seconds'] / 60:.1f} min", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,487 @@
+"""The four training stages of DiffVC, chained through model packs: flow -> codec -> diffusion -> finetune.
+
+Each stage is an `nn.Module` wrapping the whole `DiffVCModel`: it says which parts train (the rest is frozen and,
+for the coding parts, kept in evaluation mode) and its `forward(batch, step)` returns the loss of one batch and
+the values to log. `codec.train.loop.run_stage` runs any of them (accelerate, checkpoints, log, packs).
+
+Batches are dicts from the data pipeline (`codec.train.data`), collated to
+``{"frames": float32 [N, T, 3, H, W] in [0, 1], "flow": float32 [N, T - 1, 2, H, W] (synthetic clips only)}``,
+where ``warp(frames[:, i], flow[:, i]) ~= frames[:, i + 1]`` (pixels; codec/diffvc/warp.py's convention). H and W
+must be multiples of 64 (the motion codec's hyperprior works at 1/64).
+
+Stages (docs/DESIGN.md section 3):
+
+* `flow` (`FlowStage`): SpyNet on ground-truth flow, end-point error (Ranjan & Black 2017). Only for configs whose
+  encoder-side estimator is SpyNet; the tiny preset uses OpenCV's DIS (nothing to train). DIS's error on the same
+  pairs is logged beside it, the measurement DESIGN.md asks for before SpyNet may replace DIS.
+* `codec` (`CodecStage`): motion codec, temporal context, intra and contextual latent codecs, trained jointly over
+  T-frame sequences exactly as `FrameCoder` chains them (frame 0 intra, then P-frames against the previous
+  *reconstructed* frame), rate + lambda(QP) * distortion with DCVC-DC's frame weights (`rd_lambda`, `frame_weight`).
+* `diffusion` (`DiffusionTrainingStage`): the frozen codec (evaluation mode: rounding, as the decoder) gives l^_t and
+  C1 per frame; the U-Net, ControlNet and QP prompt learn to predict the noise of the *original* latent, conditioned
+  on [l^_t, C1] (`DiffusionStage.noise_prediction_loss`, timesteps limited to those sampling visits).
+* `finetune` (`FinetuneStage`): few-step fine-tuning through the unrolled DDIM sampler (`unrolled_sample`),
+  DISTS (and/or LPIPS) + a small MSE between the decoded frame and the original.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from codec.diffvc.diffusion import DiffusionStage, noise_seed, sampling_timesteps
+from codec.diffvc.model import DiffVCModel
+from codec.diffvc.motion import DISFlow, endpoint_error
+from codec.diffvc.qp import QP_MAX, QP_MIN
+from codec.errors import CodecError
+
+__all__ = [
+    "CodecStage",
+    "CodedFrame",
+    "DiffusionTrainingStage",
+    "FinetuneStage",
+    "FlowStage",
+    "STAGES",
+    "StageDefaults",
+    "StageOptions",
+    "TrainingStage",
+    "code_sequence",
+    "frame_weight",
+    "item_bits",
+    "make_stage",
+    "rd_lambda",
+    "unrolled_sample",
+    "uses_spynet",
+    "with_spynet",
+]
+
+# --------------------------------------------------------------------------------------------------------------
+# Rate-distortion trade-off
+# --------------------------------------------------------------------------------------------------------------
+
+LAMBDA_AT_QP_MIN = 2048.0  # QP 0: finest quantization
+LAMBDA_AT_QP_MAX = 16.0  # QP 63: coarsest
+P_FRAME_WEIGHTS = (0.5, 1.2, 0.5, 0.9)  # DCVC-DC's hierarchical quality weights, cycling over the P-frames
+I_FRAME_WEIGHT = 1.0
+
+
+def rd_lambda(qp: Tensor, at_qp0: float = LAMBDA_AT_QP_MIN, at_qp63: float = LAMBDA_AT_QP_MAX) -> Tensor:
+    """Lagrange multiplier of the loss ``bpp + lambda * MSE`` (MSE of RGB in [0, 1]) for QP [N] -> float32 [N].
+
+    Log-linear in the QP, from `at_qp0` = 2048 at QP 0 down to `at_qp63` = 16 at QP 63: a factor 128, 1.080 per
+    QP step (HEVC's lambda = 0.85 * 2^((QP - 12) / 3) changes 1.26x per step over its 52 QPs).
+
+    Why this span: at the optimum of bpp + lambda * D the R-D slope is -dR/dD = lambda. If the PSNR rises k dB per
+    doubling of the rate (about 3 dB for learned image codecs below 1 bpp), D ~ R^(-k/3), hence
+    R ~ lambda^(1 / (1 + k/3)), about lambda^0.5. Published models run a little steeper: CompressAI's mean-scale
+    hyperprior, lambda * 255^2 from 117 to 3141 (27x), spans about 0.12-0.85 bpp on Kodak (7x), i.e. lambda^0.6.
+    So 128x in lambda gives about 11x-18x in rate, the ">= 10x" docs/DESIGN.md asks for (x265 spans 18x); the
+    8x of DVC/DCVC's lambdas (256..2048) gives 3-4x, what a prototype here ended with. The top (2048, an image
+    codec's ~33 dB) bounds the finest QP; the bottom (16) reaches the very low rates where the diffusion stage
+    matters most.
+    """
+    position = qp.to(torch.float32).clamp(QP_MIN, QP_MAX) / QP_MAX
+    return torch.exp(math.log(at_qp0) + position * (math.log(at_qp63) - math.log(at_qp0)))
+
+
+def frame_weight(index: int, weights: Sequence[float] = P_FRAME_WEIGHTS) -> float:
+    """Distortion weight of frame `index` of a training sequence: 1.0 for the I-frame (index 0), then DCVC-DC's
+    hierarchical weights 0.5, 1.2, 0.5, 0.9 cycling over the P-frames (Li et al., CVPR 2023, section 3.4)."""
+    return I_FRAME_WEIGHT if index == 0 else float(weights[(index - 1) % len(weights)])
+
+
+def item_bits(likelihoods: dict[str, Tensor]) -> Tensor:
+    """Estimated bits per batch item, sum over every tensor of sum(-log2 p): float32 [N], differentiable."""
+    terms = [(-torch.log2(p.float())).flatten(1).sum(1) for p in likelihoods.values()]
+    return torch.stack(terms).sum(0)
+
+
+def psnr_db(mse: Tensor) -> Tensor:
+    """PSNR in dB of MSEs of [0, 1] signals (any shape), capped at 100 dB."""
+    return (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).clamp(max=100.0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The conditional latent codec over a sequence (condlc: the diffusion stage off in the loop)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CodedFrame:
+    """One frame of `code_sequence`, batched over N sequences.
+
+    latent: the original latent l_t [N, C, h, w] (h = H / 8); latent_hat: its reconstruction l^_t;
+    c1: the temporal context C1 [N, c1, h, w] (None for the I-frame); recon: LatentSpace.decode(l^_t) [N, 3, H, W]
+    in [0, 1], the frame the next one references; bits / motion_bits: estimated bits per item [N] (bits includes
+    the motion).
+    """
+
+    frame_type: str
+    latent: Tensor
+    latent_hat: Tensor
+    c1: Tensor | None
+    recon: Tensor
+    bits: Tensor
+    motion_bits: Tensor
+
+    def condition(self, context_channels: int) -> Tensor:
+        """The diffusion stage's condition [l^_t, C1] (zeros for C1 on an I-frame): [N, C + c1, h, w]."""
+        c1 = self.c1 if self.c1 is not None else self.latent_hat.new_zeros(
+            (self.latent_hat.shape[0], context_channels, *self.latent_hat.shape[-2:]))
+        return torch.cat([self.latent_hat, c1], dim=1)
+
+
+def code_sequence(model: DiffVCModel, frames: Tensor, qp: Tensor) -> list[CodedFrame]:
+    """Run the condlc chain of `FrameCoder` over batched sequences: frame 0 intra, frames 1.. P-frames.
+
+    frames: [N, T, 3, H, W] in [0, 1] (H, W multiples of 64); qp: int [N]. Each part follows its own mode: in
+    training mode the entropy models add uniform noise (and gradients flow through the whole chain, references
+    included), in evaluation mode they round, so the outputs equal what `compress`/`decompress` give. The flow is
+    estimated (no gradient) between the current frame and the previous *reconstructed* one, as the encoder does.
+    """
+    n, t = frames.shape[:2]
+    latents = model.latent_space.encode(frames.flatten(0, 1)).unflatten(0, (n, t))
+    coded: list[CodedFrame] = []
+    zero = frames.new_zeros(n)
+    out = model.intra(latents[:, 0], qp)
+    recon = model.latent_space.decode(out.latent_hat)
+    coded.append(CodedFrame("I", latents[:, 0], out.latent_hat, None, recon, item_bits(out.likelihoods), zero))
+    feature, y_hat = out.feature, None
+    for i in range(1, t):
+        x, ref = frames[:, i], coded[-1].recon
+        with torch.no_grad():
+            flow = model.flow_estimator(x, ref.detach())
+        motion = model.motion(flow, qp)
+        contexts = model.context(ref, feature, motion.hat)
+        out = model.inter(latents[:, i], contexts, y_hat, qp)
+        recon = model.latent_space.decode(out.latent_hat)
+        motion_bits = item_bits(motion.likelihoods)
+        coded.append(CodedFrame("P", latents[:, i], out.latent_hat, contexts.c1, recon,
+                                item_bits(out.likelihoods) + motion_bits, motion_bits))
+        feature, y_hat = out.feature, out.y_hat
+    return coded
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The differentiable few-step sampler (fine-tuning)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def unrolled_sample(stage: DiffusionStage, latent_hat: Tensor, condition: Tensor, qp: Tensor, noise: Tensor,
+                    steps: int | None = None, strength: float | None = None, grad_steps: int | None = None) -> Tensor:
+    """`TDIRSampler.sample` without TDIR and with gradients: DDIM (eta = 0) from the noised reconstruction.
+
+    latent_hat [N, C, h, w]; condition [N, condition_channels, h, w] ([l^_t, C1]); qp int [N]; noise float32
+    [N, C, h, w] (the sampler's seeded noise, or any standard normal draw). steps, strength: the schedule (default:
+    the config's; T_s = round(steps * strength)). grad_steps: through how many of the *last* steps gradients flow
+    (None: all; the earlier ones run without a graph, to bound memory on big models). Returns the denoised latent
+    [N, C, h, w] float32; with the sampler's noise it equals `TDIRSampler.sample(...).latent` (reuse_steps 0).
+    The same scheduler and `predict_noise` as the sampler: only the no-grad decorator differs.
+    """
+    cfg = stage.config
+    scheduler = stage.make_scheduler()
+    timesteps = sampling_timesteps(scheduler, cfg.steps if steps is None else steps,
+                                   cfg.strength if strength is None else strength)
+    if not timesteps:
+        return latent_hat.float()
+    first_tracked = 0 if grad_steps is None else max(0, len(timesteps) - grad_steps)
+    alpha_bar = float(scheduler.alphas_cumprod[timesteps[0]])
+    z = math.sqrt(alpha_bar) * latent_hat.float() + math.sqrt(1.0 - alpha_bar) * noise.to(latent_hat.device)
+    tokens = stage.qp_prompt(qp.to(latent_hat.device))
+    grad_on = torch.is_grad_enabled()
+    for i, t in enumerate(timesteps):
+        with torch.set_grad_enabled(grad_on and i >= first_tracked):
+            t_device = torch.full((z.shape[0],), t, dtype=torch.long, device=z.device)
+            eps = stage.predict_noise(z, t_device, condition, tokens).float()
+            z, _ = scheduler.step(eps, t, z, eta=0.0, return_dict=False)
+    return z.float()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """Knobs of the stages (each reads its own). qp: a fixed QP for every batch (None: uniform in 0..63 per item).
+    perceptual: the fine-tuning distortion ("dists", "lpips" or "dists+lpips"); mse_weight: its MSE term (RGB in
+    [0, 1]); grad_steps: fine-tuning gradients through the last k sampler steps (None: all)."""
+
+    qp: int | None = None
+    lambda_at_qp0: float = LAMBDA_AT_QP_MIN
+    lambda_at_qp63: float = LAMBDA_AT_QP_MAX
+    p_frame_weights: tuple[float, ...] = P_FRAME_WEIGHTS
+    perceptual: str = "dists"
+    mse_weight: float = 1.0
+    grad_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.qp is not None and not QP_MIN <= self.qp <= QP_MAX:
+            raise CodecError(f"qp must be in {QP_MIN}..{QP_MAX}, got {self.qp}")
+        if not set(self.perceptual.split("+")) <= {"dists", "lpips"}:
+            raise CodecError(f"perceptual must be dists, lpips or dists+lpips, got {self.perceptual!r}")
+        if self.grad_steps is not None and self.grad_steps < 1:
+            raise CodecError(f"grad_steps must be >= 1, got {self.grad_steps}")
+
+
+@dataclass(frozen=True)
+class StageDefaults:
+    """Command-line defaults of a stage, sized for the tiny preset on a 2-core CPU. `steps` fits a two-hour
+    schedule at the s/iteration measured there with one torch thread: codec 3000 x 1.45 s (70 min), diffusion
+    2000 x 0.9 s (30 min), finetune 300 x 4 s (20 min); flow (SpyNet, only with --force on tiny) 0.6 s."""
+
+    batch: int
+    lr_tiny: float
+    lr_full: float
+    steps: int
+
+    def lr(self, preset: str) -> float:
+        return self.lr_tiny if preset == "tiny" else self.lr_full
+
+
+class TrainingStage(nn.Module):
+    """Base of the stages: the model, which of its parts train, and the loss of one batch.
+
+    Subclasses set `name`, `trainable` (names of `DiffVCModel` parts), `log_columns` (what `forward` returns
+    besides "loss", each a 0-dim tensor averaged between log lines) and implement `forward(batch, step)`.
+    Frozen parts have requires_grad False and stay in evaluation mode whatever `train()` is called with.
+    """
+
+    name: ClassVar[str]
+    trainable: ClassVar[tuple[str, ...]]
+    log_columns: ClassVar[tuple[str, ...]]
+    defaults: ClassVar[StageDefaults]
+
+    def __init__(self, model: DiffVCModel, options: StageOptions | None = None, seed: int = 0, rank: int = 0) -> None:
+        super().__init__()
+        self.model = model
+        self.options = options or StageOptions()
+        self.seed, self.rank = seed, rank
+        model.requires_grad_(False)
+        for part in self.trainable:
+            getattr(model, part).requires_grad_(True)
+        if not self.trainable_parameters():
+            raise CodecError(f"stage {self.name}: the model has no trainable parameters in {self.trainable}")
+        self.train()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True) -> TrainingStage:
+        super().train(mode)
+        for name, part in self.model.named_children():
+            if name not in self.trainable:
+                part.eval()
+        return self
+
+    def generator(self, step: int) -> torch.Generator:
+        """A CPU generator for this step's random draws (QPs, noise, timesteps): resuming repeats them exactly."""
+        return torch.Generator().manual_seed(noise_seed(self.seed * 65_536 + self.rank, step))
+
+    def draw_qp(self, n: int, generator: torch.Generator, device: torch.device) -> Tensor:
+        """int64 [n]: the fixed QP, or one uniform draw in 0..63 per sequence."""
+        if self.options.qp is not None:
+            return torch.full((n,), self.options.qp, dtype=torch.int64, device=device)
+        return torch.randint(QP_MIN, QP_MAX + 1, (n,), generator=generator).to(device)
+
+    def forward(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
+def uses_spynet(config) -> bool:
+    return config.flow == "spynet"
+
+
+def with_spynet(model: DiffVCModel) -> DiffVCModel:
+    """The same model with a (randomly initialized) SpyNet as its flow estimator: `train flow --force` on a DIS
+    preset, to measure SpyNet against DIS. Every other weight is kept."""
+    if uses_spynet(model.config):
+        return model
+    new = DiffVCModel(replace(model.config, flow="spynet"))
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("flow_estimator.") for k in missing):
+        raise CodecError(f"cannot switch to SpyNet: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return new
+
+
+class FlowStage(TrainingStage):
+    """SpyNet pretraining on ground-truth flow: mean end-point error over every consecutive pair of the clips,
+    over the pixels the batch's "flow_valid" [N, T - 1, 1, H, W] marks (all pixels when it has none).
+
+    Needs batches with "flow" (synthetic clips). Logs `epe_dis`, DIS's error on the same pairs (no gradient).
+    """
+
+    name = "flow"
+    trainable = ("flow_estimator",)
+    log_columns = ("epe_dis",)
+    defaults = StageDefaults(batch=8, lr_tiny=5e-4, lr_full=1e-4, steps=3000)
+
+    def __init__(self, model: DiffVCModel, options: StageOptions | None = None, seed: int = 0, rank: int = 0) -> None:
+        if not uses_spynet(model.config):
+            raise CodecError("the flow stage trains SpyNet; this model uses DIS (switch with `with_spynet`)")
+        super().__init__(model, options, seed, rank)
+        self.dis = DISFlow(model.config.dis)
+
+    def forward(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        if "flow" not in batch:
+            raise CodecError("the flow stage needs clips with ground-truth flow (synthetic motion clips)")
+        frames, target = batch["frames"], batch["flow"]
+        ref, cur = frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1)
+        target = target.flatten(0, 1)
+        valid = batch.get("flow_valid")
+        mask = None if valid is None else valid.flatten(0, 1).to(target.dtype)
+        loss = endpoint_error(self.model.flow_estimator(cur, ref), target, mask)
+        with torch.no_grad():
+            epe_dis = endpoint_error(self.dis(cur, ref), target, mask)
+        return {"loss": loss, "epe_dis": epe_dis}
+
+
+class CodecStage(TrainingStage):
+    """Joint training of the motion codec, temporal context, intra and contextual latent codecs.
+
+    Loss per sequence (DCVC-DC, Li et al. 2023): sum_t (R_t / (H W) + w_t * lambda(QP) * MSE_t) / sum_t w_t, with
+    R_t the estimated bits of frame t (latent + motion), MSE_t that of the reconstruction LatentSpace.decode(l^_t)
+    (the condlc output, RGB in [0, 1]), w_t from `frame_weight`, one QP per sequence drawn uniformly from 0..63
+    (so every batch covers the whole rate range). The weights scale the distortion, as DCVC-DC's hierarchical
+    quality does, so they set each position's trade-off rather than its share of the gradient; normalising by
+    sum_t w_t keeps the loss comparable across T. Averaged over the batch.
+    """
+
+    name = "codec"
+    trainable = ("motion", "context", "intra", "inter")
+    log_columns = ("bpp", "bpp_motion", "psnr", "psnr_i", "psnr_p", "qp")
+    defaults = StageDefaults(batch=8, lr_tiny=5e-4, lr_full=1e-4, steps=3000)
+
+    def forward(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        frames = batch["frames"]
+        n, t, _, h, w = frames.shape
+        opts = self.options
+        qp = self.draw_qp(n, self.generator(step), frames.device)
+        lam = rd_lambda(qp, opts.lambda_at_qp0, opts.lambda_at_qp63)
+        coded = code_sequence(self.model, frames, qp)
+        pixels = h * w
+        total = frames.new_zeros(n)
+        mses, bits, motion_bits = [], [], []
+        for i, f in enumerate(coded):
+            mse = (f.recon.float() - frames[:, i]).square().flatten(1).mean(1)
+            total = total + f.bits / pixels + frame_weight(i, opts.p_frame_weights) * lam * mse
+            mses.append(mse.detach())
+            bits.append(f.bits.detach())
+            motion_bits.append(f.motion_bits.detach())
+        weight_sum = sum(frame_weight(i, opts.p_frame_weights) for i in range(t))
+        psnr = psnr_db(torch.stack(mses, 1))  # [N, T]
+        return {
+            "loss": (total / weight_sum).mean(),
+            "bpp": torch.stack(bits).mean() / pixels,
+            "bpp_motion": torch.stack(motion_bits[1:]).mean() / pixels if t > 1 else frames.new_zeros(()),
+            "psnr": psnr.mean(),
+            "psnr_i": psnr[:, 0].mean(),
+            "psnr_p": psnr[:, 1:].mean() if t > 1 else psnr[:, 0].mean(),
+            "qp": qp.float().mean(),
+        }
+
+
+class _OnFrozenCodec(TrainingStage):
+    """Diffusion stages: the frozen codec (evaluation mode, no gradient) gives each frame's l^_t and C1.
+
+    The references are the codec's own reconstructions (condlc's loop), not the diffusion stage's outputs that
+    the `diffvc` decoder references: running the sampler in the training loop would multiply the cost by T_s,
+    and the codec was trained on those references. The difference is one of the things fine-tuning absorbs.
+    """
+
+    trainable = ("diffusion",)
+
+    def _coded(self, frames: Tensor, qp: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(x0 latents, conditions, QPs, originals, codec reconstructions), frames flattened to N * T items."""
+        with torch.no_grad():
+            coded = code_sequence(self.model, frames, qp)
+            c1 = self.model.config.context.channels[0]
+            x0 = torch.stack([f.latent for f in coded], 1).flatten(0, 1)
+            condition = torch.stack([f.condition(c1) for f in coded], 1).flatten(0, 1)
+            recon = torch.stack([f.recon for f in coded], 1).flatten(0, 1)
+        qps = qp[:, None].expand(-1, frames.shape[1]).reshape(-1)
+        return x0, condition, qps, frames.flatten(0, 1), recon
+
+
+class DiffusionTrainingStage(_OnFrozenCodec):
+    """U-Net + ControlNet + QP prompt on the noise-prediction loss, x0 = the original latent l_t, condition
+    [l^_t, C1] from the frozen codec, timesteps drawn from those that sampling at the config's steps and strength
+    visits. All N * T frames of the batch are one denoiser batch; one QP per sequence, uniform in 0..63."""
+
+    name = "diffusion"
+    log_columns = ("psnr_codec", "qp")
+    defaults = StageDefaults(batch=4, lr_tiny=2e-4, lr_full=1e-5, steps=2000)
+
+    def forward(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        frames = batch["frames"]
+        generator = self.generator(step)
+        qp = self.draw_qp(frames.shape[0], generator, frames.device)
+        x0, condition, qps, originals, recon = self._coded(frames, qp)
+        loss = self.model.diffusion.noise_prediction_loss(x0, condition, qps, generator=generator,
+                                                          timestep_range="sampling")
+        mse = (recon.float() - originals).square().flatten(1).mean(1)
+        return {"loss": loss, "psnr_codec": psnr_db(mse).mean(), "qp": qp.float().mean()}
+
+
+class FinetuneStage(_OnFrozenCodec):
+    """Few-step fine-tuning of the diffusion stage through the unrolled sampler (the config's steps and strength,
+    T_s steps, no TDIR reuse), loss = perceptual(decoded, original) + mse_weight * MSE, noise seeded per step.
+
+    The perceptual distance is DISTS (Ding et al. 2020) and/or LPIPS-VGG (Zhang et al. 2018) from
+    `codec.metrics.perceptual_model` (frozen, not part of the model). With the default mse_weight 1.0 the MSE
+    (1e-3..1e-2 at 20-30 dB) is a few percent of a DISTS of 0.1-0.3: an anchor against colour drift, not the target.
+    """
+
+    name = "finetune"
+    log_columns = ("perceptual", "psnr", "psnr_codec", "qp")
+    defaults = StageDefaults(batch=2, lr_tiny=5e-5, lr_full=1e-5, steps=300)
+
+    def __init__(self, model: DiffVCModel, options: StageOptions | None = None, seed: int = 0, rank: int = 0) -> None:
+        super().__init__(model, options, seed, rank)
+        self._perceptual: dict[str, nn.Module] = {}  # a plain dict: not registered, not saved, not trained
+
+    def perceptual_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        """Mean over the batch of the sum of the chosen perceptual distances; x, y [N, 3, H, W] in [0, 1]."""
+        from codec.metrics import perceptual_model
+
+        total = x.new_zeros(())
+        for name in self.options.perceptual.split("+"):
+            if name not in self._perceptual:
+                self._perceptual[name] = perceptual_model(name, str(x.device)).requires_grad_(False)
+            total = total + self._perceptual[name](x.float(), y.float()).mean()
+        return total
+
+    def forward(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        frames = batch["frames"]
+        generator = self.generator(step)
+        qp = self.draw_qp(frames.shape[0], generator, frames.device)
+        _, condition, qps, originals, recon = self._coded(frames, qp)
+        latent_hat = condition[:, : self.model.latent_space.channels]
+        noise = torch.randn(latent_hat.shape, generator=generator, dtype=torch.float32)
+        latent = unrolled_sample(self.model.diffusion, latent_hat, condition, qps, noise,
+                                 grad_steps=self.options.grad_steps)
+        decoded = self.model.latent_space.decode(latent).float()
+        mse = (decoded - originals).square().flatten(1).mean(1)
+        perceptual = self.perceptual_loss(decoded, originals)
+        loss = perceptual + self.options.mse_weight * mse.mean()
+        codec_mse = (recon.float() - originals).square().flatten(1).mean(1)
+        return {"loss": loss, "perceptual": perceptual.detach(), "psnr": psnr_db(mse.detach()).mean(),
+                "psnr_codec": psnr_db(codec_mse).mean(), "qp": qp.float().mean()}
+
+
+STAGES: dict[str, type[TrainingStage]] = {
+    cls.name: cls for cls in (FlowStage, CodecStage, DiffusionTrainingStage, FinetuneStage)
+}
+
+
+def make_stage(name: str, model: DiffVCModel, options: StageOptions | None = None, seed: int = 0,
+               rank: int = 0) -> TrainingStage:
+    if name not in STAGES:
+        raise CodecError(f"unknown training stage {name!r}; known: {', '.join(STAGES)}")
+    return STAGES[name](model, options, seed, rank)

@@ -1,0 +1,312 @@
+"""Staged training (codec/train): each stage trains, resumes where it stopped, and writes a pack the codec uses.
+
+Tiny preset, 64x64 crops, batches of 2 sequences of 3 frames, a few steps, on an in-test dataset of smooth random
+textures translating by known whole-pixel motions (so the ground-truth flow is exact), independent of
+codec/train/data.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import moving_clip
+from torch.utils.data import Dataset
+
+from codec.diffvc.config import tiny_config
+from codec.diffvc.diffusion import TDIRSampler, seeded_noise
+from codec.diffvc.model import DiffVCModel
+from codec.diffvc.warp import warp
+from codec.registry import get_codec
+from codec.train import cli
+from codec.train.loop import LoopSettings, collate_clips, load_checkpoint, read_log, run_stage
+from codec.train.stages import (
+    CodecStage,
+    StageOptions,
+    code_sequence,
+    frame_weight,
+    rd_lambda,
+    unrolled_sample,
+    with_spynet,
+)
+
+CROP, FRAMES, BATCH = 64, 3, 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class TranslatingTextures(Dataset):
+    """Item i: a smooth random texture (bicubic upsampling of a seeded 12x12 grid) seen through a CROP window that
+    moves by (vx, vy) whole pixels per frame. flow[t] = (vx, vy) everywhere, so warp(frames[t], flow[t]) equals
+    frames[t + 1] exactly (the data pipeline's convention)."""
+
+    def __init__(self, length: int = 64, frames: int = FRAMES, crop: int = CROP, seed: int = 0) -> None:
+        self.length, self.frames, self.crop, self.seed = length, frames, crop, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + index)
+        margin = 4 * self.frames
+        size = self.crop + 2 * margin
+        grid = torch.rand(1, 3, 12, 12, generator=g)
+        texture = F.interpolate(grid, size=(size, size), mode="bicubic", align_corners=False)[0].clamp(0, 1)
+        vx, vy = (int(v) for v in torch.randint(-3, 4, (2,), generator=g))
+        frames = torch.stack([
+            texture[:, margin + t * vy : margin + t * vy + self.crop, margin + t * vx : margin + t * vx + self.crop]
+            for t in range(self.frames)
+        ])
+        flow = torch.tensor([float(vx), float(vy)]).view(1, 2, 1, 1).expand(self.frames - 1, 2, self.crop, self.crop)
+        valid = torch.ones(self.frames - 1, 1, self.crop, self.crop, dtype=torch.bool)
+        return {"frames": frames.contiguous(), "flow": flow.contiguous(), "flow_valid": valid, "name": f"tex-{index}"}
+
+
+def settings(out, steps: int, **overrides) -> LoopSettings:
+    values = dict(out=out, steps=steps, batch=BATCH, lr=2e-4, seed=3, log_every=1, checkpoint_every=100,
+                  pack_every=0)
+    return LoopSettings(**{**values, **overrides})
+
+
+def tiny_model() -> DiffVCModel:
+    return DiffVCModel(tiny_config())
+
+
+def tiny_spynet_model() -> DiffVCModel:
+    return with_spynet(DiffVCModel(tiny_config()))
+
+
+def perceptual_weights_prepared() -> bool:
+    from codec.weights import load_metric_weights
+
+    return load_metric_weights() is not None
+
+
+def log_steps(out) -> list[int]:
+    return [int(r["step"]) for r in read_log(out / "log.csv")]
+
+
+# --- pieces -----------------------------------------------------------------------------------------------------
+
+
+def test_lambda_falls_log_linearly_over_the_qp_range_and_frame_weights_cycle():
+    lam = rd_lambda(torch.arange(64))
+    assert lam[0].item() == pytest.approx(2048) and lam[-1].item() == pytest.approx(16)
+    assert bool((lam[1:] < lam[:-1]).all())
+    ratios = lam[:-1] / lam[1:]
+    assert torch.allclose(ratios, ratios[0].expand_as(ratios), rtol=1e-4)  # log-linear: a constant ratio per QP
+    assert [frame_weight(i) for i in range(7)] == [1.0, 0.5, 1.2, 0.5, 0.9, 0.5, 1.2]
+
+
+def test_in_test_dataset_flow_is_exact_and_collates():
+    item = TranslatingTextures()[5]
+    warped = warp(item["frames"][:-1], item["flow"])
+    inner = (slice(None), slice(None), slice(4, -4), slice(4, -4))  # away from the replicated border
+    assert torch.allclose(warped[inner], item["frames"][1:][inner], atol=1e-5)
+    batch = collate_clips([TranslatingTextures()[i] for i in range(3)])
+    assert set(batch) == {"frames", "flow", "flow_valid"} and batch["frames"].shape == (3, FRAMES, 3, CROP, CROP)
+
+
+def test_unrolled_sampler_equals_the_tdir_sampler_and_passes_gradients():
+    torch.manual_seed(0)
+    model = tiny_model()
+    stage = model.diffusion.eval()
+    g = torch.Generator().manual_seed(1)
+    latent_hat = torch.randn(1, 192, 8, 8, generator=g) * 0.5
+    condition = torch.cat([latent_hat, torch.randn(1, 64, 8, 8, generator=g)], 1)
+    qp = torch.tensor([30])
+    reference = TDIRSampler(stage).sample(latent_hat, condition, qp, seed=7, frame_index=2).latent
+    noise = seeded_noise(latent_hat.shape, 7, 2)
+    with torch.no_grad():
+        ours = unrolled_sample(stage, latent_hat, condition, qp, noise)
+    assert torch.allclose(ours, reference, atol=1e-5)
+
+    for grad_steps in (None, 1):
+        stage.zero_grad()
+        unrolled_sample(stage, latent_hat, condition, qp, noise, grad_steps=grad_steps).square().mean().backward()
+        grads = [p.grad for p in stage.unet.parameters() if p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads)
+        assert stage.qp_prompt.position.grad is not None
+
+
+def test_eval_mode_sequence_coding_matches_the_registered_condlc_codec():
+    """code_sequence in evaluation mode is the decoder's chain: its reconstructions equal condlc's, frame by frame."""
+    from codec.diffvc.codec import load_model
+
+    model, _ = load_model("random-tiny", "cpu")  # the same cached model the codec spec below uses
+    clip = moving_clip(frames=3, height=64, width=64, seed=4)
+    encoded = get_codec("condlc:pack=random-tiny").encode(clip, 40)
+    frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float().div(255)[None]
+    with torch.no_grad():
+        coded = code_sequence(model.eval(), frames, torch.tensor([40]))
+    ours = torch.stack([(f.recon[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0) for f in coded])
+    assert np.array_equal(ours.numpy(), encoded.reconstruction.frames)
+
+
+def test_codec_loss_decreases_on_a_fixed_batch():
+    torch.manual_seed(0)
+    stage = CodecStage(tiny_model(), StageOptions(qp=32), seed=0)
+    optimizer = torch.optim.Adam(stage.trainable_parameters(), lr=5e-4)
+    batch = collate_clips([TranslatingTextures()[i] for i in range(BATCH)])
+    losses = []
+    for step in range(20):
+        values = stage(batch, step)
+        values["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(stage.trainable_parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(values["loss"].item())
+    assert all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
+
+
+# --- the loop, per stage: files, resume, pack ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def codec_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("codec-run")
+    first = run_stage("codec", tiny_model, TranslatingTextures(), settings(out, 2), log=lambda _: None)
+    return out, first
+
+
+def check_run_files(out, step: int, columns: tuple[str, ...]) -> None:
+    for name in ("checkpoint.pt", "log.csv", "loss.png", "pack/config.json", "pack/model.safetensors",
+                 "pack/README.md"):
+        assert (out / name).is_file(), name
+    with (out / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {"step", "seconds", "s_per_it", "lr", "loss", *columns} <= set(rows[0])
+    assert all(math.isfinite(float(r[c])) for r in rows for c in ("loss", *columns))
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == step
+
+
+def test_codec_stage_writes_checkpoint_log_plot_and_pack(codec_run):
+    out, first = codec_run
+    assert first.step == 2 and first.stopped_by == "steps"
+    check_run_files(out, 2, CodecStage.log_columns)
+    model, info = DiffVCModel.from_pack(out / "pack")
+    history = model.config.extra["training"]
+    assert history[-1]["stage"] == "codec" and history[-1]["steps"] == 2 and info.sha256 == first.pack.sha256
+
+
+def test_codec_pack_codes_exactly_with_the_registered_codec(codec_run):
+    out, _ = codec_run
+    codec = get_codec(f"condlc:pack={out / 'pack'}")
+    clip = moving_clip(frames=3, height=64, width=64, seed=1)
+    encoded = codec.encode(clip, 24)
+    assert encoded.frame_types == ["I", "P", "P"]
+    assert np.array_equal(codec.decode(encoded.bitstream).frames, encoded.reconstruction.frames)
+
+
+def test_resuming_continues_the_step_count_and_equals_an_uninterrupted_run(codec_run, tmp_path):
+    out, _ = codec_run
+    resumed = run_stage("codec", tiny_model, TranslatingTextures(), settings(out, 4), log=lambda _: None)
+    assert resumed.step == 4 and log_steps(out) == [1, 2, 3, 4]
+    straight = run_stage("codec", tiny_model, TranslatingTextures(), settings(tmp_path, 4), log=lambda _: None)
+    a = load_checkpoint(out / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
+    assert straight.step == 4 and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_time_budget_stops_cleanly_with_checkpoint_and_pack(tmp_path):
+    result = run_stage("codec", tiny_model, TranslatingTextures(), settings(tmp_path, 1000, time_budget_min=1e-4),
+                       log=lambda _: None)
+    assert result.stopped_by == "time" and 1 <= result.step < 1000
+    check_run_files(tmp_path, result.step, CodecStage.log_columns)
+
+
+class TermOnItem(TranslatingTextures):
+    """Sends this process SIGTERM when item `at` is loaded, as `kill PID` would a background run."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if index == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().__getitem__(index)
+
+
+def test_sigterm_stops_cleanly_with_checkpoint_and_pack(tmp_path):
+    from codec.train.loop import ResumableSampler
+
+    third_batch_item = list(ResumableSampler(64, 3, 0, 3 * BATCH))[2 * BATCH]  # seed 3, as `settings`
+    before = signal.getsignal(signal.SIGTERM)
+    result = run_stage("codec", tiny_model, TermOnItem(third_batch_item), settings(tmp_path, 1000), log=lambda _: None)
+    assert result.stopped_by == "signal" and 1 <= result.step <= 3
+    check_run_files(tmp_path, result.step, CodecStage.log_columns)
+    assert signal.getsignal(signal.SIGTERM) == before  # the loop's handler is gone again
+
+
+@pytest.mark.parametrize("stage_name", ["flow", "diffusion", "finetune"])
+def test_stage_trains_resumes_and_writes_a_loadable_pack(stage_name, tmp_path):
+    if stage_name == "finetune" and not perceptual_weights_prepared():
+        pytest.skip("DISTS weights not prepared (python -m codec.weights prepare)")
+    build = tiny_spynet_model if stage_name == "flow" else tiny_model
+    data = TranslatingTextures()
+    first = run_stage(stage_name, build, data, settings(tmp_path, 2), log=lambda _: None)
+    assert first.step == 2
+    before = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
+    second = run_stage(stage_name, build, data, settings(tmp_path, 3), log=lambda _: None)
+    assert second.step == 3 and log_steps(tmp_path) == [1, 2, 3]
+    from codec.train.stages import STAGES
+
+    check_run_files(tmp_path, 3, STAGES[stage_name].log_columns)
+    after = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
+    trained_prefix = {"flow": "flow_estimator.", "diffusion": "diffusion.", "finetune": "diffusion."}[stage_name]
+    changed = {k.split(".")[0] for k in after if not torch.equal(after[k], before[k])}
+    assert changed == {trained_prefix.rstrip(".")}  # only the stage's part trains
+    model, _ = DiffVCModel.from_pack(tmp_path / "pack")
+    assert model.config.flow == ("spynet" if stage_name == "flow" else "dis")
+
+
+def test_flow_stage_logs_dis_error_near_zero_on_exact_translations(tmp_path):
+    run_stage("flow", tiny_spynet_model, TranslatingTextures(), settings(tmp_path, 1), log=lambda _: None)
+    (row,) = read_log(tmp_path / "log.csv")
+    assert row["epe_dis"] < 0.5 < row["loss"]  # DIS recovers whole-pixel pans; an untrained SpyNet does not
+
+
+# --- command line -----------------------------------------------------------------------------------------------
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cli.add_train_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["train", *argv])
+
+
+def test_cli_flow_stage_skips_a_dis_preset(tmp_path, capsys):
+    args = parse(["flow", "--data", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert args.run(args) == 0
+    assert "DIS" in capsys.readouterr().out and not (tmp_path / "run").exists()
+
+
+def test_cli_chains_codec_then_diffusion_through_packs(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "make_dataset", lambda stage, *a: TranslatingTextures(frames=FRAMES, crop=CROP))
+    common = ["--data", str(tmp_path), "--steps", "1", "--batch", "2", "--crop", "64", "--frames", "3"]
+    args = parse(["codec", "--out", str(tmp_path / "codec"), *common])
+    assert args.run(args) == 0
+    args = parse(["diffusion", "--out", str(tmp_path / "diffusion"), "--pack-from", str(tmp_path / "codec"), *common])
+    assert args.run(args) == 0
+    model, _ = DiffVCModel.from_pack(tmp_path / "diffusion" / "pack")
+    assert [h["stage"] for h in model.config.extra["training"]] == ["codec", "diffusion"]
+    codec_pack, _ = DiffVCModel.from_pack(tmp_path / "codec" / "pack")
+    a, b = dict(codec_pack.named_parameters()), dict(model.named_parameters())
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("inter."))  # the codec stayed frozen
+    with pytest.raises(SystemExit):
+        parse(["codec", "--out", str(tmp_path)])  # --data is required
