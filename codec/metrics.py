@@ -151,7 +151,20 @@ class OfflineDISTS(piq.DISTS):
 
 @functools.cache
 def perceptual_model(name: str, device: str = "cpu") -> torch.nn.Module:
-    """The LPIPS or DISTS module on `device`: offline weights where prepared, piq's downloads otherwise."""
+    """The LPIPS or DISTS module on `device`: offline weights where prepared, piq's downloads otherwise.
+
+    Built, and run once, outside inference mode even when first asked for inside it (by `compute_metrics`):
+    piq's L2 pooling creates its filter lazily on the first call, and a filter made in inference mode would keep
+    the cached module from serving as a differentiable training loss.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        model = _build_perceptual_model(name, device)
+        probe = torch.zeros(1, 3, 32, 32, device=device)
+        model(probe, probe)
+    return model
+
+
+def _build_perceptual_model(name: str, device: str) -> torch.nn.Module:
     weights = load_metric_weights()
     try:
         if name == "lpips":
