@@ -28,3 +28,15 @@ def clip() -> Video:
 def clip_file(tmp_path: Path) -> Path:
     """A 12-frame 64x48 H.264 mp4 on disk."""
     return write_video(moving_clip(frames=12), tmp_path / "clip.mp4", crf=4)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """The tests' tensors are small and the machine has 2 shared cores: thread hand-offs cost more than the work
+    (and two-thread torch stalls when another process runs). Session-wide, before any model fixture is built."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -58,14 +58,6 @@ def inputs(batch: int = 1, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, t
     return latent, torch.cat([latent, context], dim=1), torch.randint(0, 64, (batch,), generator=g)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread is faster, and immune to OpenMP stalls when another process shares the
-    cores (measured on the 2-core CI machine: 8 s for this file with one thread, 24 to 45 s with two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from conftest import moving_clip
 
 from codec.bitstream import read_stream
@@ -18,12 +17,6 @@ from codec.registry import detect_codec, get_codec
 RANDOM = "pack=random-tiny"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -42,18 +42,13 @@ def prior() -> FactorizedPrior:
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     centres = torch.linspace(-6, 6, 8).view(1, 8, 1, 1)
     laplace = torch.distributions.Laplace(0.0, 2.0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: on a busy 2-core machine, thread hand-offs cost 10x the work
-    try:
-        for _ in range(150):
-            z = centres + laplace.sample((4, 8, 8, 8))
-            _, likelihoods = model(z, training=True)
-            loss = bits_from_likelihoods(likelihoods) / z.numel()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
+    for _ in range(150):
+        z = centres + laplace.sample((4, 8, 8, 8))
+        _, likelihoods = model(z, training=True)
+        loss = bits_from_likelihoods(likelihoods) / z.numel()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
     model.update()
     return model.eval()
 

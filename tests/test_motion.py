@@ -23,14 +23,6 @@ from codec.errors import BitstreamError
 SIZE = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors on a shared 2-core machine: thread hand-offs would cost more than the work. Module-scoped
-    and autouse, so it is in place before the module's model fixtures are built."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def textured(height: int, width: int, seed: int = 0) -> torch.Tensor:

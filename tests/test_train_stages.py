@@ -40,12 +40,6 @@ from codec.train.stages import (
 CROP, FRAMES, BATCH = 64, 3, 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class TranslatingTextures(Dataset):
