@@ -1,4 +1,4 @@
-"""Command line: `python -m codec {eval,encode,decode,info} ...`.
+"""Command line: `python -m codec {eval,encode,decode,speed,train,info} ...`.
 
 Errors a user can cause (bad file, bad spec, damaged bitstream) print one line on stderr and exit with status 2.
 """
