@@ -25,7 +25,7 @@ from codec.bitstream import MAGIC, FrameUnit, StreamHeader, read_stream, write_s
 from codec.diffvc.config import PAD_MULTIPLE, PRESETS
 from codec.diffvc.diffusion import num_reuse_steps
 from codec.diffvc.model import DiffVCModel, FrameCoder, SamplingPlan, instrument_entropy_timing
-from codec.diffvc.pack import PackInfo, find_packs, resolve_pack
+from codec.diffvc.pack import PackInfo, find_packs, pack_info, resolve_pack
 from codec.diffvc.qp import QP_MAX, QP_MIN
 from codec.diffvc.timing import StageTimer, active_timer
 from codec.errors import BitstreamError, CodecError, CodecUnavailableError, VideoError
@@ -243,7 +243,7 @@ def _pack_name(hash_prefix: bytes) -> str:
     """'<name> (<hash>)' when a pack with that hash is installed, else the hash alone."""
     for folder in find_packs():
         try:
-            info = load_model(str(folder), "cpu")[1]
+            info = pack_info(folder)
         except CodecError:
             continue
         if info.hash_prefix == hash_prefix:
@@ -290,7 +290,7 @@ def pack_summary() -> list[tuple[str, Path, str]]:
     out = []
     for folder in find_packs():
         try:
-            info = load_model(str(folder), "cpu")[1]
+            info = pack_info(folder)
             out.append((info.name, folder, info.sha256))
         except CodecError as e:
             out.append((folder.name, folder, f"unreadable: {e}"))

@@ -112,6 +112,15 @@ def read_pack(folder: Path) -> tuple[dict, dict[str, torch.Tensor], PackInfo]:
     return config, state, PackInfo(folder.name, folder, content_hash(config_bytes, weight_bytes))
 
 
+def pack_info(folder: Path) -> PackInfo:
+    """A pack folder's identity from its files' bytes, without building the model."""
+    try:
+        return PackInfo(folder.name, folder, content_hash((folder / CONFIG_FILE).read_bytes(),
+                                                          (folder / WEIGHTS_FILE).read_bytes()))
+    except OSError as e:
+        raise CodecError(f"model pack {folder} cannot be read: {e}") from None
+
+
 def in_memory_info(name: str, config: dict, state: dict[str, torch.Tensor]) -> PackInfo:
     """The identity a random-init (unsaved) model would have as a pack: same hashing, no folder."""
     config_bytes, weight_bytes = serialize(config, state)
