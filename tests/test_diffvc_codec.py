@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from conftest import moving_clip
 
 from codec.bitstream import read_stream
@@ -133,3 +134,12 @@ def test_gop_structure_and_qp_offsets():
     assert [frame_type(t, -1) for t in range(3)] == ["I", "P", "P"]
     assert [frame_qp(30, t, 5, (0, 4, 2, 4)) for t in range(6)] == [30, 30, 34, 32, 34, 30]
     assert frame_qp(62, 2, 32, (5,)) == 63
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_exact_round_trip_on_cuda_fast_path(clip):
+    """bf16 autocast in the diffusion stage, SDPA, channels-last: decoding still reproduces the encoder."""
+    codec = get_codec(f"diffvc:{RANDOM}:device=cuda:intra_period=4")
+    enc = codec.encode(clip, 30)
+    assert np.array_equal(codec.decode(enc.bitstream).frames, enc.reconstruction.frames)

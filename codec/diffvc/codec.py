@@ -23,7 +23,7 @@ import torch
 
 from codec.bitstream import MAGIC, FrameUnit, StreamHeader, read_stream, write_stream
 from codec.diffvc.config import PAD_MULTIPLE, PRESETS
-from codec.diffvc.diffusion import num_reuse_steps
+from codec.diffvc.diffusion import num_reuse_steps, prepare_for_inference
 from codec.diffvc.model import DiffVCModel, FrameCoder, SamplingPlan, instrument_entropy_timing
 from codec.diffvc.pack import PackInfo, find_packs, pack_info, resolve_pack
 from codec.diffvc.qp import QP_MAX, QP_MIN
@@ -47,6 +47,7 @@ class NeuralOptions:
     pack: str = ""  # a pack name or folder; "" = the default pack; "random-tiny" = random init
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
+    compile: bool = False  # torch.compile the U-Net and ControlNet (CUDA; slow first call)
 
     def __post_init__(self) -> None:
         if self.intra_period != -1 and not 1 <= self.intra_period <= 65535:
@@ -102,8 +103,12 @@ def pick_device(name: str) -> torch.device:
 
 
 @functools.lru_cache(maxsize=4)
-def load_model(pack: str, device: str) -> tuple[DiffVCModel, PackInfo]:
-    """The model of a pack on a device, loaded once per process (packs are read-only)."""
+def load_model(pack: str, device: str, compile: bool = False) -> tuple[DiffVCModel, PackInfo]:
+    """The model of a pack on a device, loaded once per process (packs are read-only).
+
+    On CUDA the diffusion stage gets the fast path: SDPA attention, channels-last weights, optionally
+    torch.compile; it runs under bf16 autocast (`_autocast_dtype`) while entropy coding stays float32.
+    """
     if pack.startswith(RANDOM_PACK_PREFIX):
         preset = pack.removeprefix(RANDOM_PACK_PREFIX)
         if preset not in PRESETS:
@@ -115,6 +120,8 @@ def load_model(pack: str, device: str) -> tuple[DiffVCModel, PackInfo]:
             raise CodecUnavailableError("no DiffVC model pack found (train one: python -m codec train, issue [3/5])")
         model, info = DiffVCModel.from_pack(folder)
     model = model.to(device)
+    if torch.device(device).type == "cuda":
+        prepare_for_inference(model.diffusion, device, channels_last=True, compile=compile)
     instrument_entropy_timing(model)
     return model, info
 
@@ -145,7 +152,7 @@ class NeuralCodecBase(CodecBase):
 
     def _model(self) -> tuple[DiffVCModel, PackInfo, torch.device]:
         device = pick_device(self.options.device)
-        model, info = load_model(self.options.pack, str(device))
+        model, info = load_model(self.options.pack, str(device), self.options.compile)
         return model, info, device
 
     def identity(self) -> str:
