@@ -173,7 +173,7 @@ class NeuralCodecBase(CodecBase):
         frames, size_hw = pad_to_multiple(video.frames, PAD_MULTIPLE)
         offsets = parse_offsets(opts.qp_offsets)
         timer = StageTimer(device)
-        coder = FrameCoder(model, plan, device, timer, _autocast_dtype(device))
+        coder = FrameCoder(model, plan, timer, _autocast_dtype(device))
         units, recon, evals = [], [], []
         start = time.perf_counter()
         with active_timer(timer):
@@ -219,7 +219,7 @@ class NeuralCodecBase(CodecBase):
                             bool(header.flags & FLAG_REUSE_WARP), header.seed)
         size_hw = (header.height, header.width)
         padded_hw = tuple(-(-v // PAD_MULTIPLE) * PAD_MULTIPLE for v in size_hw)
-        coder = FrameCoder(model, plan, device, StageTimer(device), _autocast_dtype(device))
+        coder = FrameCoder(model, plan, StageTimer(device), _autocast_dtype(device))
         frames = []
         for t, unit in enumerate(units):
             if len(unit.strings) != STRINGS_PER_TYPE[unit.frame_type]:

@@ -5,7 +5,7 @@ Encoder and decoder update it through the same decode path, so their buffers hol
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import Tensor
 
@@ -27,7 +27,6 @@ class DecodedPictureBuffer:
     y_hat: Tensor | None = None
     x0: Tensor | list[Tensor] | None = None
     frames_since_intra: int = 0
-    history: list[str] = field(default_factory=list)  # frame types so far, for diagnostics
 
     @property
     def empty(self) -> bool:
@@ -38,4 +37,3 @@ class DecodedPictureBuffer:
         """Replace the reference with a newly decoded frame."""
         self.frame, self.feature, self.y_hat, self.x0 = frame, feature, y_hat, x0
         self.frames_since_intra = 0 if frame_type == "I" else self.frames_since_intra + 1
-        self.history.append(frame_type)

@@ -9,7 +9,7 @@ Per P-frame (DESIGN.md section 3; Ma & Chen 2025, with DCVC-DC's conditional cod
   5. vae        x^_t = LatentSpace.decode(z_0): the output and the next frame's reference
 I-frames: the intra latent codec, then steps 4-5 with zeros for C1 and no reuse.
 Every step after the entropy decoding is a function of decoded data only, and the encoder runs it exactly as
-the decoder does (`FrameCoder.reconstruct`), so both hold the same DPB.
+the decoder does (`FrameCoder._finish`), so both hold the same DPB.
 """
 
 from __future__ import annotations
@@ -121,9 +121,9 @@ class FrameResult:
 class FrameCoder:
     """Codes one stream's frames in order, holding the decoded-picture buffer. One instance per stream and side."""
 
-    def __init__(self, model: DiffVCModel, plan: SamplingPlan, device: torch.device, timer: StageTimer,
+    def __init__(self, model: DiffVCModel, plan: SamplingPlan, timer: StageTimer,
                  autocast_dtype: torch.dtype | None = None) -> None:
-        self.model, self.plan, self.device, self.timer = model, plan, device, timer
+        self.model, self.plan, self.timer = model, plan, timer
         self.autocast_dtype = autocast_dtype
         self.sampler = TDIRSampler(model.diffusion)
         self.dpb = DecodedPictureBuffer()
