@@ -17,7 +17,7 @@ from piq.perceptual import VGG16_LAYERS, ContentLoss
 from torchvision.models import vgg16
 
 from codec.errors import CodecError
-from codec.video import Video
+from codec.video import Video, frames_to_tensor
 from codec.weights import load_metric_weights
 
 METRICS = ("psnr", "psnr_y", "ms_ssim", "lpips", "dists")
@@ -75,16 +75,11 @@ def _batched_torch_metrics(ref: np.ndarray, dist: np.ndarray, names: list[str], 
     results: dict[str, list[float]] = {n: [] for n in names}
     with torch.inference_mode():
         for start in range(0, ref.shape[0], _BATCH):
-            x = _to_tensor(dist[start : start + _BATCH], device)
-            y = _to_tensor(ref[start : start + _BATCH], device)
+            x = frames_to_tensor(dist[start : start + _BATCH], device)
+            y = frames_to_tensor(ref[start : start + _BATCH], device)
             for name in names:
                 results[name].extend(_METRIC_FNS[name](x, y, device).double().cpu().tolist())
     return {n: np.asarray(v, dtype=np.float64) for n, v in results.items()}
-
-
-def _to_tensor(frames: np.ndarray, device: str) -> torch.Tensor:
-    """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def _ms_ssim(x: torch.Tensor, y: torch.Tensor, device: str) -> torch.Tensor:

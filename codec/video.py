@@ -126,6 +126,20 @@ def av_frame_to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -
     return frame.to_ndarray(format="rgb24")
 
 
+def frames_to_tensor(frames: np.ndarray, device="cpu"):
+    """uint8 RGB [N, H, W, 3] -> float32 torch tensor [N, 3, H, W] in [0, 1] on `device` (the models' input)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def tensor_to_frames(x) -> np.ndarray:
+    """float torch tensor [N, 3, H, W] in [0, 1] -> uint8 RGB [N, H, W, 3] (clamped, rounded), on the CPU."""
+    import torch
+
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
 # --- reading ---------------------------------------------------------------------------------------------
 
 def read_video(

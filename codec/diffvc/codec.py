@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from codec.bitstream import MAGIC, FrameUnit, StreamHeader, read_stream, write_stream
+from codec.bitstream import CODEC_IDS, MAGIC, FrameUnit, StreamHeader, read_stream, write_stream
 from codec.diffvc.config import PAD_MULTIPLE, PRESETS
 from codec.diffvc.diffusion import num_reuse_steps, prepare_for_inference
 from codec.diffvc.model import DiffVCModel, FrameCoder, SamplingPlan, instrument_entropy_timing
@@ -30,7 +30,7 @@ from codec.diffvc.qp import QP_MAX, QP_MIN
 from codec.diffvc.timing import StageTimer, active_timer
 from codec.errors import BitstreamError, CodecError, CodecUnavailableError, VideoError
 from codec.registry import CodecBase, Encoded, options_dict, register_codec
-from codec.video import DEFAULT_LIMITS, Video, crop, pad_to_multiple
+from codec.video import DEFAULT_LIMITS, Video, crop, frames_to_tensor, pad_to_multiple, tensor_to_frames
 
 RANDOM_PACK_PREFIX = "random-"  # pack="random-tiny": random init of a preset (tests, speed), never a real result
 FLAG_REUSE_STEP = 1  # header flags: TDIR reuses per-step x0 (else the final latent)
@@ -146,8 +146,6 @@ class NeuralCodecBase(CodecBase):
     def recognizes(cls, bitstream: bytes) -> bool:
         if bitstream[:4] != MAGIC or len(bitstream) < 6:
             return False
-        from codec.bitstream import CODEC_IDS
-
         return bitstream[5] == CODEC_IDS[cls.name]
 
     def _model(self) -> tuple[DiffVCModel, PackInfo, torch.device]:
@@ -179,9 +177,9 @@ class NeuralCodecBase(CodecBase):
         with active_timer(timer):
             for t in range(video.num_frames):
                 ftype, fqp = frame_type(t, opts.intra_period), frame_qp(qp, t, opts.intra_period, offsets)
-                strings, result = coder.encode_frame(_to_tensor(frames[t], device), ftype, fqp, t)
+                strings, result = coder.encode_frame(frames_to_tensor(frames[t : t + 1], device), ftype, fqp, t)
                 units.append(FrameUnit(ftype, fqp, tuple(strings)))
-                recon.append(_to_uint8(result.frame, size_hw))
+                recon.append(crop(tensor_to_frames(result.frame), size_hw)[0])
                 evals.append(result.unet_evals)
         encode_s = time.perf_counter() - start
         bitstream = write_stream(header, units)
@@ -228,7 +226,7 @@ class NeuralCodecBase(CodecBase):
                 result = coder.decode_frame(list(unit.strings), unit.frame_type, unit.qp, t, padded_hw)
             except (ValueError, RuntimeError) as e:
                 raise BitstreamError(f"frame {t}: cannot be decoded ({e})") from None
-            frames.append(_to_uint8(result.frame, size_hw))
+            frames.append(crop(tensor_to_frames(result.frame), size_hw)[0])
         return Video(np.stack(frames), Fraction(header.fps_num, header.fps_den))
 
     def _check_stream(self, header: StreamHeader, info: PackInfo) -> None:
@@ -248,29 +246,14 @@ class NeuralCodecBase(CodecBase):
 
 def _pack_name(hash_prefix: bytes) -> str:
     """'<name> (<hash>)' when a pack with that hash is installed, else the hash alone."""
-    for folder in find_packs():
-        try:
-            info = pack_info(folder)
-        except CodecError:
-            continue
-        if info.hash_prefix == hash_prefix:
-            return f"{info.name} ({hash_prefix.hex()})"
+    for name, _, sha in pack_summary():
+        if sha.startswith(hash_prefix.hex()):
+            return f"{name} ({hash_prefix.hex()})"
     return hash_prefix.hex()
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if device.type == "cuda" else None
-
-
-def _to_tensor(frame: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 [H, W, 3] -> float32 [1, 3, H, W] in [0, 1] on `device`."""
-    return torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1)[None].float().div_(255)
-
-
-def _to_uint8(frame: torch.Tensor, size_hw: tuple[int, int]) -> np.ndarray:
-    """[1, 3, H', W'] in [0, 1] -> uint8 [H, W, 3], cropped to the original size."""
-    rgb = (frame[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return crop(rgb[None], size_hw)[0]
 
 
 @register_codec("diffvc", "DiffVC: conditional latent coding + ControlNet-guided diffusion, QPP, TDIR")

@@ -87,6 +87,13 @@ class DiffVCModel(nn.Module):
         return model.eval(), info
 
 
+def diffusion_condition(latent_hat: Tensor, c1: Tensor | None, context_channels: int) -> Tensor:
+    """The guidance of the diffusion stage, [l^_t, C1]: [N, C + c1, h, w]; zeros stand for C1 on an I-frame."""
+    if c1 is None:
+        c1 = latent_hat.new_zeros((latent_hat.shape[0], context_channels, *latent_hat.shape[-2:]))
+    return torch.cat([latent_hat, c1], dim=1)
+
+
 def instrument_entropy_timing(model: DiffVCModel) -> None:
     """Count the entropy coders' compress/decompress calls as the 'entropy' stage of the active timer."""
     for module in model.modules():
@@ -186,9 +193,8 @@ class FrameCoder:
         if not plan.enabled:
             return latent_hat, None, 0
         with self.timer.stage("diffusion"):
-            c1 = contexts.c1 if contexts is not None else latent_hat.new_zeros(
-                (latent_hat.shape[0], self.model.config.context.channels[0], *latent_hat.shape[-2:]))
-            condition = torch.cat([latent_hat, c1], dim=1)
+            c1 = contexts.c1 if contexts is not None else None
+            condition = diffusion_condition(latent_hat, c1, self.model.config.context.channels[0])
             reuse = self._reuse_x0(flow_hat, latent_hat.shape[-2:]) if frame_type == "P" else None
             result = self.sampler.sample(
                 latent_hat, condition, torch.tensor([qp], device=latent_hat.device), plan.seed, index,

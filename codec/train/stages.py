@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from codec.diffvc.diffusion import DiffusionStage, noise_seed, sampling_timesteps
-from codec.diffvc.model import DiffVCModel
+from codec.diffvc.model import DiffVCModel, diffusion_condition
 from codec.diffvc.motion import DISFlow, endpoint_error
 from codec.diffvc.qp import QP_MAX, QP_MIN
 from codec.errors import CodecError
@@ -131,9 +131,7 @@ class CodedFrame:
 
     def condition(self, context_channels: int) -> Tensor:
         """The diffusion stage's condition [l^_t, C1] (zeros for C1 on an I-frame): [N, C + c1, h, w]."""
-        c1 = self.c1 if self.c1 is not None else self.latent_hat.new_zeros(
-            (self.latent_hat.shape[0], context_channels, *self.latent_hat.shape[-2:]))
-        return torch.cat([self.latent_hat, c1], dim=1)
+        return diffusion_condition(self.latent_hat, self.c1, context_channels)
 
 
 def code_sequence(model: DiffVCModel, frames: Tensor, qp: Tensor) -> list[CodedFrame]:
