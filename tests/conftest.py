@@ -19,6 +19,19 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_CLIP = REPO / "assets" / "clips" / "bigbuckbunny.mp4"
 
 
+def as_if_trained(*modules, scale: float = 1e-2) -> None:
+    """Perturb the weights that start at exactly zero (the skeleton's corrections, a flat prior): through a zero
+    layer no gradient reaches the layers before it, which only holds at step 0 of training."""
+    import torch
+
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for module in modules:
+            for param in module.parameters():
+                if not bool(param.any()):
+                    param.add_(torch.randn(param.shape, generator=generator) * scale)
+
+
 @pytest.fixture
 def clip() -> Video:
     return moving_clip()

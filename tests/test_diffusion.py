@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from conftest import as_if_trained
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from codec.diffvc.diffusion import (
@@ -17,6 +18,7 @@ from codec.diffvc.diffusion import (
     DiffusionStage,
     QPPrompt,
     TDIRSampler,
+    eps_from_x0,
     full_diffusion_config,
     prepare_for_inference,
     sampling_timesteps,
@@ -45,9 +47,14 @@ def small_config(**overrides) -> DiffusionConfig:
     return dataclasses.replace(cfg, **overrides)
 
 
-def small_stage(seed: int = 0, **overrides) -> DiffusionStage:
+def small_stage(seed: int = 0, trained: bool = True, **overrides) -> DiffusionStage:
+    """trained: perturb the layers that start at zero (ControlNet's zero convolutions, the anchored U-Net's output),
+    so that the networks change the result as a trained stage's do."""
     torch.manual_seed(seed)
-    return DiffusionStage.from_config(small_config(**overrides)).eval()
+    stage = DiffusionStage.from_config(small_config(**overrides)).eval()
+    if trained:
+        as_if_trained(stage, scale=0.3)
+    return stage
 
 
 def inputs(batch: int = 1, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -229,7 +236,7 @@ def test_qp_changes_the_sample(stage: DiffusionStage) -> None:
 
 
 def test_condition_reaches_the_unet_only_through_the_trained_controlnet() -> None:
-    stage = small_stage()
+    stage = small_stage(trained=False, anchor="none")  # SD's parameterisation: the U-Net's output is not zeroed
     latent, condition, qp = inputs()
     other = torch.cat([latent, torch.randn(1, CONTEXT, SIZE, SIZE)], dim=1)
     tokens, t = stage.qp_prompt(qp), torch.tensor([500])
@@ -331,3 +338,33 @@ def test_load_sd_unet_reads_a_local_folder_and_recopies_the_controlnet(tmp_path)
         DiffusionStage.from_config(small_config(block_out_channels=(16, 16))).load_sd_unet(tmp_path)
     with pytest.raises(CodecError, match="cannot load"):
         small_stage().load_sd_unet(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------- anchoring at the reconstruction
+
+
+def test_an_untrained_anchored_stage_returns_the_reconstruction() -> None:
+    """anchor="reconstruction": the U-Net's output starts at zero, so sampling lands on l^_t (diffvc = condlc)."""
+    stage = small_stage(trained=False)
+    assert stage.config.anchor == "reconstruction"
+    latent, condition, qp = inputs(batch=2)
+    result = TDIRSampler(stage).sample(latent, condition, qp, seed=3, frame_index=1)
+    assert result.unet_evals == 4
+    torch.testing.assert_close(result.latent, latent, atol=1e-4, rtol=0)
+
+
+def test_the_anchor_adds_the_noise_the_reconstruction_implies(stage: DiffusionStage) -> None:
+    """eps = eps_from_x0(z_t, l^_t, a_t) + the networks' output, per batch item's own timestep."""
+    plain = DiffusionStage(dataclasses.replace(stage.config, anchor="none"), stage.unet, stage.controlnet,
+                           stage.qp_prompt).eval()
+    latent, condition, qp = inputs(batch=2)
+    z_t = torch.randn(latent.shape, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([101, 401])
+    tokens = stage.qp_prompt(qp)
+    with torch.no_grad():
+        anchored = stage.predict_noise(z_t, t, condition, tokens)
+        net = plain.predict_noise(z_t, t, condition, tokens)
+    alphas = stage.make_scheduler().alphas_cumprod
+    for i in range(2):
+        expected = eps_from_x0(z_t[i], latent[i], float(alphas[t[i]])) + net[i]
+        torch.testing.assert_close(anchored[i], expected, atol=1e-4, rtol=1e-4)

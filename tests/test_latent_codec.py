@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass
 
 import pytest
 import torch
-from conftest import moving_clip
+from conftest import as_if_trained, moving_clip
 
-from codec.diffvc.context import Contexts, TemporalContext, TemporalContextConfig
+from codec.diffvc.context import Contexts, TemporalContext, TemporalContextConfig, add_prediction
 from codec.diffvc.latent import LatentSpaceConfig, PixelUnshuffleLatent
 from codec.diffvc.latent_codec import (
     ContextualLatentCodec,
@@ -35,6 +35,11 @@ class Models:
     context: TemporalContext
     intra: IntraLatentCodec
     inter: ContextualLatentCodec
+
+    def contexts(self, reference: torch.Tensor, feature: torch.Tensor | None, flow: torch.Tensor) -> Contexts:
+        """As `DiffVCModel.temporal_contexts`: C1..C3 and, for the residual (block) codec, the prediction."""
+        contexts = self.context(reference, feature, flow)
+        return add_prediction(contexts, reference, flow, PixelUnshuffleLatent(LatentSpaceConfig()).encode)
 
 
 def build_models(seed: int) -> Models:
@@ -112,13 +117,13 @@ def run_chain(models: Models, space, frames: torch.Tensor, qps: list[int], i_fra
             cur, qp = frames[t : t + 1], qps[t % len(qps)]
             # Encoder: estimate, code and decode the motion; contexts from its buffer; code the latent.
             mv_strings, flow_hat = models.motion.compress(estimator(cur, encoder.frame), qp)
-            contexts = models.context(encoder.frame, encoder.feature, flow_hat)
+            contexts = models.contexts(encoder.frame, encoder.feature, flow_hat)
             y_strings, out = models.inter.compress(space.encode(cur), contexts, encoder.y_hat, qp)
             assert real_bits(mv_strings) > 0 and real_bits(y_strings) > 0
             # Decoder: the same from the strings alone.
             flow_dec = models.motion.decompress(mv_strings, (SIZE, SIZE), qp)
             assert torch.equal(flow_dec, flow_hat)
-            contexts_dec = models.context(decoder.frame, decoder.feature, flow_dec)
+            contexts_dec = models.contexts(decoder.frame, decoder.feature, flow_dec)
             dec = models.inter.decompress(y_strings, contexts_dec, decoder.y_hat, qp, LATENT_HW)
             assert_same_output(out, dec)
             encoder = Buffer(space.decode(out.latent_hat), out.feature, out.y_hat)
@@ -144,7 +149,7 @@ def test_eval_forward_is_the_coded_reconstruction(models: Models, space, frames:
     """The evaluation-mode forward (used for validation) is exactly what compress and the decoder produce."""
     flow = torch.zeros(1, 2, SIZE, SIZE)
     with torch.no_grad():
-        contexts = models.context(frames[:1], None, flow)
+        contexts = models.contexts(frames[:1], None, flow)
         prev = models.inter(space.encode(frames[1:2]), contexts, None, 20).y_hat
         latent = space.encode(frames[2:3])
         _, out = models.inter.compress(latent, contexts, prev, 20)
@@ -159,7 +164,7 @@ def test_intra_round_trip_is_bitwise_for_a_batch(models: Models, space, frames: 
     strings, out = models.intra.compress(latents, qps)
     assert_same_output(models.intra.decompress(strings, qps, LATENT_HW), out)
     assert out.latent_hat.shape == latents.shape and out.feature.shape == (3, 64, 8, 8)
-    assert out.y_hat.shape == (3, 128, 2, 2)
+    assert out.y_hat.shape == (3, 192, 8, 8)  # the block transform: y at the latent's resolution
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -190,7 +195,7 @@ def test_contextual_rates(models: Models, space, frames: torch.Tensor) -> None:
     flow = torch.zeros(1, 2, SIZE, SIZE)
     flow[:, 0], flow[:, 1] = -2.0, -1.0  # an approximate flow is enough for the contexts
     with torch.no_grad():
-        contexts = models.context(ref, None, flow)
+        contexts = models.contexts(ref, None, flow)
     latent = space.encode(cur)
     check_rates(lambda qp: models.inter.compress(latent, contexts, None, qp))
 
@@ -204,6 +209,7 @@ def test_p_frame_training_has_finite_nonzero_gradients(space, frames: torch.Tens
     """Two P-frames trained jointly, as a P-frame stage would: the first builds its contexts from pixels (no DPB
     feature) and has no previous y; the second uses the first's feature and y_hat. So every branch is used."""
     models = build_models(1)
+    as_if_trained(models.motion, models.inter)
     for module in (models.motion, models.context, models.inter):
         module.train()
     qps = [10, 50]  # on both sides of the middle anchors: every QP-scale row gets a gradient
@@ -214,7 +220,7 @@ def test_p_frame_training_has_finite_nonzero_gradients(space, frames: torch.Tens
     loss = torch.zeros(())
     for t in (1, 2):
         motion = models.motion(flow, qps)
-        contexts = models.context(ref, feature, motion.hat)
+        contexts = models.contexts(ref, feature, motion.hat)
         latent = space.encode(batch[t])
         out = models.inter(latent, contexts, prev_y, qps)
         rate = (motion.estimated_bits() + out.estimated_bits()) / (2 * SIZE * SIZE)  # bits per pixel
@@ -222,13 +228,17 @@ def test_p_frame_training_has_finite_nonzero_gradients(space, frames: torch.Tens
         ref, feature, prev_y = space.decode(out.latent_hat), out.feature, out.y_hat
     assert bool(torch.isfinite(loss))
     loss.backward()
+    # The block codec (tiny) reads C1 only, the fusion of all three scales: the C2/C3 output heads get no gradient.
+    unused = ("out2.", "out3.") if models.inter.config.transform == "block" else ()
     for prefix, module in (("motion", models.motion), ("context", models.context), ("inter", models.inter)):
-        assert_finite_nonzero_gradients((f"{prefix}.{n}", p) for n, p in module.named_parameters())
+        assert_finite_nonzero_gradients((f"{prefix}.{n}", p) for n, p in module.named_parameters()
+                                        if not (prefix == "context" and n.startswith(unused)))
 
 
 def test_intra_training_has_finite_nonzero_gradients(space, frames: torch.Tensor) -> None:
     torch.manual_seed(2)
     model = IntraLatentCodec(IntraLatentCodecConfig.tiny()).train()
+    as_if_trained(model)
     latent = space.encode(frames[:2])
     out = model(latent, [10, 50])
     loss = out.estimated_bits() / (2 * SIZE * SIZE) + 0.05 * torch.mean((out.latent_hat - latent) ** 2)
@@ -263,7 +273,7 @@ def test_damaged_strings_raise_bitstream_errors(models: Models, space, frames: t
         with pytest.raises(BitstreamError):
             models.intra.decompress(case, 5, LATENT_HW)
     with torch.no_grad():
-        contexts = models.context(frames[:1], None, torch.zeros(1, 2, SIZE, SIZE))
+        contexts = models.contexts(frames[:1], None, torch.zeros(1, 2, SIZE, SIZE))
     strings, _ = models.inter.compress(space.encode(frames[1:2]), contexts, None, 5)
     for case in damaged_versions(strings):
         with pytest.raises(BitstreamError):
@@ -273,11 +283,13 @@ def test_damaged_strings_raise_bitstream_errors(models: Models, space, frames: t
 def test_contextual_codec_checks_its_conditions(models: Models, space, frames: torch.Tensor) -> None:
     latent = space.encode(frames[:1])
     with torch.no_grad():
-        contexts = models.context(frames[:1], None, torch.zeros(1, 2, SIZE, SIZE))
+        contexts = models.contexts(frames[:1], None, torch.zeros(1, 2, SIZE, SIZE))
     with pytest.raises(ValueError):
         models.inter(latent, Contexts(contexts.c1, contexts.c3, contexts.c3), None, 5)
     with pytest.raises(ValueError):
         models.inter(latent, contexts, torch.zeros(1, 7, 2, 2), 5)
+    with pytest.raises(ValueError, match="prediction"):
+        models.inter(latent, Contexts(contexts.c1, contexts.c2, contexts.c3), None, 5)
     with pytest.raises(ValueError):
         models.intra(latent, 64)
 

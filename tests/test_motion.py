@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import moving_clip
+from conftest import as_if_trained, moving_clip
 
 from codec.diffvc.latent_codec import real_bits
 from codec.diffvc.motion import (
@@ -169,6 +169,7 @@ def test_motion_bytes_match_the_estimate_and_fall_with_qp(codec: MotionCodec, fl
 def test_motion_training_forward_has_finite_nonzero_gradients(flow: torch.Tensor) -> None:
     torch.manual_seed(1)
     model = MotionCodec(MotionCodecConfig.tiny()).train()
+    as_if_trained(model)
     out = model(flow, [10, 50])  # QPs on both sides of the middle anchors: every QP-scale row is used
     assert not torch.equal(out.hat, model.eval()(flow, [10, 50]).hat)  # noise in training, rounding in eval
     model.train()

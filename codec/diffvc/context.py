@@ -15,6 +15,7 @@ tiny preset's PixelUnshuffle latent that is exactly the latent of the warped fra
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from codec.diffvc.latent_codec import ResidualBlock, SubpelUpsample, act, config_from_dict, conv
 from codec.diffvc.warp import resize_flow, warp
 
-__all__ = ["Contexts", "TemporalContext", "TemporalContextConfig"]
+__all__ = ["Contexts", "TemporalContext", "TemporalContextConfig", "add_prediction"]
 
 LATENT_FACTOR = 8  # the latent (and C1) is at 1/8 of the frame
 
@@ -34,11 +35,16 @@ class Contexts:
     """Multi-scale temporal contexts for a frame of size H x W (multiples of 32).
 
     c1: [N, c1, H/8, W/8] (the latent's resolution); c2: [N, c2, H/16, W/16]; c3: [N, c3, H/32, W/32].
+    warped_frame: the reference warped with the decoded flow [N, 3, H, W] in [0, 1] (None without
+    `use_warped_frame`); prediction: its latent [N, C, H/8, W/8], the motion-compensated prediction of the current
+    latent, set by `DiffVCModel.temporal_contexts` for codecs that code the residual against it.
     """
 
     c1: Tensor
     c2: Tensor
     c3: Tensor
+    warped_frame: Tensor | None = None
+    prediction: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -118,8 +124,12 @@ class TemporalContext(nn.Module):
         f2 = self.extract2(f1)
         f3 = self.extract3(f2)
         f1, f2, f3 = (warp(f, resize_flow(flow, f.shape[-2:])) for f in (f1, f2, f3))
-        extra = None if self.warped_frame is None else self.warped_frame(warp(frame, flow))
-        return self._fuse(f1, f2, f3, extra)
+        if self.warped_frame is None:
+            return self._fuse(f1, f2, f3, None)
+        warped = warp(frame, flow)
+        contexts = self._fuse(f1, f2, f3, self.warped_frame(warped))
+        contexts.warped_frame = warped
+        return contexts
 
     def _fuse(self, f1: Tensor, f2: Tensor, f3: Tensor, extra: Tensor | None) -> Contexts:
         """Top-down fusion of the warped features (DCVC-DC's MultiScaleContextFusion); `extra` joins C1."""
@@ -130,3 +140,12 @@ class TemporalContext(nn.Module):
         c1 = f1 + self.out1(torch.cat(merged1, dim=1))
         return Contexts(c1, c2, c3)
 
+
+def add_prediction(contexts: Contexts, reference: Tensor, flow_hat: Tensor,
+                   encode_latent: Callable[[Tensor], Tensor]) -> Contexts:
+    """Set contexts.prediction: the latent of the reference [N, 3, H, W] warped with the decoded flow [N, 2, H, W]
+    (`encode_latent`: the latent space's encoder), the motion-compensated prediction a residual codec codes against.
+    Reuses the warped frame the contexts already hold. Returns `contexts`."""
+    warped = contexts.warped_frame if contexts.warped_frame is not None else warp(reference, flow_hat)
+    contexts.prediction = encode_latent(warped)
+    return contexts

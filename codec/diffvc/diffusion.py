@@ -93,6 +93,13 @@ class DiffusionConfig:
     `reuse_source` says which x0 of the previous frame TDIR reuses ("final": its final denoised latent; "step":
     its x0 prediction at the same step index), `reuse_warp` whether the caller motion-compensates it. [I] The
     paper gives none of these numbers; the defaults are provisional until docs/RESULTS.md records a measurement.
+
+    `anchor`: "none" (the networks predict eps, as SD does) or "reconstruction" ([I], the tiny preset): the
+    networks predict a correction added to the noise that the reconstruction l^_t implies,
+    eps = eps_from_x0(z_t, l^_t, a_t) + net(z_t, t, condition), with the U-Net's output convolution starting at
+    zero. An untrained stage then returns l^_t exactly (diffvc = condlc), and training learns only what the codec
+    lost: a few CPU-hours are enough to improve on the reconstruction instead of first learning to reproduce it
+    (docs/DESIGN-NOTES.md). l^_t is the condition's first `latent_channels` channels.
     """
 
     # Latent and condition (channels at latent resolution).
@@ -127,6 +134,7 @@ class DiffusionConfig:
     tdir_ratio: float = 0.5
     reuse_source: ReuseSource = "final"
     reuse_warp: bool = True
+    anchor: Literal["none", "reconstruction"] = "none"
 
     def __post_init__(self) -> None:
         levels = len(self.block_out_channels)
@@ -144,6 +152,8 @@ class DiffusionConfig:
             raise CodecError(f"need steps >= 1 and strength, tdir_ratio in [0, 1]: {self}")
         if self.reuse_source not in REUSE_SOURCES:
             raise CodecError(f"reuse_source must be one of {REUSE_SOURCES}, got {self.reuse_source!r}")
+        if self.anchor not in ("none", "reconstruction"):
+            raise CodecError(f"anchor must be 'none' or 'reconstruction', got {self.anchor!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiffusionConfig:
@@ -214,6 +224,7 @@ def tiny_diffusion_config(
     controlnet_embedding_channels: int = 64,
     steps: int = 10,
     strength: float = 0.4,
+    anchor: Literal["none", "reconstruction"] = "reconstruction",
 ) -> DiffusionConfig:
     """A small U-Net + ControlNet for a 2-core CPU (the `tiny` preset; [I] sized here, not from the paper).
 
@@ -222,7 +233,7 @@ def tiny_diffusion_config(
     made a step 5x slower on this CPU). 5.8 M U-Net, 2.7 M ControlNet and 0.15 M QP-prompt parameters; one
     U-Net + ControlNet evaluation takes about 21-25 ms for a 1x192x16x16 latent (a 128x128 frame) and 36-55 ms
     for 1x192x32x32 on the 2-core CPU of docs/DESIGN.md. Sampling: a 10-step schedule at strength 0.4, i.e.
-    T_s = 4 denoising steps per frame.
+    T_s = 4 denoising steps per frame. Anchored at the reconstruction (`DiffusionConfig.anchor`).
     """
     down, up = _coarsest_attention_blocks(len(block_out_channels))
     return DiffusionConfig(
@@ -243,6 +254,7 @@ def tiny_diffusion_config(
         controlnet_embedding_channels=controlnet_embedding_channels,
         steps=steps,
         strength=strength,
+        anchor=anchor,
     )
 
 
@@ -348,11 +360,17 @@ class DiffusionStage(nn.Module):
         self.unet = unet
         self.controlnet = controlnet
         self.qp_prompt = qp_prompt
+        # float32 whatever dtype the networks run in (not a buffer, which `.to(dtype)` would round); one copy per device
+        self._alphas_cumprod = {"cpu": self.make_scheduler().alphas_cumprod.float()}
 
     @classmethod
     def from_config(cls, config: DiffusionConfig) -> DiffusionStage:
-        """Random initialisation (diffusers' defaults; the ControlNet copies the U-Net encoder, zero convs at 0)."""
+        """Random initialisation (diffusers' defaults; the ControlNet copies the U-Net encoder, zero convs at 0;
+        with `anchor="reconstruction"` the U-Net's output convolution starts at zero too)."""
         unet = UNet2DConditionModel(**config.unet_kwargs())
+        if config.anchor == "reconstruction":
+            nn.init.zeros_(unet.conv_out.weight)
+            nn.init.zeros_(unet.conv_out.bias)
         return cls(config, unet, controlnet_from_unet(unet, config), QPPrompt(config.qp_prompt))
 
     def load_sd_unet(self, local_dir: str | Path) -> DiffusionStage:
@@ -384,8 +402,27 @@ class DiffusionStage(nn.Module):
 
         z_t: noisy latent [N, C, h, w]; t: timestep, scalar or [N] (int); condition: [N, condition_channels, h, w],
         i.e. [l^_t, C1]; tokens: QP prompt [N, num_tokens, cross_attention_dim]. Returns eps [N, C, h, w] in the
-        networks' dtype. Inputs are cast to the networks' dtype (see `prepare_for_inference`).
+        networks' dtype, float32 when anchored (the anchor term is computed in float32). Inputs are cast to the
+        networks' dtype (see `prepare_for_inference`).
         """
+        net = self._network_eps(z_t, t, condition, tokens, conditioning_scale)
+        if self.config.anchor == "none":
+            return net
+        alpha_bar = self._alphas_on(z_t.device)[torch.as_tensor(t, device=z_t.device)].reshape(-1, 1, 1, 1)
+        latent_hat = condition[:, : self.config.latent_channels].float()
+        anchor = (z_t.float() - alpha_bar.sqrt() * latent_hat) / (1.0 - alpha_bar).sqrt()
+        return anchor + net.float()
+
+    def _alphas_on(self, device: torch.device) -> Tensor:
+        key = str(device)
+        if key not in self._alphas_cumprod:
+            self._alphas_cumprod[key] = self._alphas_cumprod["cpu"].to(device)
+        return self._alphas_cumprod[key]
+
+    def _network_eps(
+        self, z_t: Tensor, t: Tensor | int, condition: Tensor, tokens: Tensor, conditioning_scale: float
+    ) -> Tensor:
+        """ControlNet + U-Net, in the networks' dtype."""
         dtype = _parameter_dtype(self.unet)
         z_t, condition, tokens = z_t.to(dtype), condition.to(dtype), tokens.to(dtype)
         down_residuals, mid_residual = self.controlnet(

@@ -36,9 +36,10 @@ Shapes (H, W: the frame size, a multiple of 64; h = H / 8, w = W / 8: the latent
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +69,8 @@ __all__ = [
     "init_variance_preserving",
     "qp_batch",
     "real_bits",
+    "start_prior_flat",
+    "zero_last_convolution",
 ]
 
 NEGATIVE_SLOPE = 0.1  # LeakyReLU slope used throughout (DCVC-DC's choice)
@@ -399,6 +402,89 @@ class LatentSynthesis(nn.Module):
         return self.head(feature), feature
 
 
+def block_transform_matrix(factor: int = 8, colours: int = 3) -> Tensor:
+    """The orthonormal [C, C] transform (C = colours * factor**2) of a PixelUnshuffle(factor) latent: an orthonormal
+    colour transform (luma-like sum, two opponent differences) Kronecker a 2-D DCT-II of each factor x factor block.
+
+    Rows index output coefficients (colour * factor**2 + u * factor + v), columns PixelUnshuffle's channel order
+    (colour * factor**2 + row * factor + col). Orthonormal, so its transpose inverts it (JPEG's transform, with the
+    colour matrix made orthonormal so that coefficient errors are pixel errors).
+    """
+    n = torch.arange(factor, dtype=torch.float64)
+    dct = torch.cos(math.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * factor)) * math.sqrt(2 / factor)
+    dct[0] /= math.sqrt(2)
+    colour = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, -1.0], [1.0, -2.0, 1.0]], dtype=torch.float64)
+    colour = colour / colour.norm(dim=1, keepdim=True)
+    if colours != 3:
+        colour = torch.eye(colours, dtype=torch.float64)
+    return torch.kron(colour, torch.kron(dct, dct)).float()
+
+
+class BlockTransformAnalysis(nn.Module):
+    """y = gain * T (l_t - p) + g(l_t - p, C1): a transform-coding skeleton plus a learned correction, at the latent's
+    resolution (tiny preset; the choice and why: docs/DESIGN-NOTES.md, "Latent codecs of the tiny preset").
+
+    T: `block_transform_matrix` (an orthonormal block DCT of the PixelUnshuffle latent, fixed); p: the
+    motion-compensated prediction of the latent (contexts.prediction; zero for intra). g: conv -> residual blocks ->
+    conv whose last layer starts at zero, so an untrained codec is a JPEG/H.263-like transform codec and training
+    moves it towards conditional coding (g sees C1). latent [N, C, h, w] -> y [N, C, h, w] (y_stride 1).
+    """
+
+    def __init__(self, latent_channels: int, c1: int, hidden: int, gain: float) -> None:
+        super().__init__()
+        self.gain = gain
+        self.register_buffer("transform", block_transform_matrix(colours=latent_channels // 64)
+                             if latent_channels % 64 == 0 else torch.eye(latent_channels), persistent=False)
+        self.learned = nn.Sequential(conv(latent_channels + c1, hidden), ResidualBlock(hidden), act(),
+                                     conv(hidden, latent_channels))
+
+    def forward(self, latent: Tensor, contexts: Contexts | None) -> Tensor:
+        if contexts is None:
+            residual, inputs = latent, latent
+        else:
+            if contexts.prediction is None:
+                raise ValueError("the block transform codes the residual: contexts.prediction is needed")
+            residual = latent - contexts.prediction
+            inputs = torch.cat((residual, contexts.c1), dim=1)
+        linear = torch.einsum("oc,nchw->nohw", self.transform, residual) * self.gain
+        return linear + self.learned(inputs)
+
+
+class BlockTransformSynthesis(nn.Module):
+    """(l^_t, feature) = (p + T^t y / gain + h(y, C1), features of h): the inverse of `BlockTransformAnalysis`.
+
+    h: conv -> residual blocks -> feature [N, F, h, w] (kept in the DPB) -> conv whose last layer starts at zero.
+    y [N, C, h, w] -> latent [N, C, h, w].
+    """
+
+    def __init__(self, latent_channels: int, c1: int, hidden: int, feature_channels: int, gain: float) -> None:
+        super().__init__()
+        self.gain = gain
+        self.register_buffer("transform", block_transform_matrix(colours=latent_channels // 64)
+                             if latent_channels % 64 == 0 else torch.eye(latent_channels), persistent=False)
+        self.body = nn.Sequential(conv(latent_channels + c1, hidden), ResidualBlock(hidden), act(),
+                                  conv(hidden, feature_channels), ResidualBlock(feature_channels))
+        self.head = nn.Sequential(act(), conv(feature_channels, latent_channels))
+
+    def forward(self, y: Tensor, contexts: Contexts | None) -> tuple[Tensor, Tensor]:
+        linear = torch.einsum("oc,nohw->nchw", self.transform, y) / self.gain
+        if contexts is None:
+            feature = self.body(y)
+            return linear + self.head(feature), feature
+        if contexts.prediction is None:
+            raise ValueError("the block transform codes the residual: contexts.prediction is needed")
+        feature = self.body(torch.cat((y, contexts.c1), dim=1))
+        return contexts.prediction + linear + self.head(feature), feature
+
+
+def zero_last_convolution(module: nn.Module) -> None:
+    """Zero the weights and bias of the last convolution in `module` (its output starts at exactly 0)."""
+    last = [m for m in module.modules() if isinstance(m, nn.Conv2d)][-1]
+    nn.init.zeros_(last.weight)
+    if last.bias is not None:
+        nn.init.zeros_(last.bias)
+
+
 def _split_params(params: Tensor) -> tuple[Tensor, Tensor]:
     """[N, 2M, ...] -> (means, scales), each [N, M, ...]."""
     means, scales = params.chunk(2, dim=1)
@@ -423,16 +509,25 @@ class IntraLatentCodecConfig:
     feature_channels: int = 64
     qp_anchors: int = 4
     qp_init_range: float = 16.0
+    transform: Literal["deep", "block"] = "deep"
+    block_gain: float = 8.0
 
     def __post_init__(self) -> None:
         if len(self.channels) != 2 or min(self.latent_channels, *self.channels, self.y_channels, self.z_channels,
                                           self.hyper_channels, self.feature_channels) < 1:
             raise ValueError(f"IntraLatentCodecConfig needs two positive hidden widths and positive sizes: {self}")
+        _check_transform(self.transform, self.y_channels, self.latent_channels, self.block_gain)
+
+    @property
+    def y_stride(self) -> int:
+        """y's downsampling relative to the latent: 4 (y at 1/32 of the frame) deep, 1 (1/8) block."""
+        return 1 if self.transform == "block" else 4
 
     @classmethod
     def tiny(cls, latent_channels: int = 192) -> IntraLatentCodecConfig:
-        """[I] For a 2-core CPU: PixelUnshuffle(8) latent, widths 64/96, M = 128 (docs/DESIGN.md, Cost on a CPU)."""
-        return cls(latent_channels=latent_channels)
+        """[I] For a 2-core CPU: PixelUnshuffle(8) latent coded by the block-transform skeleton (y = 192 channels at
+        1/8 of the frame, hidden width 64, z at 1/32), docs/DESIGN-NOTES.md."""
+        return cls(latent_channels=latent_channels, y_channels=latent_channels, transform="block", qp_init_range=24.0)
 
     @classmethod
     def full(cls, latent_channels: int = 4) -> IntraLatentCodecConfig:
@@ -455,15 +550,13 @@ class IntraLatentCodec(HyperpriorCodec):
     """
 
     def __init__(self, config: IntraLatentCodecConfig) -> None:
-        super().__init__(config.y_channels, config.z_channels, config.hyper_channels, 1, config.qp_anchors,
-                         config.qp_init_range)
+        super().__init__(config.y_channels, config.z_channels, config.hyper_channels, _hyper_downsamples(config),
+                         config.qp_anchors, config.qp_init_range)
         self.config = config
-        no_context = (0, 0, 0)
-        self.encoder = LatentAnalysis(config.latent_channels, no_context, config.channels, config.y_channels)
-        self.decoder = LatentSynthesis(config.latent_channels, no_context, config.channels, config.y_channels,
-                                       config.feature_channels)
+        self.encoder, self.decoder = _transforms(config, (0, 0, 0))
         self.prior_head = nn.Sequential(act(), conv(config.hyper_channels, 2 * config.y_channels, 1))
         init_variance_preserving(self)
+        _start_as_transform_coder(self)
 
     def _analysis(self, x: Tensor, cond: Any) -> Tensor:
         return self.encoder(x, None)
@@ -499,7 +592,8 @@ class IntraLatentCodec(HyperpriorCodec):
         h, w = _check_latent_size(latent_size_hw, 8, "latent size")
         device = self.qp_scales.log_enc.device
         qp = qp_batch(qp, 1 if isinstance(qp, int) else len(qp), device)
-        y_deq, out = self._decompress(strings, None, qp, (qp.numel(), self.y_channels, h // 4, w // 4))
+        stride = self.config.y_stride
+        y_deq, out = self._decompress(strings, None, qp, (qp.numel(), self.y_channels, h // stride, w // stride))
         return self._output(y_deq, out, {})
 
 
@@ -524,17 +618,31 @@ class ContextualLatentCodecConfig:
     feature_channels: int = 64
     qp_anchors: int = 4
     qp_init_range: float = 16.0
+    transform: Literal["deep", "block"] = "deep"
+    block_gain: float = 8.0
 
     def __post_init__(self) -> None:
         sizes = (self.latent_channels, *self.context_channels, *self.channels, self.y_channels, self.z_channels,
                  self.hyper_channels, self.temporal_channels, self.feature_channels)
         if len(self.context_channels) != 3 or len(self.channels) != 2 or min(sizes) < 1:
             raise ValueError(f"ContextualLatentCodecConfig needs 3 context and 2 hidden widths, all positive: {self}")
+        _check_transform(self.transform, self.y_channels, self.latent_channels, self.block_gain)
+
+    @property
+    def y_stride(self) -> int:
+        """y's downsampling relative to the latent: 4 (y at 1/32 of the frame) deep, 1 (1/8) block."""
+        return 1 if self.transform == "block" else 4
+
+    @property
+    def codes_residual(self) -> bool:
+        """True when the codec needs contexts.prediction (the block skeleton codes l_t - prediction)."""
+        return self.transform == "block"
 
     @classmethod
     def tiny(cls, latent_channels: int = 192) -> ContextualLatentCodecConfig:
-        """[I] For a 2-core CPU: PixelUnshuffle(8) latent, contexts 64/64/96, widths 64/96, M = 128."""
-        return cls(latent_channels=latent_channels)
+        """[I] For a 2-core CPU: PixelUnshuffle(8) latent coded by the block-transform skeleton against the
+        motion-compensated prediction (y = 192 channels at 1/8, contexts 64/64/96), docs/DESIGN-NOTES.md."""
+        return cls(latent_channels=latent_channels, y_channels=latent_channels, transform="block", qp_init_range=24.0)
 
     @classmethod
     def full(cls, latent_channels: int = 4) -> ContextualLatentCodecConfig:
@@ -562,25 +670,28 @@ class ContextualLatentCodec(HyperpriorCodec):
     """
 
     def __init__(self, config: ContextualLatentCodecConfig) -> None:
-        super().__init__(config.y_channels, config.z_channels, config.hyper_channels, 1, config.qp_anchors,
-                         config.qp_init_range)
+        super().__init__(config.y_channels, config.z_channels, config.hyper_channels, _hyper_downsamples(config),
+                         config.qp_anchors, config.qp_init_range)
         self.config = config
         m, t, hyper = config.y_channels, config.temporal_channels, config.hyper_channels
-        self.encoder = LatentAnalysis(config.latent_channels, config.context_channels, config.channels, m)
-        self.decoder = LatentSynthesis(config.latent_channels, config.context_channels, config.channels, m,
-                                       config.feature_channels)
-        self.temporal_prior = nn.Sequential(conv(config.context_channels[2] + m, t), act(), conv(t, t))
+        self.encoder, self.decoder = _transforms(config, config.context_channels)
+        prior_context = config.context_channels[0 if config.y_stride == 1 else 2]
+        self.temporal_prior = nn.Sequential(conv(prior_context + m, t), act(), conv(t, t))
         self.prior_fusion = nn.Sequential(act(), conv(hyper + t, hyper, 1), act(), conv(hyper, 2 * m, 1))
         init_variance_preserving(self)
+        _start_as_transform_coder(self)
 
     def _analysis(self, x: Tensor, cond: _Condition) -> Tensor:
         return self.encoder(x, cond.contexts)
 
     def _prior(self, hyper: Tensor, cond: _Condition, q_enc: Tensor) -> tuple[Tensor, Tensor]:
-        c3 = cond.contexts.c3
+        context = cond.contexts.c1 if self.config.y_stride == 1 else cond.contexts.c3  # the context at y's scale
         prev = cond.prev_y_hat
-        prev = c3.new_zeros(c3.shape[0], self.y_channels, *c3.shape[-2:]) if prev is None else prev * q_enc
-        temporal = self.temporal_prior(torch.cat((c3, prev), dim=1))
+        if prev is None:
+            prev = context.new_zeros(context.shape[0], self.y_channels, *context.shape[-2:])
+        else:
+            prev = prev * q_enc
+        temporal = self.temporal_prior(torch.cat((context, prev), dim=1))
         return _split_params(self.prior_fusion(torch.cat((hyper, temporal), dim=1)))
 
     def _synthesis(self, y_deq: Tensor, cond: _Condition) -> tuple[Tensor, Tensor]:
@@ -595,9 +706,15 @@ class ContextualLatentCodec(HyperpriorCodec):
             got = tuple(getattr(contexts, name).shape)
             if got != shape:
                 raise ValueError(f"context {name} has shape {got}, expected {shape}")
-        if prev_y_hat is not None and tuple(prev_y_hat.shape) != (batch, self.y_channels, h // 4, w // 4):
+        stride = self.config.y_stride
+        if prev_y_hat is not None and tuple(prev_y_hat.shape) != (batch, self.y_channels, h // stride, w // stride):
             raise ValueError(f"prev_y_hat has shape {tuple(prev_y_hat.shape)}, expected "
-                             f"{(batch, self.y_channels, h // 4, w // 4)}")
+                             f"{(batch, self.y_channels, h // stride, w // stride)}")
+        if self.config.codes_residual and (contexts.prediction is None
+                                           or tuple(contexts.prediction.shape) != (batch, self.config.latent_channels,
+                                                                                   h, w)):
+            raise ValueError("this codec codes the residual against contexts.prediction [N, C, h, w]: "
+                             "build contexts with DiffVCModel.temporal_contexts")
         return _Condition(contexts, prev_y_hat)
 
     @staticmethod
@@ -632,6 +749,58 @@ class ContextualLatentCodec(HyperpriorCodec):
         n = contexts.c1.shape[0]
         cond = self._condition(contexts, prev_y_hat, (h, w), n)
         qp = qp_batch(qp, n, contexts.c1.device)
-        y_deq, out = self._decompress(strings, cond, qp, (n, self.y_channels, h // 4, w // 4))
+        stride = self.config.y_stride
+        y_deq, out = self._decompress(strings, cond, qp, (n, self.y_channels, h // stride, w // stride))
         return self._output(y_deq, out, {})
 
+
+# --------------------------------------------------------------------------------------------------------------
+# Choosing the transforms: deep (DCVC-DC style, y at 1/32) or the block skeleton (y at 1/8)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_transform(transform: str, y_channels: int, latent_channels: int, gain: float) -> None:
+    if transform not in ("deep", "block"):
+        raise ValueError(f"transform must be 'deep' or 'block', got {transform!r}")
+    if transform == "block" and (y_channels != latent_channels or gain <= 0):
+        raise ValueError(f"the block transform needs y_channels == latent_channels ({y_channels} != "
+                         f"{latent_channels}) and a positive gain")
+
+
+def _hyper_downsamples(config: IntraLatentCodecConfig | ContextualLatentCodecConfig) -> int:
+    """z at 1/64 of the frame for the deep transform (y at 1/32), 1/32 for the block one (y at 1/8)."""
+    return 2 if config.transform == "block" else 1
+
+
+def _transforms(config: IntraLatentCodecConfig | ContextualLatentCodecConfig,
+                contexts: Sequence[int]) -> tuple[nn.Module, nn.Module]:
+    """(analysis, synthesis) of a latent codec with the given context widths ((0, 0, 0): intra)."""
+    if config.transform == "block":
+        hidden = config.channels[0]
+        return (BlockTransformAnalysis(config.latent_channels, contexts[0], hidden, config.block_gain),
+                BlockTransformSynthesis(config.latent_channels, contexts[0], hidden, config.feature_channels,
+                                        config.block_gain))
+    return (LatentAnalysis(config.latent_channels, contexts, config.channels, config.y_channels),
+            LatentSynthesis(config.latent_channels, contexts, config.channels, config.y_channels,
+                            config.feature_channels))
+
+
+def _start_as_transform_coder(codec: HyperpriorCodec) -> None:
+    """For the block skeleton: the learned corrections start at zero (after `init_variance_preserving`), and so
+    does the entropy model's dependence on z: means 0, one scale for every element."""
+    if isinstance(codec.encoder, BlockTransformAnalysis):
+        zero_last_convolution(codec.encoder.learned)
+        zero_last_convolution(codec.decoder.head)
+        start_prior_flat(getattr(codec, "prior_head", None) or codec.prior_fusion)
+
+
+INITIAL_SCALE = 4.0  # a skeleton codec's first Gaussian scale, in quantization steps
+
+
+def start_prior_flat(prior_head: nn.Module, scale: float = INITIAL_SCALE) -> None:
+    """Make a prior head whose output is [means; scales] (2M channels) start at means 0 and scales `scale`: an
+    untrained codec then codes with one fixed model, and its rate falls as the QP rises, from the first step."""
+    last = [m for m in prior_head.modules() if isinstance(m, nn.Conv2d)][-1]
+    zero_last_convolution(prior_head)
+    with torch.no_grad():
+        last.bias[last.out_channels // 2:] = scale

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from codec.diffvc.config import DiffVCConfig
-from codec.diffvc.context import Contexts, TemporalContext
+from codec.diffvc.context import Contexts, TemporalContext, add_prediction
 from codec.diffvc.diffusion import DiffusionStage, TDIRSampler
 from codec.diffvc.dpb import DecodedPictureBuffer
 from codec.diffvc.entropy import FactorizedPrior, GaussianConditional
@@ -47,6 +47,15 @@ class DiffVCModel(nn.Module):
         self.intra = IntraLatentCodec(config.intra)
         self.inter = ContextualLatentCodec(config.inter)
         self.diffusion = DiffusionStage.from_config(config.diffusion)
+
+    def temporal_contexts(self, reference: Tensor, feature: Tensor | None, flow_hat: Tensor) -> Contexts:
+        """Contexts C1..C3 of a P-frame from the DPB's reference frame [N, 3, H, W], its feature and the decoded flow;
+        for a codec that codes the residual (the tiny preset's block transform) also the prediction: the latent of
+        the reference warped with the decoded flow [N, C, H/8, W/8]. Encoder, decoder and training all call this."""
+        contexts = self.context(reference, feature, flow_hat)
+        if self.inter.config.codes_residual:
+            add_prediction(contexts, reference, flow_hat, self.latent_space.encode)
+        return contexts
 
     def coding_parts(self) -> list[nn.Module]:
         return [self.motion, self.intra, self.inter]
@@ -151,7 +160,7 @@ class FrameCoder:
             flow = m.flow_estimator(x, self.dpb.frame)
             mv_strings, flow_hat = m.motion.compress(flow, qp)
         with t.stage("latent"):
-            contexts = m.context(self.dpb.frame, self.dpb.feature, flow_hat)
+            contexts = m.temporal_contexts(self.dpb.frame, self.dpb.feature, flow_hat)
             y_strings, coded = m.inter.compress(latent, contexts, self.dpb.y_hat, qp)
         return mv_strings + y_strings, self._finish(coded, contexts, flow_hat, frame_type, qp, index)
 
@@ -172,7 +181,7 @@ class FrameCoder:
         with t.stage("motion"):
             flow_hat = m.motion.decompress(strings[:2], size_hw, qp)
         with t.stage("latent"):
-            contexts = m.context(self.dpb.frame, self.dpb.feature, flow_hat)
+            contexts = m.temporal_contexts(self.dpb.frame, self.dpb.feature, flow_hat)
             coded = m.inter.decompress(strings[2:], contexts, self.dpb.y_hat, qp, latent_hw)
         return self._finish(coded, contexts, flow_hat, frame_type, qp, index)
 

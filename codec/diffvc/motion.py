@@ -35,6 +35,8 @@ from codec.diffvc.latent_codec import (
     conv,
     init_variance_preserving,
     qp_batch,
+    start_prior_flat,
+    zero_last_convolution,
 )
 from codec.diffvc.warp import resize_flow, warp
 
@@ -223,6 +225,8 @@ class MotionCodecConfig:
     flow_scale: float = 4.0
     qp_anchors: int = 4
     qp_init_range: float = 16.0
+    block_skeleton: bool = False
+    block_gain: float = 4.0
 
     def __post_init__(self) -> None:
         if min(self.channels, self.y_channels, self.z_channels, self.hyper_channels) < 1 or self.flow_scale <= 0:
@@ -230,8 +234,9 @@ class MotionCodecConfig:
 
     @classmethod
     def tiny(cls) -> MotionCodecConfig:
-        """[I] For a 2-core CPU: 48 channels throughout, z of 32 channels."""
-        return cls()
+        """[I] For a 2-core CPU: 48 channels throughout, z of 32 channels, the block-motion skeleton (an untrained
+        codec codes the mean flow of each 16x16 block: docs/DESIGN-NOTES.md)."""
+        return cls(block_skeleton=True)
 
     @classmethod
     def full(cls) -> MotionCodecConfig:
@@ -269,16 +274,28 @@ class MotionCodec(HyperpriorCodec):
         )
         self.prior_head = nn.Sequential(act(), conv(config.hyper_channels, 2 * m, 1))
         init_variance_preserving(self)
+        if config.block_skeleton:
+            zero_last_convolution(self.encoder)
+            zero_last_convolution(self.decoder)
+            start_prior_flat(self.prior_head)
 
     def _analysis(self, x: Tensor, cond: Any) -> Tensor:
-        return self.encoder(x / self.config.flow_scale)
+        y = self.encoder(x / self.config.flow_scale)
+        if not self.config.block_skeleton:
+            return y
+        block_flow = F.avg_pool2d(x / self.config.flow_scale, MOTION_STRIDE) * self.config.block_gain
+        return y + F.pad(block_flow, (0, 0, 0, 0, 0, y.shape[1] - 2))
 
     def _prior(self, hyper: Tensor, cond: Any, q_enc: Tensor) -> tuple[Tensor, Tensor]:
         means, scales = self.prior_head(hyper).chunk(2, dim=1)
         return means, scales
 
     def _synthesis(self, y_deq: Tensor, cond: Any) -> Tensor:
-        return (self.decoder(y_deq) * self.config.flow_scale).float().contiguous()
+        flow = self.decoder(y_deq)
+        if self.config.block_skeleton:
+            block_flow = y_deq[:, :2] / self.config.block_gain
+            flow = flow + F.interpolate(block_flow, scale_factor=MOTION_STRIDE, mode="bilinear", align_corners=False)
+        return (flow * self.config.flow_scale).float().contiguous()
 
     @staticmethod
     def _check_size(size_hw: Sequence[int]) -> tuple[int, int]:

@@ -155,7 +155,7 @@ def code_sequence(model: DiffVCModel, frames: Tensor, qp: Tensor) -> list[CodedF
         with torch.no_grad():
             flow = model.flow_estimator(x, ref.detach())
         motion = model.motion(flow, qp)
-        contexts = model.context(ref, feature, motion.hat)
+        contexts = model.temporal_contexts(ref, feature, motion.hat)
         out = model.inter(latents[:, i], contexts, y_hat, qp)
         recon = model.latent_space.decode(out.latent_hat)
         motion_bits = item_bits(motion.likelihoods)
