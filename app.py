@@ -1,35 +1,33 @@
 """Entry point: wire the codec library into the Gradio app and serve it.
 
-    python app.py                    # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT to change)
+    python app.py        # http://127.0.0.1:7860; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT to change host and port
+    DIFFVC_STUDIO_PACK=random-tiny python app.py     # a model pack by name or folder ("" = the embedded default)
+    DIFFVC_STUDIO_DATA=<folder>, DIFFVC_STUDIO_JOBS=<heavy jobs at once, default 1>
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from app import build_app  # noqa: E402
-from codec.registry import list_codecs  # noqa: E402
+from app.handlers import Studio, StudioConfig  # noqa: E402
+from app.ui import CSS  # noqa: E402
 
 
-def codec_rows() -> list[list[str]]:
-    rows = []
-    for entry in list_codecs():
-        reason = entry.unavailable_reason()
-        rows.append([entry.name, "usable" if reason is None else f"unusable: {reason}", entry.description])
-    return rows
-
-
-def main() -> None:
-    demo = build_app(codec_rows)
-    demo.queue(default_concurrency_limit=2).launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        show_error=False,
-    )
+def create(environ=os.environ):
+    """(the Blocks, the launch options) for an environment."""
+    config = StudioConfig.from_env(environ, Path(__file__).resolve().parent)
+    jobs = max(1, int(environ.get("DIFFVC_STUDIO_JOBS", "1")))
+    demo = build_app(Studio(config), max_jobs=jobs).queue(max_size=16, default_concurrency_limit=4)
+    return demo, {"allowed_paths": [str(config.results_dir), str(config.sessions_dir)], "show_error": False,
+                  "max_file_size": "500mb", "css": CSS}
 
 
 if __name__ == "__main__":
-    main()
+    demo, options = create()
+    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), **options)

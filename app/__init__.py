@@ -1,4 +1,5 @@
-"""The Gradio app: UI only. It receives the callables it needs from app.py and never imports a model itself."""
+"""The Gradio app: UI only. Tabs are built by functions that receive their handlers; the handlers (`Studio`)
+call the codec library, imported on first use, so building the page loads no model."""
 
 from app.ui import build_app
 

@@ -1,0 +1,502 @@
+"""The app's event handlers, without Gradio: each takes a small request dataclass and returns a view dataclass.
+
+`Studio` holds the configuration (model pack, folders) and the library entry points it calls: the comparison
+(`codec.eval.compare`), the rate-distortion sweep (the evaluation engine), and the blind-test store (`app.blind`).
+The codec library is imported on first use, so building the page loads no model.
+
+Per-session data lives in `SessionState` (a `gr.State`, kept on the server): the comparisons this session ran,
+its blind pair, its output folder. A session can only view, pair or download comparisons it ran itself, and
+downloads are only ever paths inside the app's own result folders.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from app import views
+from app.blind import BlindPair, BlindStore, Candidate, draw_pair
+
+if TYPE_CHECKING:
+    from codec.eval.compare import Comparison
+
+log = logging.getLogger(__name__)
+
+ANCHOR_CHOICES = ("x265", "condlc", "x264", "av1")
+SWEEP_CODECS = ("x265", "diffvc", "condlc", "x264", "av1")
+METRIC_CHOICES = ("psnr", "psnr_y", "ms_ssim", "lpips", "dists")
+DEFAULT_FRAMES = 16
+DEFAULT_MAX_SIDE = 256
+NEURAL = ("diffvc", "condlc")
+
+
+class UserError(Exception):
+    """Something the person can fix (no clip chosen, a bad QP list): shown as it is."""
+
+
+@dataclass(frozen=True)
+class StudioConfig:
+    """pack: DiffVC's model pack ("" = the embedded default). results_dir: comparison folders (shared cache, by
+    content hash + settings). sessions_dir: per-session outputs (sweeps, vote exports). db_path: the blind votes."""
+
+    pack: str
+    results_dir: Path
+    sessions_dir: Path
+    eval_cache: Path
+    db_path: Path
+    example_clip: Path
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str], repo: Path) -> StudioConfig:
+        """DIFFVC_STUDIO_PACK, DIFFVC_STUDIO_DATA (default: <cache root>/studio)."""
+        from codec.weights import cache_root
+
+        data = Path(environ.get("DIFFVC_STUDIO_DATA") or cache_root() / "studio")
+        return cls(pack=environ.get("DIFFVC_STUDIO_PACK", ""), results_dir=data / "comparisons",
+                   sessions_dir=data / "sessions", eval_cache=cache_root() / "eval-cache",
+                   db_path=data / "blind.sqlite", example_clip=repo / "assets" / "clips" / "bigbuckbunny.mp4")
+
+
+@dataclass
+class SessionState:
+    """What one browser session owns. Kept server-side in a gr.State."""
+
+    comparisons: list[str] = field(default_factory=list)  # comparison keys, oldest first
+    pair: BlindPair | None = None
+    pair_reference: bool = False
+    sweep_dir: str | None = None
+
+
+# --- requests and views -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClipRequest:
+    path: str | None  # the uploaded file as Gradio stored it (never a path built from its name)
+    start: int = 0
+    frames: int = DEFAULT_FRAMES
+    max_side: int = DEFAULT_MAX_SIDE
+
+
+@dataclass(frozen=True)
+class CompareRequest:
+    clip: ClipRequest
+    qp: int = 32
+    tdir: bool = True
+    steps: int = 0
+    strength: float = -1.0
+    tdir_ratio: float = -1.0
+    anchors: tuple[str, ...] = ("x265",)
+    match_bitrate: bool = True
+    tdir_contrast: bool = True
+    metrics: tuple[str, ...] = METRIC_CHOICES
+
+
+@dataclass
+class CompareView:
+    key: str
+    status: str
+    table: pd.DataFrame
+    timing: pd.DataFrame
+    timing_figure: Any
+    stage_figure: Any
+    tdir: str
+    files: list[str]
+    frames: int
+    codecs: list[tuple[str, str]]  # (label, slug) of the viewer's choices, 'original' first
+    per_frame_figure: Any
+
+
+@dataclass(frozen=True)
+class FrameRequest:
+    key: str
+    frame: int = 0
+    left: str = "original"
+    right: str = "diffvc"
+    heat: str = "diffvc"
+    zoom: float = 4.0
+    cx: float = 0.5
+    cy: float = 0.5
+
+
+@dataclass
+class FrameView:
+    side_by_side: np.ndarray
+    wipe: tuple[np.ndarray, np.ndarray]
+    zoom: np.ndarray
+    heatmap: np.ndarray
+    caption: str
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    clip: ClipRequest
+    codecs: tuple[str, ...] = ("x265", "diffvc")
+    anchor_qps: str = "22, 27, 32, 37"
+    neural_qps: str = "16, 32, 48, 63"
+    tdir: bool = True
+    metrics: tuple[str, ...] = METRIC_CHOICES
+
+
+@dataclass
+class SweepView:
+    status: str
+    figure: Any
+    bd_table: pd.DataFrame
+    results: pd.DataFrame
+    files: list[str]
+    metrics: list[str]
+
+
+@dataclass
+class PairView:
+    status: str
+    a: np.ndarray | None
+    b: np.ndarray | None
+    reference: np.ndarray | None
+
+
+# --- the handlers --------------------------------------------------------------------------------------------
+
+class Studio:
+    """Every handler of the page, over one configuration."""
+
+    def __init__(self, config: StudioConfig) -> None:
+        self.config = config
+        self.blind = BlindStore(config.db_path)
+        self._stops: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    # -- status ------------------------------------------------------------------------------------------------
+
+    def pack_status(self) -> tuple[bool, str]:
+        """(DiffVC usable, a markdown line about the model pack)."""
+        from codec.errors import CodecError
+        from codec.registry import get_entry, parse_options
+
+        entry = get_entry("diffvc")
+        pack = self.config.pack
+        try:
+            reason = entry.unavailable_reason(parse_options(entry.options_type, {"pack": pack}, "diffvc"))
+        except CodecError as e:  # a bad pack setting is reported, not raised, so the page still loads
+            reason = str(e)
+        if reason:
+            return False, (f"**DiffVC is off: no model pack could be loaded** ({_escape(reason)}). x265, x264 and AV1 "
+                           "still run. Set `DIFFVC_STUDIO_PACK=random-tiny` for a random-init model (real bitstreams "
+                           "and timings, no quality), or install a trained pack.")
+        if pack.startswith("random-"):
+            return True, (f"DiffVC model pack: `{_escape(pack)}`, a **random-init** model: real bitstreams and "
+                          "timings, but no quality to judge.")
+        from codec.diffvc.pack import resolve_pack
+
+        folder = resolve_pack(pack or None)
+        return True, f"DiffVC model pack: `{_escape(folder.name if folder else pack)}`."
+
+    def codec_rows(self) -> list[list[str]]:
+        from codec.errors import CodecError
+        from codec.registry import list_codecs, parse_options
+
+        rows = []
+        for entry in list_codecs():
+            try:
+                options = parse_options(entry.options_type, {"pack": self.config.pack}, entry.name) \
+                    if entry.name in NEURAL else None
+                reason = entry.unavailable_reason(options)
+            except CodecError as e:
+                reason = str(e)
+            pack = f" (pack {self.config.pack or 'default'})" if entry.name in NEURAL else ""
+            rows.append([entry.name, ("usable" if reason is None else f"unusable: {reason}") + pack,
+                         entry.description])
+        return rows
+
+    # -- compare -----------------------------------------------------------------------------------------------
+
+    def stop(self, session: str) -> str:
+        with self._lock:
+            event = self._stops.get(session)
+        if event is not None:
+            event.set()
+        return "Stopping: the run ends at its next step."
+
+    def compare(self, request: CompareRequest, state: SessionState, session: str,
+                progress=None) -> CompareView:
+        """Run (or fetch from disk) the comparison; the session now owns it."""
+        from codec.eval.compare import CompareSettings, ComparisonStore
+
+        video, source = self._load_clip(request.clip)
+        settings = CompareSettings(
+            qp=int(request.qp), tdir=bool(request.tdir), steps=int(request.steps), strength=float(request.strength),
+            tdir_ratio=float(request.tdir_ratio), anchors=tuple(request.anchors),
+            match_bitrate=bool(request.match_bitrate), tdir_contrast=bool(request.tdir_contrast),
+            pack=self.config.pack, metrics=tuple(m for m in METRIC_CHOICES if m in request.metrics))
+        stop = threading.Event()
+        with self._lock:
+            self._stops[session] = stop
+        try:
+            comparison = ComparisonStore(self.config.results_dir).run(
+                video, settings, source=source, start=int(request.clip.start),
+                progress=(lambda f, d: progress(f, desc=d)) if progress else None, stop=stop.is_set)
+        finally:
+            with self._lock:
+                self._stops.pop(session, None)
+        if comparison.key in state.comparisons:
+            state.comparisons.remove(comparison.key)
+        state.comparisons.append(comparison.key)
+        return self._compare_view(comparison)
+
+    def _compare_view(self, comparison: Comparison) -> CompareView:
+        runs = comparison.runs
+        clip = comparison.clip
+        how = "from the cache (same clip and settings as an earlier run)" if comparison.cached else \
+            f"in {comparison.elapsed_s:.1f} s"
+        status = [f"**Done** {how}: {_escape(clip['source'] or 'clip')}, {clip['frames']} frames of "
+                  f"{clip['width']}x{clip['height']} from frame {clip['start']}."]
+        status += [f"- {_escape(note)}" for note in comparison.notes]
+        codecs = [("original", "original"), *((run.label, run.slug) for run in runs)]
+        return CompareView(
+            key=comparison.key, status="\n".join(status), table=views.metrics_table(runs, clip["fps"]),
+            timing=views.timing_table(runs), timing_figure=views.timing_figure(runs),
+            stage_figure=views.stage_figure(runs), tdir=views.tdir_summary(runs),
+            files=[str(p) for p in self._safe_files(comparison.files())], frames=int(clip["frames"]), codecs=codecs,
+            per_frame_figure=views.per_frame_figure(runs, _first_metric(runs)))
+
+    def _load_clip(self, clip: ClipRequest):
+        from codec.eval.compare import load_clip
+
+        if not clip.path:
+            raise UserError("Choose a clip first: upload one, or pick the example below the upload box.")
+        path = Path(clip.path)
+        video = load_clip(path, start=int(clip.start), frames=int(clip.frames), max_side=int(clip.max_side))
+        return video, _display_name(path.name)
+
+    def _safe_files(self, paths: list[Path]) -> list[Path]:
+        """Only existing files inside the app's own folders are ever handed out for download."""
+        roots = [self.config.results_dir.resolve(), self.config.sessions_dir.resolve()]
+        safe = []
+        for path in paths:
+            real = path.resolve()
+            if real.is_file() and any(real.is_relative_to(root) for root in roots):
+                safe.append(real)
+        return safe
+
+    def _comparison(self, key: str, state: SessionState) -> Comparison:
+        if key not in state.comparisons:
+            raise UserError("Run a comparison first: this session has none to show.")
+        comparison = _load_comparison(self.config.results_dir, key)
+        if comparison is None:
+            raise UserError("This comparison is no longer on disk; run it again.")
+        return comparison
+
+    def per_frame_figure(self, key: str, metric: str, state: SessionState):
+        comparison = self._comparison(key, state)
+        return views.per_frame_figure(comparison.runs, metric)
+
+    def frame_view(self, request: FrameRequest, state: SessionState) -> FrameView:
+        comparison = self._comparison(request.key, state)
+        frames = _load_frames(self.config.results_dir, request.key)
+        labels = {"original": "original", **{run.slug: run.label for run in comparison.runs}}
+        t = int(np.clip(request.frame, 0, frames["original"].shape[0] - 1))
+        for slug in (request.left, request.right, request.heat):
+            if slug not in frames:
+                raise UserError(f"no codec {slug!r} in this comparison")
+        rows = {run.slug: run.row for run in comparison.runs}
+
+        def caption(slug: str) -> str:
+            if slug == "original":
+                return f"original, frame {t}"
+            row = rows[slug]
+            psnr = row["per_frame"].get("psnr", [None] * (t + 1))[t]
+            extra = f", {psnr:.2f} dB" if psnr is not None else ""
+            return f"{labels[slug]}: {row['bpp']:.4f} bpp, {row['per_frame']['bits'][t]} bits{extra}"
+
+        tiles = [(caption(slug), frames[slug][t]) for slug in labels]
+        zoom_tiles = [(labels[slug], views.zoomed(frames[slug][t], request.cx, request.cy, request.zoom))
+                      for slug in labels]
+        zoom_tiles[0] = ("original (window in yellow)",
+                         views.mark_box(frames["original"][t], request.cx, request.cy, request.zoom))
+        zoom_tiles.insert(1, ("original, zoomed",
+                              views.zoomed(frames["original"][t], request.cx, request.cy, request.zoom)))
+        types = next(iter(rows.values())).get("frame_types", "") if rows else ""
+        ftype = types[t] if t < len(types) else "?"
+        return FrameView(
+            side_by_side=views.grid(tiles, columns=3),
+            wipe=(frames[request.left][t], frames[request.right][t]),
+            zoom=views.grid(zoom_tiles, columns=3),
+            heatmap=views.captioned(views.error_heatmap(frames["original"][t], frames[request.heat][t]),
+                                    f"|{labels[request.heat]} - original|, 0 (black) .. 64+ (yellow)"),
+            caption=f"Frame {t} ({ftype}-frame). Wipe: **{_escape(labels[request.left])}** (left) | "
+                    f"**{_escape(labels[request.right])}** (right).")
+
+    def api_compare(self, video: str, qp: int, tdir: bool, frames: int) -> list[dict[str, Any]]:
+        """The `/compare` API: DiffVC at `qp` (TDIR on/off) against x265 at matched bitrate, on `frames` frames;
+        returns the results rows (one per codec, rates from the bitstreams' bytes)."""
+        state = SessionState()
+        request = CompareRequest(ClipRequest(video, 0, int(frames), DEFAULT_MAX_SIDE), qp=int(qp), tdir=bool(tdir),
+                                 tdir_contrast=False)
+        view = self.compare(request, state, session=f"api-{threading.get_ident()}")
+        comparison = _load_comparison(self.config.results_dir, view.key)
+        return [_api_row(run) for run in comparison.runs]
+
+    # -- rate-distortion ---------------------------------------------------------------------------------------
+
+    def sweep(self, request: SweepRequest, state: SessionState, session: str, progress=None) -> SweepView:
+        from codec.eval.compare import SweepPlan, run_sweep
+        from codec.eval.report import bd_rate_table, metrics_present, rd_figure
+
+        if not request.codecs:
+            raise UserError("Choose at least one codec for the sweep.")
+        video, source = self._load_clip(request.clip)
+        anchor_qps, neural_qps = _qps(request.anchor_qps, "anchor"), _qps(request.neural_qps, "DiffVC / condlc")
+        ordered = [c for c in SWEEP_CODECS if c in request.codecs]
+        plans = []
+        for name in ordered:
+            if name == "diffvc":
+                plans.append(SweepPlan(name, {"pack": self.config.pack, "tdir": bool(request.tdir)}, neural_qps))
+            elif name == "condlc":
+                plans.append(SweepPlan(name, {"pack": self.config.pack}, neural_qps))
+            else:
+                plans.append(SweepPlan(name, {}, anchor_qps))
+        out = self._session_dir(session) / f"sweep-{len(list(self._session_dir(session).glob('sweep-*'))) + 1}"
+        metrics = tuple(m for m in METRIC_CHOICES if m in request.metrics) or METRIC_CHOICES
+        rows, paths = run_sweep(video, plans, out, self.config.eval_cache, source=source,
+                                start=int(request.clip.start), metrics=metrics,
+                                progress=(lambda f, d: progress(f, desc=d)) if progress else None)
+        state.sweep_dir = str(out)
+        present = metrics_present(rows)
+        table = bd_rate_table(rows, present)
+        bd = (table.pivot(index="test", columns="metric", values="bd_rate_pct").reset_index().round(2)
+              if len(table) else pd.DataFrame({"note": ["BD-rate needs at least two codecs."]}))
+        columns = ["spec", "qp", "bpp", *present, "enc_fps", "dec_fps"]
+        from codec.eval.report import results_frame
+
+        results = results_frame(rows)[columns].round(4)
+        first = ordered[0]
+        status = (f"**Done**: {len(rows)} points on {_escape(source)} ({video.num_frames} frames of "
+                  f"{video.width}x{video.height}); BD-rate against {first} (negative = fewer bits for the same "
+                  "quality). Points computed before came from the cache.")
+        notes = [f"- {r['test']} / {r['metric']}: {r['note']}" for _, r in table.iterrows() if r["note"]]
+        return SweepView(status="\n".join([status, *notes[:6]]), figure=rd_figure(rows, present[0]), bd_table=bd,
+                         results=results,
+                         files=[str(p) for p in self._safe_files([paths["html"], paths["csv"], paths["bdrate"]])],
+                         metrics=present)
+
+    def sweep_figure(self, metric: str, state: SessionState):
+        import json
+
+        from codec.eval.report import rd_figure
+
+        if not state.sweep_dir:
+            raise UserError("Run a sweep first.")
+        rows = json.loads((Path(state.sweep_dir) / "results.json").read_text())
+        return rd_figure(rows, metric)
+
+    def _session_dir(self, session: str) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9_-]", "", session)[:64] or "anonymous"
+        folder = self.config.sessions_dir / safe
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    # -- blind test --------------------------------------------------------------------------------------------
+
+    def new_pair(self, state: SessionState, show_reference: bool) -> PairView:
+        """A random pair at matched bitrate from this session's comparisons; the names stay in `state`."""
+        candidates = []
+        for key in state.comparisons:
+            comparison = _load_comparison(self.config.results_dir, key)
+            if comparison is None:
+                continue
+            candidates += [Candidate(key, comparison.clip["hash"], run.slug, run.label, run.row["bpp"],
+                                     run.row["frames"]) for run in comparison.runs]
+        if not state.comparisons:
+            raise UserError("Run a comparison first (Compare tab): the pairs come from this session's comparisons.")
+        pair = draw_pair(candidates)
+        if pair is None:
+            raise UserError("No two codecs of your comparisons are at matched bitrate (within 25 %). Run a "
+                            "comparison with *match bitrate* on, or with *TDIR flipped* for a TDIR on/off pair.")
+        frames = _load_frames(self.config.results_dir, pair.comparison)
+        state.pair, state.pair_reference = pair, bool(show_reference)
+        return PairView(
+            status=f"Frame {pair.frame} of one of your clips. Which looks better, **A** or **B**? "
+                   "(Both cost about the same bits.)",
+            a=frames[pair.slug_a][pair.frame], b=frames[pair.slug_b][pair.frame],
+            reference=frames["original"][pair.frame] if show_reference else None)
+
+    def vote(self, state: SessionState, choice: str, rater: str, comment: str, session: str) -> str:
+        pair = state.pair
+        if pair is None:
+            raise UserError("Draw a pair first (New pair); each pair takes one vote.")
+        vote_id = self.blind.record(pair, choice, rater, session, state.pair_reference, comment)
+        state.pair = None
+        picked = {"A": f"A ({pair.label_a})", "B": f"B ({pair.label_b})", "tie": "a tie"}[choice]
+        return (f"Vote {vote_id} counted: you chose {_escape(picked)}. **A was {_escape(pair.label_a)}** "
+                f"({pair.bpp_a:.4f} bpp), **B was {_escape(pair.label_b)}** ({pair.bpp_b:.4f} bpp). "
+                "Draw a new pair to go on.")
+
+    def blind_results(self) -> pd.DataFrame:
+        rows = [s.as_row() for s in self.blind.stats()]
+        if not rows:
+            return pd.DataFrame({"pair": ["no votes yet"]})
+        return pd.DataFrame(rows).fillna(0)
+
+    def export_votes(self, session: str) -> str:
+        return str(self.blind.export_csv(self._session_dir(session) / "blind-votes.csv"))
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------
+
+def _load_comparison(root: Path, key: str) -> Comparison | None:
+    from codec.eval.compare import ComparisonStore
+
+    return ComparisonStore(root).get(key)
+
+
+@lru_cache(maxsize=4)
+def _load_frames(root: Path, key: str) -> dict[str, np.ndarray]:
+    comparison = _load_comparison(root, key)
+    if comparison is None:
+        raise UserError("This comparison is no longer on disk; run it again.")
+    return comparison.frames()
+
+
+def _first_metric(runs) -> str:
+    for metric in ("dists", "lpips", "ms_ssim", "psnr", "psnr_y"):
+        if all(run.row.get(metric) is not None for run in runs):
+            return metric
+    return "psnr"
+
+
+def _api_row(run) -> dict[str, Any]:
+    row = run.row
+    keep = ("codec", "spec", "qp", "frames", "width", "height", "bytes", "bpp", *METRIC_CHOICES, "enc_s", "dec_s",
+            "enc_fps", "dec_fps", "unet_evals", "frame_types", "timings", "params")
+    return {"label": run.label, "role": run.role, **{k: row.get(k) for k in keep},
+            "matched": run.match, "per_frame": row.get("per_frame")}
+
+
+def _qps(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(v) for v in re.split(r"[,\s]+", text.strip()) if v}))
+    except ValueError:
+        raise UserError(f"{what} QPs must be whole numbers separated by commas, got {text!r}") from None
+    if not values:
+        raise UserError(f"give at least one {what} QP")
+    if len(values) > 12:
+        raise UserError(f"at most 12 {what} QPs per sweep")
+    return values
+
+
+def _display_name(name: str) -> str:
+    """A file name safe to show (the name is never used as a path)."""
+    return re.sub(r"[^\w.\- ()]", "_", name)[:80]
+
+
+def _escape(text: str) -> str:
+    """Markdown/HTML-inert text."""
+    return re.sub(r"([\\`*_{}\[\]<>#|])", r"\\\1", str(text))

@@ -1,0 +1,57 @@
+"""The Rate-distortion tab: a QP sweep per codec on the Compare tab's clip (cached: a rerun is instant), RD curves
+for each metric, the BD-rate table against x265, and the HTML report to download."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gradio as gr
+
+from app.compare_tab import HEAVY, METRIC_NAMES, ClipInputs
+from app.feedback import error_message
+from app.handlers import METRIC_CHOICES, SWEEP_CODECS, SweepRequest
+
+
+def build_rd_tab(sweep: Callable, sweep_figure: Callable, clip: ClipInputs, state: gr.State, max_jobs: int) -> None:
+    """sweep(SweepRequest, SessionState, session, progress) -> SweepView; sweep_figure(metric, SessionState)."""
+    gr.Markdown("A QP sweep per codec on the clip, start, frames and size cap chosen in the **Compare** tab. "
+                "Every point is cached by clip content and settings, so a rerun is instant. BD-rate is against the "
+                "first codec chosen (x265 when ticked); negative means fewer bits for the same quality.")
+    with gr.Row():
+        codecs = gr.CheckboxGroup(list(SWEEP_CODECS), value=["x265", "diffvc"], label="codecs", elem_id="rd-codecs")
+        anchor_qps = gr.Textbox("22, 27, 32, 37", label="anchor QPs (x265, x264: 0-51; AV1: 1-63)")
+        neural_qps = gr.Textbox("16, 32, 48, 63", label="DiffVC / condlc QPs (0-63)")
+    with gr.Row():
+        tdir = gr.Checkbox(True, label="DiffVC with TDIR")
+        metrics = gr.CheckboxGroup([(METRIC_NAMES[m], m) for m in METRIC_CHOICES], value=list(METRIC_CHOICES),
+                                   label="metrics")
+        run = gr.Button("Run sweep", variant="primary", elem_id="rd-run")
+    status = gr.Markdown("", elem_id="rd-status")
+    metric = gr.Dropdown([(METRIC_NAMES[m], m) for m in METRIC_CHOICES], value="psnr", label="RD curve of")
+    plot = gr.Plot(elem_id="rd-plot")
+    bd = gr.Dataframe(label="BD-rate (%) against the first codec", interactive=False, elem_id="bd-table")
+    results = gr.Dataframe(label="every point", interactive=False)
+    files = gr.File(label="HTML report, results CSV, BD-rate CSV", file_count="multiple", interactive=False)
+
+    def on_run(values: dict, request: gr.Request, progress=gr.Progress()):
+        try:
+            view = sweep(SweepRequest(clip.request(values), tuple(values[codecs]), values[anchor_qps],
+                                      values[neural_qps], bool(values[tdir]), tuple(values[metrics])),
+                         values[state], request.session_hash, progress)
+        except Exception as e:
+            return {status: error_message(e)}
+        shown = view.metrics[0]
+        return {state: values[state], status: view.status, plot: view.figure, bd: view.bd_table,
+                results: view.results, files: view.files,
+                metric: gr.Dropdown(choices=[(METRIC_NAMES[m], m) for m in view.metrics], value=shown)}
+
+    def on_metric(values: dict):
+        try:
+            return {plot: sweep_figure(values[metric], values[state])}
+        except Exception as e:
+            return {status: error_message(e)}
+
+    run.click(on_run, inputs={*clip.components, codecs, anchor_qps, neural_qps, tdir, metrics, state},
+              outputs=[state, status, plot, bd, results, files, metric], concurrency_limit=max_jobs,
+              concurrency_id=HEAVY, api_visibility="private")
+    metric.input(on_metric, inputs={metric, state}, outputs=[plot, status], api_visibility="private")

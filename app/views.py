@@ -1,0 +1,222 @@
+"""What the page shows, computed from a comparison: labelled frame grids, zoomed crops, error heatmaps, tables and
+plotly figures. Plain numpy / PIL / pandas / plotly: no Gradio, no model.
+
+Frames are uint8 RGB [H, W, 3]; a comparison's runs carry `engine.measure` rows (rates from bitstream bytes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+METRIC_LABELS = {"psnr": "PSNR-RGB (dB)", "psnr_y": "PSNR-Y (dB)", "ms_ssim": "MS-SSIM",
+                 "lpips": "LPIPS (lower is better)", "dists": "DISTS (lower is better)"}
+PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692")
+LABEL_BAR = 18  # pixels of caption above each tile
+MIN_TILE_WIDTH = 240  # smaller frames are shown enlarged by a whole factor, so captions fit and pixels stay sharp
+
+
+# --- images -----------------------------------------------------------------------------------------------------
+
+def enlarged(frame: np.ndarray, min_width: int = MIN_TILE_WIDTH) -> np.ndarray:
+    """`frame` repeated by the smallest whole factor (nearest neighbour) that makes it at least `min_width` wide."""
+    factor = max(1, math.ceil(min_width / frame.shape[1]))
+    return frame if factor == 1 else np.repeat(np.repeat(frame, factor, axis=0), factor, axis=1)
+
+
+def captioned(frame: np.ndarray, text: str) -> np.ndarray:
+    """`frame` with a dark caption bar above it."""
+    from PIL import Image, ImageDraw
+
+    h, w = frame.shape[:2]
+    canvas = Image.new("RGB", (w, h + LABEL_BAR), (24, 24, 27))
+    canvas.paste(Image.fromarray(frame), (0, LABEL_BAR))
+    ImageDraw.Draw(canvas).text((4, 3), text, fill=(240, 240, 240))
+    return np.asarray(canvas)
+
+
+def grid(tiles: Sequence[tuple[str, np.ndarray]], columns: int = 3, gap: int = 4) -> np.ndarray:
+    """Captioned tiles (all the same size) on a grid, `columns` wide."""
+    if not tiles:
+        raise ValueError("nothing to show")
+    images = [captioned(enlarged(frame), text) for text, frame in tiles]
+    h, w = images[0].shape[:2]
+    cols = max(1, min(columns, len(images)))
+    rows = math.ceil(len(images) / cols)
+    out = np.full((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, 3), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        out[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = image
+    return out
+
+
+def crop_box(height: int, width: int, cx: float, cy: float, zoom: float) -> tuple[int, int, int, int]:
+    """(top, left, crop height, crop width) of a window 1/zoom of the frame centred at (cx, cy) in 0..1, clamped."""
+    zoom = max(1.0, float(zoom))
+    ch, cw = max(4, round(height / zoom)), max(4, round(width / zoom))
+    ch, cw = min(ch, height), min(cw, width)
+    top = int(np.clip(round(cy * height - ch / 2), 0, height - ch))
+    left = int(np.clip(round(cx * width - cw / 2), 0, width - cw))
+    return top, left, ch, cw
+
+
+def zoomed(frame: np.ndarray, cx: float, cy: float, zoom: float) -> np.ndarray:
+    """The window `crop_box` picks, enlarged back to the frame's size with nearest-neighbour (pixels stay visible)."""
+    h, w = frame.shape[:2]
+    top, left, ch, cw = crop_box(h, w, cx, cy, zoom)
+    window = frame[top: top + ch, left: left + cw]
+    rows = np.minimum(np.arange(h) * ch // h, ch - 1)
+    cols = np.minimum(np.arange(w) * cw // w, cw - 1)
+    return np.ascontiguousarray(window[rows][:, cols])
+
+
+def mark_box(frame: np.ndarray, cx: float, cy: float, zoom: float) -> np.ndarray:
+    """`frame` with the zoom window outlined in yellow."""
+    h, w = frame.shape[:2]
+    top, left, ch, cw = crop_box(h, w, cx, cy, zoom)
+    out = frame.copy()
+    colour = np.array([255, 220, 0], np.uint8)
+    out[top, left: left + cw] = out[top + ch - 1, left: left + cw] = colour
+    out[top: top + ch, left] = out[top: top + ch, left + cw - 1] = colour
+    return out
+
+
+def error_heatmap(reference: np.ndarray, distorted: np.ndarray, full_scale: float = 64.0) -> np.ndarray:
+    """Absolute error per pixel (mean over R, G, B), 0..`full_scale` mapped to the 'inferno' colour map."""
+    from matplotlib import colormaps
+
+    error = np.abs(reference.astype(np.float32) - distorted.astype(np.float32)).mean(axis=-1)
+    lut = (colormaps["inferno"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+    return lut[np.clip(error / full_scale * 255, 0, 255).astype(np.uint8)]
+
+
+# --- tables -------------------------------------------------------------------------------------------------
+
+def _num(value: Any, digits: int) -> Any:
+    return round(float(value), digits) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def kbps(row: dict[str, Any], fps: str | float) -> float | None:
+    seconds = row["frames"] / float(Fraction(str(fps)))
+    return 8 * row["bytes"] / seconds / 1000 if seconds > 0 else None
+
+
+def metrics_table(runs: Sequence[Any], fps: str) -> pd.DataFrame:
+    """One row per codec: rate (bytes, bpp, kbps), quality, speed, U-Net evaluations, how its QP was chosen."""
+    records = []
+    for run in runs:
+        row = run.row
+        match = run.match
+        how = "DiffVC's QP" if run.role != "anchor" else (
+            "QP slider" if match is None else
+            f"matched ({len(match['tried'])} tries){'' if match['reached'] else ': target out of reach'}")
+        records.append({
+            "codec": run.label, "QP": row["qp"], "QP from": how, "bytes": row["bytes"], "bpp": _num(row["bpp"], 4),
+            "kbps": _num(kbps(row, _fps_of(row, fps)), 1),
+            **{METRIC_LABELS[m].split(" (")[0]: _num(row.get(m), 4) for m in METRIC_LABELS},
+            "enc fps": _num(row.get("enc_fps"), 2), "dec fps": _num(row.get("dec_fps"), 2),
+            "U-Net evals": "" if row.get("unet_evals") is None else str(row["unet_evals"]),
+        })
+    return pd.DataFrame(records)
+
+
+def _fps_of(row: dict[str, Any], fps: str) -> str:
+    return str(row.get("params", {}).get("fps") or fps)
+
+
+def timing_table(runs: Sequence[Any]) -> pd.DataFrame:
+    """Encode and decode seconds per codec, and DiffVC's encoder stages (seconds over the whole clip)."""
+    records = []
+    for run in runs:
+        row = run.row
+        stages = {k: v for k, v in row.get("timings", {}).items() if k not in ("encode", "decode")}
+        records.append({"codec": run.label, "frames": row["frames"], "encode s": _num(row["enc_s"], 3),
+                        "decode s": _num(row["dec_s"], 3), "enc fps": _num(row.get("enc_fps"), 2),
+                        "dec fps": _num(row.get("dec_fps"), 2),
+                        **{f"{k} s": _num(v, 3) for k, v in stages.items()},
+                        "U-Net evals": "" if row.get("unet_evals") is None else str(row["unet_evals"])})
+    return pd.DataFrame(records)
+
+
+def tdir_summary(runs: Sequence[Any]) -> str:
+    """One markdown line: DiffVC's time and quality with TDIR on against off, when both ran."""
+    on = next((r for r in runs if r.role in ("diffvc", "contrast") and r.row["options"].get("tdir")), None)
+    off = next((r for r in runs if r.role in ("diffvc", "contrast") and not r.row["options"].get("tdir")), None)
+    if on is None or off is None:
+        return "TDIR on against off: run with *Also run DiffVC with TDIR flipped* to see it."
+    t_on, t_off = on.row["timings"].get("diffusion", 0.0), off.row["timings"].get("diffusion", 0.0)
+    parts = [f"**TDIR on against off**: encode {on.row['enc_s']:.2f} s vs {off.row['enc_s']:.2f} s"]
+    if t_off > 0:
+        parts.append(f"diffusion stage {t_on:.2f} s vs {t_off:.2f} s ({t_on / t_off:.0%} of TDIR off)")
+    parts.append(f"U-Net evaluations {on.row.get('unet_evals')} vs {off.row.get('unet_evals')}")
+    for metric in ("dists", "lpips"):
+        if on.row.get(metric) is not None and off.row.get(metric) is not None:
+            parts.append(f"{metric.upper()} {on.row[metric]:.4f} vs {off.row[metric]:.4f}")
+    return "; ".join(parts) + "."
+
+
+# --- figures ------------------------------------------------------------------------------------------------
+
+def per_frame_figure(runs: Sequence[Any], metric: str):
+    """Two panels over the frame index: `metric` per frame and bits per frame, one colour per codec; intra frames
+    are drawn as diamonds on the metric curve and as outlined bars."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=(METRIC_LABELS.get(metric, metric), "bits per frame"))
+    for i, run in enumerate(runs):
+        colour = PALETTE[i % len(PALETTE)]
+        per_frame = run.row["per_frame"]
+        types = run.row.get("frame_types", "")
+        values = per_frame.get(metric)
+        x = list(range(len(per_frame["bits"])))
+        symbols = ["diamond" if t == "I" else "circle" for t in types] or None
+        sizes = [10 if t == "I" else 5 for t in types] or None
+        if values is not None:
+            fig.add_trace(go.Scatter(x=x, y=values, mode="lines+markers", name=run.label, legendgroup=run.label,
+                                     line=dict(color=colour), marker=dict(symbol=symbols, size=sizes),
+                                     customdata=list(types) or None,
+                                     hovertemplate="frame %{x} (%{customdata})<br>%{y:.4f}<extra>%{fullData.name}"
+                                                   "</extra>"), row=1, col=1)
+        fig.add_trace(go.Bar(x=x, y=per_frame["bits"], name=run.label, legendgroup=run.label, showlegend=False,
+                             marker=dict(color=colour, line=dict(color=["black" if t == "I" else colour
+                                                                          for t in types] or colour, width=2)),
+                             customdata=list(types) or None,
+                             hovertemplate="frame %{x} (%{customdata})<br>%{y} bits<extra>%{fullData.name}</extra>"),
+                      row=2, col=1)
+    fig.update_yaxes(type="log", row=2, col=1)
+    fig.update_xaxes(title_text="frame (diamond / outlined bar: I-frame)", row=2, col=1)
+    fig.update_layout(template="plotly_white", height=520, barmode="group", margin=dict(l=60, r=20, t=40, b=50),
+                      legend=dict(orientation="h", y=-0.18))
+    return fig
+
+
+def timing_figure(runs: Sequence[Any]):
+    """Encode and decode seconds of the whole clip per codec (grouped bars)."""
+    import plotly.graph_objects as go
+
+    labels = [r.label for r in runs]
+    fig = go.Figure([go.Bar(x=labels, y=[r.row["enc_s"] for r in runs], name="encode"),
+                     go.Bar(x=labels, y=[r.row["dec_s"] for r in runs], name="decode")])
+    fig.update_layout(template="plotly_white", height=340, barmode="group", title="seconds for the clip",
+                      margin=dict(l=50, r=20, t=40, b=40))
+    return fig
+
+
+def stage_figure(runs: Sequence[Any]):
+    """DiffVC's encoder time per stage (stacked bars), for each DiffVC run (TDIR on and off)."""
+    import plotly.graph_objects as go
+
+    neural = [r for r in runs if r.row.get("timings", {}).get("diffusion") is not None]
+    fig = go.Figure([go.Bar(x=[r.label for r in neural], y=[r.row["timings"].get(stage, 0.0) for r in neural],
+                            name=stage) for stage in ("motion", "latent", "entropy", "diffusion", "vae")])
+    fig.update_layout(template="plotly_white", height=340, barmode="stack",
+                      title="DiffVC encoder stages (s; the encoder runs the decoder in its loop)",
+                      margin=dict(l=50, r=20, t=40, b=40))
+    return fig

@@ -1,0 +1,421 @@
+"""One comparison on one clip: DiffVC against anchors at matched bitrate, written to a result folder.
+
+This is what the app's Compare tab runs, as a library:
+
+    video = load_clip(path, start=0, frames=16, max_side=256)
+    store = ComparisonStore(cache_root() / "studio" / "comparisons")
+    comparison = store.run(video, CompareSettings(qp=32, anchors=("x265",)), source="clip.mp4")
+    comparison.runs[0].row["bpp"], comparison.files()          # rows as engine.measure makes them; downloads
+
+* Every codec goes through `engine.measure` (rate from the bitstream's bytes, quality from the decoder's output,
+  encode and decode timed apart after `engine.warm_up`).
+* "Match bitrate" (`match_bitrate`): an anchor is encoded at the QP (or CRF, per its `rc` option) whose rate is
+  closest to DiffVC's, found by bisection over the anchor's QP range (rate falls with QP), so what is shown side by
+  side costs the same bits. Where the anchor cannot reach the target, the closest end is used and a note says so.
+* A comparison's folder holds each bitstream, each decoded clip (mp4), results.csv/json, comparison.json and the
+  decoded frames (frames.npz, for the frame viewer). Folders are named by a key over the clip's content hash, the
+  settings and the model pack's identity, so the same request is answered from disk; a folder appears whole
+  (written aside, then renamed) or not at all. File names come from fixed codec slugs, never from user input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from codec.errors import CodecError, VideoError
+from codec.eval.cache import cache_key
+from codec.video import DEFAULT_LIMITS, Video, VideoLimits, read_video
+
+ANCHORS = ("x265", "condlc", "x264", "av1")
+BITSTREAM_SUFFIX = {"diffvc": ".dvc", "condlc": ".dvc", "x265": ".hevc", "x264": ".h264", "av1": ".obu"}
+MATCH_TOLERANCE = 0.25  # a match within +-25 % of the target rate counts as reached
+MAX_FRAMES = 128
+MAX_SIDE_RANGE = (32, 1920)
+COMPARISON_FILE = "comparison.json"
+FRAMES_FILE = "frames.npz"
+SCHEMA = 1
+
+Progress = Callable[[float, str], None]  # (fraction done 0..1, what is running)
+StopCheck = Callable[[], bool]  # True when the user asked to stop
+
+
+class ComparisonCancelled(CodecError):
+    """The user stopped a comparison; nothing was written."""
+
+
+# --- the clip -------------------------------------------------------------------------------------------------
+
+def capped_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(W, H) scaled down (never up) so that the longer side is at most `max_side`; both even, at least 2."""
+    scale = min(1.0, max_side / max(width, height))
+    return tuple(max(2, 2 * round(v * scale / 2)) for v in (width, height))  # type: ignore[return-value]
+
+
+def load_clip(path: str | Path, start: int = 0, frames: int = 16, max_side: int = 256,
+              limits: VideoLimits = DEFAULT_LIMITS) -> Video:
+    """`frames` frames from frame `start` of a video file, resized so that its longer side is at most `max_side`.
+
+    Raises VideoError (a message for a person) on a file that is not a readable video, or out-of-range settings.
+    """
+    if not 1 <= frames <= MAX_FRAMES:
+        raise VideoError(f"number of frames must be 1..{MAX_FRAMES}, got {frames}")
+    if not MAX_SIDE_RANGE[0] <= max_side <= MAX_SIDE_RANGE[1]:
+        raise VideoError(f"size cap must be {MAX_SIDE_RANGE[0]}..{MAX_SIDE_RANGE[1]} pixels, got {max_side}")
+    first = read_video(path, start=start, frames=1, limits=limits)
+    size = capped_size(first.width, first.height, max_side)
+    return read_video(path, start=start, frames=frames, size=size, limits=limits)
+
+
+# --- settings -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """What a comparison runs. DiffVC's options left at 0 / -1 take the model pack's defaults.
+
+    anchors: codec names from ANCHORS. match_bitrate: search each anchor's QP for DiffVC's rate (else the anchors
+    run at `qp`, clipped to their range). tdir_contrast: also run DiffVC with TDIR flipped (time and quality of
+    TDIR on against off). pack: the DiffVC model pack ("" = the default pack, "random-tiny" = random init).
+    """
+
+    qp: int = 32
+    tdir: bool = True
+    steps: int = 0
+    strength: float = -1.0
+    tdir_ratio: float = -1.0
+    anchors: tuple[str, ...] = ("x265",)
+    match_bitrate: bool = True
+    tdir_contrast: bool = True
+    intra_period: int = 32
+    pack: str = ""
+    metrics: tuple[str, ...] = ("psnr", "psnr_y", "ms_ssim", "lpips", "dists")
+    device: str = "cpu"  # where metrics run (the neural codecs pick their own device)
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.anchors if a not in ANCHORS]
+        if unknown:
+            raise CodecError(f"unknown anchor(s) {', '.join(unknown)}; choose from {', '.join(ANCHORS)}")
+        if not self.metrics:
+            raise CodecError("choose at least one metric")
+
+    def diffvc_options(self, tdir: bool | None = None) -> dict[str, Any]:
+        return {"pack": self.pack, "tdir": self.tdir if tdir is None else tdir, "steps": self.steps,
+                "strength": self.strength, "tdir_ratio": self.tdir_ratio, "intra_period": self.intra_period}
+
+    def anchor_options(self, name: str) -> dict[str, Any]:
+        if name == "condlc":
+            return {"pack": self.pack, "intra_period": self.intra_period}
+        return {"intra_period": self.intra_period}
+
+
+# --- bitrate matching -----------------------------------------------------------------------------------------
+
+@dataclass
+class BitrateMatch:
+    """The QP of an anchor whose rate is closest to `target_bpp` (in log-rate), and every QP tried on the way."""
+
+    qp: int
+    bpp: float
+    target_bpp: float
+    tried: list[tuple[int, float]]
+
+    @property
+    def reached(self) -> bool:
+        return abs(math.log(self.bpp / self.target_bpp)) <= math.log1p(MATCH_TOLERANCE)
+
+
+def match_bitrate(codec, video: Video, target_bpp: float, stop: StopCheck | None = None,
+                  on_try: Callable[[int, float], None] | None = None) -> BitrateMatch:
+    """Bisect `codec`'s QP range for the rate closest to `target_bpp` (bpp from the bitstream's bytes).
+
+    Assumes the rate does not rise with QP (true of every registered codec's rate control). About
+    log2(range) + 2 encodes: 8 for x265's 0..51.
+    """
+    if not target_bpp > 0:
+        raise CodecError(f"cannot match a rate of {target_bpp} bpp")
+    rates: dict[int, float] = {}
+
+    def bpp(qp: int) -> float:
+        if qp not in rates:
+            if stop and stop():
+                raise ComparisonCancelled("stopped")
+            rates[qp] = codec.encode(video, qp).bpp(video)
+            if on_try:
+                on_try(qp, rates[qp])
+        return rates[qp]
+
+    lo, hi = codec.qp_range
+    if bpp(hi) >= target_bpp:
+        best = hi  # even the coarsest QP spends more than the target
+    elif bpp(lo) <= target_bpp:
+        best = lo  # even the finest QP spends less
+    else:
+        while hi - lo > 1:  # invariant: bpp(lo) > target > bpp(hi)
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if bpp(mid) > target_bpp else (lo, mid)
+        best = min((lo, hi), key=lambda q: abs(math.log(bpp(q) / target_bpp)))
+    return BitrateMatch(best, rates[best], target_bpp, sorted(rates.items()))
+
+
+# --- results --------------------------------------------------------------------------------------------------
+
+@dataclass
+class CodecRun:
+    """One codec's part of a comparison. slug: a fixed file-name-safe id; row: `engine.measure`'s row."""
+
+    slug: str
+    label: str
+    role: str  # "diffvc", "contrast" (DiffVC with TDIR flipped) or "anchor"
+    row: dict[str, Any]
+    bitstream_file: str
+    decoded_file: str
+    match: dict[str, Any] | None = None  # asdict(BitrateMatch) plus "reached"
+
+
+@dataclass
+class Comparison:
+    """A finished comparison in its folder. clip: source name, start, frames, width, height, fps, hash."""
+
+    key: str
+    folder: Path
+    clip: dict[str, Any]
+    settings: dict[str, Any]
+    runs: list[CodecRun]
+    notes: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    cached: bool = False
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return [run.row for run in self.runs]
+
+    def run(self, slug: str) -> CodecRun:
+        for run in self.runs:
+            if run.slug == slug:
+                return run
+        raise CodecError(f"no codec {slug!r} in this comparison")
+
+    def files(self) -> list[Path]:
+        """The downloads: each bitstream and decoded mp4, results.csv and results.json."""
+        names = [n for run in self.runs for n in (run.bitstream_file, run.decoded_file)]
+        return [self.folder / n for n in [*names, "results.csv", "results.json"]]
+
+    def frames(self) -> dict[str, np.ndarray]:
+        """'original' and each run's slug -> decoded frames uint8 [T, H, W, 3]."""
+        with np.load(self.folder / FRAMES_FILE) as data:
+            return {name: data[name] for name in data.files}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "key": self.key, "clip": self.clip, "settings": self.settings,
+                "runs": [asdict(r) for r in self.runs], "notes": self.notes, "elapsed_s": self.elapsed_s}
+
+    @classmethod
+    def load(cls, folder: Path) -> Comparison:
+        data = json.loads((folder / COMPARISON_FILE).read_text())
+        if data.get("schema") != SCHEMA:
+            raise CodecError(f"{folder}: comparison of another schema")
+        return cls(data["key"], folder, data["clip"], data["settings"], [CodecRun(**r) for r in data["runs"]],
+                   data["notes"], data["elapsed_s"], cached=True)
+
+
+class ComparisonStore:
+    """A folder of comparisons, one sub-folder per key; `run` answers a repeated request from disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def folder(self, key: str) -> Path:
+        if not key.isalnum():
+            raise CodecError("bad comparison key")
+        return self.root / key
+
+    def get(self, key: str) -> Comparison | None:
+        try:
+            return Comparison.load(self.folder(key))
+        except (OSError, ValueError, KeyError, TypeError, CodecError):
+            return None
+
+    def run(self, video: Video, settings: CompareSettings, source: str = "", start: int = 0,
+            progress: Progress | None = None, stop: StopCheck | None = None) -> Comparison:
+        """The comparison of `video` under `settings`: from disk when done before, else run and stored."""
+        from codec.registry import get_entry
+
+        diffvc_reason = get_entry("diffvc").unavailable_reason(_options("diffvc", settings.diffvc_options()))
+        identity = "" if diffvc_reason else _codec("diffvc", settings.diffvc_options()).identity()
+        key = cache_key(kind="comparison", clip=video.content_hash(), start=start, settings=asdict(settings),
+                        identity=identity, diffvc_unavailable=diffvc_reason)[:32]
+        done = self.get(key)
+        if done is not None:
+            done.clip["source"] = source or done.clip.get("source", "")
+            return done
+        self.root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".run-", dir=self.root))
+        try:
+            comparison = _run(video, settings, key, work, source, start, diffvc_reason, progress, stop)
+            target = self.folder(key)
+            try:
+                work.rename(target)
+            except OSError:  # another session finished the same comparison first: keep theirs
+                pass
+            comparison.folder = target
+            return comparison
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _options(name: str, values: dict[str, Any]):
+    from codec.registry import get_entry, parse_options
+
+    return parse_options(get_entry(name).options_type, values, name)
+
+
+def _codec(name: str, values: dict[str, Any]):
+    from codec.registry import get_codec
+
+    return get_codec(name, **values)
+
+
+def _run(video: Video, settings: CompareSettings, key: str, folder: Path, source: str, start: int,
+         diffvc_reason: str | None, progress: Progress | None, stop: StopCheck | None) -> Comparison:
+    from codec.eval.engine import measure, warm_up
+    from codec.eval.report import results_frame
+    from codec.video import write_video
+
+    began = time.perf_counter()
+    notes: list[str] = []
+    plan: list[tuple[str, str, str, dict[str, Any]]] = []  # (slug, label, role/name, options)
+    if diffvc_reason:
+        notes.append(f"DiffVC did not run: {diffvc_reason}. The anchors ran at QP {settings.qp} (clipped to each "
+                     "codec's range).")
+    else:
+        plan.append(("diffvc", f"DiffVC (TDIR {'on' if settings.tdir else 'off'})", "diffvc",
+                     settings.diffvc_options()))
+        if settings.tdir_contrast:
+            flipped = not settings.tdir
+            plan.append((f"diffvc-tdir-{'on' if flipped else 'off'}", f"DiffVC (TDIR {'on' if flipped else 'off'})",
+                         "contrast", settings.diffvc_options(tdir=flipped)))
+    plan += [(name, name, "anchor", settings.anchor_options(name)) for name in settings.anchors]
+    if not plan:
+        raise CodecError("nothing to run: DiffVC cannot run here and no anchor is chosen")
+
+    steps = len(plan) * 4.0  # warm-up + encode + decode + metrics, about equal shares per codec
+    done = 0.0
+
+    def report(advance: float, what: str) -> None:
+        nonlocal done
+        if stop and stop():
+            raise ComparisonCancelled("stopped")
+        done += advance
+        if progress:
+            progress(min(done / steps, 0.999), what)
+
+    runs: list[CodecRun] = []
+    decoded: dict[str, np.ndarray] = {"original": video.frames}
+    target = None
+    for slug, label, role, options in plan:
+        name = "diffvc" if role in ("diffvc", "contrast") else slug
+        codec = _codec(name, options)
+        qp, match = _pick_qp(codec, settings, target, role, video, label, report, stop)
+        report(0, f"{label}: warm-up (QP {qp})")
+        warm_up(codec, video, qp)
+        report(1, f"{label}: encoding and decoding {video.num_frames} frames, then metrics")
+        result = measure(codec, video, qp, settings.metrics, settings.device, spec=label)
+        report(3, f"{label}: done, {result.row['bpp']:.4f} bpp")
+        if role == "diffvc":
+            target = result.row["bpp"]
+        if match is not None and not match.reached:
+            notes.append(f"{label} cannot reach DiffVC's {match.target_bpp:.4f} bpp within its QP range "
+                         f"{codec.qp_range[0]}..{codec.qp_range[1]}: closest is QP {match.qp} at {match.bpp:.4f} bpp.")
+        row = result.row
+        row.update(source=source, start=start, clip_hash=video.content_hash(), label=label, role=role)
+        bitstream_file = f"{slug}{BITSTREAM_SUFFIX[name]}"
+        decoded_file = f"{slug}.mp4"
+        (folder / bitstream_file).write_bytes(result.encoded.bitstream)
+        write_video(result.decoded, folder / decoded_file)
+        decoded[slug] = result.decoded.frames
+        runs.append(CodecRun(slug, label, role, row, bitstream_file, decoded_file,
+                             {**asdict(match), "reached": match.reached} if match else None))
+
+    clip = {"source": source, "start": start, "frames": video.num_frames, "width": video.width,
+            "height": video.height, "fps": str(Fraction(video.fps)), "hash": video.content_hash()}
+    comparison = Comparison(key, folder, clip, _jsonable(asdict(settings)), runs, notes,
+                            time.perf_counter() - began)
+    results_frame(comparison.rows).to_csv(folder / "results.csv", index=False)
+    (folder / "results.json").write_text(json.dumps(comparison.rows, indent=1, default=str))
+    np.savez_compressed(folder / FRAMES_FILE, **decoded)
+    (folder / COMPARISON_FILE).write_text(json.dumps(comparison.to_json(), indent=1, default=str))
+    if progress:
+        progress(1.0, "done")
+    return comparison
+
+
+def _pick_qp(codec, settings: CompareSettings, target: float | None, role: str, video: Video, label: str,
+             report: Callable[[float, str], None], stop: StopCheck | None) -> tuple[int, BitrateMatch | None]:
+    """The QP a codec runs at: DiffVC's own; an anchor's matched to DiffVC's rate, or `settings.qp` clipped."""
+    lo, hi = codec.qp_range
+    if role != "anchor" or not settings.match_bitrate or target is None:
+        return min(hi, max(lo, settings.qp)), None
+    report(0, f"{label}: searching the QP for {target:.4f} bpp")
+    match = match_bitrate(codec, video, target, stop,
+                          on_try=lambda qp, bpp: report(0, f"{label}: QP {qp} gives {bpp:.4f} bpp "
+                                                           f"(target {target:.4f})"))
+    return match.qp, match
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+# --- rate-distortion sweep ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """One codec of a rate-distortion sweep: a name, its options, and its QPs."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+    qps: tuple[int, ...] = ()
+
+    @property
+    def spec(self) -> str:
+        return ":".join([self.name, *(f"{k}={_spec_value(v)}" for k, v in self.options.items() if v != "")])
+
+
+def _spec_value(value: Any) -> str:
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+def run_sweep(video: Video, plans: Sequence[SweepPlan], out_dir: Path, cache_dir: Path, source: str = "",
+              start: int = 0, metrics: Sequence[str] | None = None, progress: Progress | None = None
+              ) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+    """Every (codec, QP) of `plans` through the evaluation engine (cached: a rerun is instant), then the results
+    table, BD-rate against the first plan, the HTML report and the RD plot written into `out_dir`."""
+    from codec.eval.engine import EvalRequest, evaluate
+    from codec.eval.report import write_results
+    from codec.metrics import METRICS
+
+    total = sum(len(p.qps) for p in plans)
+    if not total:
+        raise CodecError("no QP to run")
+    rows: list[dict[str, Any]] = []
+    for plan in plans:
+        offset = len(rows)
+
+        def tick(done: int, _total: int, label: str, offset: int = offset) -> None:
+            if progress:
+                progress((offset + done) / total, label)
+
+        request = EvalRequest(video=video, specs=[plan.spec], qps=sorted(set(plan.qps)), source=source, start=start,
+                              metrics=tuple(metrics or METRICS), cache_dir=cache_dir)
+        rows += evaluate(request, tick)
+    return rows, write_results(rows, out_dir)
