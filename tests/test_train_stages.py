@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import moving_clip
+from conftest import as_if_trained, moving_clip
 from torch.utils.data import Dataset
 
 from codec.diffvc.config import tiny_config
@@ -33,7 +33,6 @@ from codec.train.stages import (
     code_sequence,
     frame_weight,
     rd_lambda,
-    unrolled_sample,
     with_spynet,
 )
 
@@ -114,23 +113,28 @@ def test_in_test_dataset_flow_is_exact_and_collates():
     assert set(batch) == {"frames", "flow", "flow_valid"} and batch["frames"].shape == (3, FRAMES, 3, CROP, CROP)
 
 
-def test_unrolled_sampler_equals_the_tdir_sampler_and_passes_gradients():
+def test_the_sampler_trains_through_its_last_steps_and_codes_without_a_graph():
+    """Fine-tuning runs the coding loop itself (`TDIRSampler.sample`) with gradients on: same values as coding, and
+    gradients reach the U-Net and the QP prompt through all steps or only the last ones."""
     torch.manual_seed(0)
     model = tiny_model()
     stage = model.diffusion.eval()
+    as_if_trained(stage, scale=0.1)
     g = torch.Generator().manual_seed(1)
     latent_hat = torch.randn(1, 192, 8, 8, generator=g) * 0.5
     condition = torch.cat([latent_hat, torch.randn(1, 64, 8, 8, generator=g)], 1)
     qp = torch.tensor([30])
-    reference = TDIRSampler(stage).sample(latent_hat, condition, qp, seed=7, frame_index=2).latent
+    sampler = TDIRSampler(stage)
+    coded = sampler.sample(latent_hat, condition, qp, seed=7, frame_index=2).latent
+    assert not coded.requires_grad  # grad_steps=0 (coding): no graph even with gradients enabled
     noise = seeded_noise(latent_hat.shape, 7, 2)
-    with torch.no_grad():
-        ours = unrolled_sample(stage, latent_hat, condition, qp, noise)
-    assert torch.allclose(ours, reference, atol=1e-5)
+    trained = sampler.sample(latent_hat, condition, qp, seed=0, frame_index=0, noise=noise, grad_steps=None).latent
+    assert trained.requires_grad and torch.allclose(trained, coded, atol=1e-5)
 
     for grad_steps in (None, 1):
         stage.zero_grad()
-        unrolled_sample(stage, latent_hat, condition, qp, noise, grad_steps=grad_steps).square().mean().backward()
+        sampler.sample(latent_hat, condition, qp, seed=7, frame_index=2, grad_steps=grad_steps).latent.square().mean(
+        ).backward()
         grads = [p.grad for p in stage.unet.parameters() if p.grad is not None]
         assert grads and any(g.abs().sum() > 0 for g in grads)
         assert stage.qp_prompt.position.grad is not None

@@ -543,7 +543,6 @@ class TDIRSampler:
     def __init__(self, stage: DiffusionStage) -> None:
         self.stage = stage
 
-    @torch.no_grad()
     def sample(
         self,
         latent_hat: Tensor,
@@ -556,6 +555,8 @@ class TDIRSampler:
         reuse_steps: int = 0,
         reuse_x0: Tensor | Sequence[Tensor] | None = None,
         autocast_dtype: torch.dtype | None = None,
+        noise: Tensor | None = None,
+        grad_steps: int | None = 0,
     ) -> SampleResult:
         """Denoise the reconstructed latent.
 
@@ -569,6 +570,9 @@ class TDIRSampler:
         tensors indexed by step (reuse_source="step", the previous frame's `x0_per_step`, same steps and strength).
         autocast_dtype: e.g. torch.bfloat16 on CUDA, to run the networks under autocast; the DDIM arithmetic and
         the result stay float32.
+        Training (the fine-tuning stage runs this same loop): noise, a standard normal [N, C, h, w] instead of the
+        seeded draw; grad_steps, through how many of the *last* steps gradients flow when gradients are enabled
+        (0, the default: none, as in coding; None: all; earlier steps run without a graph to bound memory).
         """
         cfg = self.stage.config
         steps = cfg.steps if steps is None else steps
@@ -589,25 +593,30 @@ class TDIRSampler:
         alpha_bars = [float(scheduler.alphas_cumprod[t]) for t in timesteps]
         timesteps_on_device = torch.tensor(timesteps, dtype=torch.long, device=device)
         autocast = _autocast(device, autocast_dtype)
+        grads = torch.is_grad_enabled() and grad_steps != 0
+        first_tracked = 0 if grad_steps is None else len(timesteps) - grad_steps
 
         # 2. Start: the reconstruction noised to the first kept timestep with the (seed, frame) noise.
-        noise = seeded_noise(latent_hat.shape, seed, frame_index).to(device)
-        z = math.sqrt(alpha_bars[0]) * latent_hat.float() + math.sqrt(1.0 - alpha_bars[0]) * noise
-        with autocast:
-            tokens = self.stage.qp_prompt(qp.to(device))
+        if noise is None:
+            noise = seeded_noise(latent_hat.shape, seed, frame_index)
+        with torch.set_grad_enabled(grads):
+            z = math.sqrt(alpha_bars[0]) * latent_hat.float() + math.sqrt(1.0 - alpha_bars[0]) * noise.to(device)
+            with autocast:
+                tokens = self.stage.qp_prompt(qp.to(device))
 
         # 3. Denoise: reuse steps derive eps from the reused x0 (no network); the others run ControlNet + U-Net.
         x0_per_step: list[Tensor] = []
         unet_evals = 0
         for i, t in enumerate(timesteps):
-            if i < k:
-                eps = eps_from_x0(z, reused[i].to(device, torch.float32), alpha_bars[i])
-            else:
-                with autocast:
-                    eps = self.stage.predict_noise(z, timesteps_on_device[i], condition, tokens).float()
-                unet_evals += 1
-            # 4. DDIM step (eta = 0): move z to the previous timestep; keep the x0 prediction for the next frame.
-            z, x0 = scheduler.step(eps, t, z, eta=0.0, return_dict=False)
+            with torch.set_grad_enabled(grads and i >= first_tracked):
+                if i < k:
+                    eps = eps_from_x0(z, reused[i].to(device, torch.float32), alpha_bars[i])
+                else:
+                    with autocast:
+                        eps = self.stage.predict_noise(z, timesteps_on_device[i], condition, tokens).float()
+                    unet_evals += 1
+                # 4. DDIM step (eta = 0): move z to the previous timestep; keep the x0 prediction for the next frame.
+                z, x0 = scheduler.step(eps, t, z, eta=0.0, return_dict=False)
             x0_per_step.append(x0)
 
         return SampleResult(z.float(), x0_per_step, unet_evals)

@@ -20,7 +20,7 @@ Stages (docs/DESIGN.md section 3):
 * `diffusion` (`DiffusionTrainingStage`): the frozen codec (evaluation mode: rounding, as the decoder) gives l^_t and
   C1 per frame; the U-Net, ControlNet and QP prompt learn to predict the noise of the *original* latent, conditioned
   on [l^_t, C1] (`DiffusionStage.noise_prediction_loss`, timesteps limited to those sampling visits).
-* `finetune` (`FinetuneStage`): few-step fine-tuning through the unrolled DDIM sampler (`unrolled_sample`),
+* `finetune` (`FinetuneStage`): few-step fine-tuning through the DDIM sampler with gradients on (`TDIRSampler`),
   DISTS (and/or LPIPS) + a small MSE between the decoded frame and the original.
 """
 
@@ -34,7 +34,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from codec.diffvc.diffusion import DiffusionStage, noise_seed, sampling_timesteps
+from codec.diffvc.diffusion import TDIRSampler, noise_seed
 from codec.diffvc.model import DiffVCModel, diffusion_condition
 from codec.diffvc.motion import DISFlow, endpoint_error
 from codec.diffvc.qp import QP_MAX, QP_MIN
@@ -55,7 +55,6 @@ __all__ = [
     "item_bits",
     "make_stage",
     "rd_lambda",
-    "unrolled_sample",
     "uses_spynet",
     "with_spynet",
 ]
@@ -163,41 +162,6 @@ def code_sequence(model: DiffVCModel, frames: Tensor, qp: Tensor) -> list[CodedF
                                 item_bits(out.likelihoods) + motion_bits, motion_bits))
         feature, y_hat = out.feature, out.y_hat
     return coded
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The differentiable few-step sampler (fine-tuning)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def unrolled_sample(stage: DiffusionStage, latent_hat: Tensor, condition: Tensor, qp: Tensor, noise: Tensor,
-                    steps: int | None = None, strength: float | None = None, grad_steps: int | None = None) -> Tensor:
-    """`TDIRSampler.sample` without TDIR and with gradients: DDIM (eta = 0) from the noised reconstruction.
-
-    latent_hat [N, C, h, w]; condition [N, condition_channels, h, w] ([l^_t, C1]); qp int [N]; noise float32
-    [N, C, h, w] (the sampler's seeded noise, or any standard normal draw). steps, strength: the schedule (default:
-    the config's; T_s = round(steps * strength)). grad_steps: through how many of the *last* steps gradients flow
-    (None: all; the earlier ones run without a graph, to bound memory on big models). Returns the denoised latent
-    [N, C, h, w] float32; with the sampler's noise it equals `TDIRSampler.sample(...).latent` (reuse_steps 0).
-    The same scheduler and `predict_noise` as the sampler: only the no-grad decorator differs.
-    """
-    cfg = stage.config
-    scheduler = stage.make_scheduler()
-    timesteps = sampling_timesteps(scheduler, cfg.steps if steps is None else steps,
-                                   cfg.strength if strength is None else strength)
-    if not timesteps:
-        return latent_hat.float()
-    first_tracked = 0 if grad_steps is None else max(0, len(timesteps) - grad_steps)
-    alpha_bar = float(scheduler.alphas_cumprod[timesteps[0]])
-    z = math.sqrt(alpha_bar) * latent_hat.float() + math.sqrt(1.0 - alpha_bar) * noise.to(latent_hat.device)
-    tokens = stage.qp_prompt(qp.to(latent_hat.device))
-    grad_on = torch.is_grad_enabled()
-    for i, t in enumerate(timesteps):
-        with torch.set_grad_enabled(grad_on and i >= first_tracked):
-            t_device = torch.full((z.shape[0],), t, dtype=torch.long, device=z.device)
-            eps = stage.predict_noise(z, t_device, condition, tokens).float()
-            z, _ = scheduler.step(eps, t, z, eta=0.0, return_dict=False)
-    return z.float()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -462,8 +426,9 @@ class FinetuneStage(_OnFrozenCodec):
         _, condition, qps, originals, recon = self._coded(frames, qp)
         latent_hat = condition[:, : self.model.latent_space.channels]
         noise = torch.randn(latent_hat.shape, generator=generator, dtype=torch.float32)
-        latent = unrolled_sample(self.model.diffusion, latent_hat, condition, qps, noise,
-                                 grad_steps=self.options.grad_steps)
+        latent = TDIRSampler(self.model.diffusion).sample(
+            latent_hat, condition, qps, seed=0, frame_index=0, noise=noise, grad_steps=self.options.grad_steps
+        ).latent
         decoded = self.model.latent_space.decode(latent).float()
         mse = (decoded - originals).square().flatten(1).mean(1)
         perceptual = self.perceptual_loss(decoded, originals)
