@@ -16,21 +16,24 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 
 from codec.bitstream import CODEC_IDS, MAGIC, FrameUnit, StreamHeader, read_stream, write_stream
-from codec.diffvc.config import PAD_MULTIPLE, PRESETS
-from codec.diffvc.diffusion import num_reuse_steps, prepare_for_inference
-from codec.diffvc.model import DiffVCModel, FrameCoder, SamplingPlan, instrument_entropy_timing
+from codec.diffvc import QP_MAX, QP_MIN
 from codec.diffvc.pack import PackInfo, find_packs, pack_info, resolve_pack
-from codec.diffvc.qp import QP_MAX, QP_MIN
-from codec.diffvc.timing import StageTimer, active_timer
 from codec.errors import BitstreamError, CodecError, CodecUnavailableError, VideoError
 from codec.registry import CodecBase, Encoded, options_dict, register_codec
 from codec.video import DEFAULT_LIMITS, Video, crop, frames_to_tensor, pad_to_multiple, tensor_to_frames
+
+if TYPE_CHECKING:
+    import torch
+
+    from codec.diffvc.model import DiffVCModel, SamplingPlan
+
+# Registering and listing these codecs imports no torch and no diffusers (seconds on a CPU): the model, the
+# sampler and torch are imported by the functions that run them (`load_model`, `encode`, `decode`).
 
 RANDOM_PACK_PREFIX = "random-"  # pack="random-tiny": random init of a preset (tests, speed), never a real result
 FLAG_REUSE_STEP = 1  # header flags: TDIR reuses per-step x0 (else the final latent)
@@ -95,6 +98,8 @@ def frame_qp(qp: int, index: int, intra_period: int, offsets: tuple[int, ...]) -
 
 
 def pick_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -109,6 +114,12 @@ def load_model(pack: str, device: str, compile: bool = False) -> tuple[DiffVCMod
     On CUDA the diffusion stage gets the fast path: SDPA attention, channels-last weights, optionally
     torch.compile; it runs under bf16 autocast (`_autocast_dtype`) while entropy coding stays float32.
     """
+    import torch
+
+    from codec.diffvc.config import PRESETS
+    from codec.diffvc.diffusion import prepare_for_inference
+    from codec.diffvc.model import DiffVCModel, instrument_entropy_timing
+
     if pack.startswith(RANDOM_PACK_PREFIX):
         preset = pack.removeprefix(RANDOM_PACK_PREFIX)
         if preset not in PRESETS:
@@ -157,12 +168,18 @@ class NeuralCodecBase(CodecBase):
         return self._model()[1].sha256
 
     def sampling_plan(self, model: DiffVCModel) -> SamplingPlan:
+        from codec.diffvc.model import SamplingPlan
+
         return SamplingPlan(0, 0.0, 0, "final", False, self.options.seed)
 
     # --- encoder --------------------------------------------------------------------------------------
 
     def encode(self, video: Video, qp: int, **overrides: Any) -> Encoded:
         """Encode `video` at `qp` (0..63; larger = fewer bits) into one DVC1 stream."""
+        from codec.diffvc.config import PAD_MULTIPLE
+        from codec.diffvc.model import FrameCoder
+        from codec.diffvc.timing import StageTimer, active_timer
+
         qp = self.check_qp(qp)
         opts = self.options
         model, info, device = self._model()
@@ -209,6 +226,10 @@ class NeuralCodecBase(CodecBase):
 
     def decode(self, bitstream: bytes) -> Video:
         """DVC1 bytes -> the video the encoder reconstructed, bit for bit (same pack, same device)."""
+        from codec.diffvc.config import PAD_MULTIPLE
+        from codec.diffvc.model import FrameCoder, SamplingPlan
+        from codec.diffvc.timing import StageTimer
+
         header, units = read_stream(bitstream)
         model, info, device = self._model()
         self._check_stream(header, info)
@@ -253,6 +274,8 @@ def _pack_name(hash_prefix: bytes) -> str:
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    import torch
+
     return torch.bfloat16 if device.type == "cuda" else None
 
 
@@ -261,6 +284,9 @@ class DiffVC(NeuralCodecBase):
     Options = DiffVCOptions
 
     def sampling_plan(self, model: DiffVCModel) -> SamplingPlan:
+        from codec.diffvc.diffusion import num_reuse_steps
+        from codec.diffvc.model import SamplingPlan
+
         opts, cfg = self.options, model.config.diffusion
         steps = opts.steps or cfg.steps
         strength = opts.strength if opts.strength >= 0 else cfg.strength

@@ -12,11 +12,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from safetensors.torch import load, save
+from typing import TYPE_CHECKING
 
 from codec.errors import CodecError
+
+if TYPE_CHECKING:  # torch loads only when tensors are (de)serialized: finding packs stays light
+    import torch
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -79,6 +80,8 @@ def content_hash(config_bytes: bytes, weight_bytes: bytes) -> str:
 
 def serialize(config: dict, state: dict[str, torch.Tensor], half: bool = True) -> tuple[bytes, bytes]:
     """(config.json bytes, safetensors bytes) for a config dict and a state dict (floats to fp16 if `half`)."""
+    from safetensors.torch import save
+
     tensors = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
                for k, v in state.items()}
     return json.dumps(config, indent=1, sort_keys=True).encode(), save(tensors)
@@ -86,6 +89,8 @@ def serialize(config: dict, state: dict[str, torch.Tensor], half: bool = True) -
 
 def deserialize(weight_bytes: bytes) -> dict[str, torch.Tensor]:
     """safetensors bytes -> state dict with floating tensors as float32."""
+    from safetensors.torch import load
+
     return {k: (v.float() if v.is_floating_point() else v) for k, v in load(weight_bytes).items()}
 
 

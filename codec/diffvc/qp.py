@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-QP_MIN, QP_MAX = 0, 63
+from codec.diffvc import QP_MAX, QP_MIN
 
 
 @dataclass(frozen=True)
