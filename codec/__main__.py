@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--codecs", nargs="+", required=True, metavar="SPEC",
                     help="codec specs, e.g. x265 x265:preset=veryslow av1; BD-rate is against the first")
     ev.add_argument("--qps", nargs="+", type=int, required=True, metavar="Q")
+    ev.add_argument("--qps-for", action="append", default=[], metavar="SPEC=Q,Q,...",
+                    help="QPs of one of the --codecs specs (codecs' QP scales differ: x265 0..51, DiffVC 0..63)")
     _add_clip_args(ev)
     ev.add_argument("--metrics", nargs="+", metavar="M", help="subset of psnr psnr_y ms_ssim lpips dists")
     ev.add_argument("--out", type=Path, help="output folder (default out/eval-<clip>)")
@@ -107,12 +109,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from codec.weights import cache_root
 
     video = _read_clip(args)
+    qps_by_spec = _qps_by_spec(args.qps_for, args.codecs)
     request = EvalRequest(
-        video=video, specs=args.codecs, qps=sorted(set(args.qps)), source=args.input.name, start=args.start,
+        video=video, specs=args.codecs, qps=sorted(set(args.qps)), qps_by_spec=qps_by_spec,
+        source=args.input.name, start=args.start,
         metrics=tuple(args.metrics or METRICS), device=args.device,
         cache_dir=args.cache or cache_root() / "eval-cache", force=args.force,
     )
-    with tqdm(total=len(args.codecs) * len(request.qps), file=sys.stderr, unit="job") as bar:
+    total = sum(len(qps_by_spec.get(spec, request.qps)) for spec in args.codecs)
+    with tqdm(total=total, file=sys.stderr, unit="job") as bar:
         def progress(done: int, total: int, label: str) -> None:
             bar.set_postfix_str(label)
             bar.update(1)
@@ -129,6 +134,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(pivot.to_string(float_format=lambda v: f"{v:+.2f}"))
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     return 0
+
+
+def _qps_by_spec(items: list[str], specs: list[str]) -> dict[str, list[int]]:
+    """['diffvc=8,16,24'] -> {'diffvc': [8, 16, 24]}; CodecError for a spec not in --codecs or a bad list."""
+    out = {}
+    for item in items:
+        spec, sep, values = item.rpartition("=")
+        try:
+            qps = sorted({int(v) for v in values.split(",")})
+        except ValueError:
+            qps = []
+        if not sep or spec not in specs or not qps:
+            raise CodecError(f"--qps-for {item!r}: expected SPEC=Q,Q,... with SPEC one of --codecs")
+        out[spec] = qps
+    return out
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:

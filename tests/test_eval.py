@@ -108,3 +108,20 @@ def test_written_results(rows, tmp_path):
 
 def test_bd_table_needs_two_codecs(rows):
     assert len(bd_rate_table([r for r in rows if r["spec"] == "x265"])) == 0
+
+
+def test_each_spec_can_have_its_own_qps(video, tmp_path):
+    """Codecs' QP scales differ (x265 0..51, DiffVC 0..63): `qps_by_spec` overrides the shared list per spec."""
+    request = EvalRequest(video=video, specs=["x265", "x264"], qps=(30,), qps_by_spec={"x264": [26, 38]},
+                          metrics=("psnr",), cache_dir=tmp_path)
+    assert [(r["spec"], r["qp"]) for r in evaluate(request)] == [("x265", 30), ("x264", 26), ("x264", 38)]
+
+
+def test_the_cli_reads_per_spec_qps():
+    from codec.__main__ import _qps_by_spec
+    from codec.errors import CodecError
+
+    assert _qps_by_spec(["diffvc:tdir=off=40,8,24"], ["x265", "diffvc:tdir=off"]) == {"diffvc:tdir=off": [8, 24, 40]}
+    for bad in (["x264=30"], ["x265=a,b"], ["x265"]):
+        with pytest.raises(CodecError):
+            _qps_by_spec(bad, ["x265"])

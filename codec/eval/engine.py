@@ -8,7 +8,7 @@ warm-up run of each codec.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ class EvalRequest:
     video: Video
     specs: Sequence[str]
     qps: Sequence[int]
+    qps_by_spec: Mapping[str, Sequence[int]] = field(default_factory=dict)  # a spec's own QPs (else `qps`)
     source: str = ""  # a name for the clip in reports (file name)
     start: int = 0  # first frame's index in the source (recorded, part of the cache key)
     metrics: Sequence[str] = METRICS
@@ -69,7 +70,8 @@ def evaluate(request: EvalRequest, progress: Callable[[int, int, str], None] | N
 
     Cached rows are reused unless `request.force`. `progress(done, total, label)` is called after each job.
     """
-    jobs = [_Job(spec, qp, codec) for spec, codec in _build_codecs(request.specs) for qp in request.qps]
+    jobs = [_Job(spec, qp, codec) for spec, codec in _build_codecs(request.specs)
+            for qp in request.qps_by_spec.get(spec, request.qps)]
     cache = ResultCache(request.cache_dir) if request.cache_dir else None
     clip_hash = request.video.content_hash()
     warmed: set[str] = set()
