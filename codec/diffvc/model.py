@@ -26,7 +26,7 @@ from codec.diffvc.diffusion import DiffusionStage, TDIRSampler
 from codec.diffvc.dpb import DecodedPictureBuffer
 from codec.diffvc.entropy import FactorizedPrior, GaussianConditional
 from codec.diffvc.latent import build_latent_space
-from codec.diffvc.latent_codec import ContextualLatentCodec, IntraLatentCodec
+from codec.diffvc.latent_codec import ContextualLatentCodec, IntraLatentCodec, LatentCodingOutput
 from codec.diffvc.motion import DISFlow, MotionCodec, SpyNetFlow
 from codec.diffvc.pack import PackInfo, deserialize, in_memory_info, read_pack, serialize
 from codec.diffvc.timing import StageTimer, timed
@@ -112,6 +112,53 @@ def instrument_entropy_timing(model: DiffVCModel) -> None:
             module._timed = True
 
 
+@dataclass
+class PFrameCoding:
+    """Steps 1-3 of one P-frame (module docstring), batched over N items.
+
+    strings: the entropy-coded [mv y, mv z, latent y, latent z] (empty in training form); flow_hat: the decoded flow
+    [N, 2, H, W] in pixels; contexts: C1..C3 (and the prediction) built from it; latent: the contextual codec's
+    output; motion_likelihoods: the MV codec's {"y", "z"} likelihoods (training form only; {} when entropy coded).
+    """
+
+    strings: list[bytes]
+    flow_hat: Tensor
+    contexts: Contexts
+    latent: LatentCodingOutput
+    motion_likelihoods: dict[str, Tensor]
+
+
+def code_p_frame(model: DiffVCModel, x: Tensor, latent: Tensor, reference: Tensor, feature: Tensor | None,
+                 prev_y_hat: Tensor | None, qp: int | Tensor, entropy_code: bool,
+                 timer: StageTimer | None = None) -> PFrameCoding:
+    """Motion, contexts and conditional latent coding of a P-frame: THE chain the encoder and training both run.
+
+    x: the frame [N, 3, H, W] in [0, 1]; latent: its latent [N, C, H/8, W/8]; reference, feature, prev_y_hat: from
+    the decoded-picture buffer (the previous reconstruction [N, 3, H, W], its DPB feature, the last P-frame's y^).
+    entropy_code=True: `compress` (real strings, rounding; what the encoder does, and what `decompress` rebuilds);
+    False: the codecs' `forward` (training form: noise in training mode, rounding in evaluation mode, where it
+    equals the coded result). The flow is estimated without gradient, on the reference as the decoder has it.
+    """
+    timer = timer or StageTimer()
+    with timer.stage("motion"):
+        with torch.no_grad():
+            flow = model.flow_estimator(x, reference.detach())
+        if entropy_code:
+            strings, flow_hat = model.motion.compress(flow, qp)
+            motion_likelihoods = {}
+        else:
+            motion = model.motion(flow, qp)
+            strings, flow_hat, motion_likelihoods = [], motion.hat, motion.likelihoods
+    with timer.stage("latent"):
+        contexts = model.temporal_contexts(reference, feature, flow_hat)
+        if entropy_code:
+            y_strings, out = model.inter.compress(latent, contexts, prev_y_hat, qp)
+            strings = strings + y_strings
+        else:
+            out = model.inter(latent, contexts, prev_y_hat, qp)
+    return PFrameCoding(strings, flow_hat, contexts, out, motion_likelihoods)
+
+
 @dataclass(frozen=True)
 class SamplingPlan:
     """What the diffusion stage runs for this stream (from the header): all zeros = diffusion off (condlc)."""
@@ -156,13 +203,9 @@ class FrameCoder:
             with t.stage("latent"):
                 strings, coded = m.intra.compress(latent, qp)
             return strings, self._finish(coded, None, None, frame_type, qp, index)
-        with t.stage("motion"):
-            flow = m.flow_estimator(x, self.dpb.frame)
-            mv_strings, flow_hat = m.motion.compress(flow, qp)
-        with t.stage("latent"):
-            contexts = m.temporal_contexts(self.dpb.frame, self.dpb.feature, flow_hat)
-            y_strings, coded = m.inter.compress(latent, contexts, self.dpb.y_hat, qp)
-        return mv_strings + y_strings, self._finish(coded, contexts, flow_hat, frame_type, qp, index)
+        p = code_p_frame(m, x, latent, self.dpb.frame, self.dpb.feature, self.dpb.y_hat, qp, entropy_code=True,
+                         timer=t)
+        return p.strings, self._finish(p.latent, p.contexts, p.flow_hat, frame_type, qp, index)
 
     # --- decoder side ---------------------------------------------------------------------------------
 

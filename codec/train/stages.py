@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from codec.diffvc.diffusion import TDIRSampler, noise_seed
-from codec.diffvc.model import DiffVCModel, diffusion_condition
+from codec.diffvc.model import DiffVCModel, code_p_frame, diffusion_condition
 from codec.diffvc.motion import DISFlow, endpoint_error
 from codec.diffvc.qp import QP_MAX, QP_MIN
 from codec.errors import CodecError
@@ -134,7 +134,8 @@ class CodedFrame:
 
 
 def code_sequence(model: DiffVCModel, frames: Tensor, qp: Tensor) -> list[CodedFrame]:
-    """Run the condlc chain of `FrameCoder` over batched sequences: frame 0 intra, frames 1.. P-frames.
+    """Run the condlc chain of `FrameCoder` over batched sequences: frame 0 intra, frames 1.. P-frames (the same
+    `code_p_frame` the encoder runs, in its training form).
 
     frames: [N, T, 3, H, W] in [0, 1] (H, W multiples of 64); qp: int [N]. Each part follows its own mode: in
     training mode the entropy models add uniform noise (and gradients flow through the whole chain, references
@@ -150,15 +151,11 @@ def code_sequence(model: DiffVCModel, frames: Tensor, qp: Tensor) -> list[CodedF
     coded.append(CodedFrame("I", latents[:, 0], out.latent_hat, None, recon, item_bits(out.likelihoods), zero))
     feature, y_hat = out.feature, None
     for i in range(1, t):
-        x, ref = frames[:, i], coded[-1].recon
-        with torch.no_grad():
-            flow = model.flow_estimator(x, ref.detach())
-        motion = model.motion(flow, qp)
-        contexts = model.temporal_contexts(ref, feature, motion.hat)
-        out = model.inter(latents[:, i], contexts, y_hat, qp)
+        p = code_p_frame(model, frames[:, i], latents[:, i], coded[-1].recon, feature, y_hat, qp, entropy_code=False)
+        out = p.latent
         recon = model.latent_space.decode(out.latent_hat)
-        motion_bits = item_bits(motion.likelihoods)
-        coded.append(CodedFrame("P", latents[:, i], out.latent_hat, contexts.c1, recon,
+        motion_bits = item_bits(p.motion_likelihoods)
+        coded.append(CodedFrame("P", latents[:, i], out.latent_hat, p.contexts.c1, recon,
                                 item_bits(out.likelihoods) + motion_bits, motion_bits))
         feature, y_hat = out.feature, out.y_hat
     return coded
