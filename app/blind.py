@@ -154,11 +154,12 @@ class PairStats:
         return binomial_test(self.first_wins, self.decisive)
 
     def as_row(self) -> dict[str, Any]:
+        """A results-table row with fixed columns: 'first' and 'second' are the two names of `pair`, in order."""
         low, high = self.interval
         pref = self.preference
-        return {"pair": f"{self.first} vs {self.second}", "votes": self.decisive + self.ties,
-                f"prefer {self.first}": self.first_wins, f"prefer {self.second}": self.second_wins, "ties": self.ties,
-                "preference": f"{pref:.0%} for {self.first}" if pref is not None else "n/a",
+        return {"pair (first vs second)": f"{self.first} vs {self.second}", "votes": self.decisive + self.ties,
+                "first preferred": self.first_wins, "second preferred": self.second_wins, "ties": self.ties,
+                "share for first": f"{pref:.0%}" if pref is not None else "n/a",
                 "Wilson 95% CI": f"{low:.0%} .. {high:.0%}", "binomial p": round(self.p_value, 4)}
 
 

@@ -36,8 +36,8 @@ def build_blind_tab(new_pair: Callable, vote: Callable, results: Callable, expor
         vote_b = gr.Button("B is better", elem_id="vote-b")
     gr.Markdown("### Results of every vote")
     table = gr.Dataframe(value=results, interactive=False, elem_id="blind-results", wrap=True)  # fresh per page load
-    gr.Markdown("Preference = share of decisive votes (ties left out) for the first codec of the pair; Wilson 95 % "
-                "score interval; exact two-sided binomial test against no preference (50 %).")
+    gr.Markdown("*Share for first*: of the decisive votes (ties left out), the share preferring the pair's first "
+                "codec; its Wilson 95 % score interval; an exact two-sided binomial test against no preference.")
     with gr.Row():
         refresh = gr.Button("Refresh results", size="sm")
         export_btn = gr.Button("Export votes (CSV)", size="sm", elem_id="export")

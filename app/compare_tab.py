@@ -96,7 +96,7 @@ def build_compare_tab(compare: Callable, stop: Callable, frame_view: Callable, p
                     next_btn = gr.Button("next ▶", size="sm", elem_id="next")
                 caption = gr.Markdown()
                 side = gr.Image(label="original and every codec, side by side", format="png", interactive=False,
-                                elem_id="side-by-side")
+                                show_label=False, elem_id="side-by-side")
                 with gr.Row():
                     left = gr.Dropdown([("original", "original")], value="original", label="wipe: left")
                     right = gr.Dropdown([("original", "original")], value="original", label="wipe: right")
@@ -106,9 +106,11 @@ def build_compare_tab(compare: Callable, stop: Callable, frame_view: Callable, p
                     cx = gr.Slider(0, 1, value=0.5, step=0.01, label="centre x")
                     cy = gr.Slider(0, 1, value=0.5, step=0.01, label="centre y")
                 gr.Markdown("Click the heatmap to move the zoom window there.")
-                zoomed = gr.Image(label="zoomed crop", format="png", interactive=False, elem_id="zoom")
+                zoomed = gr.Image(label="zoomed crop", format="png", interactive=False, show_label=False,
+                                  elem_id="zoom")
                 heat_codec = gr.Dropdown([("original", "original")], value="original", label="error heatmap of")
-                heat = gr.Image(label="error heatmap", format="png", interactive=False, elem_id="heatmap")
+                heat = gr.Image(label="error heatmap", format="png", interactive=False, show_label=False,
+                                elem_id="heatmap")
             with gr.Tab("Per-frame charts"):
                 metric = gr.Dropdown([(METRIC_NAMES[m], m) for m in METRIC_CHOICES], value="dists", label="metric")
                 chart = gr.Plot(label="per frame", elem_id="per-frame")

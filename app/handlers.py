@@ -36,6 +36,7 @@ METRIC_CHOICES = ("psnr", "psnr_y", "ms_ssim", "lpips", "dists")
 DEFAULT_FRAMES = 16
 DEFAULT_MAX_SIDE = 256
 NEURAL = ("diffvc", "condlc")
+PAIR_WIDTH = 480  # blind-test frames narrower than this are shown enlarged by a whole factor (nearest neighbour)
 
 
 class UserError(Exception):
@@ -329,7 +330,7 @@ class Studio:
             side_by_side=views.grid(tiles, columns=3),
             wipe=(frames[request.left][t], frames[request.right][t]),
             zoom=views.grid(zoom_tiles, columns=3),
-            heatmap=views.captioned(views.error_heatmap(frames["original"][t], frames[request.heat][t]),
+            heatmap=views.captioned(views.enlarged(views.error_heatmap(frames["original"][t], frames[request.heat][t])),
                                     f"|{labels[request.heat]} - original|, 0 (black) .. 64+ (yellow)"),
             caption=f"Frame {t} ({ftype}-frame). Wipe: **{_escape(labels[request.left])}** (left) | "
                     f"**{_escape(labels[request.right])}** (right).")
@@ -425,8 +426,9 @@ class Studio:
         return PairView(
             status=f"Frame {pair.frame} of one of your clips. Which looks better, **A** or **B**? "
                    "(Both cost about the same bits.)",
-            a=frames[pair.slug_a][pair.frame], b=frames[pair.slug_b][pair.frame],
-            reference=frames["original"][pair.frame] if show_reference else None)
+            a=views.enlarged(frames[pair.slug_a][pair.frame], PAIR_WIDTH),
+            b=views.enlarged(frames[pair.slug_b][pair.frame], PAIR_WIDTH),
+            reference=views.enlarged(frames["original"][pair.frame], PAIR_WIDTH) if show_reference else None)
 
     def vote(self, state: SessionState, choice: str, rater: str, comment: str, session: str) -> str:
         pair = state.pair

@@ -1,0 +1,134 @@
+"""The app's handlers without a server: requests in, views out; sessions, downloads, errors, the blind test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import EXAMPLE_CLIP, moving_clip
+
+from app.feedback import error_message
+from app.handlers import (
+    ClipRequest,
+    CompareRequest,
+    FrameRequest,
+    SessionState,
+    Studio,
+    StudioConfig,
+    SweepRequest,
+    UserError,
+)
+from codec.video import write_video
+
+
+def make_studio(tmp_path, pack="random-tiny") -> Studio:
+    return Studio(StudioConfig(pack=pack, results_dir=tmp_path / "comparisons", sessions_dir=tmp_path / "sessions",
+                               eval_cache=tmp_path / "eval-cache", db_path=tmp_path / "blind.sqlite",
+                               example_clip=EXAMPLE_CLIP))
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    """One comparison (DiffVC, TDIR off, x265 matched) of a 4-frame clip, shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("studio")
+    clip = write_video(moving_clip(frames=6, height=48, width=64), tmp / "upload.mp4", crf=4)
+    studio = make_studio(tmp)
+    state = SessionState()
+    request = CompareRequest(ClipRequest(str(clip), 1, 4, 256), qp=32, metrics=("psnr", "ms_ssim"))
+    view = studio.compare(request, state, "session-1")
+    return studio, state, view, clip
+
+
+def test_compare_view_has_every_part(ran):
+    studio, state, view, _ = ran
+    assert state.comparisons == [view.key]
+    assert list(view.table["codec"]) == ["DiffVC (TDIR on)", "DiffVC (TDIR off)", "x265"]
+    assert {"bytes", "bpp", "kbps", "PSNR-RGB", "MS-SSIM", "enc fps", "dec fps", "U-Net evals"} <= set(view.table)
+    assert view.table["kbps"].notna().all() and (view.table["bytes"] > 0).all()
+    assert "TDIR on against off" in view.tdir and view.frames == 4
+    names = sorted(p.rsplit("/", 1)[1] for p in view.files)
+    assert names == sorted(["diffvc.dvc", "diffvc.mp4", "diffvc-tdir-off.dvc", "diffvc-tdir-off.mp4", "x265.hevc",
+                            "x265.mp4", "results.csv", "results.json"])
+    root = studio.config.results_dir.resolve()
+    assert all(p.startswith(str(root)) for p in view.files)  # downloads only from the app's own folder
+    assert "upload" not in " ".join(view.files)  # the uploaded file's name never becomes a path
+
+
+def test_frame_view_images(ran):
+    studio, state, view, _ = ran
+    frame = studio.frame_view(FrameRequest(view.key, 2, "original", "x265", "diffvc", zoom=4, cx=0.9, cy=0.1), state)
+    left, right = frame.wipe
+    assert left.shape == right.shape == (48, 64, 3) and not np.array_equal(left, right)
+    assert frame.side_by_side.ndim == 3 and frame.zoom.ndim == 3 and frame.heatmap.shape[2] == 3
+    assert "Frame 2" in frame.caption
+    far = studio.frame_view(FrameRequest(view.key, 99), state)  # clamped to the last frame
+    assert "Frame 3" in far.caption
+
+
+def test_a_session_sees_only_its_own_comparisons(ran):
+    studio, _, view, _ = ran
+    with pytest.raises(UserError):
+        studio.frame_view(FrameRequest(view.key), SessionState())
+    with pytest.raises(UserError):
+        studio.new_pair(SessionState(), False)
+
+
+def test_second_run_comes_from_the_cache(ran):
+    studio, _, view, clip = ran
+    state = SessionState()
+    again = studio.compare(CompareRequest(ClipRequest(str(clip), 1, 4, 256), qp=32, metrics=("psnr", "ms_ssim")),
+                           state, "session-2")
+    assert again.key == view.key and "from the cache" in again.status
+
+
+def test_blind_pair_hides_names_until_the_vote(ran):
+    studio, state, _, _ = ran
+    view = studio.new_pair(state, show_reference=True)
+    assert view.a.shape == view.b.shape == view.reference.shape
+    assert "DiffVC" not in view.status and "x265" not in view.status
+    pair = state.pair
+    reveal = studio.vote(state, "A", "tester", "sharper", "session-1")
+    assert pair.label_a.replace("(", "\\(") in reveal or pair.label_a in reveal
+    assert state.pair is None
+    with pytest.raises(UserError):
+        studio.vote(state, "A", "tester", "", "session-1")  # one vote per pair
+    table = studio.blind_results()
+    assert table["votes"].sum() >= 1
+    assert studio.export_votes("session-1").endswith("blind-votes.csv")
+
+
+def test_bad_input_gives_a_clear_line(tmp_path):
+    studio = make_studio(tmp_path)
+    junk = tmp_path / "junk.mp4"
+    junk.write_text("not a video at all")
+    for clip in (ClipRequest(None), ClipRequest(str(junk)), ClipRequest(str(EXAMPLE_CLIP), frames=0),
+                 ClipRequest(str(EXAMPLE_CLIP), start=10**6, frames=2)):
+        with pytest.raises(Exception) as caught:
+            studio.compare(CompareRequest(clip), SessionState(), "s")
+        message = error_message(caught.value)
+        assert message.startswith("**Cannot run this:**") and "Traceback" not in message
+    assert "went wrong inside the app" in error_message(RuntimeError("boom"))
+
+
+def test_missing_pack_is_reported_and_anchors_still_run(tmp_path):
+    studio = make_studio(tmp_path, pack="no-such-pack")
+    usable, text = studio.pack_status()
+    assert not usable and "DiffVC is off" in text
+    rows = {row[0]: row[1] for row in studio.codec_rows()}
+    assert rows["x265"] == "usable" and rows["diffvc"].startswith("unusable")
+    clip = write_video(moving_clip(frames=2), tmp_path / "c.mp4", crf=4)
+    view = studio.compare(CompareRequest(ClipRequest(str(clip), 0, 2, 256), metrics=("psnr",)), SessionState(), "s")
+    assert list(view.table["codec"]) == ["x265"] and "DiffVC did not run" in view.status
+
+
+def test_sweep_writes_report_and_bd_rate(tmp_path):
+    studio = make_studio(tmp_path)
+    clip = write_video(moving_clip(frames=2), tmp_path / "c.mp4", crf=4)
+    state = SessionState()
+    request = SweepRequest(ClipRequest(str(clip), 0, 2, 256), codecs=("x264", "x265"), anchor_qps="22,27,32,37",
+                           metrics=("psnr",))
+    view = studio.sweep(request, state, "s")
+    assert list(view.bd_table["test"]) == ["x264"]  # against x265, the first
+    assert any(p.endswith("report.html") for p in view.files) and len(view.results) == 8
+    assert studio.sweep_figure("psnr", state) is not None
+    with pytest.raises(UserError):
+        studio.sweep(SweepRequest(request.clip, anchor_qps="a, b"), state, "s")

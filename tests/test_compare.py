@@ -1,0 +1,112 @@
+"""The comparison behind the app: bitrate matching, the result folder, the cache, stopping, clip loading."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import moving_clip
+
+from codec.errors import CodecError, VideoError
+from codec.eval.compare import (
+    CompareSettings,
+    ComparisonCancelled,
+    ComparisonStore,
+    capped_size,
+    load_clip,
+    match_bitrate,
+)
+from codec.registry import get_codec
+from codec.video import write_video
+
+FAST = {"pack": "random-tiny", "metrics": ("psnr",)}
+
+
+def test_capped_size_keeps_aspect_even_and_never_enlarges():
+    assert capped_size(1280, 720, 256) == (256, 144)
+    assert capped_size(720, 1280, 256) == (144, 256)
+    assert capped_size(100, 60, 256) == (100, 60)
+    w, h = capped_size(333, 199, 128)
+    assert w == 128 and h % 2 == 0 and abs(h - 199 * 128 / 333) <= 2
+
+
+def test_match_bitrate_finds_the_qp_that_made_the_target():
+    video = moving_clip(frames=3)
+    x265 = get_codec("x265")
+    target = x265.encode(video, 30).bpp(video)
+    match = match_bitrate(x265, video, target)
+    assert match.qp == 30 and match.reached
+    assert len(match.tried) <= 9  # bisection, not a scan of 52 QPs
+    rates = dict(match.tried)
+    assert all(rates[a] >= rates[b] for a, b in zip(sorted(rates), sorted(rates)[1:]))  # rate falls with QP
+
+
+def test_match_bitrate_out_of_reach_takes_the_nearest_end():
+    video = moving_clip(frames=2)
+    x265 = get_codec("x265")
+    high = match_bitrate(x265, video, 1000.0)
+    low = match_bitrate(x265, video, 1e-6)
+    assert (high.qp, low.qp) == (0, 51) and not high.reached and not low.reached
+
+
+def test_comparison_writes_its_folder_and_is_answered_from_disk(tmp_path):
+    video = moving_clip(frames=4)
+    store = ComparisonStore(tmp_path / "store")
+    settings = CompareSettings(qp=40, anchors=("x265", "x264"), **FAST)
+    seen = []
+    first = store.run(video, settings, source="clip.mp4", progress=lambda f, d: seen.append(f))
+    assert not first.cached and seen[-1] == 1.0 and seen == sorted(seen)
+    assert [r.slug for r in first.runs] == ["diffvc", "diffvc-tdir-off", "x265", "x264"]
+    for path in first.files():
+        assert path.is_file() and path.parent == first.folder
+    diffvc = first.run("diffvc")
+    assert (first.folder / diffvc.bitstream_file).stat().st_size == diffvc.row["bytes"]
+    assert first.run("x265").match["target_bpp"] == pytest.approx(diffvc.row["bpp"])
+    frames = first.frames()
+    assert frames["original"].shape == video.frames.shape and set(frames) == {"original", *(r.slug for r in first.runs)}
+    assert json.loads((first.folder / "results.json").read_text())[0]["label"] == "DiffVC (TDIR on)"
+    again = store.run(video, settings, source="clip.mp4")
+    assert again.cached and again.key == first.key and again.rows[0]["bpp"] == diffvc.row["bpp"]
+    other = store.run(video, CompareSettings(qp=41, anchors=(), tdir_contrast=False, **FAST))
+    assert other.key != first.key and not other.cached
+
+
+def test_a_stopped_comparison_leaves_nothing(tmp_path):
+    store = ComparisonStore(tmp_path / "store")
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(ComparisonCancelled):
+        store.run(moving_clip(frames=3), CompareSettings(anchors=("x265",), **FAST), stop=stop)
+    assert list((tmp_path / "store").iterdir()) == []
+
+
+def test_without_a_pack_the_anchors_still_run(tmp_path):
+    settings = CompareSettings(pack="no-such-pack", qp=60, anchors=("x265",), metrics=("psnr",))
+    comparison = ComparisonStore(tmp_path).run(moving_clip(frames=2), settings)
+    assert [r.slug for r in comparison.runs] == ["x265"]
+    assert comparison.runs[0].row["qp"] == 51  # the slider's QP, clipped to x265's range
+    assert "DiffVC did not run" in comparison.notes[0]
+
+
+def test_bad_settings_are_errors_for_a_person():
+    with pytest.raises(CodecError, match="unknown anchor"):
+        CompareSettings(anchors=("x266",))
+
+
+def test_load_clip_caps_size_and_rejects_what_is_not_a_video(tmp_path):
+    path = write_video(moving_clip(frames=6, height=48, width=64), tmp_path / "clip.mp4", crf=4)
+    video = load_clip(path, start=2, frames=3, max_side=32)
+    assert video.frames.shape == (3, 24, 32, 3) and video.frames.dtype == np.uint8
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"this is not a video" * 100)
+    with pytest.raises(VideoError, match="not a video"):
+        load_clip(junk)
+    with pytest.raises(VideoError, match="frames"):
+        load_clip(path, frames=100_000)
+    with pytest.raises(VideoError, match="no decodable frames"):
+        load_clip(path, start=50)
