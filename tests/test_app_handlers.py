@@ -132,3 +132,19 @@ def test_sweep_writes_report_and_bd_rate(tmp_path):
     assert studio.sweep_figure("psnr", state) is not None
     with pytest.raises(UserError):
         studio.sweep(SweepRequest(request.clip, anchor_qps="a, b"), state, "s")
+
+
+def test_stop_ends_a_run_at_its_next_step(tmp_path):
+    studio = make_studio(tmp_path)
+    clip = write_video(moving_clip(frames=3), tmp_path / "c.mp4", crf=4)
+    steps = []
+
+    def progress(fraction, desc=""):
+        steps.append(desc)
+        studio.stop("s")  # the Stop button, pressed while the run is going
+
+    with pytest.raises(Exception) as caught:
+        studio.compare(CompareRequest(ClipRequest(str(clip), 0, 3, 256), metrics=("psnr",)), SessionState(), "s",
+                       progress)
+    assert error_message(caught.value).startswith("**Stopped.**") and len(steps) == 1
+    assert not any((tmp_path / "comparisons").iterdir())
