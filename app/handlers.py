@@ -236,7 +236,8 @@ class Studio:
             qp=int(request.qp), tdir=bool(request.tdir), steps=int(request.steps), strength=float(request.strength),
             tdir_ratio=float(request.tdir_ratio), anchors=tuple(request.anchors),
             match_bitrate=bool(request.match_bitrate), tdir_contrast=bool(request.tdir_contrast),
-            pack=self.config.pack, metrics=tuple(m for m in METRIC_CHOICES if m in request.metrics))
+            pack=self.config.pack, metrics=tuple(m for m in METRIC_CHOICES if m in request.metrics),
+            device=_metric_device())
         stop = threading.Event()
         with self._lock:
             self._stops[session] = stop
@@ -367,7 +368,7 @@ class Studio:
         out = self._session_dir(session) / f"sweep-{len(list(self._session_dir(session).glob('sweep-*'))) + 1}"
         metrics = tuple(m for m in METRIC_CHOICES if m in request.metrics) or METRIC_CHOICES
         rows, paths = run_sweep(video, plans, out, self.config.eval_cache, source=source,
-                                start=int(request.clip.start), metrics=metrics,
+                                start=int(request.clip.start), metrics=metrics, device=_metric_device(),
                                 progress=(lambda f, d: progress(f, desc=d)) if progress else None)
         state.sweep_dir = str(out)
         present = metrics_present(rows)
@@ -465,6 +466,13 @@ def _load_frames(root: Path, key: str) -> dict[str, np.ndarray]:
     if comparison is None:
         raise UserError("This comparison is no longer on disk; run it again.")
     return comparison.frames()
+
+
+def _metric_device() -> str:
+    """Where the metrics run: the GPU when there is one (the neural codecs pick theirs with device=auto)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _first_metric(runs) -> str:

@@ -396,7 +396,8 @@ def _spec_value(value: Any) -> str:
 
 
 def run_sweep(video: Video, plans: Sequence[SweepPlan], out_dir: Path, cache_dir: Path, source: str = "",
-              start: int = 0, metrics: Sequence[str] | None = None, progress: Progress | None = None
+              start: int = 0, metrics: Sequence[str] | None = None, device: str = "cpu",
+              progress: Progress | None = None
               ) -> tuple[list[dict[str, Any]], dict[str, Path]]:
     """Every (codec, QP) of `plans` through the evaluation engine (cached: a rerun is instant), then the results
     table, BD-rate against the first plan, the HTML report and the RD plot written into `out_dir`."""
@@ -416,6 +417,6 @@ def run_sweep(video: Video, plans: Sequence[SweepPlan], out_dir: Path, cache_dir
                 progress((offset + done) / total, label)
 
         request = EvalRequest(video=video, specs=[plan.spec], qps=sorted(set(plan.qps)), source=source, start=start,
-                              metrics=tuple(metrics or METRICS), cache_dir=cache_dir)
+                              metrics=tuple(metrics or METRICS), device=device, cache_dir=cache_dir)
         rows += evaluate(request, tick)
     return rows, write_results(rows, out_dir)
