@@ -527,7 +527,7 @@ class IntraLatentCodecConfig:
     def tiny(cls, latent_channels: int = 192) -> IntraLatentCodecConfig:
         """[I] For a 2-core CPU: PixelUnshuffle(8) latent coded by the block-transform skeleton (y = 192 channels at
         1/8 of the frame, hidden width 64, z at 1/32), docs/DESIGN-NOTES.md."""
-        return cls(latent_channels=latent_channels, y_channels=latent_channels, transform="block", qp_init_range=24.0)
+        return cls(latent_channels=latent_channels, y_channels=latent_channels, transform="block", qp_init_range=64.0)
 
     @classmethod
     def full(cls, latent_channels: int = 4) -> IntraLatentCodecConfig:
@@ -642,7 +642,7 @@ class ContextualLatentCodecConfig:
     def tiny(cls, latent_channels: int = 192) -> ContextualLatentCodecConfig:
         """[I] For a 2-core CPU: PixelUnshuffle(8) latent coded by the block-transform skeleton against the
         motion-compensated prediction (y = 192 channels at 1/8, contexts 64/64/96), docs/DESIGN-NOTES.md."""
-        return cls(latent_channels=latent_channels, y_channels=latent_channels, transform="block", qp_init_range=24.0)
+        return cls(latent_channels=latent_channels, y_channels=latent_channels, transform="block", qp_init_range=64.0)
 
     @classmethod
     def full(cls, latent_channels: int = 4) -> ContextualLatentCodecConfig:
@@ -794,9 +794,7 @@ def _start_as_transform_coder(codec: HyperpriorCodec) -> None:
         start_prior_flat(getattr(codec, "prior_head", None) or codec.prior_fusion)
 
 
-INITIAL_SCALE = 4.0  # a skeleton codec's first Gaussian scale, in quantization steps
-
-
+INITIAL_SCALE = 1.0  # a skeleton codec's first Gaussian scale, in quantization steps
 def start_prior_flat(prior_head: nn.Module, scale: float = INITIAL_SCALE) -> None:
     """Make a prior head whose output is [means; scales] (2M channels) start at means 0 and scales `scale`: an
     untrained codec then codes with one fixed model, and its rate falls as the QP rises, from the first step."""

@@ -174,7 +174,7 @@ def run_stage(stage_name: str, build_model: Callable[[], DiffVCModel], dataset: 
     record = dict(record or {})
     stage = make_stage(stage_name, model, options, settings.seed, accelerator.process_index)
     params = stage.trainable_parameters()
-    optimizer = torch.optim.Adam(params, lr=settings.lr)
+    optimizer = torch.optim.Adam(stage.parameter_groups(settings.lr), lr=settings.lr)
 
     # 2. Data that continues where the checkpoint stopped.
     remaining = max(0, settings.steps - step)
@@ -187,9 +187,12 @@ def run_stage(stage_name: str, build_model: Callable[[], DiffVCModel], dataset: 
     stage, optimizer, loader = accelerator.prepare(stage, optimizer, loader)
     last_logged: list[dict[str, float]] = []
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except ValueError as e:  # a checkpoint from before the parameter groups: keep the weights, new moments
+            say(f"optimizer state not resumed ({e}); Adam starts afresh from the checkpoint's weights")
         for group in optimizer.param_groups:  # this session's lr, e.g. a lower one to finish a long run
-            group["lr"] = settings.lr
+            group["lr"] = settings.lr * group.get("lr_scale", 1.0)
         set_rng_state(checkpoint["rng"])
         trim_log(out / LOG_FILE, step)
         last_logged = read_log(out / LOG_FILE)[-1:]

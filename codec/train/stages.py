@@ -35,9 +35,10 @@ import torch
 from torch import Tensor, nn
 
 from codec.diffvc.diffusion import TDIRSampler, noise_seed
+from codec.diffvc.entropy import FactorizedPrior
 from codec.diffvc.model import DiffVCModel, code_p_frame, diffusion_condition
 from codec.diffvc.motion import DISFlow, endpoint_error
-from codec.diffvc.qp import QP_MAX, QP_MIN
+from codec.diffvc.qp import QP_MAX, QP_MIN, QPScales
 from codec.errors import CodecError
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
 # Rate-distortion trade-off
 # --------------------------------------------------------------------------------------------------------------
 
+RATE_LR_SCALE = 20.0  # learning-rate factor of the rate-control parameters (`TrainingStage.parameter_groups`)
 LAMBDA_AT_QP_MIN = 2048.0  # QP 0: finest quantization
 LAMBDA_AT_QP_MAX = 16.0  # QP 63: coarsest
 P_FRAME_WEIGHTS = (0.5, 1.2, 0.5, 0.9)  # DCVC-DC's hierarchical quality weights, cycling over the P-frames
@@ -231,6 +233,21 @@ class TrainingStage(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        """Adam's parameter groups: the rate-control parameters (per-QP quantization scales, factorized priors: a
+        few thousand numbers that set the step sizes and the hyper-latents' cost) learn RATE_LR_SCALE times faster
+        than the networks; at the networks' rate they moved by about 1.35x in 600 steps, too slow to find the
+        rates. Each group keeps its `lr_scale`, so a resumed run can set a new base rate."""
+        fast_ids = {id(p) for m in self.model.modules() if isinstance(m, (QPScales, FactorizedPrior))
+                    for p in m.parameters()}
+        params = self.trainable_parameters()
+        groups = [{"params": [p for p in params if id(p) not in fast_ids], "lr_scale": 1.0},
+                  {"params": [p for p in params if id(p) in fast_ids], "lr_scale": RATE_LR_SCALE}]
+        groups = [g for g in groups if g["params"]]
+        for group in groups:
+            group["lr"] = lr * group["lr_scale"]
+        return groups
 
     def train(self, mode: bool = True) -> TrainingStage:
         super().train(mode)
