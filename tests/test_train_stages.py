@@ -28,6 +28,7 @@ from codec.registry import get_codec
 from codec.train import cli
 from codec.train.loop import LoopSettings, collate_clips, load_checkpoint, read_log, run_stage
 from codec.train.stages import (
+    RATE_LR_SCALE,
     CodecStage,
     StageOptions,
     code_sequence,
@@ -308,3 +309,16 @@ def test_cli_chains_codec_then_diffusion_through_packs(tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("inter."))  # the codec stayed frozen
     with pytest.raises(SystemExit):
         parse(["codec", "--out", str(tmp_path)])  # --data is required
+
+
+def test_rate_control_parameters_learn_faster_and_every_parameter_is_trained_once():
+    stage = CodecStage(tiny_model())
+    groups = stage.parameter_groups(1e-3)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in stage.trainable_parameters())  # each once
+    fast = next(g for g in groups if g["lr_scale"] == RATE_LR_SCALE)
+    assert fast["lr"] == pytest.approx(1e-3 * RATE_LR_SCALE)
+    scales = {id(p) for p in stage.model.inter.qp_scales.parameters()} | {
+        id(p) for p in stage.model.intra.hyperprior.prior.parameters()}
+    assert scales <= {id(p) for p in fast["params"]}
+    assert len(fast["params"]) < len(ids) / 4  # a few small tensors, not the networks
