@@ -85,6 +85,26 @@ def test_a_stopped_comparison_leaves_nothing(tmp_path):
     assert list((tmp_path / "store").iterdir()) == []
 
 
+def test_progress_moves_with_every_diffvc_frame_and_stop_acts_between_frames(tmp_path):
+    store = ComparisonStore(tmp_path / "store")
+    seen: list[tuple[float, str]] = []
+    settings = CompareSettings(anchors=(), tdir_contrast=False, **FAST)
+    store.run(moving_clip(frames=4), settings, progress=lambda f, what: seen.append((f, what)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert [w for _, w in seen if "frame" in w][-8:] == [f"DiffVC (TDIR on): {phase}d frame {i} of 4"
+                                                         for phase in ("encode", "decode") for i in range(1, 5)]
+
+    messages: list[str] = []
+
+    def stop() -> bool:  # stop once the second frame has been encoded (the warm-up codes 2 frames unreported)
+        return any("encoded frame 2 of" in m for m in messages)
+
+    with pytest.raises(ComparisonCancelled):
+        store.run(moving_clip(frames=4, seed=9), settings, progress=lambda f, what: messages.append(what), stop=stop)
+    assert not any("frame 3 of" in m for m in messages)  # stopped inside the encoder, between two frames
+
+
 def test_without_a_pack_the_anchors_still_run(tmp_path):
     settings = CompareSettings(pack="no-such-pack", qp=60, anchors=("x265",), metrics=("psnr",))
     comparison = ComparisonStore(tmp_path).run(moving_clip(frames=2), settings)

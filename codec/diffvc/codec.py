@@ -24,6 +24,7 @@ from codec.bitstream import CODEC_IDS, MAGIC, FrameUnit, StreamHeader, read_stre
 from codec.diffvc import QP_MAX, QP_MIN
 from codec.diffvc.pack import PackInfo, find_packs, pack_info, resolve_pack
 from codec.errors import BitstreamError, CodecError, CodecUnavailableError, VideoError
+from codec.progress import report_frame
 from codec.registry import CodecBase, Encoded, options_dict, register_codec
 from codec.video import DEFAULT_LIMITS, Video, crop, frames_to_tensor, pad_to_multiple, tensor_to_frames
 
@@ -198,6 +199,7 @@ class NeuralCodecBase(CodecBase):
                 units.append(FrameUnit(ftype, fqp, tuple(strings)))
                 recon.append(crop(tensor_to_frames(result.frame), size_hw)[0])
                 evals.append(result.unet_evals)
+                report_frame("encode", t + 1, video.num_frames)
         encode_s = time.perf_counter() - start
         bitstream = write_stream(header, units)
         return Encoded(
@@ -248,6 +250,7 @@ class NeuralCodecBase(CodecBase):
             except (ValueError, RuntimeError) as e:
                 raise BitstreamError(f"frame {t}: cannot be decoded ({e})") from None
             frames.append(crop(tensor_to_frames(result.frame), size_hw)[0])
+            report_frame("decode", t + 1, len(units))
         return Video(np.stack(frames), Fraction(header.fps_num, header.fps_den))
 
     def _check_stream(self, header: StreamHeader, info: PackInfo) -> None:

@@ -35,6 +35,7 @@ import numpy as np
 
 from codec.errors import CodecError, VideoError
 from codec.eval.cache import cache_key
+from codec.progress import frame_progress
 from codec.video import DEFAULT_LIMITS, Video, VideoLimits, read_video
 
 ANCHORS = ("x265", "condlc", "x264", "av1")
@@ -329,8 +330,16 @@ def _run(video: Video, settings: CompareSettings, key: str, folder: Path, source
         report(0, f"{label}: warm-up (QP {qp})")
         warm_up(codec, video, qp)
         report(1, f"{label}: encoding and decoding {video.num_frames} frames, then metrics")
-        result = measure(codec, video, qp, settings.metrics, settings.device, spec=label)
-        report(3, f"{label}: done, {result.row['bpp']:.4f} bpp")
+
+        reported = [0.0]  # of the 3 steps of encode + decode + metrics, those the codec's frames reported
+
+        def per_frame(phase: str, frame: int, frames: int, label: str = label, reported: list = reported) -> None:
+            reported[0] += 1 / frames  # encode and decode: one step each (codecs that report frames: DiffVC)
+            report(1 / frames, f"{label}: {phase}d frame {frame} of {frames}")
+
+        with frame_progress(per_frame):
+            result = measure(codec, video, qp, settings.metrics, settings.device, spec=label)
+        report(3 - reported[0], f"{label}: done, {result.row['bpp']:.4f} bpp")
         if role == "diffvc":
             target = result.row["bpp"]
         if match is not None and not match.reached:

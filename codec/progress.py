@@ -1,0 +1,34 @@
+"""Per-frame progress of long codec runs, reported to whoever is listening (the app's progress bar), if anyone.
+
+A context variable rather than a parameter of `VideoCodec.encode`/`decode`: the codec contract stays as it is,
+codecs that report (DiffVC, whose frames take a second each on a CPU) call `report_frame`, and a listener set in one
+thread or request never hears another's frames. A listener may raise (e.g. to stop a job): the exception leaves the
+codec between two frames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+
+FrameListener = Callable[[str, int, int], None]  # (phase "encode" | "decode", frames done, frames in all)
+
+_LISTENER: contextvars.ContextVar[FrameListener | None] = contextvars.ContextVar("frame_listener", default=None)
+
+
+@contextlib.contextmanager
+def frame_progress(listener: FrameListener) -> Iterator[None]:
+    """Send `report_frame` calls made inside the block (in this thread or task) to `listener`."""
+    token = _LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
+
+
+def report_frame(phase: str, done: int, total: int) -> None:
+    """Called by a codec after each frame; does nothing when nobody listens."""
+    listener = _LISTENER.get()
+    if listener is not None:
+        listener(phase, done, total)
