@@ -4,6 +4,9 @@
     DIFFVC_STUDIO_PACK=random-tiny python app.py     # a model pack by name or folder ("" = the embedded default)
     DIFFVC_STUDIO_DATA=<folder>, DIFFVC_STUDIO_JOBS=<heavy jobs at once, default 1>,
     DIFFVC_STUDIO_THREADS=<torch threads, default: cores - 1, leaving one to the server and the encoders>
+    DIFFVC_STUDIO_MAX_UPLOAD=<largest upload, default 500mb>, DIFFVC_STUDIO_TIME_LIMIT=<seconds per heavy job,
+    default 900>, DIFFVC_STUDIO_MAX_PIXELS=<frames x width x height per job, default 4e7>; the reader's own limits:
+    DIFFVC_MAX_WIDTH / _HEIGHT (8192), DIFFVC_MAX_FRAMES (10000), DIFFVC_MAX_DECODE_S (300)
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def create(environ=os.environ):
     torch.set_num_threads(int(environ.get("DIFFVC_STUDIO_THREADS") or max(1, (os.cpu_count() or 2) - 1)))
     demo = build_app(Studio(config), max_jobs=jobs).queue(max_size=16, default_concurrency_limit=4)
     return demo, {"allowed_paths": [str(config.results_dir), str(config.sessions_dir)], "show_error": False,
-                  "max_file_size": "500mb", "css": CSS}
+                  "max_file_size": environ.get("DIFFVC_STUDIO_MAX_UPLOAD") or "500mb", "css": CSS}
 
 
 if __name__ == "__main__":

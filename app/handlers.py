@@ -11,9 +11,11 @@ downloads are only ever paths inside the app's own result folders.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -39,8 +41,16 @@ NEURAL = ("diffvc", "condlc")
 PAIR_WIDTH = 480  # blind-test frames narrower than this are shown enlarged by a whole factor (nearest neighbour)
 
 
+DEFAULT_TIME_LIMIT_S = 900.0  # per heavy job (comparison, sweep); DIFFVC_STUDIO_TIME_LIMIT
+DEFAULT_MAX_PIXELS = 40_000_000  # frames x width x height of a job's clip after the size cap; DIFFVC_STUDIO_MAX_PIXELS
+
+
 class UserError(Exception):
     """Something the person can fix (no clip chosen, a bad QP list): shown as it is."""
+
+
+class JobTimeLimit(UserError):
+    """A heavy job ran past the per-job time limit and was stopped at its next step."""
 
 
 @dataclass(frozen=True)
@@ -54,16 +64,21 @@ class StudioConfig:
     eval_cache: Path
     db_path: Path
     example_clip: Path
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S  # a heavy job is stopped at its first step after this
+    max_pixels: int = DEFAULT_MAX_PIXELS  # frames x W x H of a job's clip (after the size cap)
 
     @classmethod
     def from_env(cls, environ: dict[str, str], repo: Path) -> StudioConfig:
-        """DIFFVC_STUDIO_PACK, DIFFVC_STUDIO_DATA (default: <cache root>/studio)."""
+        """DIFFVC_STUDIO_PACK, DIFFVC_STUDIO_DATA (default: <cache root>/studio), DIFFVC_STUDIO_TIME_LIMIT (seconds
+        per heavy job, default 900), DIFFVC_STUDIO_MAX_PIXELS (frames x width x height per job, default 4e7)."""
         from codec.weights import cache_root
 
         data = Path(environ.get("DIFFVC_STUDIO_DATA") or cache_root() / "studio")
         return cls(pack=environ.get("DIFFVC_STUDIO_PACK", ""), results_dir=data / "comparisons",
                    sessions_dir=data / "sessions", eval_cache=cache_root() / "eval-cache",
-                   db_path=data / "blind.sqlite", example_clip=repo / "assets" / "clips" / "bigbuckbunny.mp4")
+                   db_path=data / "blind.sqlite", example_clip=repo / "assets" / "clips" / "bigbuckbunny.mp4",
+                   time_limit_s=_positive(environ, "DIFFVC_STUDIO_TIME_LIMIT", DEFAULT_TIME_LIMIT_S, float),
+                   max_pixels=_positive(environ, "DIFFVC_STUDIO_MAX_PIXELS", DEFAULT_MAX_PIXELS, int))
 
 
 @dataclass
@@ -231,6 +246,7 @@ class Studio:
         """Run (or fetch from disk) the comparison; the session now owns it."""
         from codec.eval.compare import CompareSettings, ComparisonStore
 
+        deadline = time.monotonic() + self.config.time_limit_s
         video, source = self._load_clip(request.clip)
         settings = CompareSettings(
             qp=int(request.qp), tdir=bool(request.tdir), steps=int(request.steps), strength=float(request.strength),
@@ -244,7 +260,8 @@ class Studio:
         try:
             comparison = ComparisonStore(self.config.results_dir).run(
                 video, settings, source=source, start=int(request.clip.start),
-                progress=(lambda f, d: progress(f, desc=d)) if progress else None, stop=stop.is_set)
+                progress=(lambda f, d: progress(f, desc=d)) if progress else None,
+                stop=lambda: self._past(deadline) or stop.is_set())
         finally:
             with self._lock:
                 self._stops.pop(session, None)
@@ -269,13 +286,29 @@ class Studio:
             files=[str(p) for p in self._safe_files(comparison.files())], frames=int(clip["frames"]), codecs=codecs,
             per_frame_figure=views.per_frame_figure(runs, _first_metric(runs)))
 
+    def _past(self, deadline: float) -> bool:
+        """False before `deadline`; after it, JobTimeLimit (the job's stop check calls this at every step)."""
+        if time.monotonic() > deadline:
+            raise JobTimeLimit(f"this job ran past the time limit of {self.config.time_limit_s:g} s and was stopped; "
+                               "nothing was kept. Try fewer frames, a smaller size cap or fewer anchors.")
+        return False
+
+    def _limits(self):
+        """The reader's limits for one job: the library's, with this app's pixel budget and time limit."""
+        from codec.video import DEFAULT_LIMITS
+
+        return dataclasses.replace(
+            DEFAULT_LIMITS, max_total_pixels=min(DEFAULT_LIMITS.max_total_pixels, self.config.max_pixels),
+            max_decode_s=min(DEFAULT_LIMITS.max_decode_s, self.config.time_limit_s))
+
     def _load_clip(self, clip: ClipRequest):
         from codec.eval.compare import load_clip
 
         if not clip.path:
             raise UserError("Choose a clip first: upload one, or pick the example below the upload box.")
         path = Path(clip.path)
-        video = load_clip(path, start=int(clip.start), frames=int(clip.frames), max_side=int(clip.max_side))
+        video = load_clip(path, start=int(clip.start), frames=int(clip.frames), max_side=int(clip.max_side),
+                          limits=self._limits())
         return video, _display_name(path.name)
 
     def _safe_files(self, paths: list[Path]) -> list[Path]:
@@ -354,6 +387,7 @@ class Studio:
 
         if not request.codecs:
             raise UserError("Choose at least one codec for the sweep.")
+        deadline = time.monotonic() + self.config.time_limit_s
         video, source = self._load_clip(request.clip)
         anchor_qps, neural_qps = _qps(request.anchor_qps, "anchor"), _qps(request.neural_qps, "DiffVC / condlc")
         ordered = [c for c in SWEEP_CODECS if c in request.codecs]
@@ -369,7 +403,7 @@ class Studio:
         metrics = tuple(m for m in METRIC_CHOICES if m in request.metrics) or METRIC_CHOICES
         rows, paths = run_sweep(video, plans, out, self.config.eval_cache, source=source,
                                 start=int(request.clip.start), metrics=metrics, device=_metric_device(),
-                                progress=(lambda f, d: progress(f, desc=d)) if progress else None)
+                                progress=lambda f, d: (self._past(deadline), progress and progress(f, desc=d)))
         state.sweep_dir = str(out)
         present = metrics_present(rows)
         table = bd_rate_table(rows, present)
@@ -485,7 +519,8 @@ def _first_metric(runs) -> str:
 def _api_row(run) -> dict[str, Any]:
     row = run.row
     keep = ("codec", "spec", "qp", "frames", "width", "height", "bytes", "bpp", *METRIC_CHOICES, "enc_s", "dec_s",
-            "enc_fps", "dec_fps", "unet_evals", "frame_types", "timings", "params")
+            "enc_fps", "dec_fps", "unet_evals", "frame_types", "timings", "params", "clip_hash", "sha256",
+            "recon_match")
     return {"label": run.label, "role": run.role, **{k: row.get(k) for k in keep},
             "matched": run.match, "per_frame": row.get("per_frame")}
 
@@ -500,6 +535,19 @@ def _qps(text: str, what: str) -> tuple[int, ...]:
     if len(values) > 12:
         raise UserError(f"at most 12 {what} QPs per sweep")
     return values
+
+
+def _positive(environ, name: str, default, kind):
+    text = (environ.get(name) or "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(float(text))
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {text!r}")
+    return value
 
 
 def _display_name(name: str) -> str:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import re
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -25,13 +29,39 @@ WRITE_FORMATS = (".mp4", ".y4m")
 
 @dataclass(frozen=True)
 class VideoLimits:
-    """What a reader accepts before it allocates: per-frame size, frame count and total pixels."""
+    """What a reader accepts before it allocates: per-frame size, frame count, total pixels and decoding time.
 
-    max_width: int = 4096
-    max_height: int = 4096
+    The frame size is checked against what the file declares (the decoder allocates that much per frame, whatever
+    size the frames are resized to afterwards) and against every decoded frame. `max_frames` also bounds the
+    frames decoded to reach `start`. Defaults: 8192x8192 (8K), 10,000 frames, 10^9 pixels (about 3 GB of RGB),
+    300 s of decoding; each can be set by an environment variable (`from_env`).
+    """
+
+    max_width: int = 8192
+    max_height: int = 8192
     min_side: int = 2
     max_frames: int = 10_000
     max_total_pixels: int = 1_000_000_000  # frames x width x height: about 3 GB of RGB
+    max_decode_s: float = 300.0
+
+    ENV = {"max_width": "DIFFVC_MAX_WIDTH", "max_height": "DIFFVC_MAX_HEIGHT", "max_frames": "DIFFVC_MAX_FRAMES",
+           "max_total_pixels": "DIFFVC_MAX_PIXELS", "max_decode_s": "DIFFVC_MAX_DECODE_S"}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> VideoLimits:
+        """The defaults, overridden by DIFFVC_MAX_WIDTH, _HEIGHT, _FRAMES, _PIXELS (frames x W x H), _DECODE_S."""
+        values = {}
+        for name, var in cls.ENV.items():
+            text = environ.get(var, "").strip()
+            if text:
+                try:
+                    value = float(text) if name == "max_decode_s" else int(text)
+                except ValueError:
+                    raise VideoError(f"{var} must be a number, got {text!r}") from None
+                if value <= 0:
+                    raise VideoError(f"{var} must be positive, got {text!r}")
+                values[name] = value
+        return cls(**values)
 
     def check_size(self, width: int, height: int) -> None:
         if width < self.min_side or height < self.min_side:
@@ -41,6 +71,12 @@ class VideoLimits:
                 f"video is {width}x{height}: larger than the limit {self.max_width}x{self.max_height}; "
                 "pass a smaller size (e.g. --size 1280x720)"
             )
+
+    def check_declared(self, width: int, height: int) -> None:
+        """The frame size a file declares, before its decoder allocates a frame of it."""
+        if width > self.max_width or height > self.max_height:
+            raise VideoError(f"the file declares frames of {width}x{height}: larger than the limit "
+                             f"{self.max_width}x{self.max_height} that this reader decodes")
 
     def check_count(self, frames: int, width: int, height: int) -> None:
         if frames > self.max_frames:
@@ -52,7 +88,7 @@ class VideoLimits:
             )
 
 
-DEFAULT_LIMITS = VideoLimits()
+DEFAULT_LIMITS = VideoLimits.from_env(os.environ)
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,33 +197,45 @@ def read_video(
         raise VideoError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise VideoError(f"{path.name}: the file is empty")
+    if start >= limits.max_frames:
+        raise VideoError(f"start frame {start} is beyond the limit of {limits.max_frames} frames")
     if size is not None:
         limits.check_size(*size)
     try:
-        container = av.open(str(path), mode="r")
+        # max_pixels bounds the frames FFmpeg allocates while probing the stream (it decodes to find its
+        # parameters): a 1 KB file declaring 16000x16000 otherwise costs 2 GB before we see its size
+        container = av.open(str(path), mode="r", options={"max_pixels": str(limits.max_width * limits.max_height)})
     except (av.FFmpegError, ValueError, OSError, UnicodeDecodeError) as e:
-        raise VideoError(f"{path.name}: not a video file that can be read ({_reason(e)})") from None
+        raise VideoError(f"{path.name}: not a video file that can be read ({_reason(e, path)})") from None
     with container:
         if not container.streams.video:
             raise VideoError(f"{path.name}: the file has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         declared = (stream.codec_context.width, stream.codec_context.height)
-        if size is None and all(declared):
-            limits.check_size(*declared)
+        if all(declared):  # checked even when resizing: the decoder allocates frames of the declared size
+            limits.check_declared(*declared)
+            if size is None:
+                limits.check_size(*declared)
         fps = _stream_fps(stream)
-        rgb = _decode_frames(container, stream, path.name, start, frames, size, limits)
+        rgb = _decode_frames(container, stream, path, start, frames, size, limits)
     if not rgb:
         where = f" at or after frame {start}" if start else ""
         raise VideoError(f"{path.name}: the video stream has no decodable frames{where}")
     return Video(np.stack(rgb), fps)
 
 
-def _decode_frames(container, stream, name, start, frames, size, limits) -> list[np.ndarray]:
+def _decode_frames(container, stream, path, start, frames, size, limits) -> list[np.ndarray]:
     out: list[np.ndarray] = []
     index = 0
+    name = path.name
+    began = time.monotonic()
     try:
         for frame in container.decode(stream):
+            if time.monotonic() - began > limits.max_decode_s:
+                raise VideoError(f"{name}: decoding took longer than the limit of {limits.max_decode_s:g} s "
+                                 f"(at frame {index}); choose an earlier start, fewer frames or a smaller file")
+            limits.check_declared(frame.width, frame.height)  # a stream may change size after its header
             if index >= start:
                 if size is None:
                     size = (frame.width, frame.height)
@@ -199,8 +247,8 @@ def _decode_frames(container, stream, name, start, frames, size, limits) -> list
             index += 1
     except (av.FFmpegError, ValueError, OSError) as e:
         if not out:
-            raise VideoError(f"{name}: the video stream cannot be decoded ({_reason(e)})") from None
-        log.warning("%s: decoding stopped after %d frames: %s", name, len(out), _reason(e))
+            raise VideoError(f"{name}: the video stream cannot be decoded ({_reason(e, path)})") from None
+        log.warning("%s: decoding stopped after %d frames: %s", name, len(out), _reason(e, path))
     return out
 
 
@@ -211,9 +259,12 @@ def _stream_fps(stream) -> Fraction:
     return DEFAULT_FPS
 
 
-def _reason(e: Exception) -> str:
+def _reason(e: Exception, path: Path | None = None) -> str:
+    """FFmpeg's first line, without the file's full path (an upload's server-side folder is nobody's business)."""
     text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:200]
+    if path is not None:
+        text = text.replace(str(path), path.name)
+    return re.sub(r"(/[^/\s:'\"]+)+/([^/\s:'\"]+)", r"\2", text.splitlines()[0])[:200]
 
 
 # --- writing ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ This is what the app's Compare tab runs, as a library:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -75,6 +76,7 @@ def load_clip(path: str | Path, start: int = 0, frames: int = 16, max_side: int 
         raise VideoError(f"size cap must be {MAX_SIDE_RANGE[0]}..{MAX_SIDE_RANGE[1]} pixels, got {max_side}")
     first = read_video(path, start=start, frames=1, limits=limits)
     size = capped_size(first.width, first.height, max_side)
+    limits.check_count(frames, *size)  # the budget, before decoding the rest
     return read_video(path, start=start, frames=frames, size=size, limits=limits)
 
 
@@ -346,7 +348,8 @@ def _run(video: Video, settings: CompareSettings, key: str, folder: Path, source
             notes.append(f"{label} cannot reach DiffVC's {match.target_bpp:.4f} bpp within its QP range "
                          f"{codec.qp_range[0]}..{codec.qp_range[1]}: closest is QP {match.qp} at {match.bpp:.4f} bpp.")
         row = result.row
-        row.update(source=source, start=start, clip_hash=video.content_hash(), label=label, role=role)
+        row.update(source=source, start=start, clip_hash=video.content_hash(), label=label, role=role,
+                   sha256=hashlib.sha256(result.encoded.bitstream).hexdigest())
         bitstream_file = f"{slug}{BITSTREAM_SUFFIX[name]}"
         decoded_file = f"{slug}.mp4"
         (folder / bitstream_file).write_bytes(result.encoded.bitstream)
