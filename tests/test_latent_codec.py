@@ -18,6 +18,7 @@ from codec.diffvc.latent_codec import (
     IntraLatentCodec,
     IntraLatentCodecConfig,
     LatentCodingOutput,
+    block_transform_matrix,
     real_bits,
 )
 from codec.diffvc.motion import DISFlow, MotionCodec, MotionCodecConfig
@@ -375,3 +376,15 @@ def test_configs_round_trip_through_dicts() -> None:
             assert cls.from_dict(json.loads(json.dumps(asdict(config)))) == config
     with pytest.raises(ValueError):
         IntraLatentCodecConfig.from_dict({"latent_channel": 4})
+
+
+def test_block_transform_is_orthonormal_and_puts_flat_grey_in_one_coefficient():
+    """The tiny preset's skeleton: JPEG-like, an orthonormal colour transform Kronecker the 8x8 DCT-II."""
+    transform = block_transform_matrix(192)
+    torch.testing.assert_close(transform @ transform.T, torch.eye(192), atol=1e-5, rtol=0)
+    grey = PixelUnshuffleLatent(LatentSpaceConfig()).encode(torch.full((1, 3, 8, 8), 0.75))[0, :, 0, 0]  # [192]
+    coefficients = transform @ grey
+    assert coefficients.abs().argmax() == 0  # the luma-like DC
+    torch.testing.assert_close(coefficients[1:], torch.zeros(191), atol=1e-5, rtol=0)
+    torch.testing.assert_close(coefficients[0], torch.tensor(0.5 * 8 * 3**0.5))  # value 0.5 in [-1, 1], 64 px, 3 colours
+    assert torch.equal(block_transform_matrix(100), torch.eye(100))  # not a PixelUnshuffle(8) latent: identity

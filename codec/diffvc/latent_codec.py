@@ -402,27 +402,31 @@ class LatentSynthesis(nn.Module):
         return self.head(feature), feature
 
 
-def block_transform_matrix(factor: int = 8, colours: int = 3) -> Tensor:
-    """The orthonormal [C, C] transform (C = colours * factor**2) of a PixelUnshuffle(factor) latent: an orthonormal
-    colour transform (luma-like sum, two opponent differences) Kronecker a 2-D DCT-II of each factor x factor block.
+def block_transform_matrix(channels: int, factor: int = 8) -> Tensor:
+    """The orthonormal [C, C] transform of a PixelUnshuffle(factor) latent with C = `channels`: for RGB (C = 3 *
+    factor**2) an orthonormal colour transform (a luma-like sum, two opponent differences) Kronecker the 2-D DCT-II of
+    each factor x factor block; for other multiples of factor**2 the DCT of each plane; otherwise the identity.
 
     Rows index output coefficients (colour * factor**2 + u * factor + v), columns PixelUnshuffle's channel order
-    (colour * factor**2 + row * factor + col). Orthonormal, so its transpose inverts it (JPEG's transform, with the
-    colour matrix made orthonormal so that coefficient errors are pixel errors).
+    (colour * factor**2 + row * factor + col). Orthonormal, so its transpose inverts it: JPEG's transform, with the
+    colour matrix made orthonormal so that coefficient errors are pixel errors.
     """
+    planes, rest = divmod(channels, factor**2)
+    if rest:
+        return torch.eye(channels)
     n = torch.arange(factor, dtype=torch.float64)
     dct = torch.cos(math.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * factor)) * math.sqrt(2 / factor)
     dct[0] /= math.sqrt(2)
-    colour = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, -1.0], [1.0, -2.0, 1.0]], dtype=torch.float64)
-    colour = colour / colour.norm(dim=1, keepdim=True)
-    if colours != 3:
-        colour = torch.eye(colours, dtype=torch.float64)
+    colour = torch.eye(planes, dtype=torch.float64)
+    if planes == 3:
+        colour = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, -1.0], [1.0, -2.0, 1.0]], dtype=torch.float64)
+        colour = colour / colour.norm(dim=1, keepdim=True)
     return torch.kron(colour, torch.kron(dct, dct)).float()
 
 
 class BlockTransformAnalysis(nn.Module):
     """y = gain * T (l_t - p) + g(l_t - p, C1): a transform-coding skeleton plus a learned correction, at the latent's
-    resolution (tiny preset; the choice and why: docs/DESIGN-NOTES.md, "Latent codecs of the tiny preset").
+    resolution (tiny preset; the choice and why: docs/DESIGN-NOTES.md, "The tiny preset").
 
     T: `block_transform_matrix` (an orthonormal block DCT of the PixelUnshuffle latent, fixed); p: the
     motion-compensated prediction of the latent (contexts.prediction; zero for intra). g: conv -> residual blocks ->
@@ -433,8 +437,7 @@ class BlockTransformAnalysis(nn.Module):
     def __init__(self, latent_channels: int, c1: int, hidden: int, gain: float) -> None:
         super().__init__()
         self.gain = gain
-        self.register_buffer("transform", block_transform_matrix(colours=latent_channels // 64)
-                             if latent_channels % 64 == 0 else torch.eye(latent_channels), persistent=False)
+        self.register_buffer("transform", block_transform_matrix(latent_channels), persistent=False)
         self.learned = nn.Sequential(conv(latent_channels + c1, hidden), ResidualBlock(hidden), act(),
                                      conv(hidden, latent_channels))
 
@@ -460,8 +463,7 @@ class BlockTransformSynthesis(nn.Module):
     def __init__(self, latent_channels: int, c1: int, hidden: int, feature_channels: int, gain: float) -> None:
         super().__init__()
         self.gain = gain
-        self.register_buffer("transform", block_transform_matrix(colours=latent_channels // 64)
-                             if latent_channels % 64 == 0 else torch.eye(latent_channels), persistent=False)
+        self.register_buffer("transform", block_transform_matrix(latent_channels), persistent=False)
         self.body = nn.Sequential(conv(latent_channels + c1, hidden), ResidualBlock(hidden), act(),
                                   conv(hidden, feature_channels), ResidualBlock(feature_channels))
         self.head = nn.Sequential(act(), conv(feature_channels, latent_channels))
