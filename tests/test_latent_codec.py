@@ -386,5 +386,5 @@ def test_block_transform_is_orthonormal_and_puts_flat_grey_in_one_coefficient():
     coefficients = transform @ grey
     assert coefficients.abs().argmax() == 0  # the luma-like DC
     torch.testing.assert_close(coefficients[1:], torch.zeros(191), atol=1e-5, rtol=0)
-    torch.testing.assert_close(coefficients[0], torch.tensor(0.5 * 8 * 3**0.5))  # value 0.5 in [-1, 1], 64 px, 3 colours
+    torch.testing.assert_close(coefficients[0], torch.tensor(0.5 * 8 * 3**0.5))  # 0.5 in [-1, 1]; 64 px, 3 colours
     assert torch.equal(block_transform_matrix(100), torch.eye(100))  # not a PixelUnshuffle(8) latent: identity
