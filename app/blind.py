@@ -15,7 +15,8 @@ import csv
 import math
 import random
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -175,10 +176,23 @@ class BlindStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
 
-    def _connect(self) -> sqlite3.Connection:
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection in one transaction (committed on success, rolled back on error), closed afterwards.
+        synchronous=FULL: a vote is on disk when `record` returns, even if the machine loses power."""
         db = sqlite3.connect(self.path, timeout=10)
-        db.execute("PRAGMA busy_timeout=10000")
-        return db
+        try:
+            db.execute("PRAGMA busy_timeout=10000")
+            db.execute("PRAGMA synchronous=FULL")
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def integrity(self) -> str:
+        """SQLite's own check of the file: 'ok' when it is consistent."""
+        with self._connect() as db:
+            return db.execute("PRAGMA integrity_check").fetchone()[0]
 
     def journal_mode(self) -> str:
         with self._connect() as db:
