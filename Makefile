@@ -40,3 +40,7 @@ lint: setup
 
 clean-cache:               ## forget cached evaluation results
 	rm -rf $${DIFFVC_CACHE:-$$HOME/.cache/diffvc-studio}/eval-cache
+
+.PHONY: fuzz
+fuzz: $(STAMP)             ## bitstream fuzzing: 10,000 damaged streams through every decoder; out/fuzz/summary.json
+	$(PY) -m codec fuzz --mutations $${FUZZ_MUTATIONS:-10000} --seed $${FUZZ_SEED:-0} --out out/fuzz

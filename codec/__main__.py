@@ -1,4 +1,4 @@
-"""Command line: `python -m codec {eval,encode,decode,speed,train,info} ...`.
+"""Command line: `python -m codec {eval,encode,decode,speed,train,fuzz,info} ...`.
 
 Errors a user can cause (bad file, bad spec, damaged bitstream) print one line on stderr and exit with status 2.
 """
@@ -82,6 +82,20 @@ def _parser() -> argparse.ArgumentParser:
     from codec.train.cli import add_train_parser
 
     add_train_parser(sub)
+
+    fz = sub.add_parser("fuzz", help="feed every decoder damaged streams: each must fail cleanly or decode validly")
+    fz.add_argument("--mutations", type=int, default=10_000, help="damaged streams, spread over codecs and kinds")
+    fz.add_argument("--seed", type=int, default=0)
+    fz.add_argument("--codecs", nargs="+", metavar="NAME", help="subset of x265 x264 av1 diffvc condlc")
+    fz.add_argument("--workers", type=int, default=2, help="decoding processes")
+    fz.add_argument("--timeout", type=float, default=20.0,
+                    help="seconds per decode, plus --eval-time per U-Net evaluation a DVC1 stream declares")
+    fz.add_argument("--eval-time", type=float, default=0.25)
+    fz.add_argument("--memory-mb", type=int, default=1024, help="bound on a decode's memory growth")
+    fz.add_argument("--corpus", choices=["full", "quick"], default="full")
+    fz.add_argument("--pack", default="random-tiny", help="DiffVC model pack (default: a random-init tiny model)")
+    fz.add_argument("--out", type=Path, default=Path("out/fuzz"), help="summary.json and findings/ go here")
+    fz.set_defaults(run=_cmd_fuzz)
 
     info = sub.add_parser("info", help="codecs usable here, model packs, metric weights, device")
     info.set_defaults(run=_cmd_info)
@@ -194,6 +208,27 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     print(format_rows(rows, f"DiffVC {args.preset} ({pack or 'default pack'}), {size[0]}x{size[1]}, "
                             f"{args.frames} frames, {device_description(args.device)}"))
     return 0
+
+
+def _cmd_fuzz(args: argparse.Namespace) -> int:
+    from codec.fuzz import CODECS, FuzzConfig, run_fuzz
+    from codec.fuzz.runner import print_progress
+
+    try:
+        config = FuzzConfig(
+            mutations=args.mutations, seed=args.seed, codecs=tuple(args.codecs or CODECS), workers=args.workers,
+            timeout_s=args.timeout, eval_s=args.eval_time, memory_mb=args.memory_mb, pack=args.pack,
+            corpus=args.corpus,
+        )
+    except ValueError as e:
+        raise CodecError(f"fuzz: {e}") from None
+    report = run_fuzz(config, print_progress())
+    path = report.write(args.out)
+    print(report.table())
+    for f in report.findings:
+        print(f"finding: case {f['case']} {f['codec']} {f['kind']} ({f['detail']}): {f['outcome']}: {f['why']}")
+    print(f"wrote {path}")
+    return 1 if report.findings else 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
