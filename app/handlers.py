@@ -377,7 +377,8 @@ class Studio:
                                  tdir_contrast=False)
         view = self.compare(request, state, session=f"api-{threading.get_ident()}")
         comparison = _load_comparison(self.config.results_dir, view.key)
-        return [_api_row(run) for run in comparison.runs]
+        cached = "from the cache" in view.status
+        return [{**_api_row(run), "cached": cached} for run in comparison.runs]
 
     # -- rate-distortion ---------------------------------------------------------------------------------------
 

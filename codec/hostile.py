@@ -260,13 +260,15 @@ def _rewrite_one_sps(nal: bytes, width: int, height: int) -> bytes:
 
 # --- the corpus ---------------------------------------------------------------------------------------------------
 
-def make_corpus(folder: str | Path, many_frames: int = 12_000) -> list[HostileFile]:
-    """Write the hostile corpus into `folder` (created); return its files in a fixed order."""
+def make_corpus(folder: str | Path, many_frames: int = 12_000, names: set[str] | None = None) -> list[HostileFile]:
+    """Write the hostile corpus (or only the files in `names`) into `folder`; return its files in a fixed order."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     files: list[HostileFile] = []
 
     def add(name: str, what: str, expect: str, make: Callable[[Path], object]) -> None:
+        if names is not None and name not in names:
+            return
         path = folder / name
         make(path)
         files.append(HostileFile(name, path, what, expect))
@@ -286,9 +288,8 @@ def make_corpus(folder: str | Path, many_frames: int = 12_000) -> list[HostileFi
         lambda p: _encode(p, _frames(3, 1, 1), 3, 1, 1, "libx264", "yuv444p"))
     add("odd-33x17.mp4", "a 33x17 H.264 video (yuv444p), 4 frames", "accept",
         lambda p: _encode(p, _frames(4, 17, 33), 4, 33, 17, "libx264", "yuv444p"))
-    flat8k = np.full((4320, 7680, 3), 90, np.uint8)
     add("8k.mp4", "a 7680x4320 H.264 video, 2 flat frames (about 100 KB)", "accept",
-        lambda p: _encode(p, lambda t: flat8k, 2, 7680, 4320, "libx264", "yuv420p",
+        lambda p: _encode(p, lambda t: np.full((4320, 7680, 3), 90, np.uint8), 2, 7680, 4320, "libx264", "yuv420p",
                           options={"preset": "ultrafast", "crf": "51"}))
     if _encoder_available("libx265"):
         add("hevc-10bit.mp4", "HEVC Main 10 (yuv420p10le), 4 frames of 128x96", "accept",

@@ -29,27 +29,32 @@ WRITE_FORMATS = (".mp4", ".y4m")
 
 @dataclass(frozen=True)
 class VideoLimits:
-    """What a reader accepts before it allocates: per-frame size, frame count, total pixels and decoding time.
+    """What a reader accepts before it allocates: frame size, frame count, total pixels and decoding time.
 
-    The frame size is checked against what the file declares (the decoder allocates that much per frame, whatever
-    size the frames are resized to afterwards) and against every decoded frame. `max_frames` also bounds the
-    frames decoded to reach `start`. Defaults: 8192x8192 (8K), 10,000 frames, 10^9 pixels (about 3 GB of RGB),
-    300 s of decoding; each can be set by an environment variable (`from_env`).
+    max_width / max_height bound the frames a reader returns (and a DVC1 header's size); max_source_side bounds
+    the frames a file may declare and its decoder allocate, even when they are resized while decoding (the app
+    reads 8K sources straight to its size cap). The declared size is checked before decoding, and every decoded
+    frame again. `max_frames` also bounds the frames decoded to reach `start`. Defaults: 4096x4096 out, 8192 in,
+    10,000 frames, 3x10^8 pixels (96 frames of 1080p), 300 s of decoding; each can be set by an environment
+    variable (`from_env`).
     """
 
-    max_width: int = 8192
-    max_height: int = 8192
+    max_width: int = 4096
+    max_height: int = 4096
+    max_source_side: int = 8192
     min_side: int = 2
     max_frames: int = 10_000
-    max_total_pixels: int = 1_000_000_000  # frames x width x height: about 3 GB of RGB
+    max_total_pixels: int = 300_000_000  # frames x width x height: 96 frames of 1080p; about 0.9 GB of RGB
     max_decode_s: float = 300.0
 
-    ENV = {"max_width": "DIFFVC_MAX_WIDTH", "max_height": "DIFFVC_MAX_HEIGHT", "max_frames": "DIFFVC_MAX_FRAMES",
+    ENV = {"max_width": "DIFFVC_MAX_WIDTH", "max_height": "DIFFVC_MAX_HEIGHT",
+           "max_source_side": "DIFFVC_MAX_SOURCE_SIDE", "max_frames": "DIFFVC_MAX_FRAMES",
            "max_total_pixels": "DIFFVC_MAX_PIXELS", "max_decode_s": "DIFFVC_MAX_DECODE_S"}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> VideoLimits:
-        """The defaults, overridden by DIFFVC_MAX_WIDTH, _HEIGHT, _FRAMES, _PIXELS (frames x W x H), _DECODE_S."""
+        """The defaults, overridden by DIFFVC_MAX_WIDTH, _HEIGHT, _SOURCE_SIDE, _FRAMES, _PIXELS (frames x W x H),
+        _DECODE_S."""
         values = {}
         for name, var in cls.ENV.items():
             text = environ.get(var, "").strip()
@@ -74,9 +79,9 @@ class VideoLimits:
 
     def check_declared(self, width: int, height: int) -> None:
         """The frame size a file declares, before its decoder allocates a frame of it."""
-        if width > self.max_width or height > self.max_height:
-            raise VideoError(f"the file declares frames of {width}x{height}: larger than the limit "
-                             f"{self.max_width}x{self.max_height} that this reader decodes")
+        if max(width, height) > self.max_source_side:
+            raise VideoError(f"the file declares frames of {width}x{height}: larger than the limit of "
+                             f"{self.max_source_side} pixels a side that this reader decodes")
 
     def check_count(self, frames: int, width: int, height: int) -> None:
         if frames > self.max_frames:
@@ -204,7 +209,7 @@ def read_video(
     try:
         # max_pixels bounds the frames FFmpeg allocates while probing the stream (it decodes to find its
         # parameters): a 1 KB file declaring 16000x16000 otherwise costs 2 GB before we see its size
-        container = av.open(str(path), mode="r", options={"max_pixels": str(limits.max_width * limits.max_height)})
+        container = av.open(str(path), mode="r", options={"max_pixels": str(limits.max_source_side**2)})
     except (av.FFmpegError, ValueError, OSError, UnicodeDecodeError) as e:
         raise VideoError(f"{path.name}: not a video file that can be read ({_reason(e, path)})") from None
     with container:

@@ -89,14 +89,21 @@ def run_cli(argv: list[str], timeout: float = CLI_TIMEOUT_S) -> tuple[str, float
 def cli_cases(files: list[HostileFile], scratch: Path) -> list[tuple[str, HostileFile, list[str], str]]:
     """(route, file, argv, expect): encode and eval of 2 frames of every file, plus the limit cases."""
     cases = []
+    full_res = {"8k.mp4": "refuse"}  # the CLI reads full-size frames: 8K is over its 4096 limit without --size
     for f in files:
         out = scratch / f.path.stem
+        expect = full_res.get(f.name, f.expect)
         cases.append(("cli encode", f, ["encode", str(f.path), "-o", str(out) + ".hevc", "--codec", "x265",
-                                        "--qp", "40", "--frames", "2"], f.expect))
+                                        "--qp", "40", "--frames", "2"], expect))
         cases.append(("cli eval", f, ["eval", str(f.path), "--codecs", "x265", "--qps", "40", "--frames", "2",
                                       "--metrics", "psnr", "--out", str(out), "--cache", str(scratch / "cache")],
-                      f.expect))
+                      expect))
     by_name = {f.name: f for f in files}
+    if "8k.mp4" in by_name:  # ... and takes it resized
+        f = by_name["8k.mp4"]
+        cases.append(("cli encode --size 640x360", f, ["encode", str(f.path), "-o", str(scratch / "8k.hevc"),
+                                                       "--codec", "x265", "--qp", "40", "--frames", "2",
+                                                       "--size", "640x360"], "accept"))
     if "many-frames.mp4" in by_name:  # every frame: more than the 10,000-frame limit
         f = by_name["many-frames.mp4"]
         cases.append(("cli encode, all frames", f, ["encode", str(f.path), "-o", str(scratch / "all.hevc"),

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,8 @@ def load_clip(path: str | Path, start: int = 0, frames: int = 16, max_side: int 
         raise VideoError(f"number of frames must be 1..{MAX_FRAMES}, got {frames}")
     if not MAX_SIDE_RANGE[0] <= max_side <= MAX_SIDE_RANGE[1]:
         raise VideoError(f"size cap must be {MAX_SIDE_RANGE[0]}..{MAX_SIDE_RANGE[1]} pixels, got {max_side}")
-    first = read_video(path, start=start, frames=1, limits=limits)
+    side = limits.max_source_side  # one frame at the source's size (up to 8K) to learn it; the rest come resized
+    first = read_video(path, start=start, frames=1, limits=replace(limits, max_width=side, max_height=side))
     size = capped_size(first.width, first.height, max_side)
     limits.check_count(frames, *size)  # the budget, before decoding the rest
     return read_video(path, start=start, frames=frames, size=size, limits=limits)
