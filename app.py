@@ -6,7 +6,8 @@
     DIFFVC_STUDIO_THREADS=<torch threads, default: cores - 1, leaving one to the server and the encoders>
     DIFFVC_STUDIO_MAX_UPLOAD=<largest upload, default 500mb>, DIFFVC_STUDIO_TIME_LIMIT=<seconds per heavy job,
     default 900>, DIFFVC_STUDIO_MAX_PIXELS=<frames x width x height per job, default 4e7>; the reader's own limits:
-    DIFFVC_MAX_WIDTH / _HEIGHT (8192), DIFFVC_MAX_FRAMES (10000), DIFFVC_MAX_DECODE_S (300)
+    DIFFVC_MAX_WIDTH / _HEIGHT (4096), DIFFVC_MAX_SOURCE_SIDE (8192), DIFFVC_MAX_FRAMES (10000),
+    DIFFVC_MAX_PIXELS (3e8), DIFFVC_MAX_DECODE_S (300); DIFFVC_STUDIO_PRELOAD=0 to load the model on first use
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ def create(environ=os.environ):
     import torch  # measured: on 2 cores shared with another job, a DiffVC encode took 61 s on 2 threads, 9 s on 1
 
     torch.set_num_threads(int(environ.get("DIFFVC_STUDIO_THREADS") or max(1, (os.cpu_count() or 2) - 1)))
-    demo = build_app(Studio(config), max_jobs=jobs).queue(max_size=16, default_concurrency_limit=4)
+    studio = Studio(config)
+    if environ.get("DIFFVC_STUDIO_PRELOAD", "1") != "0":
+        studio.preload()  # the model pack, once, before requests can race to build it
+    demo = build_app(studio, max_jobs=jobs).queue(max_size=16, default_concurrency_limit=4)
     return demo, {"allowed_paths": [str(config.results_dir), str(config.sessions_dir)], "show_error": False,
                   "max_file_size": environ.get("DIFFVC_STUDIO_MAX_UPLOAD") or "500mb", "css": CSS}
 

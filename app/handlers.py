@@ -190,6 +190,17 @@ class Studio:
         self._stops: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
+    def preload(self) -> None:
+        """Load DiffVC's model pack now, before any request (the entry point calls this before serving): no two
+        requests then race to build it (see `codec.eval.compare.diffvc_identity`) and the first user waits less."""
+        from codec.errors import CodecError
+        from codec.eval.compare import CompareSettings, diffvc_identity
+
+        try:
+            diffvc_identity(CompareSettings(pack=self.config.pack))
+        except CodecError as e:  # reported on the page by pack_status
+            log.warning("DiffVC model pack not preloaded: %s", e)
+
     # -- status ------------------------------------------------------------------------------------------------
 
     def pack_status(self) -> tuple[bool, str]:

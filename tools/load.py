@@ -37,6 +37,7 @@ class LoadConfig:
     qp: int = 32
     rss_tolerance_mb: float = 300.0
     library_check: bool = True  # re-encode one clip here, through the library, and compare the bytes
+    warm_up: bool = True  # one comparison before the load, for the memory baseline (off: no memory check)
 
 
 @dataclass
@@ -159,11 +160,12 @@ def run_load(config: LoadConfig, out: Path, log=print) -> LoadReport:
     tdirs = [i % 4 != 3 for i in range(config.sessions)]  # session 3 runs TDIR off
     with AppServer(out / "server", env={"DIFFVC_STUDIO_JOBS": str(config.jobs)}) as server:
         report.rss_start_mb = round(server.rss_mb(), 1)
-        rows, error, _ = one_request(server.url, warm, config.qp + 9, True, config.frames)
-        if rows is None:
-            report.failures.append(f"warm-up: {error}")
-            return report
-        time.sleep(2)
+        if config.warm_up:
+            rows, error, _ = one_request(server.url, warm, config.qp + 9, True, config.frames)
+            if rows is None:
+                report.failures.append(f"warm-up: {error}")
+                return report
+            time.sleep(2)
         report.rss_baseline_mb = round(server.rss_mb(), 1)
         log(f"server up: RSS {report.rss_start_mb:.0f} MB at start, {report.rss_baseline_mb:.0f} MB after warm-up")
         by_round: list[list[list[dict] | None]] = []
@@ -191,8 +193,8 @@ def run_load(config: LoadConfig, out: Path, log=print) -> LoadReport:
                 log(f"round {r}: QP {qp}, {sum(x is not None for x in round_rows)}/{config.sessions} finished in "
                     f"{report.round_seconds[-1]:.0f} s; RSS {server.rss_mb():.0f} MB (peak {sampler.peak:.0f})")
         report.rss_peak_mb = round(sampler.peak, 1)
-        time.sleep(5)
-        report.rss_end_mb = round(server.rss_mb(), 1)
+        time.sleep(5 if config.warm_up else 0)
+        report.rss_end_mb = round(server.rss_mb(), 1) if config.warm_up else report.rss_baseline_mb
         results_dir = server.data / "comparisons"
         report.leftover_work_dirs = len(list(results_dir.glob(".run-*")))
         report.uploads_kept = sum(1 for p in server.upload_dir.rglob("*") if p.is_file())

@@ -25,6 +25,7 @@ import json
 import math
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -252,10 +253,7 @@ class ComparisonStore:
     def run(self, video: Video, settings: CompareSettings, source: str = "", start: int = 0,
             progress: Progress | None = None, stop: StopCheck | None = None) -> Comparison:
         """The comparison of `video` under `settings`: from disk when done before, else run and stored."""
-        from codec.registry import get_entry
-
-        diffvc_reason = get_entry("diffvc").unavailable_reason(_options("diffvc", settings.diffvc_options()))
-        identity = "" if diffvc_reason else _codec("diffvc", settings.diffvc_options()).identity()
+        diffvc_reason, identity = diffvc_identity(settings)
         key = cache_key(kind="comparison", clip=video.content_hash(), start=start, settings=asdict(settings),
                         identity=identity, diffvc_unavailable=diffvc_reason)[:32]
         done = self.get(key)
@@ -275,6 +273,21 @@ class ComparisonStore:
             return comparison
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+_MODEL_BUILD = threading.Lock()
+
+
+def diffvc_identity(settings: CompareSettings) -> tuple[str | None, str]:
+    """(why DiffVC cannot run, or None; its identity: pack hash and options). Loads the model pack on first use,
+    one thread at a time: a random-init pack draws its weights from torch's global generator, and two threads
+    building it at once interleave their draws into two different models (measured: three builds, three hashes),
+    whose bitstreams then differ and name a pack no other process has."""
+    from codec.registry import get_entry
+
+    with _MODEL_BUILD:
+        reason = get_entry("diffvc").unavailable_reason(_options("diffvc", settings.diffvc_options()))
+        return reason, ("" if reason else _codec("diffvc", settings.diffvc_options()).identity())
 
 
 def _options(name: str, values: dict[str, Any]):
