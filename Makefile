@@ -41,6 +41,13 @@ lint: setup
 clean-cache:               ## forget cached evaluation results
 	rm -rf $${DIFFVC_CACHE:-$$HOME/.cache/diffvc-studio}/eval-cache
 
+.PHONY: hostile load
+hostile: setup             ## hostile uploads (tools/hostile.py) through the CLI, the handlers and python app.py; out/hostile/
+	nice -n 19 $(PY) -m tools.hostile --out out/hostile
+
+load: setup                ## concurrent gradio_client sessions against python app.py (tools/load.py); out/load/
+	nice -n 19 $(PY) -m tools.load --out out/load --sessions $${LOAD_SESSIONS:-4} --rounds $${LOAD_ROUNDS:-3}
+
 .PHONY: fuzz
 fuzz: $(STAMP)             ## bitstream fuzzing: 10,000 damaged streams through every decoder; out/fuzz/summary.json
 	$(PY) -m codec fuzz --mutations $${FUZZ_MUTATIONS:-10000} --seed $${FUZZ_SEED:-0} --out out/fuzz
