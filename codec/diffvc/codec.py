@@ -142,6 +142,8 @@ class NeuralCodecBase(CodecBase):
     """The sequence codec shared by `diffvc` and `condlc`: GOP, DVC1 stream, DPB, timing."""
 
     qp_range: ClassVar[tuple[int, int]] = (QP_MIN, QP_MAX)
+    has_diffusion: ClassVar[bool] = False  # whether streams of this codec may declare a diffusion stage
+    defined_flags: ClassVar[int] = 0  # the header flag bits this codec defines; a stream setting others is rejected
 
     @classmethod
     def unavailable_reason(cls, options: NeuralOptions) -> str | None:
@@ -238,6 +240,7 @@ class NeuralCodecBase(CodecBase):
         plan = SamplingPlan(header.steps, header.strength_milli / 1000, header.tdir_k,
                             "step" if header.flags & FLAG_REUSE_STEP else "final",
                             bool(header.flags & FLAG_REUSE_WARP), header.seed)
+        _check_schedule(model, plan)
         size_hw = (header.height, header.width)
         padded_hw = tuple(-(-v // PAD_MULTIPLE) * PAD_MULTIPLE for v in size_hw)
         coder = FrameCoder(model, plan, StageTimer(device), _autocast_dtype(device))
@@ -256,6 +259,17 @@ class NeuralCodecBase(CodecBase):
     def _check_stream(self, header: StreamHeader, info: PackInfo) -> None:
         if header.codec != self.name:
             raise BitstreamError(f"this is a {header.codec} stream; decode it with codec {header.codec}")
+        unknown = header.flags & ~self.defined_flags
+        if unknown:
+            raise BitstreamError(
+                f"header flags {header.flags:#04x} set bits {unknown:#04x} that {self.name} does not define "
+                "(stream damaged or written by a newer encoder)"
+            )
+        if not self.has_diffusion and (header.steps or header.tdir_k or header.strength_milli):
+            raise BitstreamError(
+                f"a {self.name} stream cannot declare a diffusion stage (steps {header.steps}, tdir_k "
+                f"{header.tdir_k}, strength {header.strength_milli / 1000}): stream damaged"
+            )
         if header.pack_hash != info.hash_prefix:
             raise BitstreamError(
                 f"stream was encoded with model pack {_pack_name(header.pack_hash)}, "
@@ -266,6 +280,26 @@ class NeuralCodecBase(CodecBase):
             DEFAULT_LIMITS.check_count(header.num_frames, header.width, header.height)
         except VideoError as e:
             raise BitstreamError(f"stream declares a video beyond this decoder's limits: {e}") from None
+
+
+def _check_schedule(model: DiffVCModel, plan: SamplingPlan) -> None:
+    """BitstreamError unless the stream's sampling schedule stays inside the pack's noise schedule.
+
+    The format allows up to 1000 steps, but with SD's "leading" spacing and steps_offset 1 a 1000-step schedule run
+    at full strength starts at timestep 1000, one past the end of a 1000-step training schedule (the sampler would
+    index past its alphas).
+    """
+    if not plan.enabled:
+        return
+    from codec.diffvc.diffusion import sampling_timesteps
+
+    timesteps = sampling_timesteps(model.diffusion.make_scheduler(), plan.steps, plan.strength)
+    limit = model.diffusion.config.num_train_timesteps
+    if timesteps and max(timesteps) >= limit:
+        raise BitstreamError(
+            f"the stream's diffusion schedule ({plan.steps} steps at strength {plan.strength}) starts at timestep "
+            f"{max(timesteps)}, outside this pack's {limit}-step noise schedule (stream damaged)"
+        )
 
 
 def _pack_name(hash_prefix: bytes) -> str:
@@ -285,6 +319,8 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
 @register_codec("diffvc", "DiffVC: conditional latent coding + ControlNet-guided diffusion, QPP, TDIR")
 class DiffVC(NeuralCodecBase):
     Options = DiffVCOptions
+    has_diffusion = True
+    defined_flags = FLAG_REUSE_STEP | FLAG_REUSE_WARP
 
     def sampling_plan(self, model: DiffVCModel) -> SamplingPlan:
         from codec.diffvc.diffusion import num_reuse_steps
