@@ -317,12 +317,18 @@ class FuzzReport:
             },
             "by_codec": codecs,
             "by_kind": {k: count(by_kind[k]) for k in KINDS if k in by_kind},
+            "slowest": [_brief(r) for r in sorted(records, key=lambda r: -r["seconds"])[:10]],
+            "most_memory": [_brief(r) for r in sorted(records, key=lambda r: -r["memory_mb"])[:10]],
             "findings": [{k: v for k, v in r.items() if k != "data"} for r in self.findings],
         }
 
     def write(self, out: Path) -> Path:
-        """summary.json, and findings/<case>-<codec>-<kind>.bin with each finding's bytes, under `out`."""
+        """Under `out`: summary.json, cases.jsonl (one record per case, without its bytes) and
+        findings/<case>-<codec>-<kind>.bin with each finding's bytes."""
         out.mkdir(parents=True, exist_ok=True)
+        with open(out / "cases.jsonl", "w") as f:
+            for r in self.records:
+                f.write(json.dumps({k: v for k, v in r.items() if k not in ("data", "traceback")}) + "\n")
         folder = out / "findings"
         for r in self.findings:
             folder.mkdir(exist_ok=True)
@@ -352,6 +358,11 @@ class FuzzReport:
             f"findings: {t['findings']}"
         )
         return "\n".join(lines)
+
+
+def _brief(r: dict[str, Any]) -> dict[str, Any]:
+    keys = ("case", "codec", "kind", "detail", "outcome", "why", "seconds", "memory_mb", "time_limit_s")
+    return {k: r[k] for k in keys}
 
 
 def _stats(values: list[float]) -> dict[str, float]:

@@ -79,6 +79,7 @@ def _child(fn: Callable[[], Any], write_fd: int, memory_cap_mb: float, quiet: bo
     """Runs in the forked child: limits, the call, one JSON line to the pipe, then _exit (no cleanup handlers).
     Shortly before the time limit, faulthandler writes every thread's Python stack to `stacks`."""
     try:
+        faulthandler.disable()  # a crash is reported by its signal, not printed by a handler inherited from the worker
         faulthandler.dump_traceback_later(dump_after_s, file=stacks)
         if quiet:
             devnull = os.open(os.devnull, os.O_WRONLY)
