@@ -123,6 +123,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from codec.weights import cache_root
 
     video = _read_clip(args)
+    _check_metric_sizes(args.metrics or METRICS, video)
     qps_by_spec = _qps_by_spec(args.qps_for, args.codecs)
     request = EvalRequest(
         video=video, specs=args.codecs, qps=sorted(set(args.qps)), qps_by_spec=qps_by_spec,
@@ -148,6 +149,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(pivot.to_string(float_format=lambda v: f"{v:+.2f}"))
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     return 0
+
+
+def _check_metric_sizes(metrics, video) -> None:
+    """A clear error, not a failure deep in a network, for a metric the clip is too small for."""
+    from codec.eval.compare import metrics_for_size
+
+    kept, notes = metrics_for_size(metrics, video.width, video.height)
+    if notes:
+        raise CodecError(f"{notes[0]}; pass --metrics {' '.join(kept) or 'psnr'}")
 
 
 def _qps_by_spec(items: list[str], specs: list[str]) -> dict[str, list[int]]:

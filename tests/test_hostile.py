@@ -149,3 +149,22 @@ def test_the_whole_corpus_through_cli_handlers_and_the_running_app(tmp_path):
     from tools.hostile import main
 
     assert main(["--out", str(tmp_path / "hostile")]) == 0
+
+
+def test_frames_too_small_for_a_metric_leave_it_out(tmp_path, capsys):
+    """Found by `make hostile` through /compare: a 33x17 or 16x16 upload crashed LPIPS (VGG16 pools it to nothing):
+    'Something went wrong inside the app'. The comparison now leaves the metric out with a note; the CLI says why."""
+    from codec.eval.compare import CompareSettings, ComparisonStore
+    from codec.video import synthetic_clip, write_video
+
+    video = synthetic_clip(frames=2, height=16, width=32)
+    settings = CompareSettings(qp=40, anchors=("x265",), match_bitrate=False, tdir_contrast=False,
+                               pack="no-such-pack", metrics=("psnr", "lpips", "ms_ssim"))
+    comparison = ComparisonStore(tmp_path / "store").run(video, settings)
+    row = comparison.runs[0].row
+    assert row["psnr"] is not None and row["ms_ssim"] is not None and row["lpips"] is None
+    assert any("lpips left out" in note for note in comparison.notes)
+    clip = write_video(video, tmp_path / "small.mp4", crf=4)
+    assert cli(["eval", str(clip), "--codecs", "x265", "--qps", "40", "--out", str(tmp_path / "e"),
+                "--cache", str(tmp_path / "c")]) == 2
+    assert "lpips left out" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools.server import AppServer
+from tools.server import AppServer, internal_errors
 
 REQUEST_TIMEOUT_S = 900
 
@@ -60,7 +60,7 @@ class LoadReport:
     pairs_computed_apart: int = 0  # rounds where both sessions of the pair computed (neither came from the cache)
     round_seconds: list[float] = field(default_factory=list)
     request_seconds: list[float] = field(default_factory=list)
-    tracebacks_in_log: int = 0
+    internal_errors_in_log: int = 0  # "Something went wrong inside the app" in the server's log
     seconds: float = 0.0
 
     @property
@@ -73,6 +73,8 @@ class LoadReport:
             out.append(f"{self.requests - self.finished} of {self.requests} requests did not finish")
         if self.library_match is False:
             out.append("the library's bitstream differs from the server's")
+        if self.internal_errors_in_log:
+            out.append(f"{self.internal_errors_in_log} internal errors in the server's log")
         if self.leftover_work_dirs:
             out.append(f"{self.leftover_work_dirs} temporary work folders left")
         if self.rss_growth_mb > tolerance_mb:
@@ -198,7 +200,7 @@ def run_load(config: LoadConfig, out: Path, log=print) -> LoadReport:
         results_dir = server.data / "comparisons"
         report.leftover_work_dirs = len(list(results_dir.glob(".run-*")))
         report.uploads_kept = sum(1 for p in server.upload_dir.rglob("*") if p.is_file())
-        report.tracebacks_in_log = server.log_text().count("Traceback")
+        report.internal_errors_in_log = internal_errors(server.log_text())
     if config.library_check and by_round and by_round[0][0]:
         report.library_match = _library_bytes(clips[0], config, tdirs[0]) == by_round[0][0][0]["sha256"]
     report.seconds = round(time.monotonic() - began, 1)

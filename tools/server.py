@@ -21,6 +21,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def internal_errors(log: str) -> int:
+    """Errors the app reported as its own fault ("Something went wrong inside the app"), in a server log."""
+    return sum(1 for line in log.splitlines() if "gradio.exceptions.Error" in line and "went wrong inside" in line)
+
+
 class AppServer:
     """The app, served on 127.0.0.1 from a child process (niced: it shares the CPUs with other work).
 

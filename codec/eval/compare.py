@@ -275,6 +275,18 @@ class ComparisonStore:
             shutil.rmtree(work, ignore_errors=True)
 
 
+METRIC_MIN_SIDE = {"lpips": 32, "ms_ssim": 8}  # measured: piq's LPIPS (VGG16) fails below 32 px a side, MS-SSIM at 2
+
+
+def metrics_for_size(metrics: Sequence[str], width: int, height: int) -> tuple[tuple[str, ...], list[str]]:
+    """(the metrics that can run on frames of width x height, a note for each one left out)."""
+    side = min(width, height)
+    kept = tuple(m for m in metrics if side >= METRIC_MIN_SIDE.get(m, 1))
+    notes = [f"{m} left out: it needs frames of at least {METRIC_MIN_SIDE[m]} pixels a side, these are "
+             f"{width}x{height}" for m in metrics if m not in kept]
+    return kept, notes
+
+
 _MODEL_BUILD = threading.Lock()
 
 
@@ -309,7 +321,7 @@ def _run(video: Video, settings: CompareSettings, key: str, folder: Path, source
     from codec.video import write_video
 
     began = time.perf_counter()
-    notes: list[str] = []
+    metrics, notes = metrics_for_size(settings.metrics, video.width, video.height)
     plan: list[tuple[str, str, str, dict[str, Any]]] = []  # (slug, label, role/name, options)
     if diffvc_reason:
         notes.append(f"DiffVC did not run: {diffvc_reason}. The anchors ran at QP {settings.qp} (clipped to each "
@@ -354,7 +366,7 @@ def _run(video: Video, settings: CompareSettings, key: str, folder: Path, source
             report(1 / frames, f"{label}: {phase}d frame {frame} of {frames}")
 
         with frame_progress(per_frame):
-            result = measure(codec, video, qp, settings.metrics, settings.device, spec=label)
+            result = measure(codec, video, qp, metrics, settings.device, spec=label)
         report(3 - reported[0], f"{label}: done, {result.row['bpp']:.4f} bpp")
         if role == "diffvc":
             target = result.row["bpp"]
