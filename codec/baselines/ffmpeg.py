@@ -349,7 +349,12 @@ class FFmpegCodec(CodecBase):
     min_side: ClassVar[int] = 2  # smallest width and height the encoder accepts
     odd_420: ClassVar[bool] = False  # whether the stream can code an odd width or height in 4:2:0
     dropped_user_data: ClassVar[frozenset[bytes]] = frozenset()  # UUIDs of encoder settings text to remove
-    decoder_options: ClassVar[dict[str, str]] = {"err_detect": "explode"}  # fail on errors the decoder detects
+    decoder_options: ClassVar[dict[str, str]] = {
+        "err_detect": "explode",  # fail on errors the decoder detects
+        # refuse a picture larger than the frame limit before allocating it: a 100-byte HEVC stream whose SPS declares
+        # 8192x8192 otherwise made libavcodec allocate over 1 GB before failing
+        "max_pixels": str(DEFAULT_LIMITS.max_width * DEFAULT_LIMITS.max_height),
+    }
     environment: ClassVar[dict[str, str]] = {}  # set (if unset) before encoding, e.g. to quiet a library's log
 
     @classmethod
