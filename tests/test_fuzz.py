@@ -88,6 +88,16 @@ def test_verdicts(streams, result: SandboxResult, outcome: str) -> None:
     assert judge("x264", streams["x264"][0].data, result, memory_mb=1024)[0] == outcome
 
 
+def test_an_allocation_failure_is_a_finding_unless_the_decoder_refused_by_itself(streams) -> None:
+    data = streams["x265"][0].data
+    failed = SandboxResult("raised", error_type="codec.errors.BitstreamError", codec_error=True,
+                           error_message="x265: cannot be decoded ([Errno 12] Cannot allocate memory)", memory_mb=280)
+    assert judge("x265", data, failed, 1024)[0] == "memory"  # the sandbox's cap may have caused it
+    assert judge("x265", data, failed, 1024, retry=failed)[0] == "error"  # the same with 4x the room: its own
+    grew = dataclasses.replace(failed, error_message="decoded further, then failed", memory_mb=3000)
+    assert judge("x265", data, failed, 1024, retry=grew)[0] == "memory"
+
+
 def test_verdicts_check_the_declared_size(streams) -> None:
     def decoded(shape: list[int]) -> SandboxResult:
         return SandboxResult("returned", value={"shape": shape, "dtype": "uint8"})
@@ -235,3 +245,19 @@ def test_a_schedule_past_the_noise_schedule_is_a_bitstream_error(neural, name: s
     stream = _rewrite(neural[name], steps=1000, strength_milli=1000, tdir_k=0)
     with pytest.raises(BitstreamError, match="schedule" if name == "diffvc" else "diffusion"):
         get_codec(f"{name}:{RANDOM}").decode(stream)
+
+
+@pytest.mark.parametrize("which", ["first", "second"])
+def test_a_huge_declared_hevc_picture_fails_before_libavcodec_allocates_it(streams, which: str) -> None:
+    """A 450-byte HEVC stream whose SPS declares 8192x8192 made libavcodec allocate over 1 GB (1131 MiB measured
+    here) before failing; the decoder's max_pixels now refuses it first (11 MiB). The second SPS (at the GOP
+    boundary) takes another path: 559 MiB before, 283 MiB now, where libavcodec refuses the buffers itself."""
+    sample = streams["x265"][1]
+    index, ps = sample.param_sets[0 if which == "first" else 1]
+    units = list(sample.units)
+    edited = rewrite_field(units[index], ps, "pic_width_in_luma_samples", 8192)
+    units[index] = rewrite_field(edited, parse_param_set(edited, "hevc"), "pic_height_in_luma_samples", 8192)
+    decoder = get_codec("x265")
+    result = run_sandboxed(lambda: decoder.decode(b"".join(units)), 60)
+    assert result.status == "raised" and result.codec_error, result
+    assert result.memory_mb < 400, f"{result.memory_mb:.0f} MiB"

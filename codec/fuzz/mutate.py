@@ -563,30 +563,41 @@ def _es_join(units: list[bytes]) -> bytes:
 
 
 def _es_dimension_field(rng: random.Random, s: StreamSample) -> tuple[bytes, str]:
+    """Size fields of one or every parameter set rewritten: one field to an edge value, or (a third of the time)
+    both to a large picture, the "huge declared size in a tiny file"."""
     if not s.param_sets:
         raise NotApplicable("no parameter set parsed")
     targets = s.param_sets if rng.random() < 0.5 else [rng.choice(s.param_sets)]
-    names = [n for n in targets[0][1].fields if "bits" not in n]
-    if s.syntax == "av1" and rng.random() < 0.25:
-        names = [n for n in targets[0][1].fields if "bits" in n]
-    name = rng.choice(names)
-    units = list(s.units)
-    old = targets[0][1].fields[name]
-    if old.coding == "ue":
-        value = rng.choice([0, 1, 2, old.value - 1, old.value + 1, old.value + 8, old.value * 2, 255, 1023, 4095,
-                            8191, 65535, 2**20, 2**31, 2**32 - 2])  # fmt: skip
-        length = None
+    fields = targets[0][1].fields
+    sizes = [n for n in fields if "bits" not in n]
+    if rng.random() < 1 / 3:
+        big = rng.choice([511, 1023, 4095, 4096, 8191, 8192, 16383, 65535])
+        edits = [(n, big, 16 if s.syntax == "av1" else None) for n in sizes]  # AV1: 16-bit sizes
+        if s.syntax == "av1":
+            edits = [e for n in sizes for e in ((n.replace("max_", "").replace("_minus_1", "_bits_minus_1"), 15, None),
+                                                (n, big, 16))]  # fmt: skip
     else:
-        width = old.length + rng.choice([0, 0, 0, 1, -1, 4]) if "bits" not in name else old.length
-        width = max(width, 1)
-        value = rng.choice([0, 1, old.value - 1, old.value + 1, old.value * 2, (1 << width) - 1,
-                            rng.getrandbits(width)])  # fmt: skip
-        length = width
-    value = max(value, 0)
+        name = rng.choice([n for n in fields if "bits" in n] if s.syntax == "av1" and rng.random() < 0.25 else sizes)
+        old = fields[name]
+        if old.coding == "ue":
+            value = rng.choice([0, 1, 2, old.value - 1, old.value + 1, old.value + 8, old.value * 2, 255, 1023,
+                                4095, 8191, 65535, 2**20, 2**31, 2**32 - 2])  # fmt: skip
+            edits = [(name, max(value, 0), None)]
+        else:
+            width = max(1, old.length + rng.choice([0, 0, 0, 1, -1, 4]) if "bits" not in name else old.length)
+            value = rng.choice([0, 1, old.value - 1, old.value + 1, old.value * 2, (1 << width) - 1,
+                                rng.getrandbits(width)])  # fmt: skip
+            edits = [(name, max(value, 0), width)]
+    units = list(s.units)
     for i, ps in targets:
-        units[i] = rewrite_field(units[i], ps, name, value, length)
+        for name, value, length in edits:
+            if ps is None:
+                break
+            units[i] = rewrite_field(units[i], ps, name, value, length)
+            ps = parse_param_set(units[i], s.syntax)
     which = "every" if len(targets) > 1 else f"unit {targets[0][0]}"
-    return _es_join(units), f"{name} {old.value}->{value} in {which} parameter set"
+    shown = ", ".join(f"{name}={value}" for name, value, _ in edits)
+    return _es_join(units), f"{shown} in {which} parameter set"
 
 
 def _es_header_field(rng: random.Random, s: StreamSample) -> tuple[bytes, str]:

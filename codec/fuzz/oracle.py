@@ -31,16 +31,30 @@ from codec.errors import CodecError
 from codec.fuzz.mutate import SYNTAXES, StreamSample, stream_syntax
 from codec.fuzz.sandbox import SandboxResult
 
-__all__ = ["ALLOWED", "FINDINGS", "judge"]
+__all__ = ["ALLOWED", "FINDINGS", "allocation_failed", "judge"]
 
 ALLOWED = ("error", "decoded", "decoded_unchecked")
 FINDINGS = ("exception", "crash", "timeout", "memory", "wrong_shape", "accepted_invalid")
 DVC1_FLAGS = {"diffvc": FLAG_REUSE_STEP | FLAG_REUSE_WARP, "condlc": 0}
-_ALLOCATION = re.compile(r"can't allocate|cannot allocate|out of memory|std::bad_alloc", re.IGNORECASE)
+_ALLOCATION = re.compile(r"can't allocate|cannot allocate|out of memory|std::bad_alloc|\[Errno 12\]", re.IGNORECASE)
 
 
-def judge(codec: str, data: bytes, result: SandboxResult, memory_mb: float) -> tuple[str, str]:
-    """(outcome, why) for the decode of `data` by `codec` that ended as `result`; memory_mb: the bound."""
+def allocation_failed(result: SandboxResult) -> bool:
+    """Whether the call ended with an allocation failure (which the sandbox's address-space cap may have caused)."""
+    return result.status == "raised" and (
+        "MemoryError" in result.error_type or bool(_ALLOCATION.search(result.error_message))
+    )
+
+
+def judge(
+    codec: str, data: bytes, result: SandboxResult, memory_mb: float, retry: SandboxResult | None = None
+) -> tuple[str, str]:
+    """(outcome, why) for the decode of `data` by `codec` that ended as `result`; memory_mb: the bound.
+
+    An allocation failure is a "memory" finding unless `retry`, the same decode under a larger address-space cap,
+    failed the same way within the bound: then the decoder refused the allocation itself (libavcodec answers
+    ENOMEM for a picture over its max_pixels or a buffer over its own allocation limit) and it is a clear error.
+    """
     if result.status == "timeout":
         return "timeout", f"killed after {result.seconds:.1f} s"
     if result.status == "crash":
@@ -48,7 +62,11 @@ def judge(codec: str, data: bytes, result: SandboxResult, memory_mb: float) -> t
     if result.memory_mb > memory_mb:
         return "memory", f"peak memory {result.memory_mb:.0f} MiB above the worker, bound {memory_mb} MiB"
     if result.status == "raised":
-        if "MemoryError" in result.error_type or _ALLOCATION.search(result.error_message):
+        own_refusal = (
+            retry is not None and retry.status == "raised" and retry.error_message == result.error_message
+            and retry.memory_mb <= memory_mb
+        )  # fmt: skip
+        if allocation_failed(result) and not own_refusal:
             return "memory", f"{result.error_type}: {result.error_message[:200]}"
         if result.codec_error:
             return "error", result.error_type.rsplit(".", 1)[-1]

@@ -31,7 +31,7 @@ from typing import Any
 from codec.bitstream import MIN_UNIT_SIZE, read_header
 from codec.errors import CodecError
 from codec.fuzz.mutate import KINDS, NotApplicable, StreamSample, mutate, stream_syntax
-from codec.fuzz.oracle import ALLOWED, FINDINGS, judge
+from codec.fuzz.oracle import ALLOWED, FINDINGS, allocation_failed, judge
 from codec.fuzz.sandbox import process_memory, run_sandboxed
 
 __all__ = ["CODECS", "FuzzConfig", "FuzzReport", "build_corpus", "run_fuzz"]
@@ -238,7 +238,10 @@ def _decode_summary(decoder: Any, data: bytes) -> dict[str, Any]:
 def _run_case(case: Case) -> dict[str, Any]:
     decoder, memory_mb = _WORKER["decoders"][case.codec], _WORKER["memory_mb"]
     result = run_sandboxed(lambda: _decode_summary(decoder, case.data), case.time_limit_s, 2 * memory_mb)
-    outcome, why = judge(case.codec, case.data, result, memory_mb)
+    retry = None
+    if allocation_failed(result):  # the cap's doing, or the decoder's own refusal? the same decode, 4x the room
+        retry = run_sandboxed(lambda: _decode_summary(decoder, case.data), case.time_limit_s, 8 * memory_mb)
+    outcome, why = judge(case.codec, case.data, result, memory_mb, retry)
     record = {
         "case": case.index, "codec": case.codec, "kind": case.kind, "detail": case.detail, "sample": case.sample,
         "bytes": len(case.data), "outcome": outcome, "why": why, "error_type": result.error_type,
