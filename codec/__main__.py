@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     fz.add_argument("--eval-time", type=float, default=0.25)
     fz.add_argument("--memory-mb", type=int, default=1024, help="bound on a decode's memory growth")
     fz.add_argument("--corpus", choices=["full", "quick"], default="full")
+    fz.add_argument("--max-steps", type=int, default=1000, help="largest diffusion step count a header edit writes")
     fz.add_argument("--pack", default="random-tiny", help="DiffVC model pack (default: a random-init tiny model)")
     fz.add_argument("--out", type=Path, default=Path("out/fuzz"), help="summary.json and findings/ go here")
     fz.set_defaults(run=_cmd_fuzz)
@@ -228,7 +229,7 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
         config = FuzzConfig(
             mutations=args.mutations, seed=args.seed, codecs=tuple(args.codecs or CODECS), workers=args.workers,
             timeout_s=args.timeout, eval_s=args.eval_time, memory_mb=args.memory_mb, pack=args.pack,
-            corpus=args.corpus,
+            corpus=args.corpus, max_steps=args.max_steps,
         )
     except ValueError as e:
         raise CodecError(f"fuzz: {e}") from None

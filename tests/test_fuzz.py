@@ -4,6 +4,7 @@ codec, and one regression test per finding of the full run (`make fuzz`)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import signal
@@ -184,7 +185,7 @@ def test_resealed_dvc1_edits_pass_the_crcs(streams) -> None:
 # --- a short seeded run over every codec ---------------------------------------------------------------------
 
 
-def test_short_fuzz_run_finds_nothing() -> None:
+def test_short_fuzz_run_finds_nothing(tmp_path) -> None:
     """A few hundred mutations spread over every codec and kind: each decodes to a clear error or to frames of the
     declared size, within the limits. Steps are capped at 20 so that no case asks for minutes of diffusion."""
     config = FuzzConfig(mutations=300, seed=7, workers=2, corpus="quick", max_steps=20)
@@ -201,6 +202,21 @@ def test_short_fuzz_run_finds_nothing() -> None:
         outcomes = summary["by_codec"][name]["outcomes"]
         assert outcomes.get("error", 0) > 10 and outcomes.get("decoded", 0) > 0, (name, outcomes)
     assert elapsed < 120, f"took {elapsed:.0f} s"
+    report.write(tmp_path)
+    assert len((tmp_path / "cases.jsonl").read_text().splitlines()) == 300
+    table = (tmp_path / "summary.md").read_text()
+    assert all(f"| {name} | 60 |" in table for name in CODECS), table
+
+
+def test_cli_fuzz_writes_its_summary(tmp_path) -> None:
+    from codec.__main__ import main
+
+    out = tmp_path / "fuzz"
+    assert main(["fuzz", "--codecs", "x264", "--mutations", "20", "--corpus", "quick", "--workers", "1",
+                 "--out", str(out)]) == 0  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["totals"]["cases"] == 20 and summary["totals"]["findings"] == 0
+    assert main(["fuzz", "--codecs", "x999", "--out", str(out)]) == 2  # a clear error, not a traceback
 
 
 def test_corpus_encoding_keeps_the_scheduling_policy() -> None:
