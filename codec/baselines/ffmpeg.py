@@ -354,6 +354,9 @@ class FFmpegCodec(CodecBase):
         # refuse a picture larger than the frame limit before allocating it: a 100-byte HEVC stream whose SPS declares
         # 8192x8192 otherwise made libavcodec allocate over 1 GB before failing
         "max_pixels": str(DEFAULT_LIMITS.max_width * DEFAULT_LIMITS.max_height),
+        # apply a left/top cropping window exactly: by default libavcodec drops an unaligned one and returns frames
+        # wider than the size the SPS declares (found by fuzzing; the encoders here only crop right and bottom)
+        "flags": "+unaligned",
     }
     environment: ClassVar[dict[str, str]] = {}  # set (if unset) before encoding, e.g. to quiet a library's log
 
