@@ -241,6 +241,7 @@ class NeuralCodecBase(CodecBase):
                             "step" if header.flags & FLAG_REUSE_STEP else "final",
                             bool(header.flags & FLAG_REUSE_WARP), header.seed)
         _check_schedule(model, plan)
+        _check_seed(plan)
         size_hw = (header.height, header.width)
         padded_hw = tuple(-(-v // PAD_MULTIPLE) * PAD_MULTIPLE for v in size_hw)
         coder = FrameCoder(model, plan, StageTimer(device), _autocast_dtype(device))
@@ -300,6 +301,25 @@ def _check_schedule(model: DiffVCModel, plan: SamplingPlan) -> None:
             f"the stream's diffusion schedule ({plan.steps} steps at strength {plan.strength}) starts at timestep "
             f"{max(timesteps)}, outside this pack's {limit}-step noise schedule (stream damaged)"
         )
+
+
+def _check_seed(plan: SamplingPlan) -> None:
+    """BitstreamError when the sampler cannot take the stream's seed.
+
+    The format allows seeds up to 2**64-1, but `diffusion.noise_seed` packs the seed as a signed 64-bit integer
+    (struct "<q"), so seeds from 2**63 raised struct.error. Asking the function itself keeps this check right if
+    it is widened (packing "<Q" gives the same bytes for every seed below 2**63).
+    """
+    if not plan.enabled:
+        return
+    import struct
+
+    from codec.diffvc.diffusion import noise_seed
+
+    try:
+        noise_seed(plan.seed, 0)
+    except (struct.error, OverflowError) as e:
+        raise BitstreamError(f"seed {plan.seed} is beyond what this decoder's sampler takes ({e})") from None
 
 
 def _pack_name(hash_prefix: bytes) -> str:
