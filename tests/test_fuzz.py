@@ -277,3 +277,30 @@ def test_a_huge_declared_hevc_picture_fails_before_libavcodec_allocates_it(strea
     result = run_sandboxed(lambda: decoder.decode(b"".join(units)), 60)
     assert result.status == "raised" and result.codec_error, result
     assert result.memory_mb < 400, f"{result.memory_mb:.0f} MiB"
+
+
+def test_a_seed_the_sampler_cannot_take_is_a_bitstream_error(neural) -> None:
+    """Seeds from 2**63 (the format allows up to 2**64-1) raised struct.error in the sampler's noise seeding."""
+    for seed in (2**63, 2**64 - 1):
+        with pytest.raises(BitstreamError, match="seed"):
+            get_codec(f"diffvc:{RANDOM}").decode(_rewrite(neural["diffvc"], seed=seed))
+    condlc = _rewrite(neural["condlc"], seed=2**64 - 1)  # no diffusion stage: the seed is never used
+    assert get_codec(f"condlc:{RANDOM}").decode(condlc).frames.shape == (3, 32, 48, 3)
+
+
+@pytest.mark.parametrize(("name", "size"), [("x264", (40, 24)), ("x265", (33, 17))])
+def test_an_unaligned_cropping_window_is_applied_exactly(name: str, size: tuple[int, int]) -> None:
+    """An SPS whose cropping window starts one pixel in from the left declares one pixel less than the clip;
+    libavcodec dropped the unaligned left offset (and returned the wider frames) unless told to apply it."""
+    width, height = size
+    data = get_codec(f"{name}:chroma=444").encode(moving_clip(2, height, width), 30).bitstream
+    sample = StreamSample(name, data)
+    index, ps = sample.param_sets[0]
+    left = "frame_crop_left_offset" if name == "x264" else "conf_win_left_offset"
+    units = list(sample.units)
+    units[index] = rewrite_field(units[index], ps, left, 1)
+    edited = b"".join(units)
+    assert StreamSample(name, edited).param_sets[0][1].size == (width - 1, height)
+    video = get_codec(name).decode(edited)
+    assert video.frames.shape == (2, height, width - 1, 3)
+    assert np.array_equal(video.frames, get_codec(name).decode(data).frames[:, :, 1:])

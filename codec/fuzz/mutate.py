@@ -11,7 +11,8 @@ header's size fields). Every kind of mutation applies to every syntax:
 * insert_delete: bytes inserted or removed.
 * length_field: DVC1 string counts and lengths set to other values (+-1, 0, huge, overlong varints); Annex-B
   start codes removed, added, shortened or lengthened, NAL header bytes changed; AV1 OBU size fields edited.
-* dimension_field: DVC1 width / height set to edge values; the SPS / sequence-header size fields rewritten.
+* dimension_field: DVC1 width / height set to edge values; the SPS / sequence-header size fields (and cropping
+  windows) rewritten.
 * header_field: any other DVC1 header field (fps, frame count, intra period, QP, steps, strength, TDIR K, flags,
   seed, pack hash, codec id, version, magic); bits inside the anchors' non-picture units (VPS/SPS/PPS/SEI,
   sequence header).
@@ -46,7 +47,7 @@ from codec.bitstream import (
     encode_varint,
     read_stream,
 )
-from codec.fuzz.paramsets import ParamSet, parse_param_set, rewrite_field
+from codec.fuzz.paramsets import SIZE_FIELDS, ParamSet, parse_param_set, rewrite_field
 
 __all__ = ["KINDS", "Mutation", "NotApplicable", "StreamSample", "mutate", "reseal_dvc1", "stream_syntax"]
 
@@ -569,7 +570,7 @@ def _es_dimension_field(rng: random.Random, s: StreamSample) -> tuple[bytes, str
         raise NotApplicable("no parameter set parsed")
     targets = s.param_sets if rng.random() < 0.5 else [rng.choice(s.param_sets)]
     fields = targets[0][1].fields
-    sizes = [n for n in fields if "bits" not in n]
+    sizes = list(SIZE_FIELDS[targets[0][1].kind])
     if rng.random() < 1 / 3:
         big = rng.choice([511, 1023, 4095, 4096, 8191, 8192, 16383, 65535])
         edits = [(n, big, 16 if s.syntax == "av1" else None) for n in sizes]  # AV1: 16-bit sizes
@@ -577,7 +578,8 @@ def _es_dimension_field(rng: random.Random, s: StreamSample) -> tuple[bytes, str
             edits = [e for n in sizes for e in ((n.replace("max_", "").replace("_minus_1", "_bits_minus_1"), 15, None),
                                                 (n, big, 16))]  # fmt: skip
     else:
-        name = rng.choice([n for n in fields if "bits" in n] if s.syntax == "av1" and rng.random() < 0.25 else sizes)
+        others = [n for n in fields if n not in sizes]  # AV1's bit counts, the H.264/HEVC cropping windows
+        name = rng.choice(others if others and rng.random() < 0.25 else sizes)
         old = fields[name]
         if old.coding == "ue":
             value = rng.choice([0, 1, 2, old.value - 1, old.value + 1, old.value + 8, old.value * 2, 255, 1023,
@@ -591,7 +593,7 @@ def _es_dimension_field(rng: random.Random, s: StreamSample) -> tuple[bytes, str
     units = list(s.units)
     for i, ps in targets:
         for name, value, length in edits:
-            if ps is None:
+            if ps is None or name not in ps.fields:  # the previous edit left a set that reads otherwise
                 break
             units[i] = rewrite_field(units[i], ps, name, value, length)
             ps = parse_param_set(units[i], s.syntax)

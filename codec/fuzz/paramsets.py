@@ -4,9 +4,9 @@ The fuzzer (codec/fuzz) edits these fields and checks a decoded video against th
 position of each size field and the size the whole set declares after cropping:
 
 * H.264 sequence parameter set (ITU-T H.264 section 7.3.2.1.1): pic_width_in_mbs_minus1,
-  pic_height_in_map_units_minus1 (ue(v)), then the frame cropping window.
+  pic_height_in_map_units_minus1 (ue(v)), then the frame cropping window (frame_crop_*_offset, when present).
 * HEVC sequence parameter set (ITU-T H.265 section 7.3.2.2.1): pic_width_in_luma_samples,
-  pic_height_in_luma_samples (ue(v)), then the conformance window.
+  pic_height_in_luma_samples (ue(v)), then the conformance window (conf_win_*_offset, when present).
 * AV1 sequence header OBU (AV1 spec section 5.5): frame_width_bits_minus_1, frame_height_bits_minus_1 (f(4)) and
   max_frame_width_minus_1, max_frame_height_minus_1 (f(n)). A frame may be smaller than this maximum.
 
@@ -21,7 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BitField", "ParamSet", "escape_rbsp", "parse_param_set", "rewrite_field", "unescape_rbsp"]
+__all__ = ["SIZE_FIELDS", "BitField", "ParamSet", "escape_rbsp", "parse_param_set", "rewrite_field", "unescape_rbsp"]
+
+SIZE_FIELDS = {  # per kind of parameter set: the fields that code the picture width and height
+    "h264_sps": ("pic_width_in_mbs_minus1", "pic_height_in_map_units_minus1"),
+    "hevc_sps": ("pic_width_in_luma_samples", "pic_height_in_luma_samples"),
+    "av1_seq": ("max_frame_width_minus_1", "max_frame_height_minus_1"),
+}
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ class ParamSet:
     """A parsed parameter set. kind: "h264_sps", "hevc_sps" or "av1_seq". header_len: bytes before the RBSP
     (start code, NAL header; OBU header and size). fields: the size fields by name. size: (width, height) the set
     declares, cropped (for AV1 the largest frame size). exact: whether decoded frames must have exactly `size`
-    (H.264, HEVC) or at most it (AV1)."""
+    (H.264, HEVC) or at most it (AV1). `SIZE_FIELDS` says which fields are the picture width and height."""
 
     kind: str
     header_len: int
@@ -177,12 +183,20 @@ def _h264_sps(rbsp: bytes) -> tuple[dict[str, BitField], tuple[int, int]]:
     if not frame_mbs_only:
         r.u(1)
     r.u(1)  # direct_8x8_inference_flag
-    crop = [r.ue() for _ in range(4)] if r.u(1) else [0, 0, 0, 0]
+    crop = _window(r, "frame_crop")
     sub_w, sub_h = (2, 2) if chroma == 1 else (2, 1) if chroma == 2 else (1, 1)
     unit_x, unit_y = sub_w, sub_h * (2 - frame_mbs_only)
-    w = (width.value + 1) * 16 - unit_x * (crop[0] + crop[1])
-    h = (height.value + 1) * 16 * (2 - frame_mbs_only) - unit_y * (crop[2] + crop[3])
-    return {f.name: f for f in (width, height)}, (w, h)
+    left, right, top, bottom = (f.value for f in crop) if crop else (0, 0, 0, 0)
+    w = (width.value + 1) * 16 - unit_x * (left + right)
+    h = (height.value + 1) * 16 * (2 - frame_mbs_only) - unit_y * (top + bottom)
+    return {f.name: f for f in (width, height, *crop)}, (w, h)
+
+
+def _window(r: _Bits, prefix: str) -> list[BitField]:
+    """A cropping window after its flag: the left, right, top and bottom offsets (ue(v)); [] when the flag is 0."""
+    if not r.u(1):
+        return []
+    return [r.field(f"{prefix}_{side}_offset", "ue") for side in ("left", "right", "top", "bottom")]
 
 
 def _hevc_sps(rbsp: bytes) -> tuple[dict[str, BitField], tuple[int, int]]:
@@ -202,11 +216,12 @@ def _hevc_sps(rbsp: bytes) -> tuple[dict[str, BitField], tuple[int, int]]:
         r.u(1)
     width = r.field("pic_width_in_luma_samples", "ue")
     height = r.field("pic_height_in_luma_samples", "ue")
-    crop = [r.ue() for _ in range(4)] if r.u(1) else [0, 0, 0, 0]
+    crop = _window(r, "conf_win")
     sub_w, sub_h = (2, 2) if chroma == 1 else (2, 1) if chroma == 2 else (1, 1)
-    w = width.value - sub_w * (crop[0] + crop[1])
-    h = height.value - sub_h * (crop[2] + crop[3])
-    return {f.name: f for f in (width, height)}, (w, h)
+    left, right, top, bottom = (f.value for f in crop) if crop else (0, 0, 0, 0)
+    w = width.value - sub_w * (left + right)
+    h = height.value - sub_h * (top + bottom)
+    return {f.name: f for f in (width, height, *crop)}, (w, h)
 
 
 def _av1_sequence_header(rbsp: bytes) -> tuple[dict[str, BitField], tuple[int, int]]:
