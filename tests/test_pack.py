@@ -1,0 +1,58 @@
+"""The embedded model pack (assets/models/diffvc-tiny): it is the default, it fits its budget, and it is trained:
+one model covers QP 0..63 with rates that fall strictly and quality that falls with them, on real footage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import EXAMPLE_CLIP
+
+from codec.diffvc.pack import DEFAULT_PACK_NAME, REPO_ROOT, pack_info, resolve_pack
+from codec.metrics import compute_metrics
+from codec.registry import get_codec
+from codec.video import read_video
+
+PACK = REPO_ROOT / "assets" / "models" / DEFAULT_PACK_NAME
+MAX_PACK_BYTES = 40 * 2**20  # issue [3/5]: 40 MB at most in all
+
+
+@pytest.fixture(scope="module")
+def footage():
+    """Three frames of the example clip (an I- and two P-frames), 256x144: real footage, about 0.1 s a frame.
+    (On 128x72 the 4-byte granularity of the ANS strings is as large as the step between neighbouring QPs.)"""
+    return read_video(EXAMPLE_CLIP, start=24, frames=3, size=(256, 144))
+
+
+def test_the_embedded_pack_is_the_default_and_fits_its_budget():
+    assert resolve_pack(None) == PACK
+    size = sum(f.stat().st_size for f in PACK.iterdir() if f.is_file())
+    assert size <= MAX_PACK_BYTES, f"{size / 2**20:.1f} MiB"
+    assert (PACK / "README.md").read_text().count("python -m codec train") >= 3  # the commands that made it
+    assert get_codec("diffvc").identity() == pack_info(PACK).sha256
+
+
+def test_rates_fall_strictly_over_the_whole_qp_range(footage):
+    """Real bytes at every QP 0..63 (condlc: the same latent codec, without the diffusion stage's cost)."""
+    codec = get_codec("condlc")
+    sizes = [codec.encode(footage, qp).num_bytes for qp in range(64)]
+    rises = [(qp, sizes[qp], sizes[qp + 1]) for qp in range(63) if sizes[qp + 1] >= sizes[qp]]
+    assert not rises, f"QP, bytes, bytes at QP + 1: {rises}"
+    assert sizes[0] > 8 * sizes[63], sizes  # 9.5x measured; docs/RESULTS.md: the 10x goal is missed
+
+
+@pytest.mark.parametrize("spec", ["condlc", "diffvc"])
+def test_quality_falls_as_qp_rises(footage, spec):
+    codec = get_codec(spec)
+    psnr = []
+    for qp in (0, 21, 42, 63):
+        decoded = codec.decode(codec.encode(footage, qp).bitstream)
+        psnr.append(float(np.mean(compute_metrics(footage, decoded, ["psnr"])["psnr"])))
+    assert all(a > b for a, b in zip(psnr, psnr[1:])), psnr
+
+
+def test_the_pack_is_trained(footage):
+    """At the middle QP the trained pack codes real footage at a fraction of a bit per pixel; the random-init model
+    of the same preset, with the same transform skeleton, spends about 8 bpp (docs/DESIGN-NOTES.md)."""
+    trained, untrained = (get_codec(spec).encode(footage, 32).bpp(footage)
+                          for spec in ("condlc", "condlc:pack=random-tiny"))
+    assert trained < 0.5 and untrained > 10 * trained, (trained, untrained)  # measured: 0.33 and 7.9
