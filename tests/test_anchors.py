@@ -253,3 +253,13 @@ def test_registry_and_availability() -> None:
         encoder = "libnothing"
 
     assert "libnothing" in Missing.unavailable_reason()
+
+
+def test_encoding_av1_leaves_the_scheduling_policy_as_it_was():
+    """SVT-AV1 run as root switches the calling thread to real-time priority and never back; the wrapper restores
+    it (otherwise every later CPU-heavy process on the machine starves)."""
+    import os
+
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    get_codec("av1").encode(moving_clip(frames=2, height=64, width=64), 40)
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before

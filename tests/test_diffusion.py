@@ -20,6 +20,7 @@ from codec.diffvc.diffusion import (
     TDIRSampler,
     eps_from_x0,
     full_diffusion_config,
+    noise_seed,
     prepare_for_inference,
     sampling_timesteps,
     seeded_noise,
@@ -368,3 +369,12 @@ def test_the_anchor_adds_the_noise_the_reconstruction_implies(stage: DiffusionSt
     for i in range(2):
         expected = eps_from_x0(z_t[i], latent[i], float(alphas[t[i]])) + net[i]
         torch.testing.assert_close(anchored[i], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_noise_seed_takes_every_seed_the_format_allows_and_kept_its_old_values():
+    import hashlib
+    import struct
+
+    old = int.from_bytes(hashlib.blake2b(struct.pack("<qq", 7, 3), digest_size=8).digest(), "little") & (2**63 - 1)
+    assert noise_seed(7, 3) == old  # streams written before the unsigned packing decode the same
+    assert 0 <= noise_seed(2**64 - 1, 65535) < 2**63

@@ -143,3 +143,9 @@ def test_exact_round_trip_on_cuda_fast_path(clip):
     codec = get_codec(f"diffvc:{RANDOM}:device=cuda:intra_period=4")
     enc = codec.encode(clip, 30)
     assert np.array_equal(codec.decode(enc.bitstream).frames, enc.reconstruction.frames)
+
+
+def test_the_encoder_refuses_a_schedule_its_decoder_would_refuse(clip):
+    """1000 DDIM steps at strength 1 start one past SD's 1000-step noise schedule: a SpecError, not an IndexError."""
+    with pytest.raises(SpecError, match="schedule"):
+        get_codec(f"diffvc:{RANDOM}:steps=1000:strength=1.0").encode(clip, 30)

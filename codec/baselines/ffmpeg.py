@@ -34,6 +34,7 @@ write; SVT-AV1 writes no timing info, so AV1 streams decode at `codec.video.DEFA
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -336,6 +337,23 @@ def _colon_list(params: dict[str, Any]) -> str:
 # --- the wrapper ------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _scheduling_kept():
+    """Restore the process's scheduling policy after an encoder ran: SVT-AV1, run as root, puts the calling thread
+    at real-time priority (SCHED_FIFO 99) and leaves it there, which then starves every other process on the
+    machine (measured: a training job at 1/15 of its speed, fuzzing children timing out)."""
+    try:
+        policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    except (AttributeError, OSError):  # not on Linux
+        yield
+        return
+    try:
+        yield
+    finally:
+        if os.sched_getscheduler(0) != policy or os.sched_getparam(0) != param:
+            os.sched_setscheduler(0, policy, param)
+
+
 class FFmpegCodec(CodecBase):
     """A libavcodec encoder/decoder pair run in memory on elementary streams (see the module docstring).
 
@@ -457,6 +475,11 @@ class FFmpegCodec(CodecBase):
         for key, value in self.environment.items():
             os.environ.setdefault(key, value)
         height, width = frames.shape[1:3]
+        with _scheduling_kept():
+            return self._encode_packets_unguarded(frames, fps, pix_fmt, codec_options, width, height)
+
+    def _encode_packets_unguarded(self, frames: np.ndarray, fps: Fraction, pix_fmt: str,
+                                  codec_options: dict[str, str], width: int, height: int) -> list[bytes]:
         try:
             ctx = av.CodecContext.create(self.encoder, "w")
             ctx.width, ctx.height, ctx.pix_fmt = width, height, pix_fmt

@@ -23,7 +23,7 @@ import numpy as np
 from codec.bitstream import CODEC_IDS, MAGIC, FrameUnit, StreamHeader, read_stream, write_stream
 from codec.diffvc import QP_MAX, QP_MIN
 from codec.diffvc.pack import PackInfo, find_packs, pack_info, resolve_pack
-from codec.errors import BitstreamError, CodecError, CodecUnavailableError, VideoError
+from codec.errors import BitstreamError, CodecError, CodecUnavailableError, SpecError, VideoError
 from codec.progress import report_frame
 from codec.registry import CodecBase, Encoded, options_dict, register_codec
 from codec.video import DEFAULT_LIMITS, Video, crop, frames_to_tensor, pad_to_multiple, tensor_to_frames
@@ -187,6 +187,10 @@ class NeuralCodecBase(CodecBase):
         opts = self.options
         model, info, device = self._model()
         plan = self.sampling_plan(model)
+        try:  # the decoder refuses such a stream (a schedule past the pack's noise schedule): never write one
+            _check_schedule(model, plan)
+        except BitstreamError as e:
+            raise SpecError(f"{self.name}: {e}") from None
         header = self._header(video, qp, plan, info)
         frames, size_hw = pad_to_multiple(video.frames, PAD_MULTIPLE)
         offsets = parse_offsets(opts.qp_offsets)
@@ -241,7 +245,6 @@ class NeuralCodecBase(CodecBase):
                             "step" if header.flags & FLAG_REUSE_STEP else "final",
                             bool(header.flags & FLAG_REUSE_WARP), header.seed)
         _check_schedule(model, plan)
-        _check_seed(plan)
         size_hw = (header.height, header.width)
         padded_hw = tuple(-(-v // PAD_MULTIPLE) * PAD_MULTIPLE for v in size_hw)
         coder = FrameCoder(model, plan, StageTimer(device), _autocast_dtype(device))
@@ -301,25 +304,6 @@ def _check_schedule(model: DiffVCModel, plan: SamplingPlan) -> None:
             f"the stream's diffusion schedule ({plan.steps} steps at strength {plan.strength}) starts at timestep "
             f"{max(timesteps)}, outside this pack's {limit}-step noise schedule (stream damaged)"
         )
-
-
-def _check_seed(plan: SamplingPlan) -> None:
-    """BitstreamError when the sampler cannot take the stream's seed.
-
-    The format allows seeds up to 2**64-1, but `diffusion.noise_seed` packs the seed as a signed 64-bit integer
-    (struct "<q"), so seeds from 2**63 raised struct.error. Asking the function itself keeps this check right if
-    it is widened (packing "<Q" gives the same bytes for every seed below 2**63).
-    """
-    if not plan.enabled:
-        return
-    import struct
-
-    from codec.diffvc.diffusion import noise_seed
-
-    try:
-        noise_seed(plan.seed, 0)
-    except (struct.error, OverflowError) as e:
-        raise BitstreamError(f"seed {plan.seed} is beyond what this decoder's sampler takes ({e})") from None
 
 
 def _pack_name(hash_prefix: bytes) -> str:

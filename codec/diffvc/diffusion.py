@@ -500,8 +500,9 @@ def num_reuse_steps(sampling_steps: int, tdir_ratio: float) -> int:
 
 
 def noise_seed(seed: int, frame_index: int) -> int:
-    """A 63-bit generator seed from (stream seed, frame index); the same on every platform and Python run."""
-    digest = hashlib.blake2b(struct.pack("<qq", seed, frame_index), digest_size=8).digest()
+    """A 63-bit generator seed from (stream seed, frame index); the same on every platform and Python run.
+    Packed unsigned: every seed the format allows (0 .. 2**64 - 1), the same bytes as signed below 2**63."""
+    digest = hashlib.blake2b(struct.pack("<QQ", seed, frame_index), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
