@@ -43,7 +43,8 @@ class Server:
     def __init__(self, data: Path, log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "DIFFVC_STUDIO_PACK": "random-tiny", "DIFFVC_STUDIO_DATA": str(data),
+        pack = os.environ.get("DIFFVC_E2E_PACK", "random-tiny")  # "" = the embedded pack (the docs' screenshots)
+        env = {**os.environ, "DIFFVC_STUDIO_PACK": pack, "DIFFVC_STUDIO_DATA": str(data),
                "GRADIO_SERVER_PORT": str(self.port), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
         self.log = log.open("ab")
         self.process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=self.log,
