@@ -231,8 +231,8 @@ class OBUStream(StreamSyntax):
         return (unit[0] >> 3) & 15 == self.TEMPORAL_DELIMITER
 
     def user_data_unit(self, uuid: bytes, payload: bytes) -> bytes:
-        body = _leb128(self.USER_PRIVATE) + uuid + payload + b"\x80"  # metadata_type, data, trailing bits
-        return bytes([self.METADATA << 3 | 0x02]) + _leb128(len(body)) + body
+        body = leb128(self.USER_PRIVATE) + uuid + payload + b"\x80"  # metadata_type, data, trailing bits
+        return bytes([self.METADATA << 3 | 0x02]) + leb128(len(body)) + body
 
     def read_user_data(self, unit: bytes) -> tuple[bytes, bytes] | None:
         if (unit[0] >> 3) & 15 != self.METADATA or not unit[0] & 0x02:
@@ -254,7 +254,8 @@ class OBUStream(StreamSyntax):
             raise BitstreamError("not an AV1 low-overhead stream: it does not begin with a temporal delimiter OBU")
 
 
-def _leb128(value: int) -> bytes:
+def leb128(value: int) -> bytes:
+    """AV1's unsigned LEB128 encoding of `value` (also used by the fuzzer to rewrite OBU sizes)."""
     out = bytearray()
     while True:
         byte, value = value & 0x7F, value >> 7

@@ -35,7 +35,7 @@ import zlib
 from dataclasses import dataclass
 from functools import cached_property
 
-from codec.baselines.ffmpeg import AV1_OBUS, H264_ANNEX_B, HEVC_ANNEX_B, StreamSyntax
+from codec.baselines.ffmpeg import AV1_OBUS, H264_ANNEX_B, HEVC_ANNEX_B, StreamSyntax, leb128
 from codec.bitstream import (
     HEADER_LAYOUT,
     LIMITS,
@@ -536,7 +536,7 @@ def _obu_size_field(rng: random.Random, s: StreamSample) -> tuple[bytes, str]:
     value = rng.choice([size + 1, size - 1, 0, size * 2, size + rng.randint(2, 300), 2**32 - 1, 2**56 - 1,
                         len(s.data)])  # fmt: skip
     value = max(value, 0)
-    raw = _leb(value) if rng.random() < 0.85 else _leb(value)[:-1] + bytes([_leb(value)[-1] | 0x80, 0])
+    raw = leb128(value) if rng.random() < 0.85 else leb128(value)[:-1] + bytes([leb128(value)[-1] | 0x80, 0])
     new = unit[:header_len] + raw + unit[end:]
     return _splice(s.data, at, at + len(unit), new), f"OBU {index} size {size}->{value}"
 
@@ -548,15 +548,6 @@ def _read_leb(data: bytes, at: int) -> tuple[int, int]:
         if not data[at + i] & 0x80:
             return value, at + i + 1
     raise ValueError("bad leb128 in a sample stream")
-
-
-def _leb(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def _es_join(units: list[bytes]) -> bytes:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from codec.baselines.ffmpeg import leb128
+
 __all__ = ["SIZE_FIELDS", "BitField", "ParamSet", "escape_rbsp", "parse_param_set", "rewrite_field", "unescape_rbsp"]
 
 SIZE_FIELDS = {  # per kind of parameter set: the fields that code the picture width and height
@@ -317,14 +319,7 @@ def rewrite_field(unit: bytes, ps: ParamSet, name: str, value: int, length: int 
     code = _ue_bits(value) if f.coding == "ue" else format(value & ((1 << n) - 1), f"0{n}b")
     new = _from_bits(bits[: f.offset] + code + bits[f.offset + f.length :] + "1")
     if av1:
-        return unit[:header_end] + _leb128_bytes(len(new)) + new
+        return unit[:header_end] + leb128(len(new)) + new
     return unit[: ps.header_len] + escape_rbsp(new)
 
 
-def _leb128_bytes(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
