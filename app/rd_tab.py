@@ -1,5 +1,5 @@
 """The Rate-distortion tab: a QP sweep per codec on the Compare tab's clip (cached: a rerun is instant), RD curves
-for each metric, the BD-rate table against x265, and the HTML report to download."""
+for each metric, the table of BD-rate and bits at equal quality against x265, and the HTML report to download."""
 
 from __future__ import annotations
 
@@ -9,18 +9,21 @@ import gradio as gr
 
 from app.compare_tab import HEAVY, METRIC_NAMES, ClipInputs
 from app.feedback import error_message
-from app.handlers import METRIC_CHOICES, SWEEP_CODECS, SweepRequest
+from app.handlers import DEFAULT_ANCHOR_QPS, DEFAULT_NEURAL_QPS, METRIC_CHOICES, SWEEP_CODECS, SweepRequest
 
 
 def build_rd_tab(sweep: Callable, sweep_figure: Callable, clip: ClipInputs, state: gr.State, max_jobs: int) -> None:
     """sweep(SweepRequest, SessionState, session, progress) -> SweepView; sweep_figure(metric, SessionState)."""
     gr.Markdown("A QP sweep per codec on the clip, start, frames and size cap chosen in the **Compare** tab. "
-                "Every point is cached by clip content and settings, so a rerun is instant. BD-rate is against the "
-                "first codec chosen (x265 when ticked); negative means fewer bits for the same quality.")
+                "Every point is cached by clip content and settings, so a rerun is instant. Against the first codec "
+                "chosen (x265 when ticked): **BD-rate** (%, negative means fewer bits for the same quality; missing "
+                "where the curves' quality ranges do not overlap) and **bits at equal quality** (x: each point's "
+                "bits over the first codec's at the same quality, read off its curve, geometric mean over the "
+                "points within its quality range; 6.00 means 6x its bits).")
     with gr.Row():
         codecs = gr.CheckboxGroup(list(SWEEP_CODECS), value=["x265", "diffvc"], label="codecs", elem_id="rd-codecs")
-        anchor_qps = gr.Textbox("22, 27, 32, 37", label="anchor QPs (x265, x264: 0-51; AV1: 1-63)")
-        neural_qps = gr.Textbox("16, 32, 48, 63", label="DiffVC / condlc QPs (0-63)")
+        anchor_qps = gr.Textbox(DEFAULT_ANCHOR_QPS, label="anchor QPs (x265, x264: 0-51; AV1: 1-63)")
+        neural_qps = gr.Textbox(DEFAULT_NEURAL_QPS, label="DiffVC / condlc QPs (0-63)")
     with gr.Row():
         tdir = gr.Checkbox(True, label="DiffVC with TDIR")
         metrics = gr.CheckboxGroup([(METRIC_NAMES[m], m) for m in METRIC_CHOICES], value=list(METRIC_CHOICES),
@@ -29,7 +32,8 @@ def build_rd_tab(sweep: Callable, sweep_figure: Callable, clip: ClipInputs, stat
     status = gr.Markdown("", elem_id="rd-status")
     metric = gr.Dropdown([(METRIC_NAMES[m], m) for m in METRIC_CHOICES], value="psnr", label="RD curve of")
     plot = gr.Plot(elem_id="rd-plot")
-    bd = gr.Dataframe(label="BD-rate (%) against the first codec", interactive=False, elem_id="bd-table")
+    bd = gr.Dataframe(label="BD-rate (%) and bits at equal quality (x) against the first codec", interactive=False,
+                      elem_id="bd-table")
     results = gr.Dataframe(label="every point", interactive=False)
     files = gr.File(label="HTML report, results CSV, BD-rate CSV", file_count="multiple", interactive=False)
 

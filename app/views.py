@@ -129,6 +129,21 @@ def _fps_of(row: dict[str, Any], fps: str) -> str:
     return str(row.get("params", {}).get("fps") or fps)
 
 
+def bd_rate_view(table: pd.DataFrame) -> pd.DataFrame:
+    """`codec.eval.report.bd_rate_table` for the page: one row per (test codec, metric) with BD-rate (%), the bits
+    relative to the anchor at equal quality (x), and why either is missing or partial."""
+    if not len(table):
+        return pd.DataFrame({"note": ["BD-rate needs at least two codecs."]})
+    records = []
+    for _, r in table.iterrows():
+        notes = [f"BD-rate: {r['note']}" if r["note"] else "", f"bits: {r['bits_vs_anchor_note']}"]
+        records.append({"test": r["test"], "metric": METRIC_LABELS.get(r["metric"], r["metric"]),
+                        "BD-rate (%)": _num(r["bd_rate_pct"], 2),
+                        f"bits vs {r['anchor']} at equal quality (x)": _num(r["bits_vs_anchor"], 2),
+                        "note": "; ".join(n for n in notes if n)})
+    return pd.DataFrame(records)
+
+
 def timing_table(runs: Sequence[Any]) -> pd.DataFrame:
     """Encode and decode seconds per codec, and DiffVC's encoder stages (seconds over the whole clip)."""
     records = []

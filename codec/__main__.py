@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="rate-distortion sweep of codecs over QPs on one clip")
     ev.add_argument("input", type=Path)
     ev.add_argument("--codecs", nargs="+", required=True, metavar="SPEC",
-                    help="codec specs, e.g. x265 x265:preset=veryslow av1; BD-rate is against the first")
+                    help="codec specs, e.g. x265 x265:preset=veryslow av1; BD-rate and bits at equal quality "
+                         "are against the first")
     ev.add_argument("--qps", nargs="+", type=int, required=True, metavar="Q")
     ev.add_argument("--qps-for", action="append", default=[], metavar="SPEC=Q,Q,...",
                     help="QPs of one of the --codecs specs (codecs' QP scales differ: x265 0..51, DiffVC 0..63)")
@@ -147,7 +148,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if len(table):
         print(f"\nBD-rate (%) against {args.codecs[0]}:")
         pivot = table.pivot(index="test", columns="metric", values="bd_rate_pct")
-        print(pivot.to_string(float_format=lambda v: f"{v:+.2f}"))
+        print(pivot.to_string(float_format=lambda v: f"{v:+.2f}", na_rep="n/a"))
+        print(f"\nBits relative to {args.codecs[0]} at equal quality (x; geometric mean over the test points "
+              "within its quality range, read off its curve):")
+        pivot = table.pivot(index="test", columns="metric", values="bits_vs_anchor")
+        print(pivot.to_string(float_format=lambda v: f"{v:.2f}", na_rep="n/a"))
+        for _, r in table.iterrows():
+            print(f"  {r['test']} / {r['metric']}: {r['bits_vs_anchor_note']}")
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     return 0
 

@@ -115,7 +115,7 @@ def test_compare_sweep_vote_and_restart(browser, tmp_path):
         page.get_by_text("TDIR on against off").wait_for()
         page.screenshot(path=str(shots / "compare-timing.png"), full_page=True)
 
-        # Rate-distortion: x265 and x264 over four QPs, BD-rate of x264 against x265
+        # Rate-distortion: x265 and x264 over the default anchor QPs, BD-rate of x264 against x265
         page.get_by_role("tab", name="Rate-distortion").click()
         page.locator("#rd-codecs label").filter(has_text="diffvc").locator("input").uncheck()
         page.locator("#rd-codecs label").filter(has_text="x264").locator("input").check()

@@ -128,10 +128,24 @@ def test_sweep_writes_report_and_bd_rate(tmp_path):
                            metrics=("psnr",))
     view = studio.sweep(request, state, "s")
     assert list(view.bd_table["test"]) == ["x264"]  # against x265, the first
+    # beside BD-rate: x264's bits relative to x265's at equal quality, read off x265's curve, with how many points
+    bits = view.bd_table["bits vs x265 at equal quality (x)"]
+    assert 0.5 < bits.iloc[0] < 2 and "test points within the anchor's quality range" in view.bd_table["note"][0]
     assert any(p.endswith("report.html") for p in view.files) and len(view.results) == 8
     assert studio.sweep_figure("psnr", state) is not None
     with pytest.raises(UserError):
         studio.sweep(SweepRequest(request.clip, anchor_qps="a, b"), state, "s")
+
+
+def test_default_anchor_qps_span_the_neural_codecs_quality(tmp_path):
+    """x265 at the tab's default QPs reaches from below 26 to above 38 dB, where the neural codecs' points lie, so
+    their bits at equal quality can be read off its curve."""
+    studio = make_studio(tmp_path)
+    clip = write_video(moving_clip(frames=2), tmp_path / "c.mp4", crf=4)
+    view = studio.sweep(SweepRequest(ClipRequest(str(clip), 0, 2, 256), codecs=("x265",), metrics=("psnr",)),
+                        SessionState(), "s")
+    assert view.results["psnr"].min() < 26 and view.results["psnr"].max() > 38
+    assert view.bd_table["note"][0] == "BD-rate needs at least two codecs."
 
 
 def test_stop_ends_a_run_at_its_next_step(tmp_path):

@@ -51,6 +51,8 @@ def test_eval_writes_results_and_a_rerun_is_cached(tmp_path, clip_file):
     assert len(table) == 4 and table["bpp"].gt(0).all()
     assert (tmp_path / "out" / "report.html").is_file()
     assert "job" in r.stderr  # the progress bar
+    # two QPs: too few for BD-rate, enough for the bits relative to x265 at equal quality (with its note per metric)
+    assert "Bits relative to x265 at equal quality" in r.stdout and "x264 / ms_ssim: " in r.stdout
     first = table["enc_s"].tolist()
     r = run_cli(*args)
     assert r.returncode == 0 and pd.read_csv(tmp_path / "out" / "results.csv")["enc_s"].tolist() == first

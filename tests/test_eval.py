@@ -12,7 +12,14 @@ from conftest import moving_clip
 import codec.eval.engine as engine
 from codec.errors import SpecError
 from codec.eval import EvalRequest, evaluate
-from codec.eval.report import CSV_FIRST_COLUMNS, bd_rate, bd_rate_table, write_results
+from codec.eval.report import (
+    BD_TABLE_COLUMNS,
+    CSV_FIRST_COLUMNS,
+    bd_rate,
+    bd_rate_table,
+    rate_ratio_at_equal_quality,
+    write_results,
+)
 
 QPS = (22, 28, 34, 40)
 
@@ -101,9 +108,81 @@ def test_written_results(rows, tmp_path):
     bd = pd.read_csv(paths["bdrate"])
     assert set(bd["metric"]) == {"psnr", "psnr_y", "ms_ssim"} and set(bd["test"]) == {"x264:preset=fast"}
     assert np.isfinite(bd["bd_rate_pct"]).all()
+    assert list(bd.columns) == BD_TABLE_COLUMNS
+    # x264 against x265 on the same QPs: curves that overlap, so bits at equal quality are read off x265's curve
+    assert np.isfinite(bd["bits_vs_anchor"]).all() and bd["bits_vs_anchor"].gt(0).all()
+    assert bd["bits_vs_anchor_note"].str.contains("within the anchor's quality range").all()
     html = paths["html"].read_text()
     assert "plotly" in html and "BD-rate against x265" in html
+    assert "bits_vs_anchor" in html and "geometric mean" in html
     assert paths["png"].stat().st_size > 10_000
+
+
+ANCHOR = [{"bpp": b, "psnr": q, "lpips": 0.5 - q / 100}
+          for b, q in ((0.05, 28.0), (0.1, 30.0), (0.2, 32.0), (0.4, 34.0))]
+
+
+def test_bits_at_equal_quality_of_a_scaled_curve():
+    """The anchor's curve at 3x the bits costs exactly 3x, at the anchor's points and between them."""
+    tripled = [{**r, "bpp": 3 * r["bpp"]} for r in ANCHOR]
+    value, note = rate_ratio_at_equal_quality(ANCHOR, tripled, "psnr")
+    assert value == pytest.approx(3.0, rel=1e-12) and note == "all 4 test points within the anchor's quality range"
+    assert rate_ratio_at_equal_quality(ANCHOR, ANCHOR, "psnr")[0] == pytest.approx(1.0, rel=1e-12)
+    # 31 dB lies halfway between (0.1, 30) and (0.2, 32): log bpp is interpolated, so the anchor's bpp there is
+    # sqrt(0.1 * 0.2); 0.3 * sqrt(2) bpp is 3x that, and 0.1 bpp at 33 dB is 0.1 / sqrt(0.08) of the anchor's
+    between = [{"bpp": 0.3 * np.sqrt(2), "psnr": 31.0}, {"bpp": 0.1, "psnr": 33.0}]
+    value, _ = rate_ratio_at_equal_quality(ANCHOR, between, "psnr")
+    assert value == pytest.approx(np.sqrt(3 * 0.1 / np.sqrt(0.08)), rel=1e-12)  # geometric mean of the two ratios
+
+
+def test_bits_at_equal_quality_lower_is_better():
+    """LPIPS falls as bits rise: negated, as in BD-rate. Unnegated, the anchor would have a one-point 'curve'."""
+    halved = [{**r, "bpp": r["bpp"] / 2} for r in ANCHOR]
+    value, note = rate_ratio_at_equal_quality(ANCHOR, halved, "lpips")
+    assert value == pytest.approx(0.5, rel=1e-12) and note.startswith("all 4")
+    # lower LPIPS than the anchor's best: better than its best, even at more bits
+    better = [{"bpp": 1.0, "lpips": 0.1}]
+    assert rate_ratio_at_equal_quality(ANCHOR, better, "lpips") == (
+        None, "no test point within the anchor's quality range (0.16 to 0.22): all 1 are better than its best; "
+              "not extrapolated")
+
+
+def test_bits_at_equal_quality_without_overlap_is_none_with_a_reason():
+    above = [{"bpp": b, "psnr": q} for b, q in ((0.5, 36.0), (1.0, 38.0))]
+    value, note = rate_ratio_at_equal_quality(ANCHOR, above, "psnr")
+    assert value is None and "all 2 are better than its best" in note and "not extrapolated" in note
+    below = [{"bpp": b, "psnr": q} for b, q in ((0.2, 24.0), (0.4, 26.0))]
+    value, note = rate_ratio_at_equal_quality(ANCHOR, below, "psnr")
+    assert value is None and "all 2 are worse than its worst" in note and "28 to 34" in note
+    assert rate_ratio_at_equal_quality(ANCHOR[:1], above, "psnr") == (None, "needs 2 anchor points on its curve")
+    assert rate_ratio_at_equal_quality(ANCHOR, [{"bpp": 0.1, "psnr": None}], "psnr") == (None, "no test point has psnr")
+
+
+def test_bits_at_equal_quality_partial_overlap_uses_the_points_in_range():
+    test = [{"bpp": 0.2, "psnr": 26.0}, {"bpp": 0.6, "psnr": 32.0}, {"bpp": 2.0, "psnr": 36.0}]
+    value, note = rate_ratio_at_equal_quality(ANCHOR, test, "psnr")
+    assert value == pytest.approx(3.0, rel=1e-12)  # only the 32 dB point: 0.6 against the anchor's 0.2
+    assert note == ("1 of 3 test points within the anchor's quality range (28 to 34); left out: 1 better than its "
+                    "best, 1 worse than its worst")
+
+
+def test_bits_at_equal_quality_ignores_anchor_points_off_its_monotone_curve():
+    """An anchor point that spends more bits than another for less quality is not on its curve."""
+    wasteful = [*ANCHOR, {"bpp": 0.3, "psnr": 29.0}]
+    tripled = [{**r, "bpp": 3 * r["bpp"]} for r in ANCHOR]
+    value, note = rate_ratio_at_equal_quality(wasteful, tripled, "psnr")
+    assert value == pytest.approx(3.0, rel=1e-12) and note.endswith("1 anchor point(s) off its monotone curve ignored")
+
+
+def test_bd_table_has_bits_at_equal_quality_where_bd_rate_has_none():
+    """Three test points are too few for BD-rate, not for bits at equal quality."""
+    rows = [{**r, "spec": "anchor"} for r in ANCHOR]
+    rows += [{**r, "bpp": 6 * r["bpp"], "spec": "neural"} for r in ANCHOR[1:]]
+    table = bd_rate_table(rows, ["psnr", "lpips"])
+    assert list(table.columns) == BD_TABLE_COLUMNS and list(table["metric"]) == ["psnr", "lpips"]
+    assert table["bd_rate_pct"].isna().all() and (table["note"] == "needs 4 points per curve").all()
+    assert table["bits_vs_anchor"].to_numpy() == pytest.approx([6.0, 6.0], rel=1e-12)
+    assert table["bits_vs_anchor_note"].str.startswith("all 3 test points").all()
 
 
 def test_bd_table_needs_two_codecs(rows):

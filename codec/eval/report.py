@@ -1,7 +1,10 @@
-"""Results table (JSON + CSV), BD-rate against the first codec, the HTML report (plotly) and PNG RD plots.
+"""Results table (JSON + CSV), BD-rate and bits at equal quality against the first codec, the HTML report (plotly)
+and PNG RD plots.
 
 BD-rate uses the `bjontegaard` package (Akima interpolation). Metrics where lower is better (LPIPS, DISTS)
 are negated before interpolation, so a negative BD-rate always means "fewer bits for the same quality".
+BD-rate needs the two curves' quality ranges to overlap; `rate_ratio_at_equal_quality` needs only the test
+codec's points to fall within the anchor's range, and says how many did.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ CSV_FIRST_COLUMNS = [
 ]
 BD_METHOD = "akima"
 MIN_BD_POINTS = 4
+MIN_ANCHOR_POINTS = 2  # rate_ratio_at_equal_quality: a line needs two points
+BD_TABLE_COLUMNS = ["anchor", "test", "metric", "bd_rate_pct", "note", "bits_vs_anchor", "bits_vs_anchor_note"]
 
 
 def results_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -70,16 +75,77 @@ def bd_rate(anchor: list[dict], test: list[dict], metric: str) -> tuple[float | 
     return (float(value) if _finite(value) else None), note
 
 
+def rate_ratio_at_equal_quality(anchor: list[dict], test: list[dict], metric: str) -> tuple[float | None, str]:
+    """Bits of `test` relative to `anchor` at equal quality on `metric`, read off the anchor's curve, and a note.
+
+    Definition. The anchor's curve is its points (quality q, log bpp), sorted by quality and kept only where
+    they are monotone: a point is dropped when another spends no more bits for at least its quality, so q
+    and bpp both rise along the curve. Lower-is-better metrics (LPIPS, DISTS; `HIGHER_IS_BETTER`) are negated
+    first, as in `bd_rate`. For each test point whose quality lies within the anchor's quality range,
+    log bpp_anchor(q) is interpolated linearly between the two anchor points around q, and the point's
+    ratio is bpp_test / bpp_anchor(q). The value is the geometric mean of these ratios: 6.0 means "6x the
+    anchor's bits for the same quality", 0.5 half of them, 1.0 the same.
+
+    Test points outside the anchor's range are left out, never extrapolated; the note says how many test
+    points were in range and where the others lay (better than the anchor's best, or worse than its worst).
+    None, with the reason in the note, when no test point is in range or the anchor has fewer than
+    `MIN_ANCHOR_POINTS` points on its curve. Rates (bpp) must be > 0; points without `metric` are skipped.
+    """
+    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    a = [(r["bpp"], sign * r[metric]) for r in anchor if _finite(r.get(metric)) and r["bpp"] > 0]
+    t = [(r["bpp"], sign * r[metric]) for r in test if _finite(r.get(metric)) and r["bpp"] > 0]
+    curve = _monotone_curve(a)
+    dropped = f"; {len(a) - len(curve)} anchor point(s) off its monotone curve ignored" if len(curve) < len(a) else ""
+    if len(curve) < MIN_ANCHOR_POINTS:
+        return None, f"needs {MIN_ANCHOR_POINTS} anchor points on its curve{dropped}"
+    if not t:
+        return None, f"no test point has {metric}"
+    q = np.array([c[0] for c in curve])
+    log_bpp = np.array([c[1] for c in curve])
+    inside = [(bpp, quality) for bpp, quality in t if q[0] <= quality <= q[-1]]
+    better = sum(quality > q[-1] for _, quality in t)
+    worse = len(t) - len(inside) - better
+    span = sorted((sign * q[0], sign * q[-1]))
+    outside = ", ".join(part for part in (f"{better} better than its best" if better else "",
+                                          f"{worse} worse than its worst" if worse else "") if part)
+    if not inside:
+        where = (f"all {len(t)} are better than its best" if better == len(t) else
+                 f"all {len(t)} are worse than its worst" if worse == len(t) else outside)
+        return None, (f"no test point within the anchor's quality range ({span[0]:.4g} to {span[1]:.4g}): "
+                      f"{where}; not extrapolated{dropped}")
+    log_ratio = [math.log(bpp) - float(np.interp(quality, q, log_bpp)) for bpp, quality in inside]
+    value = math.exp(sum(log_ratio) / len(log_ratio))
+    if len(inside) == len(t):
+        return value, f"all {len(t)} test points within the anchor's quality range{dropped}"
+    return value, (f"{len(inside)} of {len(t)} test points within the anchor's quality range "
+                   f"({span[0]:.4g} to {span[1]:.4g}); left out: {outside}{dropped}")
+
+
+def _monotone_curve(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(bpp, quality) -> (quality, log bpp) of the points no other beats (as good a quality for no more bits),
+    sorted by quality; quality and bpp both strictly increase along it."""
+    curve: list[tuple[float, float]] = []
+    for bpp, quality in sorted(points, key=lambda p: (p[0], -p[1])):  # by rate; at equal rate, best quality first
+        if not curve or quality > curve[-1][0]:
+            curve.append((quality, math.log(bpp)))
+    return curve
+
+
 def bd_rate_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = METRICS) -> pd.DataFrame:
-    """One row per (test spec, metric): BD-rate against the first spec."""
+    """One row per (test spec, metric), against the first spec: BD-rate (%) and its note, and the bits relative
+    to the anchor at equal quality (`rate_ratio_at_equal_quality`, x) and its note."""
     by_spec = curves(rows)
     specs = list(by_spec)
     records = []
     for spec in specs[1:]:
         for metric in metrics:
-            value, note = bd_rate(by_spec[specs[0]], by_spec[spec], metric)
-            records.append({"anchor": specs[0], "test": spec, "metric": metric, "bd_rate_pct": value, "note": note})
-    return pd.DataFrame(records, columns=["anchor", "test", "metric", "bd_rate_pct", "note"])
+            anchor, test = by_spec[specs[0]], by_spec[spec]
+            value, note = bd_rate(anchor, test, metric)
+            ratio, ratio_note = rate_ratio_at_equal_quality(anchor, test, metric)
+            records.append({"anchor": specs[0], "test": spec, "metric": metric, "bd_rate_pct": value, "note": note,
+                            "bits_vs_anchor": ratio, "bits_vs_anchor_note": ratio_note})
+    table = pd.DataFrame(records, columns=BD_TABLE_COLUMNS)
+    return table.astype({"bd_rate_pct": float, "bits_vs_anchor": float})
 
 
 def _finite(value: Any) -> bool:
@@ -142,9 +208,24 @@ def html_report(rows: Sequence[dict[str, Any]], table: pd.DataFrame, metrics: Se
     ]
     for i, metric in enumerate(metrics):
         parts.append(rd_figure(rows, metric).to_html(full_html=False, include_plotlyjs=(i == 0)))
-    parts.append(f"<h2>BD-rate against {_esc(table['anchor'].iloc[0]) if len(table) else 'the first codec'}</h2>")
-    parts.append(table.to_html(index=False, float_format=lambda v: f"{v:+.2f}", na_rep="n/a") if len(table)
-                 else "<p>Only one codec: no BD-rate.</p>")
+    anchor = _esc(table["anchor"].iloc[0]) if len(table) else "the first codec"
+    parts.append(f"<h2>BD-rate against {anchor}, and bits at equal quality</h2>")
+    parts.append(
+        "<p><b>bd_rate_pct</b>: the Bjontegaard delta rate (%), the average difference in bits between the two "
+        "curves over the quality range they share (Akima interpolation of each curve); negative means fewer bits "
+        f"than {anchor} for the same quality. It is missing where the curves' quality ranges do not overlap "
+        "enough. <b>bits_vs_anchor</b>: the test codec's bits relative to the anchor's at equal quality (x), read "
+        f"off {anchor}'s curve: for each test point whose quality lies within {anchor}'s quality range, "
+        f"{anchor}'s bpp at that quality is interpolated (log bpp, piecewise-linear over its points sorted by "
+        "quality; a point that spends more bits than another for less quality is left out), and the ratio test "
+        "bpp / anchor bpp taken; the value is the geometric mean of these ratios "
+        "(6.00 means 6x the anchor's bits, 0.50 half). Test points outside the anchor's range are not "
+        "extrapolated; <b>bits_vs_anchor_note</b> says how many were in range. LPIPS and DISTS (lower is better) "
+        "are negated first, so for every metric a BD-rate below 0 or a bits_vs_anchor below 1.00 means fewer bits "
+        "for the same quality.</p>")
+    parts.append(table.to_html(index=False, na_rep="n/a", formatters={
+        "bd_rate_pct": lambda v: f"{v:+.2f}", "bits_vs_anchor": lambda v: f"{v:.2f}"}) if len(table)
+        else "<p>Only one codec: no BD-rate.</p>")
     parts.append("<h2>All results</h2>")
     parts.append(results_frame(rows).to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""))
     parts.append("</body></html>")
