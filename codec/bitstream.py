@@ -39,7 +39,8 @@ __all__ = [
 ]
 
 MAGIC = b"DVC1"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: padding is not entropy-coded, zero-motion P-frames (docs/FORMAT.md, "Versions")
+RETIRED_VERSIONS = {1: "version 1 coded the frame's padding; re-encode the source with this build"}
 CODEC_IDS: dict[str, int] = {"diffvc": 1, "condlc": 2}  # explicit ids, stored in the stream: never reorder or reuse
 CODEC_NAMES: dict[int, str] = {v: k for k, v in CODEC_IDS.items()}
 FRAME_TYPES = ("I", "P")  # the stored code is the index: 0 = I, 1 = P
@@ -397,6 +398,9 @@ def _read_magic_version_codec(cur: _Cursor) -> str:
         raise BitstreamError(f"not a DVC1 stream (magic {head!r})")
     cur.take(len(MAGIC), "magic")
     version = cur.u8("format version")
+    if version in RETIRED_VERSIONS:
+        raise BitstreamError(f"format version {version} is no longer decoded (this build reads {FORMAT_VERSION}): "
+                             f"{RETIRED_VERSIONS[version]}")
     if version != FORMAT_VERSION:
         raise BitstreamError(f"unsupported format version {version} (this build reads {FORMAT_VERSION})")
     codec_id = cur.u8("codec id")

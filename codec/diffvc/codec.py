@@ -6,7 +6,9 @@
 
 GOP: frame t is an I-frame when t = 0 or (intra_period > 0 and t % intra_period == 0). A P-frame's QP is the
 stream QP plus `qp_offsets[(position in the GOP - 1) % len(qp_offsets)]` (DCVC-DC's hierarchical quality:
-e.g. "0,4,2,4"), clipped to 0..63. Each unit carries its QP, so the decoder needs no options.
+e.g. "0,4,2,4"), an I-frame's the stream QP plus `intra_qp_offset` (negative: a finer I-frame, which every P-frame
+of its GOP refers to, as HEVC's I-frames at a lower QP), both clipped to 0..63. Each unit carries its QP, so the
+decoder needs no options.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ if TYPE_CHECKING:
 RANDOM_PACK_PREFIX = "random-"  # pack="random-tiny": random init of a preset (tests, speed), never a real result
 FLAG_REUSE_STEP = 1  # header flags: TDIR reuses per-step x0 (else the final latent)
 FLAG_REUSE_WARP = 2  # TDIR warps the reused x0 with the decoded flow
-STRINGS_PER_TYPE = {"I": 2, "P": 4}
+INTRA_QP_OFFSET = 0  # the default I-frame QP offset (docs/RESULTS.md, "I-frame QP offset")
+STRINGS_PER_TYPE = {"I": (2,), "P": (2, 4)}  # a P-frame of 2 strings has zero motion (no MV strings)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class NeuralOptions:
 
     intra_period: int = 32
     qp_offsets: str = "0"
+    intra_qp_offset: int = INTRA_QP_OFFSET
     pack: str = ""  # a pack name or folder; "" = the default pack; "random-tiny" = random init
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
@@ -57,6 +61,8 @@ class NeuralOptions:
         if self.intra_period != -1 and not 1 <= self.intra_period <= 65535:
             raise ValueError(f"intra_period must be -1 or 1..65535, got {self.intra_period}")
         parse_offsets(self.qp_offsets)
+        if abs(self.intra_qp_offset) > QP_MAX:
+            raise ValueError(f"intra_qp_offset must be in [-63, 63], got {self.intra_qp_offset}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -92,9 +98,9 @@ def frame_type(index: int, intra_period: int) -> str:
     return "I" if index == 0 or (intra_period > 0 and index % intra_period == 0) else "P"
 
 
-def frame_qp(qp: int, index: int, intra_period: int, offsets: tuple[int, ...]) -> int:
+def frame_qp(qp: int, index: int, intra_period: int, offsets: tuple[int, ...], intra_offset: int = 0) -> int:
     position = index % intra_period if intra_period > 0 else index
-    offset = 0 if position == 0 else offsets[(position - 1) % len(offsets)]
+    offset = intra_offset if position == 0 else offsets[(position - 1) % len(offsets)]
     return min(QP_MAX, max(QP_MIN, qp + offset))
 
 
@@ -200,8 +206,10 @@ class NeuralCodecBase(CodecBase):
         start = time.perf_counter()
         with active_timer(timer):
             for t in range(video.num_frames):
-                ftype, fqp = frame_type(t, opts.intra_period), frame_qp(qp, t, opts.intra_period, offsets)
-                strings, result = coder.encode_frame(frames_to_tensor(frames[t : t + 1], device), ftype, fqp, t)
+                ftype = frame_type(t, opts.intra_period)
+                fqp = frame_qp(qp, t, opts.intra_period, offsets, opts.intra_qp_offset)
+                strings, result = coder.encode_frame(frames_to_tensor(frames[t : t + 1], device), ftype, fqp, t,
+                                                     size_hw)
                 units.append(FrameUnit(ftype, fqp, tuple(strings)))
                 recon.append(crop(tensor_to_frames(result.frame), size_hw)[0])
                 evals.append(result.unet_evals)
@@ -250,10 +258,10 @@ class NeuralCodecBase(CodecBase):
         coder = FrameCoder(model, plan, StageTimer(device), _autocast_dtype(device))
         frames = []
         for t, unit in enumerate(units):
-            if len(unit.strings) != STRINGS_PER_TYPE[unit.frame_type]:
+            if len(unit.strings) not in STRINGS_PER_TYPE[unit.frame_type]:
                 raise BitstreamError(f"frame {t}: {unit.frame_type}-frame with {len(unit.strings)} strings")
             try:
-                result = coder.decode_frame(list(unit.strings), unit.frame_type, unit.qp, t, padded_hw)
+                result = coder.decode_frame(list(unit.strings), unit.frame_type, unit.qp, t, padded_hw, size_hw)
             except (ValueError, RuntimeError) as e:
                 raise BitstreamError(f"frame {t}: cannot be decoded ({e})") from None
             frames.append(crop(tensor_to_frames(result.frame), size_hw)[0])

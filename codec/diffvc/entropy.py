@@ -132,6 +132,34 @@ def quantize_symbols(x: Tensor, center: Tensor) -> Tensor:
     return torch.round(x.float() - center).clamp_(-MAX_ABS_SYMBOL, MAX_ABS_SYMBOL)
 
 
+Region = tuple[int, int] | None  # (rows, cols) of a latent's top-left area that is coded; None: all of it
+
+
+def in_region(x: Tensor, region: Region) -> Tensor:
+    """The coded part x[..., :rows, :cols] of a tensor [N, C, H, W] (x itself when region is None)."""
+    return x if region is None else x[..., : region[0], : region[1]]
+
+
+def outside_region(x: Tensor, region: Region) -> Tensor:
+    """A bool mask of x's shape, True where an element lies outside `region` (the padding): such elements are not
+    coded, they take symbol 0 (their mean or median) on both sides and cost no bits (docs/FORMAT.md, version 2)."""
+    mask = torch.zeros(x.shape[-2:], dtype=torch.bool, device=x.device)
+    if region is not None:
+        mask[region[0]:, :] = True
+        mask[:, region[1]:] = True
+    return mask.expand(x.shape)
+
+
+def _fill_region(values: np.ndarray, shape: Sequence[int], region: Region) -> np.ndarray:
+    """Decoded symbols of the coded region -> int64 symbols of the whole `shape`, 0 outside the region."""
+    if region is None:
+        return values
+    out = np.zeros(tuple(shape), np.int64)
+    out[..., : region[0], : region[1]] = values.reshape(*shape[:-2], min(region[0], shape[-2]),
+                                                         min(region[1], shape[-1]))
+    return out.ravel()
+
+
 def _to_cpu_float32(x: Tensor) -> Tensor:
     """x detached, on the CPU, float32, contiguous: the one layout the coding paths compute in."""
     return x.detach().to(device="cpu", dtype=torch.float32).contiguous()
@@ -464,11 +492,12 @@ class FactorizedPrior(_TabledEntropyModel):
         medians = self.medians if medians is None else medians
         return medians.view(1, -1, *([1] * (ndim - 2)))
 
-    def forward(self, z: Tensor, training: bool | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, z: Tensor, training: bool | None = None, region: Region = None) -> tuple[Tensor, Tensor]:
         """z [N, C, *spatial] -> (z_hat, likelihoods), both z's shape, float32.
 
         training (default: the module's mode): z_hat = z + U(-1/2, 1/2) noise; otherwise
-        z_hat = round(z - medians) + medians, exactly what `decompress(compress(z))` returns.
+        z_hat = round(z - medians) + medians, exactly what `decompress(compress(z, region), shape, region)`
+        returns: outside `region` ([N, C, H, W] only) the median, with likelihood 1 (not coded).
         """
         training = self.training if training is None else training
         if training:
@@ -478,7 +507,12 @@ class FactorizedPrior(_TabledEntropyModel):
             z_hat = quantize_symbols(z, centers) + centers
         per_channel = z_hat.transpose(0, 1).reshape(self.channels, 1, -1)
         likelihood = lower_bound(self._likelihood(per_channel)[0], self.likelihood_bound)
-        return z_hat, likelihood.reshape(z_hat.transpose(0, 1).shape).transpose(0, 1)
+        likelihood = likelihood.reshape(z_hat.transpose(0, 1).shape).transpose(0, 1)
+        if region is not None and not training:
+            outside = outside_region(z_hat, region)
+            z_hat = torch.where(outside, self._centers(z.dim()).expand_as(z_hat), z_hat)
+            likelihood = likelihood.masked_fill(outside, 1.0)
+        return z_hat, likelihood
 
     # -- tables -------------------------------------------------------------------------------------------------
 
@@ -533,18 +567,21 @@ class FactorizedPrior(_TabledEntropyModel):
         view = np.arange(self.channels, dtype=np.int64).reshape(1, -1, *([1] * (len(shape) - 2)))
         return np.broadcast_to(view, tuple(shape)).ravel()
 
-    def compress(self, z: Tensor) -> bytes:
-        """Entropy-code round(z - medians) for z [N, C, *spatial] (any device): one string (bytes)."""
-        z = _to_cpu_float32(z)
+    def compress(self, z: Tensor, region: Region = None) -> bytes:
+        """Entropy-code round(z - medians) for z [N, C, *spatial] (any device), within `region` if given (then z
+        is [N, C, H, W]): one string (bytes)."""
+        z = in_region(_to_cpu_float32(z), region)
         indexes = self._indexes(z.shape)
         _check_finite("z", z)
         symbols = quantize_symbols(z, self._centers(z.dim(), self.medians.cpu()))
         return encode_indexed(symbols.numpy().astype(np.int64), indexes, self.coding_tables())
 
-    def decompress(self, data: bytes, shape: Sequence[int]) -> Tensor:
-        """Invert `compress`: z_hat [shape] float32, on the module's device; BitstreamError if `data` is damaged."""
+    def decompress(self, data: bytes, shape: Sequence[int], region: Region = None) -> Tensor:
+        """Invert `compress`: z_hat [shape] float32 (the median outside `region`), on the module's device;
+        BitstreamError if `data` is damaged."""
         shape = tuple(int(s) for s in shape)
-        values = decode_indexed(data, self._indexes(shape), self.coding_tables())
+        coded = shape if region is None else (*shape[:-2], min(region[0], shape[-2]), min(region[1], shape[-1]))
+        values = _fill_region(decode_indexed(data, self._indexes(coded), self.coding_tables()), shape, region)
         medians = self.medians.cpu()
         z_hat = torch.from_numpy(values.astype(np.float32)).reshape(shape) + self._centers(len(shape), medians)
         return z_hat.to(self.medians.device)
@@ -614,20 +651,27 @@ class GaussianConditional(_TabledEntropyModel):
         lower = _std_cdf((-0.5 - distance) / scales)
         return lower_bound(upper - lower, self.likelihood_bound)
 
-    def forward(self, y: Tensor, means: Tensor, scales: Tensor, training: bool | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, y: Tensor, means: Tensor, scales: Tensor, training: bool | None = None,
+                region: Region = None) -> tuple[Tensor, Tensor]:
         """(y_hat, likelihoods), both y's shape.
 
         training (default: the module's mode): y_hat = y + U(-1/2, 1/2) noise; otherwise
         y_hat = round(y - mean_q) + mean_q (mean_q: means on the 1/64 grid), exactly what
-        `decompress(compress(y, means, scales), means, scales)` returns.
+        `decompress(compress(y, means, scales, region), means, scales, region)` returns: outside `region` mean_q,
+        with likelihood 1 (not coded).
         """
         training = self.training if training is None else training
         if training:
             y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5)
-        else:
-            mean_q, _ = self._coding_params(means, scales)
-            y_hat = quantize_symbols(y, mean_q) + mean_q
-        return y_hat, self.likelihood(y_hat, means, scales)
+            return y_hat, self.likelihood(y_hat, means, scales)
+        mean_q, _ = self._coding_params(means, scales)
+        symbols = quantize_symbols(y, mean_q)
+        likelihood = self.likelihood(symbols + mean_q, means, scales)
+        if region is not None:
+            outside = outside_region(y, region)
+            symbols = symbols.masked_fill(outside, 0.0)
+            likelihood = likelihood.masked_fill(outside, 1.0)
+        return symbols + mean_q, likelihood
 
     def _cpu_params(self, means: Tensor, scales: Tensor) -> tuple[Tensor, Tensor]:
         if means.shape != scales.shape:
@@ -637,20 +681,24 @@ class GaussianConditional(_TabledEntropyModel):
         _check_finite("scales", scales)
         return self._coding_params(means, scales)
 
-    def compress(self, y: Tensor, means: Tensor, scales: Tensor) -> bytes:
-        """Entropy-code round(y - mean_q), each with the table of its scale index: one string (bytes)."""
+    def compress(self, y: Tensor, means: Tensor, scales: Tensor, region: Region = None) -> bytes:
+        """Entropy-code round(y - mean_q), each with the table of its scale index, within `region` if given
+        (y [N, C, H, W]): one string (bytes)."""
         if y.shape != means.shape:
             raise ValueError(f"y {tuple(y.shape)} and means {tuple(means.shape)} differ in shape")
         mean_q, indexes = self._cpu_params(means, scales)
         y = _to_cpu_float32(y)
         _check_finite("y", y)
-        symbols = quantize_symbols(y, mean_q)
-        return encode_indexed(symbols.numpy().astype(np.int64), indexes.numpy(), self.coding_tables())
+        symbols = in_region(quantize_symbols(y, mean_q), region)
+        return encode_indexed(symbols.numpy().astype(np.int64), in_region(indexes, region).numpy(),
+                              self.coding_tables())
 
-    def decompress(self, data: bytes, means: Tensor, scales: Tensor) -> Tensor:
-        """Invert `compress`: y_hat (means' shape, float32, on means' device); BitstreamError if damaged."""
+    def decompress(self, data: bytes, means: Tensor, scales: Tensor, region: Region = None) -> Tensor:
+        """Invert `compress`: y_hat (means' shape, float32, on means' device; mean_q outside `region`);
+        BitstreamError if damaged."""
         mean_q, indexes = self._cpu_params(means, scales)
-        values = decode_indexed(data, indexes.numpy(), self.coding_tables())
+        coded = decode_indexed(data, in_region(indexes, region).contiguous().numpy(), self.coding_tables())
+        values = _fill_region(coded, mean_q.shape, region)
         y_hat = torch.from_numpy(values.astype(np.float32)).reshape(mean_q.shape) + mean_q
         return y_hat.to(means.device)
 

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
-from codec.diffvc.entropy import FactorizedPrior, GaussianConditional, bits_from_likelihoods
+from codec.diffvc.entropy import FactorizedPrior, GaussianConditional, Region, bits_from_likelihoods
 from codec.diffvc.qp import QPScales, QPScalesConfig, qp_tensor
 from codec.errors import BitstreamError
 
@@ -268,12 +268,12 @@ class HyperpriorCodec(nn.Module):
     """
 
     def __init__(self, y_channels: int, z_channels: int, hyper_channels: int, hyper_downsamples: int,
-                 qp_anchors: int, qp_init_range: float) -> None:
+                 qp_anchors: int, qp_init_range: float, qp_per_channel: bool = True) -> None:
         super().__init__()
         self.y_channels = y_channels
         self.hyperprior = Hyperprior(y_channels, z_channels, hyper_channels, hyper_downsamples)
         self.gaussian = GaussianConditional()
-        self.qp_scales = QPScales(QPScalesConfig(y_channels, qp_anchors, qp_init_range))
+        self.qp_scales = QPScales(QPScalesConfig(y_channels, qp_anchors, qp_init_range, qp_per_channel))
 
     # -- hooks --------------------------------------------------------------------------------------------------
 
@@ -284,6 +284,11 @@ class HyperpriorCodec(nn.Module):
         raise NotImplementedError
 
     def _synthesis(self, y_deq: Tensor, cond: Any) -> Any:
+        raise NotImplementedError
+
+    @property
+    def input_stride(self) -> int:
+        """Input elements per element of y, along each side (1: y at the input's resolution)."""
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------------------------------------------
@@ -305,36 +310,52 @@ class HyperpriorCodec(nn.Module):
         y_deq = (y_hat * q_dec).contiguous()
         return y_deq, self._synthesis(y_deq, cond)
 
-    def _run(self, x: Tensor, cond: Any, qp: Tensor, training: bool) -> _Coded:
-        """Steps 1-5 of the module docstring for `forward` and `compress` (training: additive noise)."""
+    def coded_regions(self, valid_hw: Sequence[int] | None) -> tuple[Region, Region]:
+        """(y's, z's) coded regions for an input whose top-left `valid_hw` (in the input's own units: latent
+        elements, or pixels for the flow) is the picture and the rest padding: every y element that covers a
+        picture element, every z element that covers such a y element. (None, None) when valid_hw is None."""
+        if valid_hw is None:
+            return None, None
+        y_region = tuple(-(-int(v) // self.input_stride) for v in valid_hw)
+        step = 2**self.hyperprior.downsamples
+        return y_region, tuple(-(-v // step) for v in y_region)
+
+    def _run(self, x: Tensor, cond: Any, qp: Tensor, training: bool, valid_hw: Sequence[int] | None = None) -> _Coded:
+        """Steps 1-5 of the module docstring for `forward` and `compress` (training: additive noise). Outside the
+        regions of `valid_hw` (evaluation only) y and z take symbol 0 and cost nothing (`coded_regions`)."""
+        y_region, z_region = self.coded_regions(valid_hw)
         q_enc, q_dec = self.qp_scales(qp)
         y = (self._analysis(x, cond) * q_enc).float()
         z = self.hyperprior.encoder(y).float()
-        z_hat, z_likelihoods = self.hyperprior.prior(z, training=training)
+        z_hat, z_likelihoods = self.hyperprior.prior(z, training=training, region=z_region)
         means, scales = self.entropy_params(z_hat, cond, q_enc)
-        y_hat, y_likelihoods = self.gaussian(y, means, scales, training=training)
+        y_hat, y_likelihoods = self.gaussian(y, means, scales, training=training, region=y_region)
         y_deq, out = self.synthesize(y_hat, cond, q_dec)
         return _Coded(y, z, y_hat, y_deq, out, {"y": y_likelihoods, "z": z_likelihoods}, means, scales)
 
-    def _compress(self, x: Tensor, cond: Any, qp: Tensor) -> tuple[list[bytes], _Coded]:
+    def _compress(self, x: Tensor, cond: Any, qp: Tensor,
+                  valid_hw: Sequence[int] | None = None) -> tuple[list[bytes], _Coded]:
         """Strings [y, z] and the evaluation-mode pass whose reconstruction `decompress` reproduces bit for bit."""
-        coded = self._run(x, cond, qp, training=False)
-        z_string = self.hyperprior.prior.compress(coded.z)
-        y_string = self.gaussian.compress(coded.y, coded.means, coded.scales)
+        y_region, z_region = self.coded_regions(valid_hw)
+        coded = self._run(x, cond, qp, training=False, valid_hw=valid_hw)
+        z_string = self.hyperprior.prior.compress(coded.z, z_region)
+        y_string = self.gaussian.compress(coded.y, coded.means, coded.scales, y_region)
         return [y_string, z_string], coded
 
     def _decompress(
-        self, strings: Sequence[bytes], cond: Any, qp: Tensor, y_shape: Sequence[int]
+        self, strings: Sequence[bytes], cond: Any, qp: Tensor, y_shape: Sequence[int],
+        valid_hw: Sequence[int] | None = None,
     ) -> tuple[Tensor, Any]:
         """Invert `_compress` given y's shape: (y_deq, out). BitstreamError if the strings are damaged."""
         if len(strings) != 2 or not all(isinstance(s, bytes | bytearray) for s in strings):
             raise BitstreamError(f"a {type(self).__name__} frame needs 2 strings (y, z), got {len(strings)}")
+        y_region, z_region = self.coded_regions(valid_hw)
         q_enc, q_dec = self.qp_scales(qp)
-        z_hat = self.hyperprior.prior.decompress(bytes(strings[1]), self.hyperprior.z_shape(y_shape))
+        z_hat = self.hyperprior.prior.decompress(bytes(strings[1]), self.hyperprior.z_shape(y_shape), z_region)
         means, scales = self.entropy_params(z_hat, cond, q_enc)
         if not (bool(torch.isfinite(means).all()) and bool(torch.isfinite(scales).all())):
             raise BitstreamError("the decoded hyper-latent gives non-finite entropy parameters; the stream is damaged")
-        y_hat = self.gaussian.decompress(bytes(strings[0]), means, scales)
+        y_hat = self.gaussian.decompress(bytes(strings[0]), means, scales, y_region)
         return self.synthesize(y_hat, cond, q_dec)
 
 
@@ -511,6 +532,7 @@ class IntraLatentCodecConfig:
     feature_channels: int = 64
     qp_anchors: int = 4
     qp_init_range: float = 16.0
+    qp_per_channel: bool = True  # False: a flat quantization matrix (one step per QP), codec.diffvc.qp
     transform: Literal["deep", "block"] = "deep"
     block_gain: float = 8.0
 
@@ -529,7 +551,8 @@ class IntraLatentCodecConfig:
     def tiny(cls, latent_channels: int = 192) -> IntraLatentCodecConfig:
         """[I] For a 2-core CPU: PixelUnshuffle(8) latent coded by the block-transform skeleton (y = 192 channels at
         1/8 of the frame, hidden width 64, z at 1/32), docs/DESIGN-NOTES.md."""
-        return cls(latent_channels=latent_channels, y_channels=latent_channels, transform="block", qp_init_range=64.0)
+        return cls(latent_channels=latent_channels, y_channels=latent_channels, transform="block", qp_init_range=64.0,
+                   qp_per_channel=False)
 
     @classmethod
     def full(cls, latent_channels: int = 4) -> IntraLatentCodecConfig:
@@ -553,7 +576,7 @@ class IntraLatentCodec(HyperpriorCodec):
 
     def __init__(self, config: IntraLatentCodecConfig) -> None:
         super().__init__(config.y_channels, config.z_channels, config.hyper_channels, _hyper_downsamples(config),
-                         config.qp_anchors, config.qp_init_range)
+                         config.qp_anchors, config.qp_init_range, config.qp_per_channel)
         self.config = config
         self.encoder, self.decoder = _transforms(config, (0, 0, 0))
         self.prior_head = nn.Sequential(act(), conv(config.hyper_channels, 2 * config.y_channels, 1))
@@ -573,29 +596,38 @@ class IntraLatentCodec(HyperpriorCodec):
         latent_hat, feature = out
         return LatentCodingOutput(latent_hat, feature, y_deq, likelihoods)
 
-    def forward(self, latent: Tensor, qp: int | Sequence[int] | Tensor) -> LatentCodingOutput:
+    @property
+    def input_stride(self) -> int:
+        return self.config.y_stride
+
+    def forward(self, latent: Tensor, qp: int | Sequence[int] | Tensor,
+                valid_hw: Sequence[int] | None = None) -> LatentCodingOutput:
         """latent [N, C, h, w] (h, w multiples of 8) -> LatentCodingOutput; training mode adds uniform noise,
-        evaluation mode rounds (then it equals `compress`'s output bit for bit)."""
+        evaluation mode rounds (then it equals `compress`'s output bit for bit). valid_hw: the latent's picture
+        area (the rest is padding, not coded; `HyperpriorCodec.coded_regions`), None for all of it."""
         _check_latent_size(latent.shape[-2:], 8, "latent size")
-        coded = self._run(latent, None, qp_batch(qp, latent.shape[0], latent.device), training=self.training)
+        coded = self._run(latent, None, qp_batch(qp, latent.shape[0], latent.device), training=self.training,
+                          valid_hw=valid_hw)
         return self._output(coded.y_deq, coded.out, coded.likelihoods)
 
     @torch.no_grad()
-    def compress(self, latent: Tensor, qp: int | Sequence[int] | Tensor) -> tuple[list[bytes], LatentCodingOutput]:
+    def compress(self, latent: Tensor, qp: int | Sequence[int] | Tensor,
+                 valid_hw: Sequence[int] | None = None) -> tuple[list[bytes], LatentCodingOutput]:
         """-> (strings [y, z], the decoder's LatentCodingOutput, with evaluation-mode likelihoods)."""
         _check_latent_size(latent.shape[-2:], 8, "latent size")
-        strings, coded = self._compress(latent, None, qp_batch(qp, latent.shape[0], latent.device))
+        strings, coded = self._compress(latent, None, qp_batch(qp, latent.shape[0], latent.device), valid_hw)
         return strings, self._output(coded.y_deq, coded.out, coded.likelihoods)
 
     @torch.no_grad()
     def decompress(self, strings: Sequence[bytes], qp: int | Sequence[int] | Tensor,
-                   latent_size_hw: Sequence[int]) -> LatentCodingOutput:
+                   latent_size_hw: Sequence[int], valid_hw: Sequence[int] | None = None) -> LatentCodingOutput:
         """Invert `compress` (batch size = number of QPs given): likelihoods are not recomputed (empty dict)."""
         h, w = _check_latent_size(latent_size_hw, 8, "latent size")
         device = self.qp_scales.log_enc.device
         qp = qp_batch(qp, 1 if isinstance(qp, int) else len(qp), device)
         stride = self.config.y_stride
-        y_deq, out = self._decompress(strings, None, qp, (qp.numel(), self.y_channels, h // stride, w // stride))
+        y_deq, out = self._decompress(strings, None, qp, (qp.numel(), self.y_channels, h // stride, w // stride),
+                                      valid_hw)
         return self._output(y_deq, out, {})
 
 
@@ -620,6 +652,7 @@ class ContextualLatentCodecConfig:
     feature_channels: int = 64
     qp_anchors: int = 4
     qp_init_range: float = 16.0
+    qp_per_channel: bool = True  # False: a flat quantization matrix (one step per QP), codec.diffvc.qp
     transform: Literal["deep", "block"] = "deep"
     block_gain: float = 8.0
 
@@ -644,7 +677,8 @@ class ContextualLatentCodecConfig:
     def tiny(cls, latent_channels: int = 192) -> ContextualLatentCodecConfig:
         """[I] For a 2-core CPU: PixelUnshuffle(8) latent coded by the block-transform skeleton against the
         motion-compensated prediction (y = 192 channels at 1/8, contexts 64/64/96), docs/DESIGN-NOTES.md."""
-        return cls(latent_channels=latent_channels, y_channels=latent_channels, transform="block", qp_init_range=64.0)
+        return cls(latent_channels=latent_channels, y_channels=latent_channels, transform="block", qp_init_range=64.0,
+                   qp_per_channel=False)
 
     @classmethod
     def full(cls, latent_channels: int = 4) -> ContextualLatentCodecConfig:
@@ -673,7 +707,7 @@ class ContextualLatentCodec(HyperpriorCodec):
 
     def __init__(self, config: ContextualLatentCodecConfig) -> None:
         super().__init__(config.y_channels, config.z_channels, config.hyper_channels, _hyper_downsamples(config),
-                         config.qp_anchors, config.qp_init_range)
+                         config.qp_anchors, config.qp_init_range, config.qp_per_channel)
         self.config = config
         m, t, hyper = config.y_channels, config.temporal_channels, config.hyper_channels
         self.encoder, self.decoder = _transforms(config, config.context_channels)
@@ -724,27 +758,34 @@ class ContextualLatentCodec(HyperpriorCodec):
         latent_hat, feature = out
         return LatentCodingOutput(latent_hat, feature, y_deq, likelihoods)
 
+    @property
+    def input_stride(self) -> int:
+        return self.config.y_stride
+
     def forward(self, latent: Tensor, contexts: Contexts, prev_y_hat: Tensor | None,
-                qp: int | Sequence[int] | Tensor) -> LatentCodingOutput:
+                qp: int | Sequence[int] | Tensor, valid_hw: Sequence[int] | None = None) -> LatentCodingOutput:
         """latent [N, C, h, w], contexts at 1/8, 1/16, 1/32 of the frame, prev_y_hat [N, M, h/4, w/4] or None
-        -> LatentCodingOutput (training: uniform noise; evaluation: rounding, equal to `compress`'s output)."""
+        -> LatentCodingOutput (training: uniform noise; evaluation: rounding, equal to `compress`'s output).
+        valid_hw: the latent's picture area, as in `IntraLatentCodec.forward`."""
         n = latent.shape[0]
         cond = self._condition(contexts, prev_y_hat, latent.shape[-2:], n)
-        coded = self._run(latent, cond, qp_batch(qp, n, latent.device), training=self.training)
+        coded = self._run(latent, cond, qp_batch(qp, n, latent.device), training=self.training, valid_hw=valid_hw)
         return self._output(coded.y_deq, coded.out, coded.likelihoods)
 
     @torch.no_grad()
     def compress(self, latent: Tensor, contexts: Contexts, prev_y_hat: Tensor | None,
-                 qp: int | Sequence[int] | Tensor) -> tuple[list[bytes], LatentCodingOutput]:
+                 qp: int | Sequence[int] | Tensor,
+                 valid_hw: Sequence[int] | None = None) -> tuple[list[bytes], LatentCodingOutput]:
         """-> (strings [y, z], the decoder's LatentCodingOutput, with evaluation-mode likelihoods)."""
         n = latent.shape[0]
         cond = self._condition(contexts, prev_y_hat, latent.shape[-2:], n)
-        strings, coded = self._compress(latent, cond, qp_batch(qp, n, latent.device))
+        strings, coded = self._compress(latent, cond, qp_batch(qp, n, latent.device), valid_hw)
         return strings, self._output(coded.y_deq, coded.out, coded.likelihoods)
 
     @torch.no_grad()
     def decompress(self, strings: Sequence[bytes], contexts: Contexts, prev_y_hat: Tensor | None,
-                   qp: int | Sequence[int] | Tensor, latent_size_hw: Sequence[int]) -> LatentCodingOutput:
+                   qp: int | Sequence[int] | Tensor, latent_size_hw: Sequence[int],
+                   valid_hw: Sequence[int] | None = None) -> LatentCodingOutput:
         """Invert `compress` given the same contexts and prev_y_hat (batch size: the contexts'); likelihoods are
         not recomputed (empty dict). BitstreamError if the strings are damaged."""
         h, w = _check_latent_size(latent_size_hw, 8, "latent size")
@@ -752,7 +793,7 @@ class ContextualLatentCodec(HyperpriorCodec):
         cond = self._condition(contexts, prev_y_hat, (h, w), n)
         qp = qp_batch(qp, n, contexts.c1.device)
         stride = self.config.y_stride
-        y_deq, out = self._decompress(strings, cond, qp, (n, self.y_channels, h // stride, w // stride))
+        y_deq, out = self._decompress(strings, cond, qp, (n, self.y_channels, h // stride, w // stride), valid_hw)
         return self._output(y_deq, out, {})
 
 

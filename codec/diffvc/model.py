@@ -29,6 +29,7 @@ from codec.diffvc.latent import build_latent_space
 from codec.diffvc.latent_codec import ContextualLatentCodec, IntraLatentCodec, LatentCodingOutput
 from codec.diffvc.motion import DISFlow, MotionCodec, SpyNetFlow
 from codec.diffvc.pack import PackInfo, deserialize, in_memory_info, read_pack, serialize
+from codec.diffvc.qp import rd_lambda
 from codec.diffvc.timing import StageTimer, timed
 from codec.diffvc.warp import resize_flow, warp
 from codec.errors import BitstreamError, CodecError
@@ -116,9 +117,10 @@ def instrument_entropy_timing(model: DiffVCModel) -> None:
 class PFrameCoding:
     """Steps 1-3 of one P-frame (module docstring), batched over N items.
 
-    strings: the entropy-coded [mv y, mv z, latent y, latent z] (empty in training form); flow_hat: the decoded flow
-    [N, 2, H, W] in pixels; contexts: C1..C3 (and the prediction) built from it; latent: the contextual codec's
-    output; motion_likelihoods: the MV codec's {"y", "z"} likelihoods (training form only; {} when entropy coded).
+    strings: the entropy-coded [mv y, mv z, latent y, latent z], or [latent y, latent z] for a zero-motion frame
+    (empty in training form); flow_hat: the decoded flow [N, 2, H, W] in pixels; contexts: C1..C3 (and the
+    prediction) built from it; latent: the contextual codec's output; motion_likelihoods: the MV codec's {"y", "z"}
+    likelihoods (training form only; {} when entropy coded).
     """
 
     strings: list[bytes]
@@ -128,35 +130,69 @@ class PFrameCoding:
     motion_likelihoods: dict[str, Tensor]
 
 
+def latent_valid_hw(model: DiffVCModel, picture_hw: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The picture's area in the latent (the rest of a padded frame's latent is padding), or None."""
+    if picture_hw is None:
+        return None
+    factor = model.latent_space.factor
+    return (-(-picture_hw[0] // factor), -(-picture_hw[1] // factor))
+
+
 def code_p_frame(model: DiffVCModel, x: Tensor, latent: Tensor, reference: Tensor, feature: Tensor | None,
                  prev_y_hat: Tensor | None, qp: int | Tensor, entropy_code: bool,
-                 timer: StageTimer | None = None) -> PFrameCoding:
+                 timer: StageTimer | None = None, picture_hw: tuple[int, int] | None = None) -> PFrameCoding:
     """Motion, contexts and conditional latent coding of a P-frame: THE chain the encoder and training both run.
 
     x: the frame [N, 3, H, W] in [0, 1]; latent: its latent [N, C, H/8, W/8]; reference, feature, prev_y_hat: from
     the decoded-picture buffer (the previous reconstruction [N, 3, H, W], its DPB feature, the last P-frame's y^).
-    entropy_code=True: `compress` (real strings, rounding; what the encoder does, and what `decompress` rebuilds);
-    False: the codecs' `forward` (training form: noise in training mode, rounding in evaluation mode, where it
-    equals the coded result). The flow is estimated without gradient, on the reference as the decoder has it.
+    entropy_code=True: `compress` (real strings, rounding; what the encoder does, and what `decompress` rebuilds),
+    and the frame is also coded with zero motion and no MV strings, kept when its rate-distortion cost is lower
+    (`prefers_zero_motion`); picture_hw: the picture's size when x is padded (padding is not coded). False: the
+    codecs' `forward` (training form: noise in training mode, rounding in evaluation mode, where it equals the
+    coded result). The flow is estimated without gradient, on the reference as the decoder has it.
     """
     timer = timer or StageTimer()
+    valid = latent_valid_hw(model, picture_hw)
     with timer.stage("motion"):
         with torch.no_grad():
             flow = model.flow_estimator(x, reference.detach())
         if entropy_code:
-            strings, flow_hat = model.motion.compress(flow, qp)
+            strings, flow_hat = model.motion.compress(flow, qp, picture_hw)
             motion_likelihoods = {}
         else:
             motion = model.motion(flow, qp)
             strings, flow_hat, motion_likelihoods = [], motion.hat, motion.likelihoods
     with timer.stage("latent"):
         contexts = model.temporal_contexts(reference, feature, flow_hat)
-        if entropy_code:
-            y_strings, out = model.inter.compress(latent, contexts, prev_y_hat, qp)
-            strings = strings + y_strings
-        else:
+        if not entropy_code:
             out = model.inter(latent, contexts, prev_y_hat, qp)
-    return PFrameCoding(strings, flow_hat, contexts, out, motion_likelihoods)
+            return PFrameCoding(strings, flow_hat, contexts, out, motion_likelihoods)
+        y_strings, out = model.inter.compress(latent, contexts, prev_y_hat, qp, valid)
+        coded = PFrameCoding(strings + y_strings, flow_hat, contexts, out, {})
+        zero_flow = torch.zeros_like(flow_hat)
+        zero_contexts = model.temporal_contexts(reference, feature, zero_flow)
+        zero_strings, zero_out = model.inter.compress(latent, zero_contexts, prev_y_hat, qp, valid)
+        still = PFrameCoding(zero_strings, zero_flow, zero_contexts, zero_out, {})
+    return still if prefers_zero_motion(latent, coded, still, qp, valid, model.latent_space.factor) else coded
+
+
+def prefers_zero_motion(latent: Tensor, moving: PFrameCoding, still: PFrameCoding, qp: int | Tensor,
+                        valid_hw: tuple[int, int] | None, factor: int) -> bool:
+    """The encoder's mode decision: True when coding the frame with zero motion (no MV strings) costs no more than
+    with its coded motion, in J = bits + lambda(QP) * pixels * MSE, the trade-off the codec was trained on
+    (`codec.diffvc.qp.rd_lambda`). MSE over the picture's latent (the tiny preset's latent holds the pixels
+    themselves; `factor` x `factor` pixels per latent element)."""
+    lam = float(rd_lambda(torch.as_tensor(qp).reshape(-1)[:1]).item())
+    return rd_cost(latent, still, lam, valid_hw, factor) <= rd_cost(latent, moving, lam, valid_hw, factor)
+
+
+def rd_cost(latent: Tensor, coding: PFrameCoding, lam: float, valid_hw: tuple[int, int] | None, factor: int) -> float:
+    """bits + lam * pixels * MSE of one coded P-frame (its real bytes, its latent error over the picture)."""
+    error = (coding.latent.latent_hat - latent).float()
+    if valid_hw is not None:
+        error = error[..., : valid_hw[0], : valid_hw[1]]
+    pixels = error.shape[-2] * error.shape[-1] * factor**2
+    return 8 * sum(len(s) for s in coding.strings) + lam * pixels * error.square().mean().item()
 
 
 @dataclass(frozen=True)
@@ -194,38 +230,45 @@ class FrameCoder:
     # --- encoder side ---------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode_frame(self, x: Tensor, frame_type: str, qp: int, index: int) -> tuple[list[bytes], FrameResult]:
-        """x [1, 3, H, W] in [0, 1] -> (entropy-coded strings, the reconstruction the decoder will make)."""
+    def encode_frame(self, x: Tensor, frame_type: str, qp: int, index: int,
+                     picture_hw: tuple[int, int] | None = None) -> tuple[list[bytes], FrameResult]:
+        """x [1, 3, H, W] in [0, 1] -> (entropy-coded strings, the reconstruction the decoder will make).
+        picture_hw: the picture's size when x is padded (the padding is not coded)."""
         m, t = self.model, self.timer
         with t.stage("vae"):
             latent = m.latent_space.encode(x)
         if frame_type == "I":
             with t.stage("latent"):
-                strings, coded = m.intra.compress(latent, qp)
+                strings, coded = m.intra.compress(latent, qp, latent_valid_hw(m, picture_hw))
             return strings, self._finish(coded, None, None, frame_type, qp, index)
         p = code_p_frame(m, x, latent, self.dpb.frame, self.dpb.feature, self.dpb.y_hat, qp, entropy_code=True,
-                         timer=t)
+                         timer=t, picture_hw=picture_hw)
         return p.strings, self._finish(p.latent, p.contexts, p.flow_hat, frame_type, qp, index)
 
     # --- decoder side ---------------------------------------------------------------------------------
 
     @torch.no_grad()
     def decode_frame(self, strings: list[bytes], frame_type: str, qp: int, index: int,
-                     size_hw: tuple[int, int]) -> FrameResult:
-        """Entropy-coded strings of one frame -> the reconstruction; updates the DPB."""
+                     size_hw: tuple[int, int], picture_hw: tuple[int, int] | None = None) -> FrameResult:
+        """Entropy-coded strings of one frame -> the reconstruction; updates the DPB. size_hw: the coded (padded)
+        size; picture_hw: the picture's, as the encoder had it. A P-frame of 2 strings has zero motion."""
         m, t = self.model, self.timer
         latent_hw = (size_hw[0] // m.latent_space.factor, size_hw[1] // m.latent_space.factor)
+        valid = latent_valid_hw(m, picture_hw)
         if frame_type == "I":
             with t.stage("latent"):
-                coded = m.intra.decompress(strings, qp, latent_hw)
+                coded = m.intra.decompress(strings, qp, latent_hw, valid)
             return self._finish(coded, None, None, frame_type, qp, index)
         if self.dpb.empty:
             raise BitstreamError(f"frame {index}: a P-frame with no reference")
         with t.stage("motion"):
-            flow_hat = m.motion.decompress(strings[:2], size_hw, qp)
+            if len(strings) == 2:
+                flow_hat = self.dpb.frame.new_zeros((1, 2, *size_hw))
+            else:
+                flow_hat = m.motion.decompress(strings[:2], size_hw, qp, picture_hw)
         with t.stage("latent"):
             contexts = m.temporal_contexts(self.dpb.frame, self.dpb.feature, flow_hat)
-            coded = m.inter.decompress(strings[2:], contexts, self.dpb.y_hat, qp, latent_hw)
+            coded = m.inter.decompress(strings[-2:], contexts, self.dpb.y_hat, qp, latent_hw, valid)
         return self._finish(coded, contexts, flow_hat, frame_type, qp, index)
 
     # --- shared: everything after the entropy decoding ------------------------------------------------

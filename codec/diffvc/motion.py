@@ -304,27 +304,35 @@ class MotionCodec(HyperpriorCodec):
             raise ValueError(f"flow size {h}x{w} must be positive multiples of {HYPER_STRIDE} (frames are padded)")
         return h, w
 
-    def forward(self, flow: Tensor, qp: int | Sequence[int] | Tensor) -> CodingOutput:
+    @property
+    def input_stride(self) -> int:
+        return MOTION_STRIDE
+
+    def forward(self, flow: Tensor, qp: int | Sequence[int] | Tensor,
+                valid_hw: Sequence[int] | None = None) -> CodingOutput:
         """flow [N, 2, H, W] -> CodingOutput(hat=flow_hat, likelihoods {"y", "z"}); training mode adds uniform
-        noise, evaluation mode rounds (and equals `compress`'s flow_hat bit for bit)."""
+        noise, evaluation mode rounds (and equals `compress`'s flow_hat bit for bit). valid_hw: the picture's
+        size in pixels (the rest is padding, not coded), None for all of it."""
         self._check_size(flow.shape[-2:])
-        coded = self._run(flow, None, qp_batch(qp, flow.shape[0], flow.device), training=self.training)
+        coded = self._run(flow, None, qp_batch(qp, flow.shape[0], flow.device), training=self.training,
+                          valid_hw=valid_hw)
         return CodingOutput(coded.out, coded.likelihoods)
 
     @torch.no_grad()
-    def compress(self, flow: Tensor, qp: int | Sequence[int] | Tensor) -> tuple[list[bytes], Tensor]:
+    def compress(self, flow: Tensor, qp: int | Sequence[int] | Tensor,
+                 valid_hw: Sequence[int] | None = None) -> tuple[list[bytes], Tensor]:
         """-> (strings [y, z], flow_hat [N, 2, H, W] float32): the flow the decoder will have, bit for bit."""
         self._check_size(flow.shape[-2:])
-        strings, coded = self._compress(flow, None, qp_batch(qp, flow.shape[0], flow.device))
+        strings, coded = self._compress(flow, None, qp_batch(qp, flow.shape[0], flow.device), valid_hw)
         return strings, coded.out
 
     @torch.no_grad()
-    def decompress(self, strings: Sequence[bytes], size_hw: Sequence[int],
-                   qp: int | Sequence[int] | Tensor) -> Tensor:
+    def decompress(self, strings: Sequence[bytes], size_hw: Sequence[int], qp: int | Sequence[int] | Tensor,
+                   valid_hw: Sequence[int] | None = None) -> Tensor:
         """Invert `compress` for frames of size_hw (batch size = number of QPs): flow_hat [N, 2, H, W] float32.
         BitstreamError if the strings are damaged."""
         h, w = self._check_size(size_hw)
         qp = qp_batch(qp, 1 if isinstance(qp, int) else len(qp), self.qp_scales.log_enc.device)
         y_shape = (qp.numel(), self.y_channels, h // MOTION_STRIDE, w // MOTION_STRIDE)
-        _, flow_hat = self._decompress(strings, None, qp, y_shape)
+        _, flow_hat = self._decompress(strings, None, qp, y_shape, valid_hw)
         return flow_hat

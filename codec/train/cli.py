@@ -46,6 +46,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                    help="finetune: perceptual distance (default dists)")
     p.add_argument("--mse-weight", type=float, default=1.0, help="finetune: weight of the MSE term (default 1)")
     p.add_argument("--grad-steps", type=int, help="finetune: backpropagate through the last K sampler steps only")
+    p.add_argument("--flat-quantizer", action="store_true",
+                   help="codec: start the latent codecs of a per-channel pack on one quantization step per QP")
     p.add_argument("--force", action="store_true", help="flow: train a SpyNet even for a DIS preset (tiny)")
     p.add_argument("--log-every", type=int, default=10, metavar="K")
     p.add_argument("--checkpoint-every", type=int, default=100, metavar="N")
@@ -146,10 +148,12 @@ def start_source(args: argparse.Namespace) -> str:
 def start_model(args: argparse.Namespace):
     """The model the stage starts from when there is no checkpoint (a SpyNet is added for `flow --force`)."""
     from codec.diffvc.model import DiffVCModel
-    from codec.train.stages import with_spynet
+    from codec.train.stages import with_flat_quantizer, with_spynet
 
     if args.pack_from:
         model, _ = DiffVCModel.from_pack(resolve_start_pack(args.pack_from))
+        if args.flat_quantizer:
+            model = with_flat_quantizer(model)
     else:
         model = DiffVCModel(start_model_config(args))
         if args.preset == "full" and args.sd_path:

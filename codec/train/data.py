@@ -111,6 +111,8 @@ class MotionRanges:
     max_pan: float = 8.0                 # camera speed, px/frame
     pan_jitter: float = 1.0              # std of the per-frame change of the camera velocity, px/frame
     still_prob: float = 0.1              # probability of a camera that does not pan
+    static_prob: float = 0.25            # probability of a static camera (no pan, zoom or rotation): a tripod shot,
+                                         # whose patches are each still with probability 1/2 (a still clip when all are)
     max_zoom: float = 0.03               # |log scale change| per frame (3 %)
     zoom_prob: float = 0.5
     max_rotation: float = 2.0            # degrees per frame
@@ -245,7 +247,8 @@ class SyntheticMotionClips(SeededClips):
     Per sample: a random photo; a camera path of pan (speed up to `max_pan` px/frame, varying), zoom (up to
     `max_zoom` per frame) and rotation (up to `max_rotation` degrees per frame), composed into one affine per frame;
     a random scale (`scale_range` photo pixels per output pixel, mostly downscaling) at which the photo becomes
-    the world; 0-`max_patches` patches cut from a photo (this one or another) translating on their own.
+    the world; 0-`max_patches` patches cut from a photo (this one or another) translating on their own. A share
+    (`static_prob`) are tripod shots: the camera still, half of their patches still too.
     Photos are decoded once through `codec.video.read_video` and cached with the short side at most
     `cache_short_side` pixels (about 2.3 MB each at 720).
     """
@@ -279,11 +282,16 @@ class SyntheticMotionClips(SeededClips):
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         m, crop = self.motion, self.crop
         photo = self.photo(int(rng.integers(len(self.photo_paths))))
-        affines = sample_camera(rng, self.num_frames, crop, m)
+        static = rng.random() < m.static_prob
+        if static:
+            affines = np.repeat(camera_affine(np.zeros(2), 1.0, 0.0, crop)[None], self.num_frames, axis=0)
+        else:
+            affines = sample_camera(rng, self.num_frames, crop, m)
         world, offset = self._world(rng, photo, affines)
         affines = affines.copy()
         affines[:, :, 2] -= offset
-        patches = [self._patch(rng, photo) for _ in range(int(rng.integers(0, m.max_patches + 1)))]
+        patches = [self._patch(rng, photo, still=static and rng.random() < 0.5)
+                   for _ in range(int(rng.integers(0, m.max_patches + 1)))]
         return render_clip(world, affines, patches, crop)
 
     def _world(self, rng: np.random.Generator, photo: np.ndarray,
@@ -302,7 +310,7 @@ class SyntheticMotionClips(SeededClips):
         world = _resample(photo[y0 : y0 + region[1], x0 : x0 + region[0]], (int(size[0]), int(size[1])))
         return world, low
 
-    def _patch(self, rng: np.random.Generator, photo: np.ndarray) -> MovingPatch:
+    def _patch(self, rng: np.random.Generator, photo: np.ndarray, still: bool = False) -> MovingPatch:
         m, crop, t_len = self.motion, self.crop, self.num_frames
         if len(self.photo_paths) > 1 and rng.random() < 0.5:
             photo = self.photo(int(rng.integers(len(self.photo_paths))))
@@ -320,7 +328,7 @@ class SyntheticMotionClips(SeededClips):
         speed, heading = rng.uniform(0.0, m.patch_max_speed), rng.uniform(0.0, 2 * math.pi)
         velocity = speed * np.array([math.cos(heading), math.sin(heading)])
         start = np.array([rng.uniform(-w / 2, crop - w / 2), rng.uniform(-h / 2, crop - h / 2)])
-        steps = velocity + rng.normal(0.0, 0.5, (t_len - 1, 2))
+        steps = np.zeros((t_len - 1, 2)) if still else velocity + rng.normal(0.0, 0.5, (t_len - 1, 2))
         positions = np.concatenate([start[None], start + np.cumsum(steps, axis=0)])
         return MovingPatch(texture, mask, positions)
 

@@ -26,7 +26,6 @@ Stages (docs/DESIGN.md section 3):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
@@ -38,7 +37,15 @@ from codec.diffvc.diffusion import TDIRSampler, noise_seed
 from codec.diffvc.entropy import FactorizedPrior
 from codec.diffvc.model import DiffVCModel, code_p_frame, diffusion_condition
 from codec.diffvc.motion import DISFlow, endpoint_error
-from codec.diffvc.qp import QP_MAX, QP_MIN, QPScales
+from codec.diffvc.qp import (
+    LAMBDA_AT_QP_MAX,
+    LAMBDA_AT_QP_MIN,
+    QP_MAX,
+    QP_MIN,
+    QPScales,
+    flatten_log_scales,
+    rd_lambda,
+)
 from codec.errors import CodecError
 
 __all__ = [
@@ -65,29 +72,8 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------------------
 
 RATE_LR_SCALE = 20.0  # learning-rate factor of the rate-control parameters (`TrainingStage.parameter_groups`)
-LAMBDA_AT_QP_MIN = 2048.0  # QP 0: finest quantization
-LAMBDA_AT_QP_MAX = 16.0  # QP 63: coarsest
 P_FRAME_WEIGHTS = (0.5, 1.2, 0.5, 0.9)  # DCVC-DC's hierarchical quality weights, cycling over the P-frames
 I_FRAME_WEIGHT = 1.0
-
-
-def rd_lambda(qp: Tensor, at_qp0: float = LAMBDA_AT_QP_MIN, at_qp63: float = LAMBDA_AT_QP_MAX) -> Tensor:
-    """Lagrange multiplier of the loss ``bpp + lambda * MSE`` (MSE of RGB in [0, 1]) for QP [N] -> float32 [N].
-
-    Log-linear in the QP, from `at_qp0` = 2048 at QP 0 down to `at_qp63` = 16 at QP 63: a factor 128, 1.080 per
-    QP step (HEVC's lambda = 0.85 * 2^((QP - 12) / 3) changes 1.26x per step over its 52 QPs).
-
-    Why this span: at the optimum of bpp + lambda * D the R-D slope is -dR/dD = lambda. If the PSNR rises k dB per
-    doubling of the rate (about 3 dB for learned image codecs below 1 bpp), D ~ R^(-k/3), hence
-    R ~ lambda^(1 / (1 + k/3)), about lambda^0.5. Published models run a little steeper: CompressAI's mean-scale
-    hyperprior, lambda * 255^2 from 117 to 3141 (27x), spans about 0.12-0.85 bpp on Kodak (7x), i.e. lambda^0.6.
-    So 128x in lambda gives about 11x-18x in rate, the ">= 10x" docs/DESIGN.md asks for (x265 spans 18x); the
-    8x of DVC/DCVC's lambdas (256..2048) gives 3-4x, what a prototype here ended with. The top (2048, an image
-    codec's ~33 dB) bounds the finest QP; the bottom (16) reaches the very low rates where the diffusion stage
-    matters most.
-    """
-    position = qp.to(torch.float32).clamp(QP_MIN, QP_MAX) / QP_MAX
-    return torch.exp(math.log(at_qp0) + position * (math.log(at_qp63) - math.log(at_qp0)))
 
 
 def frame_weight(index: int, weights: Sequence[float] = P_FRAME_WEIGHTS) -> float:
@@ -283,6 +269,23 @@ def with_spynet(model: DiffVCModel) -> DiffVCModel:
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
     if unexpected or any(not k.startswith("flow_estimator.") for k in missing):
         raise CodecError(f"cannot switch to SpyNet: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return new
+
+
+def with_flat_quantizer(model: DiffVCModel) -> DiffVCModel:
+    """The same model with one quantization step per QP shared by every channel of the intra and contextual latent
+    codecs (`qp_per_channel=False`), started by `codec.diffvc.qp.flatten_log_scales`. `train codec
+    --flat-quantizer` on a pack trained with per-channel steps; every other weight is kept."""
+    parts = {"intra": model.config.intra, "inter": model.config.inter}
+    if not any(c.qp_per_channel for c in parts.values()):
+        return model
+    new = DiffVCModel(replace(model.config, **{k: replace(c, qp_per_channel=False) for k, c in parts.items()}))
+    state = dict(model.state_dict())
+    for name in parts:
+        enc, dec = f"{name}.qp_scales.log_enc", f"{name}.qp_scales.log_dec"
+        state[enc], state[dec] = flatten_log_scales(state[enc], state[dec])
+    new.load_state_dict(state)
+    new.update_entropy_models()
     return new
 
 

@@ -1,0 +1,191 @@
+"""Where the bits go (issue [2.1]): the padding is not coded, still frames cost no motion, the quantizer is flat,
+old streams are refused, and the training data has tripod shots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import EXAMPLE_CLIP, as_if_trained, moving_clip
+
+from codec.bitstream import FORMAT_VERSION, read_stream
+from codec.diffvc.config import tiny_config
+from codec.diffvc.entropy import FactorizedPrior, GaussianConditional
+from codec.diffvc.latent_codec import IntraLatentCodec, IntraLatentCodecConfig
+from codec.diffvc.model import DiffVCModel
+from codec.diffvc.qp import QPScales, QPScalesConfig, flatten_log_scales
+from codec.errors import BitstreamError
+from codec.registry import get_codec
+from codec.video import Video, read_video
+
+RANDOM = "pack=random-tiny"
+
+
+# --- the padding is not coded ------------------------------------------------------------------------------
+
+
+def test_gaussian_codes_only_the_region_and_decodes_its_mean_outside() -> None:
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(1, 3, 6, 7, generator=gen) * 4
+    means = torch.randn(1, 3, 6, 7, generator=gen)
+    scales = torch.rand(1, 3, 6, 7, generator=gen) * 3 + 0.5
+    gaussian = GaussianConditional()
+    region = (4, 5)
+    part = gaussian.compress(y, means, scales, region)
+    whole = gaussian.compress(y, means, scales)
+    assert len(part) < len(whole)
+    decoded = gaussian.decompress(part, means, scales, region)
+    expected, likelihoods = gaussian(y, means, scales, training=False, region=region)
+    assert torch.equal(decoded, expected)
+    mean_q = torch.round(means * 64) / 64
+    assert torch.equal(decoded[..., 4:, :], mean_q[..., 4:, :]) and torch.equal(decoded[..., 5:], mean_q[..., 5:])
+    assert torch.equal(decoded[..., :4, :5], (torch.round(y - mean_q) + mean_q)[..., :4, :5])
+    assert bool((likelihoods[..., 4:, :] == 1).all()) and bool((likelihoods[..., :, 5:] == 1).all())
+
+
+def test_factorized_prior_codes_only_the_region() -> None:
+    prior = FactorizedPrior(4)
+    prior.update()
+    z = torch.randn(2, 4, 5, 3, generator=torch.Generator().manual_seed(1)) * 3
+    data = prior.compress(z, (2, 2))
+    decoded = prior.decompress(data, z.shape, (2, 2))
+    expected, _ = prior(z, training=False, region=(2, 2))
+    assert torch.equal(decoded, expected)
+    assert bool((decoded[..., 2:, :] == prior.medians.view(1, -1, 1, 1)).all())
+    assert len(data) < len(prior.compress(z))
+
+
+def test_latent_codec_round_trip_with_a_picture_smaller_than_its_padding() -> None:
+    torch.manual_seed(0)
+    codec = IntraLatentCodec(IntraLatentCodecConfig.tiny()).eval()
+    as_if_trained(codec)
+    codec.update()
+    latent = torch.rand(1, 192, 8, 16)
+    valid = (5, 13)
+    strings, out = codec.compress(latent, 30, valid)
+    decoded = codec.decompress(strings, 30, (8, 16), valid)
+    assert torch.equal(decoded.latent_hat, out.latent_hat)
+    assert torch.equal(codec(latent, 30, valid).latent_hat, out.latent_hat)
+    assert sum(map(len, strings)) < sum(map(len, codec.compress(latent, 30)[0]))
+
+
+@pytest.fixture(scope="module")
+def bbb_frame() -> Video:
+    return read_video(EXAMPLE_CLIP, start=24, frames=1, size=(256, 144))
+
+
+def test_a_144_row_picture_costs_less_than_its_192_row_padding(bbb_frame: Video) -> None:
+    """What format version 1 coded (the replicate-padded 192 rows) against what version 2 codes (144 rows)."""
+    padded = np.concatenate([bbb_frame.frames, np.repeat(bbb_frame.frames[:, -1:], 48, axis=1)], axis=1)
+    codec = get_codec("condlc")
+    picture = codec.encode(bbb_frame, 32)
+    whole = codec.encode(Video(padded, bbb_frame.fps), 32)
+    assert picture.num_bytes < 0.85 * whole.num_bytes
+    assert np.array_equal(codec.decode(picture.bitstream).frames, picture.reconstruction.frames)
+
+
+def test_format_version_1_is_refused_with_its_reason(bbb_frame: Video) -> None:
+    stream = bytearray(get_codec(f"condlc:{RANDOM}").encode(bbb_frame, 40).bitstream)
+    assert stream[4] == FORMAT_VERSION == 2
+    stream[4] = 1
+    with pytest.raises(BitstreamError, match="format version 1 is no longer decoded.*padding.*re-encode"):
+        read_stream(bytes(stream))
+
+
+# --- motion that costs nothing when nothing moves ----------------------------------------------------------
+
+
+def test_a_still_clip_codes_zero_motion_p_frames_that_decode_exactly(bbb_frame: Video) -> None:
+    still = Video(np.repeat(bbb_frame.frames, 4, axis=0), bbb_frame.fps)
+    codec = get_codec("condlc")
+    encoded = codec.encode(still, 32)
+    _, units = read_stream(encoded.bitstream)
+    assert [len(u.strings) for u in units] == [2, 2, 2, 2]  # every P-frame without MV strings
+    assert np.array_equal(codec.decode(encoded.bitstream).frames, encoded.reconstruction.frames)
+
+
+def test_moving_and_zero_motion_p_frames_mix_in_one_exact_stream() -> None:
+    frames = moving_clip(frames=5, height=48, width=80, seed=3).frames.copy()
+    frames[2] = frames[1]  # a repeated frame among moving ones
+    clip = Video(frames, 25)
+    codec = get_codec(f"diffvc:{RANDOM}")
+    encoded = codec.encode(clip, 20)
+    counts = [len(u.strings) for u in read_stream(encoded.bitstream)[1]]
+    assert counts[0] == 2 and set(counts[1:]) <= {2, 4}
+    assert np.array_equal(codec.decode(encoded.bitstream).frames, encoded.reconstruction.frames)
+
+
+def test_a_p_frame_with_three_strings_is_refused() -> None:
+    from codec.bitstream import FrameUnit, write_stream
+
+    encoded = get_codec(f"condlc:{RANDOM}").encode(moving_clip(frames=2, height=32, width=32, seed=1), 30)
+    header, units = read_stream(encoded.bitstream)
+    broken = write_stream(header, [units[0], FrameUnit("P", units[1].qp, (b"", b"", b""))])
+    with pytest.raises(BitstreamError, match="P-frame with 3 strings"):
+        get_codec(f"condlc:{RANDOM}").decode(broken)
+
+
+# --- a quantizer that stays sane ---------------------------------------------------------------------------
+
+
+def test_flat_quantizer_shares_one_step_and_keeps_the_decoder_gain() -> None:
+    scales = QPScales(QPScalesConfig(channels=6, per_channel=False))
+    enc, dec = scales(torch.tensor([0, 40, 63]))
+    assert enc.shape == (3, 1, 1, 1) and dec.shape == (3, 6, 1, 1)
+    log_enc = torch.randn(4, 6)
+    log_dec = torch.randn(4, 6)
+    shared, new_dec = flatten_log_scales(log_enc, log_dec)
+    assert shared.shape == (4, 1)
+    torch.testing.assert_close(shared + new_dec, log_enc + log_dec)  # what the synthesis sees is kept
+
+
+def test_the_tiny_preset_has_a_flat_quantization_matrix() -> None:
+    config = tiny_config()
+    assert not config.intra.qp_per_channel and not config.inter.qp_per_channel
+    model = DiffVCModel(config)
+    assert model.intra.qp_scales.log_enc.shape[1] == 1 and model.inter.qp_scales.log_enc.shape[1] == 1
+
+
+def test_with_flat_quantizer_converts_a_per_channel_model() -> None:
+    from dataclasses import replace
+
+    from codec.train.stages import with_flat_quantizer
+
+    config = tiny_config()
+    per_channel = replace(config, intra=replace(config.intra, qp_per_channel=True),
+                          inter=replace(config.inter, qp_per_channel=True))
+    torch.manual_seed(0)
+    model = DiffVCModel(per_channel)
+    flat = with_flat_quantizer(model)
+    assert not flat.config.intra.qp_per_channel and flat.intra.qp_scales.log_enc.shape == (4, 1)
+    before = model.inter.qp_scales.log_enc + model.inter.qp_scales.log_dec
+    after = flat.inter.qp_scales.log_enc + flat.inter.qp_scales.log_dec
+    torch.testing.assert_close(after, before)
+    assert torch.equal(flat.motion.qp_scales.log_enc, model.motion.qp_scales.log_enc)
+    assert with_flat_quantizer(flat) is flat
+
+
+# --- rate control --------------------------------------------------------------------------------------------
+
+
+def test_intra_qp_offset_sets_the_i_frames_qp() -> None:
+    clip = moving_clip(frames=4, height=32, width=32, seed=2)
+    encoded = get_codec(f"condlc:{RANDOM}:intra_period=2:intra_qp_offset=-6").encode(clip, 30)
+    assert [(u.frame_type, u.qp) for u in read_stream(encoded.bitstream)[1]] == [("I", 24), ("P", 30), ("I", 24),
+                                                                                 ("P", 30)]
+
+
+# --- training data ---------------------------------------------------------------------------------------
+
+
+def test_tripod_shots_without_patches_are_still(tmp_path) -> None:
+    import cv2
+
+    from codec.train.data import MotionRanges, SyntheticMotionClips
+
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), moving_clip(frames=1, height=200, width=240, seed=4).frames[0][..., ::-1])
+    clips = SyntheticMotionClips([photo], num_frames=4, crop=64, motion=MotionRanges(static_prob=1.0, max_patches=0))
+    sample = clips[0]
+    frames = sample["frames"]
+    assert torch.equal(frames[0], frames[3]) and float(sample["flow"].abs().max()) == 0.0
