@@ -142,8 +142,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         rows = evaluate(request, progress)
     out = args.out or Path("out") / f"eval-{args.input.stem}"
     paths = write_results(rows, out)
+    frame = results_frame(rows)
     columns = ["spec", "qp", "bpp", *request.metrics, "enc_fps", "dec_fps"]
-    print(results_frame(rows)[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if "real_over_estimated" in frame and frame["real_over_estimated"].notna().any():
+        columns.append("real_over_estimated")  # real bits / bits estimated from the likelihoods (neural codecs)
+    print(frame[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
     table = bd_rate_table(rows, request.metrics)
     if len(table):
         print(f"\nBD-rate (%) against {args.codecs[0]}:")

@@ -117,7 +117,8 @@ def run_chain(models: Models, space, frames: torch.Tensor, qps: list[int], i_fra
         for t in range(1, frames.shape[0]):
             cur, qp = frames[t : t + 1], qps[t % len(qps)]
             # Encoder: estimate, code and decode the motion; contexts from its buffer; code the latent.
-            mv_strings, flow_hat = models.motion.compress(estimator(cur, encoder.frame), qp)
+            mv_strings, mv = models.motion.compress(estimator(cur, encoder.frame), qp)
+            flow_hat = mv.hat
             contexts = models.contexts(encoder.frame, encoder.feature, flow_hat)
             y_strings, out = models.inter.compress(space.encode(cur), contexts, encoder.y_hat, qp)
             assert real_bits(mv_strings) > 0 and real_bits(y_strings) > 0

@@ -141,14 +141,16 @@ def test_endpoint_error() -> None:
 
 def test_motion_round_trip_is_bitwise(codec: MotionCodec, flow: torch.Tensor) -> None:
     qps = [5, 40]
-    strings, flow_hat = codec.compress(flow, qps)
+    strings, coded = codec.compress(flow, qps)
+    flow_hat = coded.hat
     assert flow_hat.dtype == torch.float32 and flow_hat.shape == flow.shape
     decoded = codec.decompress(strings, (SIZE, SIZE), qps)
     assert torch.equal(decoded, flow_hat)
     assert torch.equal(codec(flow, qps).hat, flow_hat)  # the evaluation-mode forward is the same decoder
     # Frame by frame, as a decoder meets them, gives the same result too.
     for i, qp in enumerate(qps):
-        one_strings, one_hat = codec.compress(flow[i : i + 1], qp)
+        one_strings, one = codec.compress(flow[i : i + 1], qp)
+        one_hat = one.hat
         assert torch.equal(codec.decompress(one_strings, (SIZE, SIZE), qp), one_hat)
 
 

@@ -202,7 +202,7 @@ class NeuralCodecBase(CodecBase):
         offsets = parse_offsets(opts.qp_offsets)
         timer = StageTimer(device)
         coder = FrameCoder(model, plan, timer, _autocast_dtype(device))
-        units, recon, evals = [], [], []
+        units, recon, evals, estimated = [], [], [], []
         start = time.perf_counter()
         with active_timer(timer):
             for t in range(video.num_frames):
@@ -213,6 +213,7 @@ class NeuralCodecBase(CodecBase):
                 units.append(FrameUnit(ftype, fqp, tuple(strings)))
                 recon.append(crop(tensor_to_frames(result.frame), size_hw)[0])
                 evals.append(result.unet_evals)
+                estimated.append(result.estimated_bits)
                 report_frame("encode", t + 1, video.num_frames)
         encode_s = time.perf_counter() - start
         bitstream = write_stream(header, units)
@@ -225,7 +226,8 @@ class NeuralCodecBase(CodecBase):
             params={**options_dict(opts), "qp": qp, "pack": info.name, "pack_sha256": info.sha256,
                     "device": str(device), "steps": plan.steps, "strength": plan.strength, "tdir_k": plan.tdir_k,
                     "header_bytes": len(bitstream) - sum(len(s) for u in units for s in u.strings)},
-            stats={"unet_evals": int(sum(evals)), "unet_evals_per_frame": evals},
+            stats={"unet_evals": int(sum(evals)), "unet_evals_per_frame": evals,
+                   "estimated_bits": round(sum(estimated)), "estimated_bits_per_frame": [round(b) for b in estimated]},
         )
 
     def _header(self, video: Video, qp: int, plan: SamplingPlan, info: PackInfo) -> StreamHeader:

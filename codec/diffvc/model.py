@@ -26,7 +26,7 @@ from codec.diffvc.diffusion import DiffusionStage, TDIRSampler
 from codec.diffvc.dpb import DecodedPictureBuffer
 from codec.diffvc.entropy import FactorizedPrior, GaussianConditional
 from codec.diffvc.latent import build_latent_space
-from codec.diffvc.latent_codec import ContextualLatentCodec, IntraLatentCodec, LatentCodingOutput
+from codec.diffvc.latent_codec import ContextualLatentCodec, IntraLatentCodec, LatentCodingOutput, estimated_bits
 from codec.diffvc.motion import DISFlow, MotionCodec, SpyNetFlow
 from codec.diffvc.pack import PackInfo, deserialize, in_memory_info, read_pack, serialize
 from codec.diffvc.qp import rd_lambda
@@ -120,7 +120,7 @@ class PFrameCoding:
     strings: the entropy-coded [mv y, mv z, latent y, latent z], or [latent y, latent z] for a zero-motion frame
     (empty in training form); flow_hat: the decoded flow [N, 2, H, W] in pixels; contexts: C1..C3 (and the
     prediction) built from it; latent: the contextual codec's output; motion_likelihoods: the MV codec's {"y", "z"}
-    likelihoods (training form only; {} when entropy coded).
+    likelihoods ({} for a zero-motion frame).
     """
 
     strings: list[bytes]
@@ -128,6 +128,10 @@ class PFrameCoding:
     contexts: Contexts
     latent: LatentCodingOutput
     motion_likelihoods: dict[str, Tensor]
+
+    def estimated_bits(self) -> float:
+        """sum(-log2 p) over the MV codec's and the latent codec's symbols: the rate the likelihoods promise."""
+        return float(estimated_bits(self.motion_likelihoods)) + float(self.latent.estimated_bits())
 
 
 def latent_valid_hw(model: DiffVCModel, picture_hw: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -157,18 +161,17 @@ def code_p_frame(model: DiffVCModel, x: Tensor, latent: Tensor, reference: Tenso
         with torch.no_grad():
             flow = model.flow_estimator(x, reference.detach())
         if entropy_code:
-            strings, flow_hat = model.motion.compress(flow, qp, picture_hw)
-            motion_likelihoods = {}
+            strings, motion = model.motion.compress(flow, qp, picture_hw)
         else:
-            motion = model.motion(flow, qp)
-            strings, flow_hat, motion_likelihoods = [], motion.hat, motion.likelihoods
+            strings, motion = [], model.motion(flow, qp)
+        flow_hat = motion.hat
     with timer.stage("latent"):
         contexts = model.temporal_contexts(reference, feature, flow_hat)
         if not entropy_code:
             out = model.inter(latent, contexts, prev_y_hat, qp)
-            return PFrameCoding(strings, flow_hat, contexts, out, motion_likelihoods)
+            return PFrameCoding(strings, flow_hat, contexts, out, motion.likelihoods)
         y_strings, out = model.inter.compress(latent, contexts, prev_y_hat, qp, valid)
-        coded = PFrameCoding(strings + y_strings, flow_hat, contexts, out, {})
+        coded = PFrameCoding(strings + y_strings, flow_hat, contexts, out, motion.likelihoods)
         zero_flow = torch.zeros_like(flow_hat)
         zero_contexts = model.temporal_contexts(reference, feature, zero_flow)
         zero_strings, zero_out = model.inter.compress(latent, zero_contexts, prev_y_hat, qp, valid)
@@ -215,6 +218,7 @@ class SamplingPlan:
 class FrameResult:
     frame: Tensor  # [1, 3, H, W] in [0, 1], padded size
     unet_evals: int
+    estimated_bits: float = 0.0  # encoder side: sum(-log2 p) of the coded symbols (0 on the decoder side)
 
 
 class FrameCoder:
@@ -240,10 +244,14 @@ class FrameCoder:
         if frame_type == "I":
             with t.stage("latent"):
                 strings, coded = m.intra.compress(latent, qp, latent_valid_hw(m, picture_hw))
-            return strings, self._finish(coded, None, None, frame_type, qp, index)
+            result = self._finish(coded, None, None, frame_type, qp, index)
+            result.estimated_bits = float(coded.estimated_bits())
+            return strings, result
         p = code_p_frame(m, x, latent, self.dpb.frame, self.dpb.feature, self.dpb.y_hat, qp, entropy_code=True,
                          timer=t, picture_hw=picture_hw)
-        return p.strings, self._finish(p.latent, p.contexts, p.flow_hat, frame_type, qp, index)
+        result = self._finish(p.latent, p.contexts, p.flow_hat, frame_type, qp, index)
+        result.estimated_bits = p.estimated_bits()
+        return p.strings, result
 
     # --- decoder side ---------------------------------------------------------------------------------
 

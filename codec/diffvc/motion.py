@@ -320,11 +320,12 @@ class MotionCodec(HyperpriorCodec):
 
     @torch.no_grad()
     def compress(self, flow: Tensor, qp: int | Sequence[int] | Tensor,
-                 valid_hw: Sequence[int] | None = None) -> tuple[list[bytes], Tensor]:
-        """-> (strings [y, z], flow_hat [N, 2, H, W] float32): the flow the decoder will have, bit for bit."""
+                 valid_hw: Sequence[int] | None = None) -> tuple[list[bytes], CodingOutput]:
+        """-> (strings [y, z], CodingOutput(hat=flow_hat [N, 2, H, W] float32, evaluation-mode likelihoods)):
+        flow_hat is the flow the decoder will have, bit for bit."""
         self._check_size(flow.shape[-2:])
         strings, coded = self._compress(flow, None, qp_batch(qp, flow.shape[0], flow.device), valid_hw)
-        return strings, coded.out
+        return strings, CodingOutput(coded.out, coded.likelihoods)
 
     @torch.no_grad()
     def decompress(self, strings: Sequence[bytes], size_hw: Sequence[int], qp: int | Sequence[int] | Tensor,
