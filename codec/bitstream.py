@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 MAGIC = b"DVC1"
-FORMAT_VERSION = 2  # 2: padding is not entropy-coded, zero-motion P-frames (docs/FORMAT.md, "Versions")
+FORMAT_VERSION = 2  # 2: padding not entropy-coded, one string per codec, zero-motion P-frames (docs/FORMAT.md)
 RETIRED_VERSIONS = {1: "version 1 coded the frame's padding; re-encode the source with this build"}
 CODEC_IDS: dict[str, int] = {"diffvc": 1, "condlc": 2}  # explicit ids, stored in the stream: never reorder or reuse
 CODEC_NAMES: dict[int, str] = {v: k for k, v in CODEC_IDS.items()}

@@ -255,16 +255,17 @@ def test_intra_training_has_finite_nonzero_gradients(space, frames: torch.Tensor
 
 
 def damaged_versions(strings: list[bytes]) -> list[list[bytes]]:
-    y, z = strings
-    assert len(y) >= 8 and len(z) >= 8
+    (s,) = strings  # one string per frame: z's symbols, then y's
+    assert len(s) >= 16
     return [
-        [y[:-4], z],
-        [y, z[:-4]],
-        [y + b"\0\0\0\0", z],
-        [bytes([y[0] ^ 0x5A]) + y[1:], z],
-        [y, z[:1] + bytes([z[1] ^ 0xFF]) + z[2:]],
-        [y],
-        [y, z, b""],
+        [s[:-4]],
+        [s[4:]],
+        [s + b"\0\0\0\0"],
+        [bytes([s[0] ^ 0x5A]) + s[1:]],
+        [s[:1] + bytes([s[1] ^ 0xFF]) + s[2:]],
+        [],
+        [s, b""],
+        [b""],
     ]
 
 

@@ -189,16 +189,17 @@ def test_motion_training_forward_has_finite_nonzero_gradients(flow: torch.Tensor
 
 def test_motion_damaged_strings_raise_bitstream_errors(codec: MotionCodec, flow: torch.Tensor) -> None:
     strings, _ = codec.compress(flow[:1], 10)
-    y, z = strings
-    assert len(y) >= 8 and len(z) >= 8
+    (s,) = strings  # one string: z's symbols, then y's
+    assert len(s) >= 16
     damaged = [
-        [y[:-4], z],  # truncated y
-        [y, z[:-4]],  # truncated z
-        [y + b"\0\0\0\0", z],  # trailing words
-        [bytes([y[0] ^ 0x5A]) + y[1:], z],  # flipped bits in the last-pushed word
-        [y, z[:1] + bytes([z[1] ^ 0xFF]) + z[2:]],
-        [y],  # a string missing
-        [y[:-1], z],  # not a whole number of words
+        [s[:-4]],  # truncated
+        [s[4:]],  # first word missing
+        [s + b"\0\0\0\0"],  # trailing words
+        [bytes([s[0] ^ 0x5A]) + s[1:]],  # flipped bits in the last-pushed word
+        [s[:1] + bytes([s[1] ^ 0xFF]) + s[2:]],
+        [],  # the string missing
+        [s, b""],  # one string too many
+        [s[:-1]],  # not a whole number of words
     ]
     for case in damaged:
         with pytest.raises(BitstreamError):

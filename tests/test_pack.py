@@ -28,7 +28,7 @@ def test_the_embedded_pack_is_the_default_and_fits_its_budget():
     size = sum(f.stat().st_size for f in PACK.iterdir() if f.is_file())
     assert size <= MAX_PACK_BYTES, f"{size / 2**20:.1f} MiB"
     assert (PACK / "README.md").read_text().count("python -m codec train") >= 3  # the commands that made it
-    assert get_codec("diffvc").identity() == pack_info(PACK).sha256
+    assert get_codec("diffvc").identity().startswith(pack_info(PACK).sha256)
 
 
 def test_rates_fall_strictly_over_the_whole_qp_range(footage):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from codec.bitstream import CODEC_IDS, MAGIC, FrameUnit, StreamHeader, read_stream, write_stream
+from codec.bitstream import CODEC_IDS, FORMAT_VERSION, MAGIC, FrameUnit, StreamHeader, read_stream, write_stream
 from codec.diffvc import QP_MAX, QP_MIN
 from codec.diffvc.pack import PackInfo, find_packs, pack_info, resolve_pack
 from codec.errors import BitstreamError, CodecError, CodecUnavailableError, SpecError, VideoError
@@ -41,8 +41,9 @@ if TYPE_CHECKING:
 RANDOM_PACK_PREFIX = "random-"  # pack="random-tiny": random init of a preset (tests, speed), never a real result
 FLAG_REUSE_STEP = 1  # header flags: TDIR reuses per-step x0 (else the final latent)
 FLAG_REUSE_WARP = 2  # TDIR warps the reused x0 with the decoded flow
+ENCODER_REVISION = 1  # bump when the encoder's choices change what a stream holds (then cached results are redone)
 INTRA_QP_OFFSET = 0  # the default I-frame QP offset (docs/RESULTS.md, "I-frame QP offset")
-STRINGS_PER_TYPE = {"I": (2,), "P": (2, 4)}  # a P-frame of 2 strings has zero motion (no MV strings)
+STRINGS_PER_TYPE = {"I": (1,), "P": (1, 2)}  # one string per codec; a P-frame of 1 string has zero motion
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,8 @@ class NeuralCodecBase(CodecBase):
         return model, info, device
 
     def identity(self) -> str:
-        return self._model()[1].sha256
+        """The pack, the format and the encoder's decisions: cached results of an older encoder are not reused."""
+        return f"{self._model()[1].sha256} DVC1 v{FORMAT_VERSION} encoder {ENCODER_REVISION}"
 
     def sampling_plan(self, model: DiffVCModel) -> SamplingPlan:
         from codec.diffvc.model import SamplingPlan

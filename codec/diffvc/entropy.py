@@ -34,9 +34,12 @@ value codes exactly, at a cost that only matters if it is frequent. Values are f
 +-MAX_ABS_SYMBOL (2**30) around the mean or median, in `forward` as well, so `decompress(compress(x))` always
 equals the evaluation-mode `forward`; non-finite inputs raise `ValueError`.
 
-**String layout.** One string per tensor: the 32-bit words of an ANS stack, little-endian. Decoding order: the
-symbols grouped by model index (ascending; inside a group, in C order of the tensor), then the escapes'
-payloads in the same order, then a 16-bit end marker (0xD1A5). A string for an empty tensor is empty.
+**String layout.** One string holds one or more *segments* (a tensor each, e.g. a codec's z then its y:
+`encode_segments`, `SegmentReader`): the 32-bit words of one ANS stack, little-endian. Decoding order: for each
+segment in turn, its symbols grouped by model index (ascending; inside a group, in C order of the tensor), then
+its escapes' payloads in the same order; after the last segment a 16-bit end marker (0xD1A5). A string with no
+symbols is empty. One string per codec and frame spends the marker and the last word's padding once, not once
+per tensor (about 5 bytes a string, a few per cent of a P-frame at low rates).
 `decompress` raises `BitstreamError` when constriction rejects the words, a decoded value is out of range, the
 end marker is wrong (an ANS decoder that runs out of words silently returns zeros, so this is how a short
 string shows) or words are left over after it. Damage is caught with high probability, not certainty: the
@@ -300,64 +303,121 @@ def _pop_uniform(coder: constriction.stream.stack.AnsCoder, bits: np.ndarray) ->
     return coder.decode(constriction.stream.model.Uniform(), sizes).astype(np.int64)
 
 
-def encode_indexed(values: np.ndarray, indexes: np.ndarray, tables: CodingTables) -> bytes:
-    """ANS-code integer values, each with the categorical model tables.models[indexes[i]]; the module docstring
-    gives the string layout.
+Segment = tuple[np.ndarray, np.ndarray, "CodingTables"]  # (values int64 [N], model indexes int64 [N], tables)
 
-    values: int64 [N], |v| <= MAX_ABS_SYMBOL (those outside a table's support are escaped).
-    indexes: int64 [N] in 0 .. T - 1. Returns the string (bytes, a multiple of 4 long; empty iff N == 0).
-    """
+
+def _check_segment(values: np.ndarray, indexes: np.ndarray, tables: CodingTables) -> tuple[np.ndarray, np.ndarray]:
     values = np.asarray(values, dtype=np.int64).ravel()
     indexes = np.asarray(indexes, dtype=np.int64).ravel()
-    if values.size == 0:
-        return b""
-    if values.shape != indexes.shape or np.abs(values).max() > MAX_ABS_SYMBOL:
+    if values.shape != indexes.shape or (values.size and np.abs(values).max() > MAX_ABS_SYMBOL):
         raise ValueError(f"need as many indexes as values, and values within +-{MAX_ABS_SYMBOL}")
-    if indexes.min() < 0 or indexes.max() >= tables.lengths.size:
+    if indexes.size and (indexes.min() < 0 or indexes.max() >= tables.lengths.size):
         raise ValueError(f"model indexes must lie in 0 .. {tables.lengths.size - 1}")
+    return values, indexes
+
+
+def _push_segment(coder: constriction.stream.stack.AnsCoder, values: np.ndarray, indexes: np.ndarray,
+                  tables: CodingTables) -> None:
+    """Push one segment so that `_pop_segment` decodes it: symbols by model index, then the escapes."""
     raw = values - tables.offsets[indexes]
     lengths = tables.lengths[indexes]
     escaped = (raw < 0) | (raw >= lengths)
     symbols = np.where(escaped, lengths, raw).astype(np.int32)
     order, bounds = _decode_order(indexes, tables.lengths.size)
-    coder = constriction.stream.stack.AnsCoder()
-    coder.encode_reverse(END_MARKER, constriction.stream.model.Uniform(1 << 16))
     escaped_in_order = order[escaped[order]]
     _encode_escapes(coder, np.where(raw < 0, raw, raw - lengths)[escaped_in_order])
     for t in reversed(range(tables.lengths.size)):
         group = order[bounds[t] : bounds[t + 1]]
         if group.size:
             coder.encode_reverse(symbols[group], tables.models[t])
+
+
+def encode_segments(segments: Sequence[Segment]) -> bytes:
+    """ANS-code segments (values, indexes, tables) into one string, decoded in the given order by
+    `SegmentReader`; the module docstring gives the layout. Each value is coded with the categorical model
+    tables.models[indexes[i]]; values within +-MAX_ABS_SYMBOL (those outside a table's support are escaped).
+    Returns bytes, a multiple of 4 long; empty iff there is no value at all."""
+    checked = [(*_check_segment(v, i, t), t) for v, i, t in segments]
+    if not any(values.size for values, _, _ in checked):
+        return b""
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(END_MARKER, constriction.stream.model.Uniform(1 << 16))
+    for values, indexes, tables in reversed(checked):
+        if values.size:
+            _push_segment(coder, values, indexes, tables)
     return coder.get_compressed().astype("<u4").tobytes()
 
 
-def decode_indexed(data: bytes, indexes: np.ndarray, tables: CodingTables) -> np.ndarray:
-    """Invert `encode_indexed`: the int64 [N] values, given the same indexes and tables.
+class SegmentReader:
+    """Decodes the segments of one `encode_segments` string in order: `read` each, then `finish`.
 
-    Raises BitstreamError if the string cannot be what `encode_indexed` made for N = indexes.size symbols.
+    Every failure is a BitstreamError: constriction rejecting the words, a value out of range, a wrong end
+    marker (an ANS decoder that runs out of words silently returns zeros: a short string shows this way), words
+    left after it, or data where no symbol is expected.
     """
-    indexes = np.asarray(indexes, dtype=np.int64).ravel()
-    if indexes.size == 0:
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) % 4:
+            raise BitstreamError(f"entropy-coded string of {len(data)} bytes is not a whole number of words")
+        self._coder = None
         if data:
+            try:
+                self._coder = constriction.stream.stack.AnsCoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
+            except Exception as err:  # constriction rejects the words (e.g. a trailing zero word)
+                raise BitstreamError(f"entropy-coded string is damaged ({err})") from err
+        self._symbols = 0
+
+    def read(self, indexes: np.ndarray, tables: CodingTables) -> np.ndarray:
+        """The int64 [N] values of the next segment, given its model indexes (int64 [N]) and tables."""
+        indexes = np.asarray(indexes, dtype=np.int64).ravel()
+        if indexes.size == 0:
+            return np.zeros(0, np.int64)
+        if self._coder is None:
+            raise BitstreamError("entropy-coded string is empty where symbols were expected")
+        self._symbols += indexes.size
+        try:
+            raw = _pop_segment(self._coder, indexes, tables)
+        except BitstreamError:
+            raise
+        except Exception as err:  # constriction rejects the words (e.g. a trailing zero word)
+            raise BitstreamError(f"entropy-coded string is damaged ({err})") from err
+        values = raw + tables.offsets[indexes]
+        if np.abs(values).max() > MAX_ABS_SYMBOL:
+            raise BitstreamError("entropy-coded string decodes to values out of range; it is damaged")
+        return values
+
+    def finish(self) -> None:
+        """Check the end marker and that nothing follows it."""
+        if self._coder is None:
+            return
+        if not self._symbols:
             raise BitstreamError("entropy-coded string has data where no symbol was expected")
-        return np.zeros(0, np.int64)
-    if len(data) == 0 or len(data) % 4:
-        raise BitstreamError(f"entropy-coded string of {len(data)} bytes is not a whole, non-empty number of words")
-    try:
-        raw = _decode_raw(np.frombuffer(data, dtype="<u4").astype(np.uint32), indexes, tables)
-    except BitstreamError:
-        raise
-    except Exception as err:  # constriction rejects the words (e.g. a trailing zero word)
-        raise BitstreamError(f"entropy-coded string is damaged ({err})") from err
-    values = raw + tables.offsets[indexes]
-    if np.abs(values).max() > MAX_ABS_SYMBOL:
-        raise BitstreamError("entropy-coded string decodes to values out of range; it is damaged")
+        try:
+            marker = self._coder.decode(constriction.stream.model.Uniform(1 << 16))
+        except Exception as err:
+            raise BitstreamError(f"entropy-coded string is damaged ({err})") from err
+        if marker != END_MARKER:
+            raise BitstreamError("entropy-coded string ends without its marker; it is truncated or damaged")
+        if not self._coder.is_empty():
+            raise BitstreamError("entropy-coded string has data left after its last symbol; it is damaged")
+
+
+def encode_indexed(values: np.ndarray, indexes: np.ndarray, tables: CodingTables) -> bytes:
+    """One segment as a string: `encode_segments([(values, indexes, tables)])`."""
+    return encode_segments([(values, indexes, tables)])
+
+
+def decode_indexed(data: bytes, indexes: np.ndarray, tables: CodingTables) -> np.ndarray:
+    """Invert `encode_indexed`: the int64 [N] values, given the same indexes and tables (BitstreamError if the
+    string cannot be what `encode_indexed` made for N = indexes.size symbols)."""
+    reader = SegmentReader(data)
+    values = reader.read(indexes, tables)
+    reader.finish()
     return values
 
 
-def _decode_raw(words: np.ndarray, indexes: np.ndarray, tables: CodingTables) -> np.ndarray:
-    """Symbols relative to each table's offset (escapes resolved): int64 [N]."""
-    coder = constriction.stream.stack.AnsCoder(words)
+def _pop_segment(coder: constriction.stream.stack.AnsCoder, indexes: np.ndarray, tables: CodingTables) -> np.ndarray:
+    """Symbols of one segment relative to each table's offset (escapes resolved): int64 [N]."""
     order, bounds = _decode_order(indexes, tables.lengths.size)
     raw = np.empty(indexes.size, np.int64)
     for t in range(tables.lengths.size):
@@ -368,12 +428,6 @@ def _decode_raw(words: np.ndarray, indexes: np.ndarray, tables: CodingTables) ->
     escaped_in_order = order[(raw == lengths)[order]]
     excess = _decode_escapes(coder, escaped_in_order.size)
     raw[escaped_in_order] = np.where(excess < 0, excess, lengths[escaped_in_order] + excess)
-    if coder.decode(constriction.stream.model.Uniform(1 << 16)) != END_MARKER:
-        # An ANS decoder that runs out of words goes on returning symbol 0 from an empty state: a string that is
-        # too short for its symbols ends without its marker.
-        raise BitstreamError("entropy-coded string ends without its marker; it is truncated or damaged")
-    if not coder.is_empty():
-        raise BitstreamError("entropy-coded string has data left after its last symbol; it is damaged")
     return raw
 
 
@@ -567,24 +621,36 @@ class FactorizedPrior(_TabledEntropyModel):
         view = np.arange(self.channels, dtype=np.int64).reshape(1, -1, *([1] * (len(shape) - 2)))
         return np.broadcast_to(view, tuple(shape)).ravel()
 
-    def compress(self, z: Tensor, region: Region = None) -> bytes:
-        """Entropy-code round(z - medians) for z [N, C, *spatial] (any device), within `region` if given (then z
-        is [N, C, H, W]): one string (bytes)."""
+    def segment(self, z: Tensor, region: Region = None) -> Segment:
+        """The symbols round(z - medians) of z [N, C, *spatial] (any device), within `region` if given (then z is
+        [N, C, H, W]), with their model indexes and tables: what `compress` codes, for `encode_segments`."""
         z = in_region(_to_cpu_float32(z), region)
         indexes = self._indexes(z.shape)
         _check_finite("z", z)
         symbols = quantize_symbols(z, self._centers(z.dim(), self.medians.cpu()))
-        return encode_indexed(symbols.numpy().astype(np.int64), indexes, self.coding_tables())
+        return symbols.numpy().astype(np.int64), indexes, self.coding_tables()
+
+    def compress(self, z: Tensor, region: Region = None) -> bytes:
+        """Entropy-code `segment(z, region)` alone: one string (bytes)."""
+        return encode_segments([self.segment(z, region)])
+
+    def read(self, reader: SegmentReader, shape: Sequence[int], region: Region = None) -> Tensor:
+        """Decode the next segment of `reader` as z_hat [shape] float32 (the median outside `region`), on the
+        module's device."""
+        shape = tuple(int(s) for s in shape)
+        coded = shape if region is None else (*shape[:-2], min(region[0], shape[-2]), min(region[1], shape[-1]))
+        values = _fill_region(reader.read(self._indexes(coded), self.coding_tables()), shape, region)
+        medians = self.medians.cpu()
+        z_hat = torch.from_numpy(values.astype(np.float32)).reshape(shape) + self._centers(len(shape), medians)
+        return z_hat.to(self.medians.device)
 
     def decompress(self, data: bytes, shape: Sequence[int], region: Region = None) -> Tensor:
         """Invert `compress`: z_hat [shape] float32 (the median outside `region`), on the module's device;
         BitstreamError if `data` is damaged."""
-        shape = tuple(int(s) for s in shape)
-        coded = shape if region is None else (*shape[:-2], min(region[0], shape[-2]), min(region[1], shape[-1]))
-        values = _fill_region(decode_indexed(data, self._indexes(coded), self.coding_tables()), shape, region)
-        medians = self.medians.cpu()
-        z_hat = torch.from_numpy(values.astype(np.float32)).reshape(shape) + self._centers(len(shape), medians)
-        return z_hat.to(self.medians.device)
+        reader = SegmentReader(bytes(data))
+        z_hat = self.read(reader, shape, region)
+        reader.finish()
+        return z_hat
 
 
 class GaussianConditional(_TabledEntropyModel):
@@ -681,26 +747,37 @@ class GaussianConditional(_TabledEntropyModel):
         _check_finite("scales", scales)
         return self._coding_params(means, scales)
 
-    def compress(self, y: Tensor, means: Tensor, scales: Tensor, region: Region = None) -> bytes:
-        """Entropy-code round(y - mean_q), each with the table of its scale index, within `region` if given
-        (y [N, C, H, W]): one string (bytes)."""
+    def segment(self, y: Tensor, means: Tensor, scales: Tensor, region: Region = None) -> Segment:
+        """The symbols round(y - mean_q) within `region` if given (y [N, C, H, W]), each with the table of its scale
+        index: what `compress` codes, for `encode_segments`."""
         if y.shape != means.shape:
             raise ValueError(f"y {tuple(y.shape)} and means {tuple(means.shape)} differ in shape")
         mean_q, indexes = self._cpu_params(means, scales)
         y = _to_cpu_float32(y)
         _check_finite("y", y)
         symbols = in_region(quantize_symbols(y, mean_q), region)
-        return encode_indexed(symbols.numpy().astype(np.int64), in_region(indexes, region).numpy(),
-                              self.coding_tables())
+        return symbols.numpy().astype(np.int64), in_region(indexes, region).numpy(), self.coding_tables()
+
+    def compress(self, y: Tensor, means: Tensor, scales: Tensor, region: Region = None) -> bytes:
+        """Entropy-code `segment(y, means, scales, region)` alone: one string (bytes)."""
+        return encode_segments([self.segment(y, means, scales, region)])
+
+    def read(self, reader: SegmentReader, means: Tensor, scales: Tensor, region: Region = None) -> Tensor:
+        """Decode the next segment of `reader` as y_hat (means' shape, float32, on means' device; mean_q outside
+        `region`)."""
+        mean_q, indexes = self._cpu_params(means, scales)
+        coded = reader.read(in_region(indexes, region).contiguous().numpy(), self.coding_tables())
+        values = _fill_region(coded, mean_q.shape, region)
+        y_hat = torch.from_numpy(values.astype(np.float32)).reshape(mean_q.shape) + mean_q
+        return y_hat.to(means.device)
 
     def decompress(self, data: bytes, means: Tensor, scales: Tensor, region: Region = None) -> Tensor:
         """Invert `compress`: y_hat (means' shape, float32, on means' device; mean_q outside `region`);
         BitstreamError if damaged."""
-        mean_q, indexes = self._cpu_params(means, scales)
-        coded = decode_indexed(data, in_region(indexes, region).contiguous().numpy(), self.coding_tables())
-        values = _fill_region(coded, mean_q.shape, region)
-        y_hat = torch.from_numpy(values.astype(np.float32)).reshape(mean_q.shape) + mean_q
-        return y_hat.to(means.device)
+        reader = SegmentReader(bytes(data))
+        y_hat = self.read(reader, means, scales, region)
+        reader.finish()
+        return y_hat
 
 
 def _std_cdf(x: Tensor) -> Tensor:

@@ -21,6 +21,8 @@ same pipeline, written once:
 4. ``y_hat`` from the Gaussian conditional (noise in training; round(y - mean_q) + mean_q otherwise);
 5. ``out = synthesis(y_hat * q_dec, cond)``.
 
+`compress` writes one string per frame: z's symbols, then y's (`entropy.encode_segments`).
+
 `forward` (training and evaluation) and `compress` run steps 1-5 through `HyperpriorCodec._run`; `decompress`
 decodes z_hat, runs step 3 with *the same function*, decodes y_hat and runs step 5 with *the same function*. In
 float32 with the same batch shapes and layouts, so ``decompress(compress(x))`` equals compress's own reconstruction
@@ -44,7 +46,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
-from codec.diffvc.entropy import FactorizedPrior, GaussianConditional, Region, bits_from_likelihoods
+from codec.diffvc.entropy import (
+    FactorizedPrior,
+    GaussianConditional,
+    Region,
+    Segment,
+    SegmentReader,
+    bits_from_likelihoods,
+    encode_segments,
+)
 from codec.diffvc.qp import QPScales, QPScalesConfig, qp_tensor
 from codec.errors import BitstreamError
 
@@ -335,27 +345,35 @@ class HyperpriorCodec(nn.Module):
 
     def _compress(self, x: Tensor, cond: Any, qp: Tensor,
                   valid_hw: Sequence[int] | None = None) -> tuple[list[bytes], _Coded]:
-        """Strings [y, z] and the evaluation-mode pass whose reconstruction `decompress` reproduces bit for bit."""
+        """[one string: z's symbols, then y's] and the evaluation-mode pass whose reconstruction `decompress`
+        reproduces bit for bit."""
         y_region, z_region = self.coded_regions(valid_hw)
         coded = self._run(x, cond, qp, training=False, valid_hw=valid_hw)
-        z_string = self.hyperprior.prior.compress(coded.z, z_region)
-        y_string = self.gaussian.compress(coded.y, coded.means, coded.scales, y_region)
-        return [y_string, z_string], coded
+        segments = [self.hyperprior.prior.segment(coded.z, z_region),
+                    self.gaussian.segment(coded.y, coded.means, coded.scales, y_region)]
+        return [self.entropy_encode(segments)], coded
+
+    @staticmethod
+    def entropy_encode(segments: Sequence[Segment]) -> bytes:
+        """The ANS coding of a frame's segments (a method, so that the timer can count it as 'entropy')."""
+        return encode_segments(segments)
 
     def _decompress(
         self, strings: Sequence[bytes], cond: Any, qp: Tensor, y_shape: Sequence[int],
         valid_hw: Sequence[int] | None = None,
     ) -> tuple[Tensor, Any]:
-        """Invert `_compress` given y's shape: (y_deq, out). BitstreamError if the strings are damaged."""
-        if len(strings) != 2 or not all(isinstance(s, bytes | bytearray) for s in strings):
-            raise BitstreamError(f"a {type(self).__name__} frame needs 2 strings (y, z), got {len(strings)}")
+        """Invert `_compress` given y's shape: (y_deq, out). BitstreamError if the string is damaged."""
+        if len(strings) != 1 or not isinstance(strings[0], bytes | bytearray):
+            raise BitstreamError(f"a {type(self).__name__} frame needs 1 string, got {len(strings)}")
         y_region, z_region = self.coded_regions(valid_hw)
         q_enc, q_dec = self.qp_scales(qp)
-        z_hat = self.hyperprior.prior.decompress(bytes(strings[1]), self.hyperprior.z_shape(y_shape), z_region)
+        reader = SegmentReader(bytes(strings[0]))
+        z_hat = self.hyperprior.prior.read(reader, self.hyperprior.z_shape(y_shape), z_region)
         means, scales = self.entropy_params(z_hat, cond, q_enc)
         if not (bool(torch.isfinite(means).all()) and bool(torch.isfinite(scales).all())):
             raise BitstreamError("the decoded hyper-latent gives non-finite entropy parameters; the stream is damaged")
-        y_hat = self.gaussian.decompress(bytes(strings[0]), means, scales, y_region)
+        y_hat = self.gaussian.read(reader, means, scales, y_region)
+        reader.finish()
         return self.synthesize(y_hat, cond, q_dec)
 
 
@@ -613,7 +631,7 @@ class IntraLatentCodec(HyperpriorCodec):
     @torch.no_grad()
     def compress(self, latent: Tensor, qp: int | Sequence[int] | Tensor,
                  valid_hw: Sequence[int] | None = None) -> tuple[list[bytes], LatentCodingOutput]:
-        """-> (strings [y, z], the decoder's LatentCodingOutput, with evaluation-mode likelihoods)."""
+        """-> ([one string: z then y], the decoder's LatentCodingOutput, with evaluation-mode likelihoods)."""
         _check_latent_size(latent.shape[-2:], 8, "latent size")
         strings, coded = self._compress(latent, None, qp_batch(qp, latent.shape[0], latent.device), valid_hw)
         return strings, self._output(coded.y_deq, coded.out, coded.likelihoods)
@@ -776,7 +794,7 @@ class ContextualLatentCodec(HyperpriorCodec):
     def compress(self, latent: Tensor, contexts: Contexts, prev_y_hat: Tensor | None,
                  qp: int | Sequence[int] | Tensor,
                  valid_hw: Sequence[int] | None = None) -> tuple[list[bytes], LatentCodingOutput]:
-        """-> (strings [y, z], the decoder's LatentCodingOutput, with evaluation-mode likelihoods)."""
+        """-> ([one string: z then y], the decoder's LatentCodingOutput, with evaluation-mode likelihoods)."""
         n = latent.shape[0]
         cond = self._condition(contexts, prev_y_hat, latent.shape[-2:], n)
         strings, coded = self._compress(latent, cond, qp_batch(qp, n, latent.device), valid_hw)

@@ -26,7 +26,13 @@ from codec.diffvc.diffusion import DiffusionStage, TDIRSampler
 from codec.diffvc.dpb import DecodedPictureBuffer
 from codec.diffvc.entropy import FactorizedPrior, GaussianConditional
 from codec.diffvc.latent import build_latent_space
-from codec.diffvc.latent_codec import ContextualLatentCodec, IntraLatentCodec, LatentCodingOutput, estimated_bits
+from codec.diffvc.latent_codec import (
+    ContextualLatentCodec,
+    HyperpriorCodec,
+    IntraLatentCodec,
+    LatentCodingOutput,
+    estimated_bits,
+)
 from codec.diffvc.motion import DISFlow, MotionCodec, SpyNetFlow
 from codec.diffvc.pack import PackInfo, deserialize, in_memory_info, read_pack, serialize
 from codec.diffvc.qp import rd_lambda
@@ -105,11 +111,17 @@ def diffusion_condition(latent_hat: Tensor, c1: Tensor | None, context_channels:
 
 
 def instrument_entropy_timing(model: DiffVCModel) -> None:
-    """Count the entropy coders' compress/decompress calls as the 'entropy' stage of the active timer."""
+    """Count the entropy coding (symbols out, the ANS string, symbols back) as the 'entropy' stage of the active
+    timer."""
     for module in model.modules():
-        if isinstance(module, (FactorizedPrior, GaussianConditional)) and not getattr(module, "_timed", False):
-            module.compress = timed("entropy", module.compress)
-            module.decompress = timed("entropy", module.decompress)
+        if getattr(module, "_timed", False):
+            continue
+        if isinstance(module, (FactorizedPrior, GaussianConditional)):
+            module.segment = timed("entropy", module.segment)
+            module.read = timed("entropy", module.read)
+            module._timed = True
+        elif isinstance(module, HyperpriorCodec):
+            module.entropy_encode = timed("entropy", module.entropy_encode)
             module._timed = True
 
 
@@ -117,7 +129,7 @@ def instrument_entropy_timing(model: DiffVCModel) -> None:
 class PFrameCoding:
     """Steps 1-3 of one P-frame (module docstring), batched over N items.
 
-    strings: the entropy-coded [mv y, mv z, latent y, latent z], or [latent y, latent z] for a zero-motion frame
+    strings: the entropy-coded [motion, latent] (one string per codec), or [latent] for a zero-motion frame
     (empty in training form); flow_hat: the decoded flow [N, 2, H, W] in pixels; contexts: C1..C3 (and the
     prediction) built from it; latent: the contextual codec's output; motion_likelihoods: the MV codec's {"y", "z"}
     likelihoods ({} for a zero-motion frame).
@@ -259,7 +271,7 @@ class FrameCoder:
     def decode_frame(self, strings: list[bytes], frame_type: str, qp: int, index: int,
                      size_hw: tuple[int, int], picture_hw: tuple[int, int] | None = None) -> FrameResult:
         """Entropy-coded strings of one frame -> the reconstruction; updates the DPB. size_hw: the coded (padded)
-        size; picture_hw: the picture's, as the encoder had it. A P-frame of 2 strings has zero motion."""
+        size; picture_hw: the picture's, as the encoder had it. A P-frame of 1 string has zero motion."""
         m, t = self.model, self.timer
         latent_hw = (size_hw[0] // m.latent_space.factor, size_hw[1] // m.latent_space.factor)
         valid = latent_valid_hw(m, picture_hw)
@@ -270,13 +282,13 @@ class FrameCoder:
         if self.dpb.empty:
             raise BitstreamError(f"frame {index}: a P-frame with no reference")
         with t.stage("motion"):
-            if len(strings) == 2:
+            if len(strings) == 1:
                 flow_hat = self.dpb.frame.new_zeros((1, 2, *size_hw))
             else:
-                flow_hat = m.motion.decompress(strings[:2], size_hw, qp, picture_hw)
+                flow_hat = m.motion.decompress(strings[:1], size_hw, qp, picture_hw)
         with t.stage("latent"):
             contexts = m.temporal_contexts(self.dpb.frame, self.dpb.feature, flow_hat)
-            coded = m.inter.decompress(strings[-2:], contexts, self.dpb.y_hat, qp, latent_hw, valid)
+            coded = m.inter.decompress(strings[-1:], contexts, self.dpb.y_hat, qp, latent_hw, valid)
         return self._finish(coded, contexts, flow_hat, frame_type, qp, index)
 
     # --- shared: everything after the entropy decoding ------------------------------------------------

@@ -254,7 +254,7 @@ class MotionCodec(HyperpriorCodec):
     flow [N, 2, H, W] (pixels; H, W multiples of 64) -> four stride-2 convolutions -> y_mv [N, M, H/16, W/16]
     (times the QP's encoder scale) -> hyperprior z_mv [N, Z, H/64, W/64] -> Gaussian conditional with means and
     scales from the hyper-decoder -> y_mv_hat * q_dec -> four sub-pixel x2 stages -> flow_hat [N, 2, H, W].
-    Strings: [y, z].
+    One string per frame: z then y.
     """
 
     def __init__(self, config: MotionCodecConfig | None = None) -> None:
@@ -321,7 +321,7 @@ class MotionCodec(HyperpriorCodec):
     @torch.no_grad()
     def compress(self, flow: Tensor, qp: int | Sequence[int] | Tensor,
                  valid_hw: Sequence[int] | None = None) -> tuple[list[bytes], CodingOutput]:
-        """-> (strings [y, z], CodingOutput(hat=flow_hat [N, 2, H, W] float32, evaluation-mode likelihoods)):
+        """-> ([one string: z then y], CodingOutput(hat=flow_hat [N, 2, H, W] float32, evaluation-mode likelihoods)):
         flow_hat is the flow the decoder will have, bit for bit."""
         self._check_size(flow.shape[-2:])
         strings, coded = self._compress(flow, None, qp_batch(qp, flow.shape[0], flow.device), valid_hw)
