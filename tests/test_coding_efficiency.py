@@ -189,3 +189,23 @@ def test_tripod_shots_without_patches_are_still(tmp_path) -> None:
     sample = clips[0]
     frames = sample["frames"]
     assert torch.equal(frames[0], frames[3]) and float(sample["flow"].abs().max()) == 0.0
+
+
+# --- the reference chain (issue [2.2], item 1) -----------------------------------------------------------------
+
+
+def test_codec_reference_decodes_exactly_and_refers_to_condlcs_reconstruction() -> None:
+    """reference=codec: the DPB holds the latent codec's reconstruction, so the rate and the references are
+    condlc's (same pack, same QP), while the frames shown are the diffusion stage's."""
+    from codec.diffvc.codec import FLAG_CODEC_REFERENCE
+
+    clip = moving_clip(frames=4, height=48, width=64, seed=6)
+    codec = get_codec(f"diffvc:{RANDOM}:reference=codec")
+    encoded = codec.encode(clip, 30)
+    header, units = read_stream(encoded.bitstream)
+    assert header.flags & FLAG_CODEC_REFERENCE
+    assert np.array_equal(codec.decode(encoded.bitstream).frames, encoded.reconstruction.frames)
+    condlc = get_codec(f"condlc:{RANDOM}").encode(clip, 30)
+    assert [u.strings for u in units] == [u.strings for u in read_stream(condlc.bitstream)[1]]
+    default = get_codec(f"diffvc:{RANDOM}").encode(clip, 30)
+    assert not read_stream(default.bitstream)[0].flags & FLAG_CODEC_REFERENCE

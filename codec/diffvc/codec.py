@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 RANDOM_PACK_PREFIX = "random-"  # pack="random-tiny": random init of a preset (tests, speed), never a real result
 FLAG_REUSE_STEP = 1  # header flags: TDIR reuses per-step x0 (else the final latent)
 FLAG_REUSE_WARP = 2  # TDIR warps the reused x0 with the decoded flow
+FLAG_CODEC_REFERENCE = 4  # the next frame refers to the latent codec's reconstruction; the diffusion output is shown
 ENCODER_REVISION = 1  # bump when the encoder's choices change what a stream holds (then cached results are redone)
 INTRA_QP_OFFSET = 0  # the default I-frame QP offset (docs/RESULTS.md, "I-frame QP offset")
 STRINGS_PER_TYPE = {"I": (1,), "P": (1, 2)}  # one string per codec; a P-frame of 1 string has zero motion
@@ -78,11 +79,14 @@ class DiffVCOptions(NeuralOptions):
     strength: float = -1.0
     reuse: Literal["final", "step"] = "final"
     reuse_warp: bool = True
+    reference: Literal["diffusion", "codec"] = "diffusion"  # what the next frame refers to (docs/RESULTS.md)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.tdir_ratio > 1 or self.strength > 1 or not 0 <= self.steps <= 1000:
             raise ValueError("need tdir_ratio <= 1, strength <= 1 and 0 <= steps <= 1000")
+        if self.reference not in ("diffusion", "codec"):
+            raise ValueError(f"reference must be diffusion or codec, got {self.reference!r}")
 
 
 def parse_offsets(text: str) -> tuple[int, ...]:
@@ -234,7 +238,8 @@ class NeuralCodecBase(CodecBase):
 
     def _header(self, video: Video, qp: int, plan: SamplingPlan, info: PackInfo) -> StreamHeader:
         fps = Fraction(video.fps).limit_denominator(1_000_000)
-        flags = (FLAG_REUSE_STEP if plan.reuse_source == "step" else 0) | (FLAG_REUSE_WARP if plan.reuse_warp else 0)
+        flags = ((FLAG_REUSE_STEP if plan.reuse_source == "step" else 0) | (FLAG_REUSE_WARP if plan.reuse_warp else 0)
+                 | (FLAG_CODEC_REFERENCE if plan.codec_reference else 0))
         return StreamHeader(
             codec=self.name, width=video.width, height=video.height, fps_num=fps.numerator,
             fps_den=fps.denominator, num_frames=video.num_frames, intra_period=self.options.intra_period, qp=qp,
@@ -255,7 +260,8 @@ class NeuralCodecBase(CodecBase):
         self._check_stream(header, info)
         plan = SamplingPlan(header.steps, header.strength_milli / 1000, header.tdir_k,
                             "step" if header.flags & FLAG_REUSE_STEP else "final",
-                            bool(header.flags & FLAG_REUSE_WARP), header.seed)
+                            bool(header.flags & FLAG_REUSE_WARP), header.seed,
+                            bool(header.flags & FLAG_CODEC_REFERENCE))
         _check_schedule(model, plan)
         size_hw = (header.height, header.width)
         padded_hw = tuple(-(-v // PAD_MULTIPLE) * PAD_MULTIPLE for v in size_hw)
@@ -336,7 +342,7 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
 class DiffVC(NeuralCodecBase):
     Options = DiffVCOptions
     has_diffusion = True
-    defined_flags = FLAG_REUSE_STEP | FLAG_REUSE_WARP
+    defined_flags = FLAG_REUSE_STEP | FLAG_REUSE_WARP | FLAG_CODEC_REFERENCE
 
     def sampling_plan(self, model: DiffVCModel) -> SamplingPlan:
         from codec.diffvc.diffusion import num_reuse_steps
@@ -348,7 +354,7 @@ class DiffVC(NeuralCodecBase):
         ratio = opts.tdir_ratio if opts.tdir_ratio >= 0 else cfg.tdir_ratio
         sampling_steps = min(steps, round(steps * strength))
         k = num_reuse_steps(sampling_steps, ratio) if opts.tdir else 0
-        return SamplingPlan(steps, strength, k, opts.reuse, opts.reuse_warp, opts.seed)
+        return SamplingPlan(steps, strength, k, opts.reuse, opts.reuse_warp, opts.seed, opts.reference == "codec")
 
 
 @register_codec("condlc", "baseline neural codec: DiffVC's conditional latent codec, diffusion stage off in the loop")

@@ -220,6 +220,7 @@ class SamplingPlan:
     reuse_source: str  # "final" | "step"
     reuse_warp: bool
     seed: int
+    codec_reference: bool = False  # the DPB keeps the latent codec's reconstruction; the diffusion output is shown
 
     @property
     def enabled(self) -> bool:
@@ -299,7 +300,10 @@ class FrameCoder:
         latent, x0, evals = self._generate(coded.latent_hat, contexts, flow_hat, frame_type, qp, index)
         with self.timer.stage("vae"):
             frame = self.model.latent_space.decode(latent).float()
-        self.dpb.push(frame, coded.feature, coded.y_hat if frame_type == "P" else None, x0, frame_type)
+            reference = frame
+            if self.plan.codec_reference and self.plan.enabled:
+                reference = self.model.latent_space.decode(coded.latent_hat).float()
+        self.dpb.push(reference, coded.feature, coded.y_hat if frame_type == "P" else None, x0, frame_type)
         return FrameResult(frame, evals)
 
     def _generate(self, latent_hat: Tensor, contexts: Contexts | None, flow_hat: Tensor | None, frame_type: str,
