@@ -42,8 +42,10 @@ RANDOM_PACK_PREFIX = "random-"  # pack="random-tiny": random init of a preset (t
 FLAG_REUSE_STEP = 1  # header flags: TDIR reuses per-step x0 (else the final latent)
 FLAG_REUSE_WARP = 2  # TDIR warps the reused x0 with the decoded flow
 FLAG_CODEC_REFERENCE = 4  # the next frame refers to the latent codec's reconstruction; the diffusion output is shown
+FLAG_HEVC_INTRA = 8  # I-frames are HEVC-intra pictures (codec.diffvc.hevc_intra)
 ENCODER_REVISION = 1  # bump when the encoder's choices change what a stream holds (then cached results are redone)
-INTRA_QP_OFFSET = 0  # the default I-frame QP offset (docs/RESULTS.md, "I-frame QP offset")
+INTRA_QP_OFFSET = 0  # the default I-frame QP offset (docs/RESULTS.md, "I-frames")
+INTRA_CODER = "learned"  # the default I-frame coder (docs/RESULTS.md, "I-frames")
 STRINGS_PER_TYPE = {"I": (1,), "P": (1, 2)}  # one string per codec; a P-frame of 1 string has zero motion
 
 
@@ -54,6 +56,7 @@ class NeuralOptions:
     intra_period: int = 32
     qp_offsets: str = "0"
     intra_qp_offset: int = INTRA_QP_OFFSET
+    intra: Literal["learned", "hevc"] = INTRA_CODER  # I-frames: the learned intra codec or HEVC-intra (x265)
     pack: str = ""  # a pack name or folder; "" = the default pack; "random-tiny" = random init
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
@@ -63,6 +66,8 @@ class NeuralOptions:
         if self.intra_period != -1 and not 1 <= self.intra_period <= 65535:
             raise ValueError(f"intra_period must be -1 or 1..65535, got {self.intra_period}")
         parse_offsets(self.qp_offsets)
+        if self.intra not in ("learned", "hevc"):
+            raise ValueError(f"intra must be learned or hevc, got {self.intra!r}")
         if abs(self.intra_qp_offset) > QP_MAX:
             raise ValueError(f"intra_qp_offset must be in [-63, 63], got {self.intra_qp_offset}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -154,7 +159,7 @@ class NeuralCodecBase(CodecBase):
 
     qp_range: ClassVar[tuple[int, int]] = (QP_MIN, QP_MAX)
     has_diffusion: ClassVar[bool] = False  # whether streams of this codec may declare a diffusion stage
-    defined_flags: ClassVar[int] = 0  # the header flag bits this codec defines; a stream setting others is rejected
+    defined_flags: ClassVar[int] = FLAG_HEVC_INTRA  # the header flag bits this codec defines; others are rejected
 
     @classmethod
     def unavailable_reason(cls, options: NeuralOptions) -> str | None:
@@ -185,7 +190,7 @@ class NeuralCodecBase(CodecBase):
     def sampling_plan(self, model: DiffVCModel) -> SamplingPlan:
         from codec.diffvc.model import SamplingPlan
 
-        return SamplingPlan(0, 0.0, 0, "final", False, self.options.seed)
+        return SamplingPlan(0, 0.0, 0, "final", False, self.options.seed, hevc_intra=self.options.intra == "hevc")
 
     # --- encoder --------------------------------------------------------------------------------------
 
@@ -239,7 +244,7 @@ class NeuralCodecBase(CodecBase):
     def _header(self, video: Video, qp: int, plan: SamplingPlan, info: PackInfo) -> StreamHeader:
         fps = Fraction(video.fps).limit_denominator(1_000_000)
         flags = ((FLAG_REUSE_STEP if plan.reuse_source == "step" else 0) | (FLAG_REUSE_WARP if plan.reuse_warp else 0)
-                 | (FLAG_CODEC_REFERENCE if plan.codec_reference else 0))
+                 | (FLAG_CODEC_REFERENCE if plan.codec_reference else 0) | (FLAG_HEVC_INTRA if plan.hevc_intra else 0))
         return StreamHeader(
             codec=self.name, width=video.width, height=video.height, fps_num=fps.numerator,
             fps_den=fps.denominator, num_frames=video.num_frames, intra_period=self.options.intra_period, qp=qp,
@@ -261,7 +266,7 @@ class NeuralCodecBase(CodecBase):
         plan = SamplingPlan(header.steps, header.strength_milli / 1000, header.tdir_k,
                             "step" if header.flags & FLAG_REUSE_STEP else "final",
                             bool(header.flags & FLAG_REUSE_WARP), header.seed,
-                            bool(header.flags & FLAG_CODEC_REFERENCE))
+                            bool(header.flags & FLAG_CODEC_REFERENCE), bool(header.flags & FLAG_HEVC_INTRA))
         _check_schedule(model, plan)
         size_hw = (header.height, header.width)
         padded_hw = tuple(-(-v // PAD_MULTIPLE) * PAD_MULTIPLE for v in size_hw)
@@ -342,7 +347,7 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
 class DiffVC(NeuralCodecBase):
     Options = DiffVCOptions
     has_diffusion = True
-    defined_flags = FLAG_REUSE_STEP | FLAG_REUSE_WARP | FLAG_CODEC_REFERENCE
+    defined_flags = FLAG_REUSE_STEP | FLAG_REUSE_WARP | FLAG_CODEC_REFERENCE | FLAG_HEVC_INTRA
 
     def sampling_plan(self, model: DiffVCModel) -> SamplingPlan:
         from codec.diffvc.diffusion import num_reuse_steps
@@ -354,7 +359,8 @@ class DiffVC(NeuralCodecBase):
         ratio = opts.tdir_ratio if opts.tdir_ratio >= 0 else cfg.tdir_ratio
         sampling_steps = min(steps, round(steps * strength))
         k = num_reuse_steps(sampling_steps, ratio) if opts.tdir else 0
-        return SamplingPlan(steps, strength, k, opts.reuse, opts.reuse_warp, opts.seed, opts.reference == "codec")
+        return SamplingPlan(steps, strength, k, opts.reuse, opts.reuse_warp, opts.seed, opts.reference == "codec",
+                            opts.intra == "hevc")
 
 
 @register_codec("condlc", "baseline neural codec: DiffVC's conditional latent codec, diffusion stage off in the loop")

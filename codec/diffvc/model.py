@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -24,6 +25,7 @@ from codec.diffvc.config import DiffVCConfig
 from codec.diffvc.context import Contexts, TemporalContext, add_prediction
 from codec.diffvc.diffusion import DiffusionStage, TDIRSampler
 from codec.diffvc.dpb import DecodedPictureBuffer
+from codec.diffvc.hevc_intra import decode_intra, encode_intra
 from codec.diffvc.entropy import FactorizedPrior, GaussianConditional
 from codec.diffvc.latent import build_latent_space
 from codec.diffvc.latent_codec import (
@@ -39,6 +41,7 @@ from codec.diffvc.qp import rd_lambda
 from codec.diffvc.timing import StageTimer, timed
 from codec.diffvc.warp import resize_flow, warp
 from codec.errors import BitstreamError, CodecError
+from codec.video import frames_to_tensor, tensor_to_frames
 
 
 class DiffVCModel(nn.Module):
@@ -221,6 +224,7 @@ class SamplingPlan:
     reuse_warp: bool
     seed: int
     codec_reference: bool = False  # the DPB keeps the latent codec's reconstruction; the diffusion output is shown
+    hevc_intra: bool = False  # I-frames are HEVC-intra pictures (codec.diffvc.hevc_intra)
 
     @property
     def enabled(self) -> bool:
@@ -252,6 +256,13 @@ class FrameCoder:
         """x [1, 3, H, W] in [0, 1] -> (entropy-coded strings, the reconstruction the decoder will make).
         picture_hw: the picture's size when x is padded (the padding is not coded)."""
         m, t = self.model, self.timer
+        if frame_type == "I" and self.plan.hevc_intra:
+            picture_hw = picture_hw or tuple(x.shape[-2:])
+            with t.stage("latent"):
+                data, recon = encode_intra(tensor_to_frames(x)[0, : picture_hw[0], : picture_hw[1]], qp)
+            result = self._finish(self._hevc_intra_coding(recon, x.shape[-2:]), None, None, frame_type, qp, index)
+            result.estimated_bits = 8.0 * len(data)  # no likelihoods: an HEVC picture's estimate is its size
+            return [data], result
         with t.stage("vae"):
             latent = m.latent_space.encode(x)
         if frame_type == "I":
@@ -276,6 +287,12 @@ class FrameCoder:
         m, t = self.model, self.timer
         latent_hw = (size_hw[0] // m.latent_space.factor, size_hw[1] // m.latent_space.factor)
         valid = latent_valid_hw(m, picture_hw)
+        if frame_type == "I" and self.plan.hevc_intra:
+            if len(strings) != 1:
+                raise BitstreamError(f"frame {index}: an HEVC I-frame needs 1 string, got {len(strings)}")
+            with t.stage("latent"):
+                recon = decode_intra(strings[0], picture_hw or size_hw)
+            return self._finish(self._hevc_intra_coding(recon, size_hw), None, None, frame_type, qp, index)
         if frame_type == "I":
             with t.stage("latent"):
                 coded = m.intra.decompress(strings, qp, latent_hw, valid)
@@ -293,6 +310,17 @@ class FrameCoder:
         return self._finish(coded, contexts, flow_hat, frame_type, qp, index)
 
     # --- shared: everything after the entropy decoding ------------------------------------------------
+
+    def _hevc_intra_coding(self, picture: np.ndarray, padded_hw) -> LatentCodingOutput:
+        """The latent codec's view of an HEVC I-frame: the latent of its picture (uint8 [h, w, 3]), replicate-padded
+        to the coded size as the encoder pads its input; no DPB feature, no y^."""
+        h, w = picture.shape[:2]
+        padded = np.pad(picture, ((0, padded_hw[0] - h), (0, padded_hw[1] - w), (0, 0)), mode="edge")
+        x = frames_to_tensor(padded[None], self.model.intra.qp_scales.log_enc.device)
+        with self.timer.stage("vae"):
+            latent = self.model.latent_space.encode(x)
+        return LatentCodingOutput(latent, None, None, {})
+
 
     def _finish(self, coded, contexts: Contexts | None, flow_hat: Tensor | None, frame_type: str, qp: int,
                 index: int) -> FrameResult:

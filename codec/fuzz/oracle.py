@@ -26,7 +26,7 @@ import re
 
 from codec.baselines.ffmpeg import SIZE_HINT_UUID
 from codec.bitstream import read_header
-from codec.diffvc.codec import DiffVC
+from codec.diffvc.codec import CondLC, DiffVC
 from codec.errors import CodecError
 from codec.fuzz.mutate import SYNTAXES, StreamSample, stream_syntax
 from codec.fuzz.sandbox import SandboxResult
@@ -35,7 +35,7 @@ __all__ = ["ALLOWED", "FINDINGS", "allocation_failed", "judge"]
 
 ALLOWED = ("error", "decoded", "decoded_unchecked")
 FINDINGS = ("exception", "crash", "timeout", "memory", "wrong_shape", "accepted_invalid")
-DVC1_FLAGS = {"diffvc": DiffVC.defined_flags, "condlc": 0}
+DVC1_FLAGS = {"diffvc": DiffVC.defined_flags, "condlc": CondLC.defined_flags}
 _ALLOCATION = re.compile(r"can't allocate|cannot allocate|out of memory|std::bad_alloc|\[Errno 12\]", re.IGNORECASE)
 
 
