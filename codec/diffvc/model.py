@@ -25,8 +25,8 @@ from codec.diffvc.config import DiffVCConfig
 from codec.diffvc.context import Contexts, TemporalContext, add_prediction
 from codec.diffvc.diffusion import DiffusionStage, TDIRSampler
 from codec.diffvc.dpb import DecodedPictureBuffer
-from codec.diffvc.hevc_intra import decode_intra, encode_intra
 from codec.diffvc.entropy import FactorizedPrior, GaussianConditional
+from codec.diffvc.hevc_intra import decode_intra, encode_intra
 from codec.diffvc.latent import build_latent_space
 from codec.diffvc.latent_codec import (
     ContextualLatentCodec,
