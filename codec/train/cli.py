@@ -46,6 +46,10 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                    help="finetune: perceptual distance (default dists)")
     p.add_argument("--mse-weight", type=float, default=1.0, help="finetune: weight of the MSE term (default 1)")
     p.add_argument("--grad-steps", type=int, help="finetune: backpropagate through the last K sampler steps only")
+    p.add_argument("--intra", choices=("learned", "hevc"), default="learned",
+                   help="how each sequence's frame 0 is coded: the learned intra codec (trained) or HEVC-intra, as "
+                        "the encoder's intra=hevc (default learned)")
+    p.add_argument("--intra-qp-offset", type=int, default=0, help="frame 0's QP offset (the encoder's intra_qp_offset)")
     p.add_argument("--flat-quantizer", action="store_true",
                    help="codec: start the latent codecs of a per-channel pack on one quantization step per QP")
     p.add_argument("--force", action="store_true", help="flow: train a SpyNet even for a DIS preset (tiny)")
@@ -88,9 +92,10 @@ def run_train(args: argparse.Namespace) -> int:
         source=str(args.data),
     )
     options = StageOptions(qp=args.qp, perceptual=args.perceptual, mse_weight=args.mse_weight,
-                           grad_steps=args.grad_steps)
+                           grad_steps=args.grad_steps, intra=args.intra, intra_qp_offset=args.intra_qp_offset)
     dataset = make_dataset(args.stage, args.data, args.frames, args.crop, args.seed, args.clips)
-    record = {"from": start_source(args), "crop": args.crop, "frames": args.frames}
+    record = {"from": start_source(args), "crop": args.crop, "frames": args.frames, "intra": args.intra,
+              "intra_qp_offset": args.intra_qp_offset}
     from codec.train import data
 
     result = run_stage(args.stage, lambda: start_model(args), dataset, settings, options, record,

@@ -30,11 +30,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from codec.diffvc.diffusion import TDIRSampler, noise_seed
 from codec.diffvc.entropy import FactorizedPrior
+from codec.diffvc.hevc_intra import encode_intra
 from codec.diffvc.model import DiffVCModel, code_p_frame, diffusion_condition
 from codec.diffvc.motion import DISFlow, endpoint_error
 from codec.diffvc.qp import (
@@ -47,6 +49,7 @@ from codec.diffvc.qp import (
     rd_lambda,
 )
 from codec.errors import CodecError
+from codec.video import frames_to_tensor, tensor_to_frames
 
 __all__ = [
     "CodecStage",
@@ -121,9 +124,13 @@ class CodedFrame:
         return diffusion_condition(self.latent_hat, self.c1, context_channels)
 
 
-def code_sequence(model: DiffVCModel, frames: Tensor, qp: Tensor) -> list[CodedFrame]:
+def code_sequence(model: DiffVCModel, frames: Tensor, qp: Tensor, hevc_intra: bool = False,
+                  intra_qp_offset: int = 0) -> list[CodedFrame]:
     """Run the condlc chain of `FrameCoder` over batched sequences: frame 0 intra, frames 1.. P-frames (the same
     `code_p_frame` the encoder runs, in its training form).
+
+    hevc_intra: frame 0 is coded as the encoder's `intra=hevc` codes it (x265, no gradient; its real bits count),
+    at QP + intra_qp_offset, so the P-frames learn from the references they will meet.
 
     frames: [N, T, 3, H, W] in [0, 1] (H, W multiples of 64); qp: int [N]. Each part follows its own mode: in
     training mode the entropy models add uniform noise (and gradients flow through the whole chain, references
@@ -134,10 +141,14 @@ def code_sequence(model: DiffVCModel, frames: Tensor, qp: Tensor) -> list[CodedF
     latents = model.latent_space.encode(frames.flatten(0, 1)).unflatten(0, (n, t))
     coded: list[CodedFrame] = []
     zero = frames.new_zeros(n)
-    out = model.intra(latents[:, 0], qp)
-    recon = model.latent_space.decode(out.latent_hat)
-    coded.append(CodedFrame("I", latents[:, 0], out.latent_hat, None, recon, item_bits(out.likelihoods), zero))
-    feature, y_hat = out.feature, None
+    if hevc_intra:
+        coded.append(hevc_intra_frame(model, frames[:, 0], latents[:, 0], (qp + intra_qp_offset).clamp(QP_MIN, QP_MAX)))
+        feature, y_hat = None, None
+    else:
+        out = model.intra(latents[:, 0], (qp + intra_qp_offset).clamp(QP_MIN, QP_MAX))
+        recon = model.latent_space.decode(out.latent_hat)
+        coded.append(CodedFrame("I", latents[:, 0], out.latent_hat, None, recon, item_bits(out.likelihoods), zero))
+        feature, y_hat = out.feature, None
     for i in range(1, t):
         p = code_p_frame(model, frames[:, i], latents[:, i], coded[-1].recon, feature, y_hat, qp, entropy_code=False)
         out = p.latent
@@ -147,6 +158,20 @@ def code_sequence(model: DiffVCModel, frames: Tensor, qp: Tensor) -> list[CodedF
                                 item_bits(out.likelihoods) + motion_bits, motion_bits))
         feature, y_hat = out.feature, out.y_hat
     return coded
+
+
+@torch.no_grad()
+def hevc_intra_frame(model: DiffVCModel, frames: Tensor, latents: Tensor, qp: Tensor) -> CodedFrame:
+    """Frame 0 of each sequence as an HEVC-intra I-frame (`codec.diffvc.hevc_intra`): [N, 3, H, W] in [0, 1]."""
+    recons, bits = [], []
+    for x, q in zip(frames, qp.tolist(), strict=True):
+        data, recon = encode_intra(tensor_to_frames(x[None])[0], int(q))
+        recons.append(recon)
+        bits.append(8.0 * len(data))
+    recon = frames_to_tensor(np.stack(recons), frames.device)
+    latent_hat = model.latent_space.encode(recon)
+    return CodedFrame("I", latents, latent_hat, None, model.latent_space.decode(latent_hat),
+                      torch.tensor(bits, device=frames.device), frames.new_zeros(frames.shape[0]))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -167,6 +192,8 @@ class StageOptions:
     perceptual: str = "dists"
     mse_weight: float = 1.0
     grad_steps: int | None = None
+    intra: str = "learned"  # how frame 0 is coded: "learned" (trained too) or "hevc" (codec.diffvc.hevc_intra)
+    intra_qp_offset: int = 0  # frame 0's QP offset, as the encoder's intra_qp_offset
 
     def __post_init__(self) -> None:
         if self.qp is not None and not QP_MIN <= self.qp <= QP_MAX:
@@ -175,6 +202,8 @@ class StageOptions:
             raise CodecError(f"perceptual must be dists, lpips or dists+lpips, got {self.perceptual!r}")
         if self.grad_steps is not None and self.grad_steps < 1:
             raise CodecError(f"grad_steps must be >= 1, got {self.grad_steps}")
+        if self.intra not in ("learned", "hevc") or abs(self.intra_qp_offset) > QP_MAX:
+            raise CodecError(f"intra must be learned or hevc and |intra_qp_offset| <= {QP_MAX}")
 
 
 @dataclass(frozen=True)
@@ -343,7 +372,7 @@ class CodecStage(TrainingStage):
         opts = self.options
         qp = self.draw_qp(n, self.generator(step), frames.device)
         lam = rd_lambda(qp, opts.lambda_at_qp0, opts.lambda_at_qp63)
-        coded = code_sequence(self.model, frames, qp)
+        coded = code_sequence(self.model, frames, qp, self.options.intra == "hevc", self.options.intra_qp_offset)
         pixels = h * w
         total = frames.new_zeros(n)
         mses, bits, motion_bits = [], [], []
@@ -379,7 +408,7 @@ class _OnFrozenCodec(TrainingStage):
     def _coded(self, frames: Tensor, qp: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """(x0 latents, conditions, QPs, originals, codec reconstructions), frames flattened to N * T items."""
         with torch.no_grad():
-            coded = code_sequence(self.model, frames, qp)
+            coded = code_sequence(self.model, frames, qp, self.options.intra == "hevc", self.options.intra_qp_offset)
             c1 = self.model.config.context.channels[0]
             x0 = torch.stack([f.latent for f in coded], 1).flatten(0, 1)
             condition = torch.stack([f.condition(c1) for f in coded], 1).flatten(0, 1)
