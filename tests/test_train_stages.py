@@ -155,6 +155,23 @@ def test_eval_mode_sequence_coding_matches_the_registered_condlc_codec():
     assert np.array_equal(ours.numpy(), encoded.reconstruction.frames)
 
 
+def test_eval_mode_sequence_coding_with_hevc_intra_matches_the_codec():
+    """--intra hevc trains on the references `intra=hevc` gives: the same I-frame (its real bits) and chain."""
+    from codec.bitstream import read_stream
+    from codec.diffvc.codec import load_model
+
+    model, _ = load_model("random-tiny", "cpu")
+    clip = moving_clip(frames=3, height=64, width=64, seed=4)
+    encoded = get_codec("condlc:pack=random-tiny:intra=hevc:intra_qp_offset=-6").encode(clip, 40)
+    frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float().div(255)[None]
+    with torch.no_grad():
+        coded = code_sequence(model.eval(), frames, torch.tensor([40]), hevc_intra=True, intra_qp_offset=-6)
+    ours = torch.stack([(f.recon[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0) for f in coded])
+    assert np.array_equal(ours.numpy(), encoded.reconstruction.frames)
+    first = read_stream(encoded.bitstream)[1][0]
+    assert first.qp == 34 and float(coded[0].bits[0]) == 8 * len(first.strings[0])
+
+
 def test_codec_loss_decreases_on_a_fixed_batch():
     torch.manual_seed(0)
     stage = CodecStage(tiny_model(), StageOptions(qp=32), seed=0)
