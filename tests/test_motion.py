@@ -199,7 +199,7 @@ def test_motion_damaged_strings_raise_bitstream_errors(codec: MotionCodec, flow:
         [s[:1] + bytes([s[1] ^ 0xFF]) + s[2:]],
         [],  # the string missing
         [s, b""],  # one string too many
-        [s[:-1]],  # not a whole number of words
+        [s[:-1]],  # a byte missing
     ]
     for case in damaged:
         with pytest.raises(BitstreamError):

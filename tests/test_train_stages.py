@@ -147,7 +147,7 @@ def test_eval_mode_sequence_coding_matches_the_registered_condlc_codec():
 
     model, _ = load_model("random-tiny", "cpu")  # the same cached model the codec spec below uses
     clip = moving_clip(frames=3, height=64, width=64, seed=4)
-    encoded = get_codec("condlc:pack=random-tiny").encode(clip, 40)
+    encoded = get_codec("condlc:pack=random-tiny:intra=learned:intra_qp_offset=0").encode(clip, 40)
     frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float().div(255)[None]
     with torch.no_grad():
         coded = code_sequence(model.eval(), frames, torch.tensor([40]))

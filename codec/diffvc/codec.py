@@ -44,8 +44,8 @@ FLAG_REUSE_WARP = 2  # TDIR warps the reused x0 with the decoded flow
 FLAG_CODEC_REFERENCE = 4  # the next frame refers to the latent codec's reconstruction; the diffusion output is shown
 FLAG_HEVC_INTRA = 8  # I-frames are HEVC-intra pictures (codec.diffvc.hevc_intra)
 ENCODER_REVISION = 1  # bump when the encoder's choices change what a stream holds (then cached results are redone)
-INTRA_QP_OFFSET = 0  # the default I-frame QP offset (docs/RESULTS.md, "I-frames")
-INTRA_CODER = "learned"  # the default I-frame coder (docs/RESULTS.md, "I-frames")
+INTRA_QP_OFFSET = -16  # the default I-frame QP offset (docs/RESULTS.md, "I-frames")
+INTRA_CODER = "hevc"  # the default I-frame coder (docs/RESULTS.md, "I-frames")
 STRINGS_PER_TYPE = {"I": (1,), "P": (1, 2)}  # one string per codec; a P-frame of 1 string has zero motion
 
 

@@ -37,8 +37,9 @@ equals the evaluation-mode `forward`; non-finite inputs raise `ValueError`.
 **String layout.** One string holds one or more *segments* (a tensor each, e.g. a codec's z then its y:
 `encode_segments`, `SegmentReader`): the 32-bit words of one ANS stack, little-endian. Decoding order: for each
 segment in turn, its symbols grouped by model index (ascending; inside a group, in C order of the tensor), then
-its escapes' payloads in the same order; after the last segment a 16-bit end marker (0xD1A5). A string with no
-symbols is empty. One string per codec and frame spends the marker and the last word's padding once, not once
+its escapes' payloads in the same order; after the last segment a 16-bit end marker (0xD1A5). The string leaves
+out the zero high bytes of its last word (constriction's last word is never zero, so the decoder restores them by
+padding to a whole word): rates count whole bytes, not words. A string with no symbols is empty. One string per codec and frame spends the marker and the last word's padding once, not once
 per tensor (about 5 bytes a string, a few per cent of a P-frame at low rates).
 `decompress` raises `BitstreamError` when constriction rejects the words, a decoded value is out of range, the
 end marker is wrong (an ANS decoder that runs out of words silently returns zeros, so this is how a short
@@ -336,7 +337,7 @@ def encode_segments(segments: Sequence[Segment]) -> bytes:
     """ANS-code segments (values, indexes, tables) into one string, decoded in the given order by
     `SegmentReader`; the module docstring gives the layout. Each value is coded with the categorical model
     tables.models[indexes[i]]; values within +-MAX_ABS_SYMBOL (those outside a table's support are escaped).
-    Returns bytes, a multiple of 4 long; empty iff there is no value at all."""
+    Returns bytes (without the last word's zero high bytes); empty iff there is no value at all."""
     checked = [(*_check_segment(v, i, t), t) for v, i, t in segments]
     if not any(values.size for values, _, _ in checked):
         return b""
@@ -345,7 +346,7 @@ def encode_segments(segments: Sequence[Segment]) -> bytes:
     for values, indexes, tables in reversed(checked):
         if values.size:
             _push_segment(coder, values, indexes, tables)
-    return coder.get_compressed().astype("<u4").tobytes()
+    return coder.get_compressed().astype("<u4").tobytes().rstrip(b"\0")  # the last word's zero high bytes
 
 
 class SegmentReader:
@@ -357,10 +358,11 @@ class SegmentReader:
     """
 
     def __init__(self, data: bytes) -> None:
-        if len(data) % 4:
-            raise BitstreamError(f"entropy-coded string of {len(data)} bytes is not a whole number of words")
+        if data and data[-1] == 0:
+            raise BitstreamError("entropy-coded string ends in a zero byte; it is damaged")
         self._coder = None
         if data:
+            data = data + bytes(-len(data) % 4)  # the zero high bytes of the last word, left out by the encoder
             try:
                 self._coder = constriction.stream.stack.AnsCoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
             except Exception as err:  # constriction rejects the words (e.g. a trailing zero word)
