@@ -256,3 +256,20 @@ def test_hevc_i_frames_cost_less_than_learned_ones_at_a_matched_quality(bbb_fram
     hevc = get_codec("condlc:intra=hevc").encode(bbb_frame, 16)
     quality = [float(psnr(bbb_frame.frames, e.reconstruction.frames).mean()) for e in (learned, hevc)]
     assert hevc.num_bytes < learned.num_bytes and quality[1] > quality[0]
+
+
+def test_update_moves_a_pack_to_the_dense_scale_table_and_old_tables_still_load() -> None:
+    from codec.diffvc.entropy import SCALE_TABLE, get_scale_table
+
+    old = GaussianConditional(scale_table=get_scale_table(levels=64))
+    new = GaussianConditional()
+    new.load_state_dict(old.state_dict())  # a pack written with CompressAI's 64 levels keeps them
+    assert new.scale_table.numel() == 64
+    y = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3)) * 2
+    means, scales = torch.zeros_like(y), torch.full_like(y, 0.8)
+    assert torch.equal(new.decompress(old.compress(y, means, scales), means, scales), old(y, means, scales, False)[0])
+    torch.manual_seed(0)
+    codec = IntraLatentCodec(IntraLatentCodecConfig.tiny())
+    codec.gaussian.load_state_dict(old.state_dict())
+    codec.update()
+    assert codec.gaussian.scale_table.numel() == SCALE_TABLE[2] == 256

@@ -152,7 +152,7 @@ def test_bits_from_likelihoods() -> None:
 
 
 def test_gaussian_decodes_with_noisy_parameters(gaussian: GaussianConditional) -> None:
-    y, means, scales = gaussian_params((1, 32, 16, 16), seed=5)
+    y, means, scales = gaussian_params((1, 8, 16, 16), seed=5)
     data = gaussian.compress(y, means, scales)
     y_hat, _ = gaussian(y, means, scales, training=False)
     g = torch.Generator().manual_seed(6)
@@ -162,7 +162,7 @@ def test_gaussian_decodes_with_noisy_parameters(gaussian: GaussianConditional) -
 
     mean_q, indexes = gaussian._coding_params(means, scales)
     noisy_mean_q, noisy_indexes = gaussian._coding_params(noisy_means, noisy_scales)
-    assert torch.equal(noisy_indexes, indexes)  # no scale crossed a table boundary (1 in ~1e5 would)
+    assert torch.equal(noisy_indexes, indexes)  # no scale crossed a table boundary (1 in ~2.5e4 would, 256 levels)
     moved = noisy_mean_q != mean_q
     assert int(moved.sum()) <= 3  # a mean crossing the 1/64 grid is rare (about 1 in 2e4)
 

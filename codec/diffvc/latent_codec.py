@@ -54,6 +54,7 @@ from codec.diffvc.entropy import (
     SegmentReader,
     bits_from_likelihoods,
     encode_segments,
+    get_scale_table,
 )
 from codec.diffvc.qp import QPScales, QPScalesConfig, qp_tensor
 from codec.errors import BitstreamError
@@ -305,10 +306,12 @@ class HyperpriorCodec(nn.Module):
 
     @torch.no_grad()
     def update(self) -> None:
-        """Rebuild the coding tables of every entropy model (call after training or loading weights)."""
+        """Rebuild the coding tables of every entropy model (call after training or loading weights); the Gaussian
+        takes the current default scale table (`entropy.get_scale_table`)."""
         for module in self.modules():
             if isinstance(module, FactorizedPrior):
                 module.update()
+        self.gaussian.use_scale_table(get_scale_table())
 
     def entropy_params(self, z_hat: Tensor, cond: Any, q_enc: Tensor) -> tuple[Tensor, Tensor]:
         """(means, scales) of y [N, M, hy, wy] from z_hat: THE one function both coding sides use."""
