@@ -14,8 +14,8 @@ encoder's and the decoder's models, so no symbol's model depends on a float comp
   the CPU and kept as buffers, so they travel in the model pack and both sides use the same integers.
 * The Gaussian's scales become the index of a fixed log-spaced scale table (CompressAI's `get_scale_table`,
   0.11 .. 256, the smallest entry >= the scale) of 256 levels: CompressAI's 64 (13 % apart) cost 3-5 % of the
-  real rate of a sparse P-frame, whose mostly-zero symbols have scales near the bound, measured. Its means are rounded to a grid of 1/64 before
-  anything uses them; the symbol is round(y - mean_q) and the reconstruction is symbol + mean_q, so the mean
+  real rate of a sparse P-frame, whose mostly-zero symbols have scales near the bound, measured. Its means are
+  rounded to a grid of 1/64 before anything uses them; the symbol is round(y - mean_q) and the reconstruction is symbol + mean_q, so the mean
   never enters a symbol's model. Noise in the predicted means or scales that does not cross a grid or table
   boundary changes nothing, bit for bit. Crossings need the noise to straddle a boundary; measured for noise of
   1e-6 (absolute on means, relative on scales), about one element in 19 000 for a mean (that element's
@@ -40,8 +40,8 @@ equals the evaluation-mode `forward`; non-finite inputs raise `ValueError`.
 segment in turn, its symbols grouped by model index (ascending; inside a group, in C order of the tensor), then
 its escapes' payloads in the same order; after the last segment a 16-bit end marker (0xD1A5). The string leaves
 out the zero high bytes of its last word (constriction's last word is never zero, so the decoder restores them by
-padding to a whole word): rates count whole bytes, not words. A string with no symbols is empty. One string per codec and frame spends the marker and the last word's padding once, not once
-per tensor (about 5 bytes a string, a few per cent of a P-frame at low rates).
+padding to a whole word): rates count whole bytes, not words. A string with no symbols is empty. One string per
+codec and frame spends the marker once, not once per tensor (a few per cent of a P-frame at low rates).
 `decompress` raises `BitstreamError` when constriction rejects the words, a decoded value is out of range, the
 end marker is wrong (an ANS decoder that runs out of words silently returns zeros, so this is how a short
 string shows) or words are left over after it. Damage is caught with high probability, not certainty: the
