@@ -12,17 +12,17 @@ encoder's and the decoder's models, so no symbol's model depends on a float comp
 * Every symbol is coded with a *categorical* model chosen by an integer index (the channel for the factorized
   prior, the scale-table entry for the Gaussian). The tables are integer frequencies, computed once in float64 on
   the CPU and kept as buffers, so they travel in the model pack and both sides use the same integers.
-* The Gaussian's scales become the index of a fixed log-spaced scale table (CompressAI's `get_scale_table`,
-  0.11 .. 256, the smallest entry >= the scale) of 256 levels: CompressAI's 64 (13 % apart) cost 3-5 % of the
-  real rate of a sparse P-frame, whose mostly-zero symbols have scales near the bound, measured. Its means are
-  rounded to a grid of 1/64 before anything uses them; the symbol is round(y - mean_q) and the reconstruction
-  is symbol + mean_q, so the mean never enters a symbol's model. Noise in the predicted means or scales that does not cross a grid or table
-  boundary changes nothing, bit for bit. Crossings need the noise to straddle a boundary; measured for noise of
-  1e-6 (absolute on means, relative on scales), about one element in 19 000 for a mean (that element's
-  reconstruction moves by 1/64; decoding stays in step) and one in 90 000 for a scale (that symbol's model
-  changes and decoding desynchronizes, which `decompress` reports as a `BitstreamError` or, rarely, as wrong
-  values). Both sides must therefore still compute means and scales the same way; the grid and the table make
-  the rare slip local or detectable.
+* The Gaussian's scales become the index of a fixed log-spaced scale table (CompressAI's `get_scale_table`, 0.11 ..
+  256, the smallest entry >= the scale) of 256 levels: CompressAI's 64 (13 % apart) cost 3-5 % of the real rate of a
+  sparse P-frame, whose mostly-zero symbols have scales near the bound, measured. Its means are rounded to a grid of
+  1/64 before anything uses them; the symbol is round(y - mean_q) and the reconstruction is symbol + mean_q, so the
+  mean never enters a symbol's model. Noise in the predicted means or scales that does not cross a grid or table
+  boundary changes nothing, bit for bit. Crossings need the noise to straddle a boundary; measured for noise of 1e-6
+  (absolute on means, relative on scales), about one element in 19 000 for a mean (that element's reconstruction
+  moves by 1/64; decoding stays in step) and one in 90 000 for a scale (that symbol's model changes and decoding
+  desynchronizes, which `decompress` reports as a `BitstreamError` or, rarely, as wrong values). Both sides must
+  therefore still compute means and scales the same way; the grid and the table make the rare slip local or
+  detectable.
 * One function, `GaussianConditional._coding_params`, turns (means, scales) into (mean_q, indexes) for the
   evaluation-mode forward, `compress` and `decompress` alike: float32 contiguous tensors and exact operations
   only (rounding to a power-of-two grid, comparisons), so its result does not depend on the device; the coding
