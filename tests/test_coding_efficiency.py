@@ -208,8 +208,10 @@ def test_codec_reference_decodes_exactly_and_refers_to_condlcs_reconstruction() 
     assert np.array_equal(codec.decode(encoded.bitstream).frames, encoded.reconstruction.frames)
     condlc = get_codec(f"condlc:{RANDOM}").encode(clip, 30)
     assert [u.strings for u in units] == [u.strings for u in read_stream(condlc.bitstream)[1]]
-    default = get_codec(f"diffvc:{RANDOM}").encode(clip, 30)
-    assert not read_stream(default.bitstream)[0].flags & FLAG_CODEC_REFERENCE
+    assert read_stream(get_codec(f"diffvc:{RANDOM}").encode(clip, 30).bitstream)[0].flags & FLAG_CODEC_REFERENCE
+    chained = get_codec(f"diffvc:{RANDOM}:reference=diffusion").encode(clip, 30)
+    assert not read_stream(chained.bitstream)[0].flags & FLAG_CODEC_REFERENCE
+    assert np.array_equal(get_codec(f"diffvc:{RANDOM}").decode(chained.bitstream).frames, chained.reconstruction.frames)
 
 
 # --- HEVC-intra I-frames --------------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ class DiffVCOptions(NeuralOptions):
     strength: float = -1.0
     reuse: Literal["final", "step"] = "final"
     reuse_warp: bool = True
-    reference: Literal["diffusion", "codec"] = "diffusion"  # what the next frame refers to (docs/RESULTS.md)
+    reference: Literal["diffusion", "codec"] = "codec"  # what the next frame refers to (docs/RESULTS.md: measured)
 
     def __post_init__(self) -> None:
         super().__post_init__()
