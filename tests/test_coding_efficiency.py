@@ -275,3 +275,14 @@ def test_update_moves_a_pack_to_the_dense_scale_table_and_old_tables_still_load(
     codec.gaussian.load_state_dict(old.state_dict())
     codec.update()
     assert codec.gaussian.scale_table.numel() == SCALE_TABLE[2] == 256
+
+
+def test_an_hevc_i_frame_below_qp_0_is_finer_than_at_qp_0() -> None:
+    """intra_qp_offset reaches below QP 0 for HEVC I-frames (the trade-off's line extended); the unit keeps QP 0."""
+    from codec.diffvc.hevc_intra import hevc_qp
+
+    assert hevc_qp(-16) < hevc_qp(-8) < hevc_qp(0) == 28
+    clip = moving_clip(frames=1, height=32, width=32, seed=3)
+    at_zero = get_codec(f"condlc:{RANDOM}:intra_qp_offset=0").encode(clip, 0)
+    below = get_codec(f"condlc:{RANDOM}:intra_qp_offset=-16").encode(clip, 0)
+    assert read_stream(below.bitstream)[1][0].qp == 0 and below.num_bytes > at_zero.num_bytes

@@ -43,7 +43,7 @@ FLAG_REUSE_STEP = 1  # header flags: TDIR reuses per-step x0 (else the final lat
 FLAG_REUSE_WARP = 2  # TDIR warps the reused x0 with the decoded flow
 FLAG_CODEC_REFERENCE = 4  # the next frame refers to the latent codec's reconstruction; the diffusion output is shown
 FLAG_HEVC_INTRA = 8  # I-frames are HEVC-intra pictures (codec.diffvc.hevc_intra)
-ENCODER_REVISION = 1  # bump when the encoder's choices change what a stream holds (then cached results are redone)
+ENCODER_REVISION = 2  # bump when the encoder's choices change what a stream holds (then cached results are redone)
 INTRA_QP_OFFSET = -16  # the default I-frame QP offset (docs/RESULTS.md, "I-frames")
 INTRA_CODER = "hevc"  # the default I-frame coder (docs/RESULTS.md, "I-frames")
 STRINGS_PER_TYPE = {"I": (1,), "P": (1, 2)}  # one string per codec; a P-frame of 1 string has zero motion
@@ -220,7 +220,7 @@ class NeuralCodecBase(CodecBase):
                 ftype = frame_type(t, opts.intra_period)
                 fqp = frame_qp(qp, t, opts.intra_period, offsets, opts.intra_qp_offset)
                 strings, result = coder.encode_frame(frames_to_tensor(frames[t : t + 1], device), ftype, fqp, t,
-                                                     size_hw)
+                                                     size_hw, intra_qp=qp + opts.intra_qp_offset)
                 units.append(FrameUnit(ftype, fqp, tuple(strings)))
                 recon.append(crop(tensor_to_frames(result.frame), size_hw)[0])
                 evals.append(result.unet_evals)

@@ -9,7 +9,10 @@ picture alone, as after any I-frame without one).
 QP: DiffVC's QP q stands for the trade-off bpp + lambda(q) * MSE (RGB in [0, 1]; `codec.diffvc.qp.rd_lambda`).
 HEVC's encoder minimises SSE + lambda_H * bits on 8-bit samples with lambda_H = 0.85 * 2^((QP - 12) / 3), so the
 same trade-off is lambda_H = 255^2 / lambda(q), i.e. QP_H = 12 + 3 log2(255^2 / (0.85 lambda(q))): q 0..63 maps
-to HEVC QP 28..49, which measured close to the learned intra codec's quality at the same q.
+to HEVC QP 28..49, which measured close to the learned intra codec's quality at the same q. An I-frame's QP is the
+stream QP plus `intra_qp_offset`, taken before clamping to 0..63 (the line extended): at stream QP 8 an offset of
+-16 asks for q = -8, HEVC QP 25, where the learned codecs would stop at q = 0. The frame unit stores the clamped QP
+(the diffusion stage's QP prompt); the HEVC stream carries its own.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ HEVC_QP_MAX = 51
 
 
 def hevc_qp(qp: int) -> int:
-    """The HEVC QP of an I-frame coded at DiffVC QP `qp`: the same rate-distortion trade-off (module docstring)."""
+    """The HEVC QP of an I-frame coded at DiffVC QP `qp` (any integer: outside 0..63 the trade-off's line is
+    extended): the same rate-distortion trade-off (module docstring), in HEVC's 0..51."""
     import torch
 
     from codec.diffvc.qp import rd_lambda
 
-    lam = float(rd_lambda(torch.tensor([qp])).item())
+    lam = float(rd_lambda(torch.tensor([qp]), extrapolate=True).item())
     return int(min(HEVC_QP_MAX, max(0, round(12 + 3 * math.log2(255.0**2 / (0.85 * lam))))))
 
 

@@ -252,14 +252,17 @@ class FrameCoder:
 
     @torch.no_grad()
     def encode_frame(self, x: Tensor, frame_type: str, qp: int, index: int,
-                     picture_hw: tuple[int, int] | None = None) -> tuple[list[bytes], FrameResult]:
+                     picture_hw: tuple[int, int] | None = None,
+                     intra_qp: int | None = None) -> tuple[list[bytes], FrameResult]:
         """x [1, 3, H, W] in [0, 1] -> (entropy-coded strings, the reconstruction the decoder will make).
-        picture_hw: the picture's size when x is padded (the padding is not coded)."""
+        picture_hw: the picture's size when x is padded (the padding is not coded); intra_qp: an HEVC I-frame's QP
+        before clamping to 0..63 (`hevc_intra.hevc_qp`; default `qp`)."""
         m, t = self.model, self.timer
         if frame_type == "I" and self.plan.hevc_intra:
             picture_hw = picture_hw or tuple(x.shape[-2:])
             with t.stage("latent"):
-                data, recon = encode_intra(tensor_to_frames(x)[0, : picture_hw[0], : picture_hw[1]], qp)
+                picture = tensor_to_frames(x)[0, : picture_hw[0], : picture_hw[1]]
+                data, recon = encode_intra(picture, qp if intra_qp is None else intra_qp)
             result = self._finish(self._hevc_intra_coding(recon, x.shape[-2:]), None, None, frame_type, qp, index)
             result.estimated_bits = 8.0 * len(data)  # no likelihoods: an HEVC picture's estimate is its size
             return [data], result

@@ -68,8 +68,11 @@ LAMBDA_AT_QP_MIN = 2048.0  # QP 0: finest quantization
 LAMBDA_AT_QP_MAX = 16.0  # QP 63: coarsest
 
 
-def rd_lambda(qp: Tensor, at_qp0: float = LAMBDA_AT_QP_MIN, at_qp63: float = LAMBDA_AT_QP_MAX) -> Tensor:
+def rd_lambda(qp: Tensor, at_qp0: float = LAMBDA_AT_QP_MIN, at_qp63: float = LAMBDA_AT_QP_MAX,
+              extrapolate: bool = False) -> Tensor:
     """Lagrange multiplier of the loss ``bpp + lambda * MSE`` (MSE of RGB in [0, 1]) for QP [N] -> float32 [N].
+    QPs outside 0..63 are clamped, or with `extrapolate` continue the line (an I-frame's QP plus a negative offset
+    below 0: an HEVC I-frame can be finer than the learned codecs' QP 0).
 
     Log-linear in the QP, from `at_qp0` = 2048 at QP 0 down to `at_qp63` = 16 at QP 63: a factor 128, 1.080 per
     QP step (HEVC's lambda = 0.85 * 2^((QP - 12) / 3) changes 1.26x per step over its 52 QPs).
@@ -83,7 +86,8 @@ def rd_lambda(qp: Tensor, at_qp0: float = LAMBDA_AT_QP_MIN, at_qp63: float = LAM
     codec's ~33 dB) bounds the finest QP; the bottom (16) reaches the very low rates where the diffusion stage
     matters most.
     """
-    position = qp.to(torch.float32).clamp(QP_MIN, QP_MAX) / QP_MAX
+    qp = qp.to(torch.float32)
+    position = (qp if extrapolate else qp.clamp(QP_MIN, QP_MAX)) / QP_MAX
     return torch.exp(math.log(at_qp0) + position * (math.log(at_qp63) - math.log(at_qp0)))
 
 

@@ -142,7 +142,7 @@ def code_sequence(model: DiffVCModel, frames: Tensor, qp: Tensor, hevc_intra: bo
     coded: list[CodedFrame] = []
     zero = frames.new_zeros(n)
     if hevc_intra:
-        coded.append(hevc_intra_frame(model, frames[:, 0], latents[:, 0], (qp + intra_qp_offset).clamp(QP_MIN, QP_MAX)))
+        coded.append(hevc_intra_frame(model, frames[:, 0], latents[:, 0], qp + intra_qp_offset))  # not clamped
         feature, y_hat = None, None
     else:
         out = model.intra(latents[:, 0], (qp + intra_qp_offset).clamp(QP_MIN, QP_MAX))
