@@ -324,7 +324,6 @@ class FrameCoder:
             latent = self.model.latent_space.encode(x)
         return LatentCodingOutput(latent, None, None, {})
 
-
     def _finish(self, coded, contexts: Contexts | None, flow_hat: Tensor | None, frame_type: str, qp: int,
                 index: int) -> FrameResult:
         """Diffusion (with TDIR) and the latent decoder; pushes the frame into the DPB. Both sides run this."""
