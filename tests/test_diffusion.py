@@ -344,10 +344,10 @@ def test_load_sd_unet_reads_a_local_folder_and_recopies_the_controlnet(tmp_path)
 # ---------------------------------------------------------------- anchoring at the reconstruction
 
 
-def test_an_untrained_anchored_stage_returns_the_reconstruction() -> None:
-    """anchor="reconstruction": the U-Net's output starts at zero, so sampling lands on l^_t (diffvc = condlc)."""
-    stage = small_stage(trained=False)
-    assert stage.config.anchor == "reconstruction"
+@pytest.mark.parametrize("anchor", ["reconstruction", "reconstruction_x0"])
+def test_an_untrained_anchored_stage_returns_the_reconstruction(anchor: str) -> None:
+    """Anchored: the U-Net's output starts at zero, so sampling lands on l^_t (diffvc = condlc)."""
+    stage = small_stage(trained=False, anchor=anchor)
     latent, condition, qp = inputs(batch=2)
     result = TDIRSampler(stage).sample(latent, condition, qp, seed=3, frame_index=1)
     assert result.unet_evals == 4
@@ -355,7 +355,9 @@ def test_an_untrained_anchored_stage_returns_the_reconstruction() -> None:
 
 
 def test_the_anchor_adds_the_noise_the_reconstruction_implies(stage: DiffusionStage) -> None:
-    """eps = eps_from_x0(z_t, l^_t, a_t) + the networks' output, per batch item's own timestep."""
+    """anchor="reconstruction": eps = eps_from_x0(z_t, l^_t, a_t) + the networks' output, per item's timestep."""
+    eps_stage = DiffusionStage(dataclasses.replace(stage.config, anchor="reconstruction"), stage.unet,
+                               stage.controlnet, stage.qp_prompt).eval()
     plain = DiffusionStage(dataclasses.replace(stage.config, anchor="none"), stage.unet, stage.controlnet,
                            stage.qp_prompt).eval()
     latent, condition, qp = inputs(batch=2)
@@ -363,12 +365,46 @@ def test_the_anchor_adds_the_noise_the_reconstruction_implies(stage: DiffusionSt
     t = torch.tensor([101, 401])
     tokens = stage.qp_prompt(qp)
     with torch.no_grad():
-        anchored = stage.predict_noise(z_t, t, condition, tokens)
+        anchored = eps_stage.predict_noise(z_t, t, condition, tokens)
         net = plain.predict_noise(z_t, t, condition, tokens)
     alphas = stage.make_scheduler().alphas_cumprod
     for i in range(2):
         expected = eps_from_x0(z_t[i], latent[i], float(alphas[t[i]])) + net[i]
         torch.testing.assert_close(anchored[i], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_the_x0_anchor_predicts_the_reconstructions_correction(stage: DiffusionStage) -> None:
+    """anchor="reconstruction_x0": x0 = l^_t + the networks' output, and eps is the noise that x0 implies."""
+    x0_stage = DiffusionStage(dataclasses.replace(stage.config, anchor="reconstruction_x0"), stage.unet,
+                              stage.controlnet, stage.qp_prompt).eval()
+    plain = DiffusionStage(dataclasses.replace(stage.config, anchor="none"), stage.unet, stage.controlnet,
+                           stage.qp_prompt).eval()
+    latent, condition, qp = inputs(batch=2)
+    z_t = torch.randn(latent.shape, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([1, 301])
+    tokens = stage.qp_prompt(qp)
+    with torch.no_grad():
+        eps = x0_stage.predict_noise(z_t, t, condition, tokens)
+        net = plain.predict_noise(z_t, t, condition, tokens)
+    alphas = stage.make_scheduler().alphas_cumprod
+    for i in range(2):
+        expected = eps_from_x0(z_t[i], latent[i] + net[i], float(alphas[t[i]]))
+        torch.testing.assert_close(eps[i], expected, atol=1e-3, rtol=1e-4)
+
+
+def test_the_x0_anchor_puts_the_last_correction_into_the_output_at_full_strength() -> None:
+    """With set_alpha_to_one the output is the last step's x0: l^_t + the last evaluation's correction, unscaled
+    (the eps anchor scales it by sqrt((1 - a_1) / a_1) = 0.041, which is why the tiny preset moved to x0)."""
+    latent, condition, qp = inputs(batch=1)
+    moved = {}
+    for anchor in ("reconstruction", "reconstruction_x0"):
+        stage = small_stage(trained=False, anchor=anchor)
+        with torch.no_grad():
+            stage.unet.conv_out.bias.fill_(0.5)  # the networks now add 0.5 everywhere
+        result = TDIRSampler(stage).sample(latent, condition, qp, seed=3, frame_index=1)
+        moved[anchor] = float((result.latent - latent).abs().mean())
+    assert moved["reconstruction_x0"] == pytest.approx(0.5, rel=1e-3)
+    assert moved["reconstruction"] < 0.05
 
 
 def test_noise_seed_takes_every_seed_the_format_allows_and_kept_its_old_values():

@@ -30,10 +30,12 @@ from codec.train.loop import LoopSettings, collate_clips, load_checkpoint, read_
 from codec.train.stages import (
     RATE_LR_SCALE,
     CodecStage,
+    FinetuneStage,
     StageOptions,
     code_sequence,
     frame_weight,
     rd_lambda,
+    with_fresh_diffusion,
     with_spynet,
 )
 
@@ -170,6 +172,46 @@ def test_eval_mode_sequence_coding_with_hevc_intra_matches_the_codec():
     assert np.array_equal(ours.numpy(), encoded.reconstruction.frames)
     first = read_stream(encoded.bitstream)[1][0]
     assert first.qp == 34 and float(coded[0].bits[0]) == 8 * len(first.strings[0])
+
+
+def test_finetuning_samples_each_sequence_as_the_decoder_does(tmp_path):
+    """The fine-tuning stage trains what `diffvc` decodes: with the stream's seeded noise, its frames (TDIR on,
+    the warped x0 of the previous frame reused from the third frame, codec references) equal the decoder's."""
+    from codec.diffvc.pack import write_pack
+
+    model, _ = DiffVCModel.random(tiny_config(), seed=0)
+    as_if_trained(model.diffusion, scale=0.05)
+    pack = write_pack(tmp_path / "pack", model.config.to_dict(), model.trainable_state(), "test pack\n").path
+    model, _ = DiffVCModel.from_pack(pack)  # the pack's (half-precision) weights, as the codec loads them
+    clip = moving_clip(frames=4, height=64, width=64, seed=4)
+    spec = f"diffvc:pack={pack}:intra=learned:intra_qp_offset=0:seed=5"
+    decoded = get_codec(spec).encode(clip, 40).reconstruction.frames
+    stage = FinetuneStage(model)
+    frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float().div(255)[None]
+    qp = torch.tensor([40])
+    with torch.no_grad():
+        coded = stage._code(frames, qp)
+        latents = stage.sample_sequence(coded, qp, lambda i, shape: seeded_noise(shape, 5, i))
+    ours = torch.stack([(model.latent_space.decode(x)[0] * 255).round().to(torch.uint8).permute(1, 2, 0)
+                        for x in latents])
+    assert np.array_equal(ours.numpy(), decoded)
+    assert not np.array_equal(ours.numpy(), get_codec(spec.replace("diffvc", "condlc", 1).replace(":seed=5", "")
+                                                      ).encode(clip, 40).reconstruction.frames)
+
+
+@pytest.mark.skipif("not perceptual_weights_prepared()")
+def test_a_fresh_diffusion_stage_starts_as_the_codec_and_logs_its_baseline():
+    """--fresh-diffusion: the pack's codec, a new anchored stage; at step 0 diffvc = condlc, so the perceptual loss
+    equals the codec's logged beside it."""
+    old, _ = DiffVCModel.random(tiny_config(), seed=0)
+    as_if_trained(old.diffusion, scale=0.05)
+    model = with_fresh_diffusion(old)
+    assert model.config.diffusion.anchor == "reconstruction_x0"
+    codec_part = {k: v for k, v in old.state_dict().items() if not k.startswith("diffusion.")}
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in codec_part.items())
+    values = FinetuneStage(model, StageOptions(qp=30))(collate_clips([TranslatingTextures()[0]]), 0)
+    assert float(values["perceptual"]) == pytest.approx(float(values["perceptual_codec"]), abs=1e-6)
+    assert float(values["psnr"]) == pytest.approx(float(values["psnr_codec"]), abs=1e-4)
 
 
 def test_codec_loss_decreases_on_a_fixed_batch():
@@ -310,6 +352,33 @@ def test_cli_flow_stage_skips_a_dis_preset(tmp_path, capsys):
     args = parse(["flow", "--data", str(tmp_path), "--out", str(tmp_path / "run")])
     assert args.run(args) == 0
     assert "DIS" in capsys.readouterr().out and not (tmp_path / "run").exists()
+
+
+def test_warmup_raises_the_lr_linearly_then_holds_it(tmp_path):
+    from codec.train.loop import warmup_lr
+
+    ramp = settings(tmp_path, 10, lr=1e-3, warmup=4)
+    assert [warmup_lr(ramp, s) for s in range(1, 7)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    assert warmup_lr(settings(tmp_path, 10, lr=1e-3), 1) == 1e-3
+    result = run_stage("diffusion", tiny_model, TranslatingTextures(), settings(tmp_path, 2, lr=1e-3, warmup=4),
+                       log=lambda _: None)
+    assert [row["lr"] for row in read_log(tmp_path / "log.csv")] == pytest.approx([2.5e-4, 5e-4])
+    assert result.step == 2
+
+
+def test_a_frozen_codec_keeps_its_coding_tables_bit_for_bit(tmp_path):
+    """The diffusion stages do not touch the codec: their pack keeps the tables it started from (updating them
+    again from half-precision weights would change the codec's streams); a codec stage updates them."""
+    from codec.diffvc.pack import write_pack
+
+    start, _ = DiffVCModel.random(tiny_config(), seed=0)
+    pack = write_pack(tmp_path / "start", start.config.to_dict(), start.trainable_state(), "start\n").path
+    run_stage("diffusion", lambda: DiffVCModel.from_pack(pack)[0], TranslatingTextures(),
+              settings(tmp_path / "run", 1), log=lambda _: None)
+    before, after = DiffVCModel.from_pack(pack)[0].state_dict(), DiffVCModel.from_pack(tmp_path / "run" / "pack")[0]
+    tables = [k for k in before if k.rsplit(".", 1)[-1] in ("_frequencies", "_lengths", "_offsets", "medians")]
+    assert tables and all(torch.equal(before[k], after.state_dict()[k]) for k in tables)
+    assert after.has_coding_tables() and not tiny_model().has_coding_tables()
 
 
 def test_cli_chains_codec_then_diffusion_through_packs(tmp_path, monkeypatch):

@@ -39,12 +39,13 @@ DRIFT_QPS = (8, 32)
 FRAMES = 32
 
 
-def rd(video: Video, specs: dict[str, tuple[int, ...]], name: str) -> dict[str, list[dict]]:
-    """spec -> its rows (PSNR only), through the evaluation cache."""
+def rd(video: Video, specs: dict[str, tuple[int, ...]], name: str,
+       metrics: tuple[str, ...] = ("psnr",)) -> dict[str, list[dict]]:
+    """spec -> its rows (PSNR only unless asked), through the evaluation cache."""
     from codec.weights import cache_root
 
-    request = EvalRequest(video=video, specs=list(specs), qps=[], qps_by_spec=specs, source=name, metrics=["psnr"],
-                          cache_dir=cache_root() / "eval-cache")
+    request = EvalRequest(video=video, specs=list(specs), qps=[], qps_by_spec=specs, source=name,
+                          metrics=list(metrics), cache_dir=cache_root() / "eval-cache")
     rows = evaluate(request, lambda done, total, label: print(f"  {name}: {done}/{total} {label}", file=sys.stderr))
     out: dict[str, list[dict]] = {}
     for row in rows:

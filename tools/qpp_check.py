@@ -14,15 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from codec.diffvc.codec import frame_qp, frame_type, load_model, parse_offsets, pick_device
 from codec.diffvc.model import FrameCoder
-from codec.diffvc.timing import StageTimer
 from codec.metrics import compute_metrics
 from codec.registry import get_codec
-from codec.video import Video, crop, frames_to_tensor, pad_to_multiple, read_video, tensor_to_frames
+from codec.video import Video, read_video
 
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "clips" / "bigbuckbunny.mp4"
 
@@ -41,24 +36,14 @@ class PromptedFrameCoder(FrameCoder):
 
 def code(spec: str, video: Video, qp: int, prompt: int | None) -> Video:
     """The frames `spec` shows for `video` at `qp`, its diffusion stage prompted with `prompt` (None: each frame's
-    own QP)."""
-    from codec.diffvc.config import PAD_MULTIPLE
-
+    own QP): the codec's own encoder, with a `PromptedFrameCoder`."""
     codec = get_codec(spec)
-    opts = codec.options
-    device = pick_device(opts.device)
-    model, _ = load_model(opts.pack, str(device))
-    coder = PromptedFrameCoder(model, codec.sampling_plan(model), StageTimer(device), prompt=prompt)
-    frames, size_hw = pad_to_multiple(video.frames, PAD_MULTIPLE)
-    shown = []
-    with torch.no_grad():
-        for t in range(video.num_frames):
-            fqp = frame_qp(qp, t, opts.intra_period, parse_offsets(opts.qp_offsets), opts.intra_qp_offset)
-            x = frames_to_tensor(frames[t : t + 1], device)
-            _, result = coder.encode_frame(x, frame_type(t, opts.intra_period), fqp, t, size_hw,
-                                           intra_qp=qp + opts.intra_qp_offset)
-            shown.append(crop(tensor_to_frames(result.frame), size_hw)[0])
-    return Video(np.stack(shown), video.fps)
+
+    class Prompted(type(codec)):
+        def frame_coder(self, model, plan, timer, device):
+            return PromptedFrameCoder(model, plan, timer, prompt=prompt)
+
+    return Prompted(codec.options).encode(video, qp).reconstruction
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,10 +194,16 @@ class NeuralCodecBase(CodecBase):
 
     # --- encoder --------------------------------------------------------------------------------------
 
+    def frame_coder(self, model, plan, timer, device: torch.device):
+        """The `FrameCoder` that codes one stream (the encoder's; a subclass may change how frames are generated,
+        as tools.qpp_check prompts the diffusion stage with another QP)."""
+        from codec.diffvc.model import FrameCoder
+
+        return FrameCoder(model, plan, timer, _autocast_dtype(device))
+
     def encode(self, video: Video, qp: int, **overrides: Any) -> Encoded:
         """Encode `video` at `qp` (0..63; larger = fewer bits) into one DVC1 stream."""
         from codec.diffvc.config import PAD_MULTIPLE
-        from codec.diffvc.model import FrameCoder
         from codec.diffvc.timing import StageTimer, active_timer
 
         qp = self.check_qp(qp)
@@ -212,7 +218,7 @@ class NeuralCodecBase(CodecBase):
         frames, size_hw = pad_to_multiple(video.frames, PAD_MULTIPLE)
         offsets = parse_offsets(opts.qp_offsets)
         timer = StageTimer(device)
-        coder = FrameCoder(model, plan, timer, _autocast_dtype(device))
+        coder = self.frame_coder(model, plan, timer, device)
         units, recon, evals, estimated = [], [], [], []
         start = time.perf_counter()
         with active_timer(timer):

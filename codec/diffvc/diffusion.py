@@ -42,6 +42,8 @@ from codec.errors import CodecError
 
 ReuseSource = Literal["final", "step"]
 REUSE_SOURCES: tuple[str, ...] = ("final", "step")
+Anchor = Literal["none", "reconstruction", "reconstruction_x0"]
+ANCHORS: tuple[str, ...] = ("none", "reconstruction", "reconstruction_x0")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -94,12 +96,17 @@ class DiffusionConfig:
     its x0 prediction at the same step index), `reuse_warp` whether the caller motion-compensates it. [I] The
     paper gives none of these numbers; the defaults are provisional until docs/RESULTS.md records a measurement.
 
-    `anchor`: "none" (the networks predict eps, as SD does) or "reconstruction" ([I], the tiny preset): the
-    networks predict a correction added to the noise that the reconstruction l^_t implies,
-    eps = eps_from_x0(z_t, l^_t, a_t) + net(z_t, t, condition), with the U-Net's output convolution starting at
-    zero. An untrained stage then returns l^_t exactly (diffvc = condlc), and training learns only what the codec
-    lost: a few CPU-hours are enough to improve on the reconstruction instead of first learning to reproduce it
-    (docs/DESIGN-NOTES.md). l^_t is the condition's first `latent_channels` channels.
+    `anchor` ([I]; l^_t is the condition's first `latent_channels` channels):
+    * "none": the networks predict eps, as SD does.
+    * "reconstruction" (the first tiny pack): the networks predict a correction added to the noise that the
+      reconstruction implies, eps = eps_from_x0(z_t, l^_t, a_t) + net(z_t, t, condition).
+    * "reconstruction_x0" (the tiny preset): the networks predict the clean latent's difference from the
+      reconstruction, x0 = l^_t + net(z_t, t, condition), and eps = eps_from_x0(z_t, x0, a_t). With set_alpha_to_one
+      the last step's x0 is the output, so the output is l^_t plus the last evaluation's correction at full
+      strength; "reconstruction" scales that correction by sqrt((1 - a_t) / a_t), 0.041 at t = 1, so perceptual
+      fine-tuning could barely move it (docs/DESIGN-NOTES.md, "A diffusion stage that moves the picture").
+    In both anchored forms the U-Net's output convolution starts at zero: an untrained stage returns l^_t exactly
+    (diffvc = condlc), and training learns only what the codec lost instead of first learning to reproduce it.
     """
 
     # Latent and condition (channels at latent resolution).
@@ -134,7 +141,7 @@ class DiffusionConfig:
     tdir_ratio: float = 0.5
     reuse_source: ReuseSource = "final"
     reuse_warp: bool = True
-    anchor: Literal["none", "reconstruction"] = "none"
+    anchor: Anchor = "none"
 
     def __post_init__(self) -> None:
         levels = len(self.block_out_channels)
@@ -152,8 +159,8 @@ class DiffusionConfig:
             raise CodecError(f"need steps >= 1 and strength, tdir_ratio in [0, 1]: {self}")
         if self.reuse_source not in REUSE_SOURCES:
             raise CodecError(f"reuse_source must be one of {REUSE_SOURCES}, got {self.reuse_source!r}")
-        if self.anchor not in ("none", "reconstruction"):
-            raise CodecError(f"anchor must be 'none' or 'reconstruction', got {self.anchor!r}")
+        if self.anchor not in ANCHORS:
+            raise CodecError(f"anchor must be one of {ANCHORS}, got {self.anchor!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiffusionConfig:
@@ -224,7 +231,7 @@ def tiny_diffusion_config(
     controlnet_embedding_channels: int = 64,
     steps: int = 10,
     strength: float = 0.4,
-    anchor: Literal["none", "reconstruction"] = "reconstruction",
+    anchor: Anchor = "reconstruction_x0",
 ) -> DiffusionConfig:
     """A small U-Net + ControlNet for a 2-core CPU (the `tiny` preset; [I] sized here, not from the paper).
 
@@ -233,7 +240,8 @@ def tiny_diffusion_config(
     made a step 5x slower on this CPU). 5.8 M U-Net, 2.7 M ControlNet and 0.15 M QP-prompt parameters; one
     U-Net + ControlNet evaluation takes about 21-25 ms for a 1x192x16x16 latent (a 128x128 frame) and 36-55 ms
     for 1x192x32x32 on the 2-core CPU of docs/DESIGN.md. Sampling: a 10-step schedule at strength 0.4, i.e.
-    T_s = 4 denoising steps per frame. Anchored at the reconstruction (`DiffusionConfig.anchor`).
+    T_s = 4 denoising steps per frame. Anchored at the reconstruction, predicting x0's correction
+    (`DiffusionConfig.anchor`).
     """
     down, up = _coarsest_attention_blocks(len(block_out_channels))
     return DiffusionConfig(
@@ -366,9 +374,9 @@ class DiffusionStage(nn.Module):
     @classmethod
     def from_config(cls, config: DiffusionConfig) -> DiffusionStage:
         """Random initialisation (diffusers' defaults; the ControlNet copies the U-Net encoder, zero convs at 0;
-        with `anchor="reconstruction"` the U-Net's output convolution starts at zero too)."""
+        anchored at the reconstruction, the U-Net's output convolution starts at zero too)."""
         unet = UNet2DConditionModel(**config.unet_kwargs())
-        if config.anchor == "reconstruction":
+        if config.anchor != "none":
             nn.init.zeros_(unet.conv_out.weight)
             nn.init.zeros_(unet.conv_out.bias)
         return cls(config, unet, controlnet_from_unet(unet, config), QPPrompt(config.qp_prompt))
@@ -403,15 +411,17 @@ class DiffusionStage(nn.Module):
         z_t: noisy latent [N, C, h, w]; t: timestep, scalar or [N] (int); condition: [N, condition_channels, h, w],
         i.e. [l^_t, C1]; tokens: QP prompt [N, num_tokens, cross_attention_dim]. Returns eps [N, C, h, w] in the
         networks' dtype, float32 when anchored (the anchor term is computed in float32). Inputs are cast to the
-        networks' dtype (see `prepare_for_inference`).
+        networks' dtype (see `prepare_for_inference`). How the networks' output becomes eps: `DiffusionConfig.anchor`.
         """
         net = self._network_eps(z_t, t, condition, tokens, conditioning_scale)
         if self.config.anchor == "none":
             return net
         alpha_bar = self._alphas_on(z_t.device)[torch.as_tensor(t, device=z_t.device)].reshape(-1, 1, 1, 1)
-        latent_hat = condition[:, : self.config.latent_channels].float()
-        anchor = (z_t.float() - alpha_bar.sqrt() * latent_hat) / (1.0 - alpha_bar).sqrt()
-        return anchor + net.float()
+        x0 = condition[:, : self.config.latent_channels].float()
+        if self.config.anchor == "reconstruction_x0":
+            x0 = x0 + net.float()
+        eps = (z_t.float() - alpha_bar.sqrt() * x0) / (1.0 - alpha_bar).sqrt()
+        return eps + net.float() if self.config.anchor == "reconstruction" else eps
 
     def _alphas_on(self, device: torch.device) -> Tensor:
         key = str(device)

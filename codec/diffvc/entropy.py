@@ -462,6 +462,11 @@ class _TabledEntropyModel(nn.Module):
             buffer = getattr(self, name)
             setattr(self, name, torch.from_numpy(array.astype(np.int32)).to(buffer.device))
 
+    @property
+    def has_tables(self) -> bool:
+        """Whether `update()` has filled the tables (a model built from a config has none)."""
+        return self._lengths.numel() > 0
+
     def coding_tables(self) -> CodingTables:
         """The current tables as numpy arrays; cached, and rebuilt whenever the buffers' contents change."""
         arrays = [getattr(self, name).cpu().numpy().astype(np.int64) for name in self._TABLE_BUFFERS]

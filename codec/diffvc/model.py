@@ -75,6 +75,10 @@ class DiffVCModel(nn.Module):
         for part in self.coding_parts():
             part.update()
 
+    def has_coding_tables(self) -> bool:
+        """Whether every entropy model holds its coding tables (`update_entropy_models` fills them)."""
+        return all(m.has_tables for m in self.modules() if isinstance(m, (FactorizedPrior, GaussianConditional)))
+
     def trainable_state(self) -> dict[str, Tensor]:
         """The state that a pack stores: everything but a frozen pretrained VAE (loaded from its own folder)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("latent_space.vae.")}
@@ -357,9 +361,15 @@ class FrameCoder:
         """The previous frame's x0 for TDIR, motion-compensated if asked; None for the first P after an I."""
         if self.plan.tdir_k == 0 or self.dpb.x0 is None or self.dpb.frames_since_intra < 1:
             return None
-        if not self.plan.reuse_warp:
-            return self.dpb.x0
-        flow = resize_flow(flow_hat, tuple(latent_hw))
-        if isinstance(self.dpb.x0, Tensor):
-            return warp(self.dpb.x0, flow)
-        return [warp(x0, flow) for x0 in self.dpb.x0]
+        return reused_x0(self.dpb.x0, flow_hat if self.plan.reuse_warp else None, latent_hw)
+
+
+def reused_x0(x0: Tensor | list[Tensor], flow_hat: Tensor | None, latent_hw) -> Tensor | list[Tensor]:
+    """What TDIR reuses from the previous frame: its x0 (one latent or one per step), motion-compensated by the
+    decoded flow [N, 2, H, W] (pixels) resized to the latent's size; unchanged when flow_hat is None."""
+    if flow_hat is None:
+        return x0
+    flow = resize_flow(flow_hat, tuple(latent_hw))
+    if isinstance(x0, Tensor):
+        return warp(x0, flow)
+    return [warp(x, flow) for x in x0]

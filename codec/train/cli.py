@@ -39,6 +39,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--crop", type=int, default=128, help="square crop size, a multiple of 64 (default 128)")
     p.add_argument("--frames", type=int, default=4, help="frames per training sequence T (default 4)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default: per stage and preset)")
+    p.add_argument("--warmup", type=int, default=0, metavar="N", help="raise the lr linearly over the first N steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-budget", type=float, metavar="MIN", help="stop cleanly after MIN minutes of this session")
     p.add_argument("--qp", type=int, help="train at this QP only (default: uniform in 0..63 per sequence)")
@@ -52,6 +53,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--intra-qp-offset", type=int, default=0, help="frame 0's QP offset (the encoder's intra_qp_offset)")
     p.add_argument("--flat-quantizer", action="store_true",
                    help="codec: start the latent codecs of a per-channel pack on one quantization step per QP")
+    p.add_argument("--fresh-diffusion", action="store_true",
+                   help="diffusion/finetune: keep the pack's codec, start the diffusion stage from random init at the "
+                        "preset's current configuration (anchored at the reconstruction: diffvc = condlc at step 0)")
     p.add_argument("--force", action="store_true", help="flow: train a SpyNet even for a DIS preset (tiny)")
     p.add_argument("--log-every", type=int, default=10, metavar="K")
     p.add_argument("--checkpoint-every", type=int, default=100, metavar="N")
@@ -89,13 +93,13 @@ def run_train(args: argparse.Namespace) -> int:
         batch=args.batch or defaults.batch, lr=args.lr or defaults.lr(start_config.preset), seed=args.seed,
         time_budget_min=args.time_budget, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
         pack_every=args.pack_every, workers=args.workers, mixed_precision=args.mixed_precision,
-        source=str(args.data),
+        source=str(args.data), warmup=args.warmup,
     )
     options = StageOptions(qp=args.qp, perceptual=args.perceptual, mse_weight=args.mse_weight,
                            grad_steps=args.grad_steps, intra=args.intra, intra_qp_offset=args.intra_qp_offset)
     dataset = make_dataset(args.stage, args.data, args.frames, args.crop, args.seed, args.clips)
     record = {"from": start_source(args), "crop": args.crop, "frames": args.frames, "intra": args.intra,
-              "intra_qp_offset": args.intra_qp_offset}
+              "intra_qp_offset": args.intra_qp_offset, "fresh_diffusion": args.fresh_diffusion}
     from codec.train import data
 
     result = run_stage(args.stage, lambda: start_model(args), dataset, settings, options, record,
@@ -129,12 +133,13 @@ def start_model_config(args: argparse.Namespace):
     from codec.diffvc.config import DiffVCConfig, full_config, tiny_config
     from codec.diffvc.pack import CONFIG_FILE
     from codec.errors import CodecError
+    from codec.train.stages import preset_diffusion
 
     if args.pack_from:
         config = DiffVCConfig.from_dict(json.loads((resolve_start_pack(args.pack_from) / CONFIG_FILE).read_text()))
         if args.preset and args.preset != config.preset:
             raise CodecError(f"--preset {args.preset} contradicts the pack's preset {config.preset}")
-        return config
+        return preset_diffusion(config) if args.fresh_diffusion else config
     return full_config(args.sd_path) if args.preset == "full" else tiny_config()
 
 
@@ -153,12 +158,14 @@ def start_source(args: argparse.Namespace) -> str:
 def start_model(args: argparse.Namespace):
     """The model the stage starts from when there is no checkpoint (a SpyNet is added for `flow --force`)."""
     from codec.diffvc.model import DiffVCModel
-    from codec.train.stages import with_flat_quantizer, with_spynet
+    from codec.train.stages import with_flat_quantizer, with_fresh_diffusion, with_spynet
 
     if args.pack_from:
         model, _ = DiffVCModel.from_pack(resolve_start_pack(args.pack_from))
         if args.flat_quantizer:
             model = with_flat_quantizer(model)
+        if args.fresh_diffusion:
+            model = with_fresh_diffusion(model)
     else:
         model = DiffVCModel(start_model_config(args))
         if args.preset == "full" and args.sd_path:

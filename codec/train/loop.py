@@ -39,6 +39,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from codec.diffvc.config import DiffVCConfig
+from codec.diffvc.entropy import FactorizedPrior
+from codec.diffvc.latent_codec import HyperpriorCodec
 from codec.diffvc.model import DiffVCModel
 from codec.diffvc.pack import PackInfo, write_pack
 from codec.errors import CodecError
@@ -58,7 +60,9 @@ class LoopSettings:
     minutes of this session (None: no limit); log_every / checkpoint_every / pack_every: in steps (pack_every 0:
     only at the end); max_grad_norm: gradient clipping (L2 norm over the trained parameters); workers: data
     loader processes; mixed_precision: accelerate's "no" | "fp16" | "bf16"; source: where the data came from
-    (provenance in the pack)."""
+    (provenance in the pack); warmup: the lr rises linearly over the run's first `warmup` steps (counted from step
+    0, so a resumed run past them trains at `lr`): Adam's first updates move every weight by about lr whatever the
+    gradient's noise, which a stage whose output starts at zero shows as noise in the picture."""
 
     out: Path
     steps: int
@@ -73,14 +77,20 @@ class LoopSettings:
     workers: int = 0
     mixed_precision: str = "no"
     source: str = ""
+    warmup: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch < 1 or not self.lr > 0:
             raise CodecError(f"need steps >= 0, batch >= 1 and lr > 0: {self}")
-        if min(self.log_every, self.checkpoint_every) < 1 or self.pack_every < 0:
-            raise CodecError("log_every and checkpoint_every must be >= 1, pack_every >= 0")
+        if min(self.log_every, self.checkpoint_every) < 1 or self.pack_every < 0 or self.warmup < 0:
+            raise CodecError("log_every and checkpoint_every must be >= 1, pack_every and warmup >= 0")
         if self.time_budget_min is not None and self.time_budget_min <= 0:
             raise CodecError(f"time budget must be positive, got {self.time_budget_min} min")
+
+
+def warmup_lr(settings: LoopSettings, step: int) -> float:
+    """The base learning rate of step `step` (1-based): linear warmup over `settings.warmup` steps, then `lr`."""
+    return settings.lr * min(1.0, step / settings.warmup) if settings.warmup else settings.lr
 
 
 @dataclass(frozen=True)
@@ -233,6 +243,9 @@ def run_stage(stage_name: str, build_model: Callable[[], DiffVCModel], dataset: 
     try:
         for batch in loader:
             current = step + 1
+            if settings.warmup:
+                for group in optimizer.param_groups:
+                    group["lr"] = warmup_lr(settings, current) * group.get("lr_scale", 1.0)
             with accelerator.autocast():
                 values = stage(batch, current)
             accelerator.backward(values["loss"])
@@ -407,13 +420,21 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> DiffVCModel:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def trains_entropy_models(model: DiffVCModel) -> bool:
+    """Whether any parameter of an entropy-coded part (hyperprior codecs, factorized priors) is being trained."""
+    return any(p.requires_grad for m in model.modules() if isinstance(m, (HyperpriorCodec, FactorizedPrior))
+               for p in m.parameters())
+
+
 def write_training_pack(model: DiffVCModel, folder: Path, stage: str, step: int, seconds: float,
                         settings: LoopSettings, record: dict[str, Any], last_log: dict[str, float]) -> PackInfo:
-    """Update the entropy coders' tables and write the model as a pack; its config's `extra["training"]` gets this
-    run's record appended to the history the model came with."""
-    model.update_entropy_models()
+    """Write the model as a pack, with the entropy coders' tables updated when this stage trained what they code
+    (a frozen codec keeps the tables it came with, bit for bit: updating them again from half-precision weights
+    would change its streams); its config's `extra["training"]` gets this run's record appended to the history."""
+    if trains_entropy_models(model) or not model.has_coding_tables():
+        model.update_entropy_models()
     entry = {"stage": stage, "steps": step, "minutes": round(seconds / 60, 1), "batch": settings.batch,
-             "lr": settings.lr, "seed": settings.seed, "data": settings.source, **record,
+             "lr": settings.lr, "warmup": settings.warmup, "seed": settings.seed, "data": settings.source, **record,
              "last_log": {k: round(v, 5) for k, v in last_log.items()}}
     history = [*model.config.extra.get("training", []), entry]
     config = replace(model.config, extra={**model.config.extra, "training": history})
