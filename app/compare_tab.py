@@ -17,16 +17,20 @@ from app.handlers import (
     ANCHOR_CHOICES,
     DEFAULT_FRAMES,
     DEFAULT_MAX_SIDE,
-    METRIC_CHOICES,
     ClipRequest,
     CompareRequest,
     FrameRequest,
     SessionState,
 )
 from app.views import LABEL_BAR
+from codec.metrics import get_metric, metric_names, perceptual_metrics
 
 HEAVY = "heavy"  # the concurrency group of the jobs that load the CPU (comparison, sweep, API)
-METRIC_NAMES = {"psnr": "PSNR-RGB", "psnr_y": "PSNR-Y", "ms_ssim": "MS-SSIM", "lpips": "LPIPS", "dists": "DISTS"}
+
+
+def metric_choices(names=None) -> list[tuple[str, str]]:
+    """(label, name) pairs of the metric table, or of `names`, for checkbox groups and menus."""
+    return [(get_metric(m).label, m) for m in (metric_names() if names is None else names)]
 
 
 @dataclass
@@ -73,7 +77,7 @@ def build_compare_tab(compare: Callable, stop: Callable, frame_view: Callable, p
                 strength = gr.Slider(-1, 1, value=-1, step=0.05, label="start strength (-1 = the pack's default)")
                 tdir_ratio = gr.Slider(-1, 1, value=-1, step=0.05,
                                        label="TDIR ratio K / T_s (-1 = the pack's default)")
-                metrics = gr.CheckboxGroup([(METRIC_NAMES[m], m) for m in METRIC_CHOICES], value=list(METRIC_CHOICES),
+                metrics = gr.CheckboxGroup(metric_choices(), value=list(metric_names()),
                                            label="metrics (LPIPS and DISTS cost the most time on a CPU)")
             anchors = gr.CheckboxGroup(list(ANCHOR_CHOICES), value=["x265"], label="anchors", elem_id="anchors")
             match = gr.Checkbox(True, label="match bitrate (search each anchor's QP for DiffVC's rate)",
@@ -112,7 +116,7 @@ def build_compare_tab(compare: Callable, stop: Callable, frame_view: Callable, p
                 heat = gr.Image(label="error heatmap", format="png", interactive=False, show_label=False,
                                 elem_id="heatmap")
             with gr.Tab("Per-frame charts"):
-                metric = gr.Dropdown([(METRIC_NAMES[m], m) for m in METRIC_CHOICES], value="dists", label="metric")
+                metric = gr.Dropdown(metric_choices(), value=perceptual_metrics()[0], label="metric")
                 chart = gr.Plot(label="per frame", elem_id="per-frame")
             with gr.Tab("Timing"):
                 tdir_text = gr.Markdown()

@@ -26,6 +26,7 @@ import pandas as pd
 
 from app import views
 from app.blind import BlindPair, BlindStore, Candidate, draw_pair
+from codec.metrics import metric_names, perceptual_metrics
 
 if TYPE_CHECKING:
     from codec.eval.compare import Comparison
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 
 ANCHOR_CHOICES = ("x265", "condlc", "x264", "av1")
 SWEEP_CODECS = ("x265", "diffvc", "condlc", "x264", "av1")
-METRIC_CHOICES = ("psnr", "psnr_y", "ms_ssim", "lpips", "dists")
 DEFAULT_FRAMES = 16
 DEFAULT_MAX_SIDE = 256
 NEURAL = ("diffvc", "condlc")
@@ -119,7 +119,7 @@ class CompareRequest:
     anchors: tuple[str, ...] = ("x265",)
     match_bitrate: bool = True
     tdir_contrast: bool = True
-    metrics: tuple[str, ...] = METRIC_CHOICES
+    metrics: tuple[str, ...] = field(default_factory=metric_names)
 
 
 @dataclass
@@ -165,7 +165,7 @@ class SweepRequest:
     anchor_qps: str = DEFAULT_ANCHOR_QPS
     neural_qps: str = DEFAULT_NEURAL_QPS
     tdir: bool = True
-    metrics: tuple[str, ...] = METRIC_CHOICES
+    metrics: tuple[str, ...] = field(default_factory=metric_names)
 
 
 @dataclass
@@ -270,7 +270,7 @@ class Studio:
             qp=int(request.qp), tdir=bool(request.tdir), steps=int(request.steps), strength=float(request.strength),
             tdir_ratio=float(request.tdir_ratio), anchors=tuple(request.anchors),
             match_bitrate=bool(request.match_bitrate), tdir_contrast=bool(request.tdir_contrast),
-            pack=self.config.pack, metrics=tuple(m for m in METRIC_CHOICES if m in request.metrics),
+            pack=self.config.pack, metrics=tuple(m for m in metric_names() if m in request.metrics),
             device=_metric_device())
         stop = threading.Event()
         with self._lock:
@@ -419,7 +419,7 @@ class Studio:
             else:
                 plans.append(SweepPlan(name, {}, anchor_qps))
         out = self._session_dir(session) / f"sweep-{len(list(self._session_dir(session).glob('sweep-*'))) + 1}"
-        metrics = tuple(m for m in METRIC_CHOICES if m in request.metrics) or METRIC_CHOICES
+        metrics = tuple(m for m in metric_names() if m in request.metrics) or metric_names()
         rows, paths = run_sweep(video, plans, out, self.config.eval_cache, source=source,
                                 start=int(request.clip.start), metrics=metrics, device=_metric_device(),
                                 progress=lambda f, d: (self._past(deadline), progress and progress(f, desc=d)))
@@ -528,7 +528,7 @@ def _metric_device() -> str:
 
 
 def _first_metric(runs) -> str:
-    for metric in ("dists", "lpips", "ms_ssim", "psnr", "psnr_y"):
+    for metric in (*perceptual_metrics(), *metric_names()):
         if all(run.row.get(metric) is not None for run in runs):
             return metric
     return "psnr"
@@ -536,7 +536,7 @@ def _first_metric(runs) -> str:
 
 def _api_row(run) -> dict[str, Any]:
     row = run.row
-    keep = ("codec", "spec", "qp", "frames", "width", "height", "bytes", "bpp", *METRIC_CHOICES, "enc_s", "dec_s",
+    keep = ("codec", "spec", "qp", "frames", "width", "height", "bytes", "bpp", *metric_names(), "enc_s", "dec_s",
             "enc_fps", "dec_fps", "unet_evals", "frame_types", "timings", "params", "clip_hash", "sha256",
             "recon_match")
     return {"label": run.label, "role": run.role, **{k: row.get(k) for k in keep},

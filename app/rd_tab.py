@@ -7,9 +7,10 @@ from collections.abc import Callable
 
 import gradio as gr
 
-from app.compare_tab import HEAVY, METRIC_NAMES, ClipInputs
+from app.compare_tab import HEAVY, ClipInputs, metric_choices
 from app.feedback import error_message
-from app.handlers import DEFAULT_ANCHOR_QPS, DEFAULT_NEURAL_QPS, METRIC_CHOICES, SWEEP_CODECS, SweepRequest
+from app.handlers import DEFAULT_ANCHOR_QPS, DEFAULT_NEURAL_QPS, SWEEP_CODECS, SweepRequest
+from codec.metrics import metric_names
 
 
 def build_rd_tab(sweep: Callable, sweep_figure: Callable, clip: ClipInputs, state: gr.State, max_jobs: int) -> None:
@@ -26,11 +27,11 @@ def build_rd_tab(sweep: Callable, sweep_figure: Callable, clip: ClipInputs, stat
         neural_qps = gr.Textbox(DEFAULT_NEURAL_QPS, label="DiffVC / condlc QPs (0-63)")
     with gr.Row():
         tdir = gr.Checkbox(True, label="DiffVC with TDIR")
-        metrics = gr.CheckboxGroup([(METRIC_NAMES[m], m) for m in METRIC_CHOICES], value=list(METRIC_CHOICES),
+        metrics = gr.CheckboxGroup(metric_choices(), value=list(metric_names()),
                                    label="metrics")
         run = gr.Button("Run sweep", variant="primary", elem_id="rd-run")
     status = gr.Markdown("", elem_id="rd-status")
-    metric = gr.Dropdown([(METRIC_NAMES[m], m) for m in METRIC_CHOICES], value="psnr", label="RD curve of")
+    metric = gr.Dropdown(metric_choices(), value="psnr", label="RD curve of")
     plot = gr.Plot(elem_id="rd-plot")
     bd = gr.Dataframe(label="BD-rate (%) and bits at equal quality (x) against the first codec", interactive=False,
                       elem_id="bd-table")
@@ -47,7 +48,7 @@ def build_rd_tab(sweep: Callable, sweep_figure: Callable, clip: ClipInputs, stat
         shown = view.metrics[0]
         return {state: values[state], status: view.status, plot: view.figure, bd: view.bd_table,
                 results: view.results, files: view.files,
-                metric: gr.Dropdown(choices=[(METRIC_NAMES[m], m) for m in view.metrics], value=shown)}
+                metric: gr.Dropdown(choices=metric_choices(view.metrics), value=shown)}
 
     def on_metric(values: dict):
         try:

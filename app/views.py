@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-METRIC_LABELS = {"psnr": "PSNR-RGB (dB)", "psnr_y": "PSNR-Y (dB)", "ms_ssim": "MS-SSIM",
-                 "lpips": "LPIPS (lower is better)", "dists": "DISTS (lower is better)"}
+from codec.metrics import get_metric, metric_names, perceptual_metrics
+
 PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692")
 LABEL_BAR = 18  # pixels of caption above each tile
 MIN_TILE_WIDTH = 240  # smaller frames are shown enlarged by a whole factor, so captions fit and pixels stay sharp
@@ -118,7 +118,7 @@ def metrics_table(runs: Sequence[Any], fps: str) -> pd.DataFrame:
         records.append({
             "codec": run.label, "QP": row["qp"], "QP from": how, "bytes": row["bytes"], "bpp": _num(row["bpp"], 4),
             "kbps": _num(kbps(row, _fps_of(row, fps)), 1),
-            **{METRIC_LABELS[m].split(" (")[0]: _num(row.get(m), 4) for m in METRIC_LABELS},
+            **{get_metric(m).label: _num(row.get(m), 4) for m in metric_names()},
             "enc fps": _num(row.get("enc_fps"), 2), "dec fps": _num(row.get("dec_fps"), 2),
             "U-Net evals": "" if row.get("unet_evals") is None else str(row["unet_evals"]),
         })
@@ -137,7 +137,7 @@ def bd_rate_view(table: pd.DataFrame) -> pd.DataFrame:
     records = []
     for _, r in table.iterrows():
         notes = [f"BD-rate: {r['note']}" if r["note"] else "", f"bits: {r['bits_vs_anchor_note']}"]
-        records.append({"test": r["test"], "metric": METRIC_LABELS.get(r["metric"], r["metric"]),
+        records.append({"test": r["test"], "metric": get_metric(r["metric"]).axis_label,
                         "BD-rate (%)": _num(r["bd_rate_pct"], 2),
                         f"bits vs {r['anchor']} at equal quality (x)": _num(r["bits_vs_anchor"], 2),
                         "note": "; ".join(n for n in notes if n)})
@@ -169,9 +169,9 @@ def tdir_summary(runs: Sequence[Any]) -> str:
     if t_off > 0:
         parts.append(f"diffusion stage {t_on:.2f} s vs {t_off:.2f} s ({t_on / t_off:.0%} of TDIR off)")
     parts.append(f"U-Net evaluations {on.row.get('unet_evals')} vs {off.row.get('unet_evals')}")
-    for metric in ("dists", "lpips"):
+    for metric in perceptual_metrics():
         if on.row.get(metric) is not None and off.row.get(metric) is not None:
-            parts.append(f"{metric.upper()} {on.row[metric]:.4f} vs {off.row[metric]:.4f}")
+            parts.append(f"{get_metric(metric).label} {on.row[metric]:.4f} vs {off.row[metric]:.4f}")
     return "; ".join(parts) + "."
 
 
@@ -184,7 +184,7 @@ def per_frame_figure(runs: Sequence[Any], metric: str):
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=(METRIC_LABELS.get(metric, metric), "bits per frame"))
+                        subplot_titles=(get_metric(metric).axis_label, "bits per frame"))
     for i, run in enumerate(runs):
         colour = PALETTE[i % len(PALETTE)]
         per_frame = run.row["per_frame"]

@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--qps-for", action="append", default=[], metavar="SPEC=Q,Q,...",
                     help="QPs of one of the --codecs specs (codecs' QP scales differ: x265 0..51, DiffVC 0..63)")
     _add_clip_args(ev)
-    ev.add_argument("--metrics", nargs="+", metavar="M", help="subset of psnr psnr_y ms_ssim lpips dists")
+    ev.add_argument("--metrics", nargs="+", metavar="M", help="metrics to compute, by name (default: every metric "
+                    "of codec.metrics.METRIC_TABLE; a wrong name lists them)")
     ev.add_argument("--out", type=Path, help="output folder (default out/eval-<clip>)")
     ev.add_argument("--cache", type=Path, help="result cache folder (default under ~/.cache/diffvc-studio)")
     ev.add_argument("--force", action="store_true", help="recompute cached results")
@@ -121,16 +122,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from codec.eval import EvalRequest, evaluate
     from codec.eval.report import bd_rate_table, results_frame, write_results
-    from codec.metrics import METRICS
+    from codec.metrics import metric_names
     from codec.weights import cache_root
 
     video = _read_clip(args)
-    _check_metric_sizes(args.metrics or METRICS, video)
+    _check_metric_sizes(args.metrics or metric_names(), video)
     qps_by_spec = _qps_by_spec(args.qps_for, args.codecs)
     request = EvalRequest(
         video=video, specs=args.codecs, qps=sorted(set(args.qps)), qps_by_spec=qps_by_spec,
         source=args.input.name, start=args.start,
-        metrics=tuple(args.metrics or METRICS), device=args.device,
+        metrics=tuple(args.metrics or metric_names()), device=args.device,
         cache_dir=args.cache or cache_root() / "eval-cache", force=args.force,
     )
     total = sum(len(qps_by_spec.get(spec, request.qps)) for spec in args.codecs)
@@ -164,7 +165,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _check_metric_sizes(metrics, video) -> None:
     """A clear error, not a failure deep in a network, for a metric the clip is too small for."""
-    from codec.eval.compare import metrics_for_size
+    from codec.metrics import metrics_for_size
 
     kept, notes = metrics_for_size(metrics, video.width, video.height)
     if notes:

@@ -8,7 +8,9 @@ own constructors run, which download torchvision's VGG16 and piq's releases on a
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import piq
@@ -20,15 +22,6 @@ from codec.errors import CodecError
 from codec.video import Video, frames_to_tensor
 from codec.weights import load_metric_weights
 
-METRICS = ("psnr", "psnr_y", "ms_ssim", "lpips", "dists")
-LABELS = {
-    "psnr": "PSNR-RGB (dB)",
-    "psnr_y": "PSNR-Y (dB, BT.601 luma 0.299R+0.587G+0.114B)",
-    "ms_ssim": "MS-SSIM",
-    "lpips": "LPIPS-VGG (lower is better)",
-    "dists": "DISTS (lower is better)",
-}
-HIGHER_IS_BETTER = {"psnr": True, "psnr_y": True, "ms_ssim": True, "lpips": False, "dists": False}
 PSNR_CAP_DB = 100.0  # identical frames: PSNR is infinite; capped so that averages and plots stay finite
 BT601_LUMA = (0.299, 0.587, 0.114)
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -37,21 +30,19 @@ _BATCH = 8
 
 
 def compute_metrics(
-    reference: Video, distorted: Video, names: Iterable[str] = METRICS, device: str = "cpu"
+    reference: Video, distorted: Video, names: Iterable[str] | None = None, device: str = "cpu"
 ) -> dict[str, np.ndarray]:
-    """Per-frame metrics of `distorted` against `reference` (same shape): name -> float64 array [T]."""
-    names = list(names)
-    unknown = [n for n in names if n not in METRICS]
+    """Per-frame metrics of `distorted` against `reference` (same shape): name -> float64 array [T]; `names`
+    default to every metric of `METRIC_TABLE`."""
+    names = list(metric_names() if names is None else names)
+    unknown = [n for n in names if n not in METRIC_TABLE]
     if unknown:
-        raise CodecError(f"unknown metric(s) {unknown}; known: {', '.join(METRICS)}")
+        raise CodecError(f"unknown metric(s) {unknown}; known: {', '.join(METRIC_TABLE)}")
     if reference.frames.shape != distorted.frames.shape:
         raise CodecError(f"cannot compare {reference.frames.shape} with {distorted.frames.shape}")
-    out: dict[str, np.ndarray] = {}
-    if "psnr" in names:
-        out["psnr"] = psnr(reference.frames, distorted.frames)
-    if "psnr_y" in names:
-        out["psnr_y"] = psnr(luma(reference.frames), luma(distorted.frames))
-    deep = [n for n in names if n in ("ms_ssim", "lpips", "dists")]
+    out = {n: METRIC_TABLE[n].fn(reference.frames, distorted.frames) for n in names
+           if METRIC_TABLE[n].cost == "cheap"}
+    deep = [n for n in names if METRIC_TABLE[n].cost == "deep"]
     if deep:
         out.update(_batched_torch_metrics(reference.frames, distorted.frames, deep, device))
     return {n: out[n] for n in names}
@@ -78,7 +69,7 @@ def _batched_torch_metrics(ref: np.ndarray, dist: np.ndarray, names: list[str], 
             x = frames_to_tensor(dist[start : start + _BATCH], device)
             y = frames_to_tensor(ref[start : start + _BATCH], device)
             for name in names:
-                results[name].extend(_METRIC_FNS[name](x, y, device).double().cpu().tolist())
+                results[name].extend(METRIC_TABLE[name].fn(x, y, device).double().cpu().tolist())
     return {n: np.asarray(v, dtype=np.float64) for n, v in results.items()}
 
 
@@ -107,7 +98,94 @@ def _dists(x: torch.Tensor, y: torch.Tensor, device: str) -> torch.Tensor:
     return perceptual_model("dists", device)(x, y)
 
 
-_METRIC_FNS = {"ms_ssim": _ms_ssim, "lpips": _lpips, "dists": _dists}
+def _psnr_rgb(reference: np.ndarray, distorted: np.ndarray) -> np.ndarray:
+    return psnr(reference, distorted)
+
+
+def _psnr_y(reference: np.ndarray, distorted: np.ndarray) -> np.ndarray:
+    return psnr(luma(reference), luma(distorted))
+
+
+# --- the metric table -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    """Everything the project knows about one quality metric; every list, label, check and BD-rate sign reads it.
+
+    name: its key in results and on the command line; label: its short name in tables and menus; unit: shown
+    after the label on axes ("" for none); higher_is_better: the direction (BD-rates negate the others);
+    definition: what a report adds to the label; min_side: the smallest frame side (pixels) it can measure;
+    cost: "cheap" (numpy on whole clips: fn(reference, distorted) uint8 [T, H, W, 3] -> float64 [T]) or "deep"
+    (a network run in torch batches: fn(x, y, device) [N, 3, H, W] in [0, 1] -> [N]); perceptual: a learned
+    perceptual distance, what a generative codec is judged by first (views lead with these).
+    """
+
+    name: str
+    label: str
+    higher_is_better: bool
+    fn: Callable
+    unit: str = ""
+    definition: str = ""
+    min_side: int = 1
+    cost: Literal["cheap", "deep"] = "cheap"
+    perceptual: bool = False
+
+    @property
+    def axis_label(self) -> str:
+        """'PSNR-RGB (dB)', 'LPIPS (lower is better)', 'MS-SSIM'."""
+        return self._with_notes(self.unit or ("" if self.higher_is_better else "lower is better"))
+
+    @property
+    def title(self) -> str:
+        """The axis label with the definition, as a report titles its plot: 'PSNR-Y (dB, BT.601 luma ...)'."""
+        return self._with_notes(self.unit or ("" if self.higher_is_better else "lower is better"), self.definition)
+
+    def _with_notes(self, *notes: str) -> str:
+        kept = [n for n in notes if n]
+        return f"{self.label} ({', '.join(kept)})" if kept else self.label
+
+    @property
+    def sign(self) -> float:
+        """+1 for higher-is-better, -1 otherwise: multiplied in, every metric rises with quality."""
+        return 1.0 if self.higher_is_better else -1.0
+
+
+METRIC_TABLE: dict[str, Metric] = {m.name: m for m in (
+    Metric("psnr", "PSNR-RGB", True, _psnr_rgb, unit="dB"),
+    Metric("psnr_y", "PSNR-Y", True, _psnr_y, unit="dB", definition="BT.601 luma 0.299R+0.587G+0.114B"),
+    Metric("ms_ssim", "MS-SSIM", True, _ms_ssim, min_side=8, cost="deep"),  # measured: piq fails at 2 px a side
+    Metric("lpips", "LPIPS", False, _lpips, definition="VGG16, v0.1 heads", min_side=32, cost="deep",
+           perceptual=True),  # measured: piq's LPIPS fails below 32 px a side
+    Metric("dists", "DISTS", False, _dists, cost="deep", perceptual=True),
+)}  # the order views show them in: signal fidelity first, perceptual distances last
+
+
+def metric_names() -> tuple[str, ...]:
+    """Every metric's name, in the table's order (read at call time: a metric added to the table shows up)."""
+    return tuple(METRIC_TABLE)
+
+
+def perceptual_metrics() -> tuple[str, ...]:
+    """The learned perceptual distances, the one listed last first (DISTS, then LPIPS)."""
+    return tuple(m.name for m in reversed(METRIC_TABLE.values()) if m.perceptual)
+
+
+def get_metric(name: str) -> Metric:
+    """The table's entry; CodecError for an unknown name."""
+    if name not in METRIC_TABLE:
+        raise CodecError(f"unknown metric {name!r}; known: {', '.join(METRIC_TABLE)}")
+    return METRIC_TABLE[name]
+
+
+def metrics_for_size(names: Iterable[str], width: int, height: int) -> tuple[tuple[str, ...], list[str]]:
+    """(the metrics that can run on frames of width x height, a note for each one left out)."""
+    side = min(width, height)
+    names = list(names)
+    kept = tuple(n for n in names if side >= get_metric(n).min_side)
+    notes = [f"{n} left out: it needs frames of at least {get_metric(n).min_side} pixels a side, these are "
+             f"{width}x{height}" for n in names if n not in kept]
+    return kept, notes
 
 
 # --- LPIPS and DISTS from offline weights ---------------------------------------------------------------

@@ -14,9 +14,9 @@ from codec.errors import SpecError
 from codec.eval import EvalRequest, evaluate
 from codec.eval.report import (
     BD_TABLE_COLUMNS,
-    CSV_FIRST_COLUMNS,
     bd_rate,
     bd_rate_table,
+    csv_first_columns,
     rate_ratio_at_equal_quality,
     write_results,
 )
@@ -102,7 +102,7 @@ def test_bd_rate_sign_and_identity(rows):
 def test_written_results(rows, tmp_path):
     paths = write_results(rows, tmp_path)
     table = pd.read_csv(paths["csv"])
-    assert list(table.columns[: len(CSV_FIRST_COLUMNS)]) == CSV_FIRST_COLUMNS
+    assert list(table.columns[: len(csv_first_columns())]) == csv_first_columns()
     assert {"opt_preset", "opt_intra_period", "opt_rc"} <= set(table.columns)
     assert len(json.loads(paths["json"].read_text())) == len(rows)
     bd = pd.read_csv(paths["bdrate"])

@@ -37,6 +37,7 @@ import numpy as np
 
 from codec.errors import CodecError, VideoError
 from codec.eval.cache import cache_key
+from codec.metrics import metric_names, metrics_for_size
 from codec.progress import frame_progress
 from codec.video import DEFAULT_LIMITS, Video, VideoLimits, read_video
 
@@ -103,7 +104,7 @@ class CompareSettings:
     tdir_contrast: bool = True
     intra_period: int = 32
     pack: str = ""
-    metrics: tuple[str, ...] = ("psnr", "psnr_y", "ms_ssim", "lpips", "dists")
+    metrics: tuple[str, ...] = field(default_factory=metric_names)
     device: str = "cpu"  # where metrics run (the neural codecs pick their own device)
 
     def __post_init__(self) -> None:
@@ -275,18 +276,6 @@ class ComparisonStore:
             shutil.rmtree(work, ignore_errors=True)
 
 
-METRIC_MIN_SIDE = {"lpips": 32, "ms_ssim": 8}  # measured: piq's LPIPS (VGG16) fails below 32 px a side, MS-SSIM at 2
-
-
-def metrics_for_size(metrics: Sequence[str], width: int, height: int) -> tuple[tuple[str, ...], list[str]]:
-    """(the metrics that can run on frames of width x height, a note for each one left out)."""
-    side = min(width, height)
-    kept = tuple(m for m in metrics if side >= METRIC_MIN_SIDE.get(m, 1))
-    notes = [f"{m} left out: it needs frames of at least {METRIC_MIN_SIDE[m]} pixels a side, these are "
-             f"{width}x{height}" for m in metrics if m not in kept]
-    return kept, notes
-
-
 _MODEL_BUILD = threading.Lock()
 
 
@@ -441,8 +430,6 @@ def run_sweep(video: Video, plans: Sequence[SweepPlan], out_dir: Path, cache_dir
     table, BD-rate against the first plan, the HTML report and the RD plot written into `out_dir`."""
     from codec.eval.engine import EvalRequest, evaluate
     from codec.eval.report import write_results
-    from codec.metrics import METRICS
-
     total = sum(len(p.qps) for p in plans)
     if not total:
         raise CodecError("no QP to run")
@@ -455,6 +442,6 @@ def run_sweep(video: Video, plans: Sequence[SweepPlan], out_dir: Path, cache_dir
                 progress((offset + done) / total, label)
 
         request = EvalRequest(video=video, specs=[plan.spec], qps=sorted(set(plan.qps)), source=source, start=start,
-                              metrics=tuple(metrics or METRICS), device=device, cache_dir=cache_dir)
+                              metrics=tuple(metrics or metric_names()), device=device, cache_dir=cache_dir)
         rows += evaluate(request, tick)
     return rows, write_results(rows, out_dir)

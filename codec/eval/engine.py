@@ -18,7 +18,7 @@ import numpy as np
 
 from codec.errors import CodecError
 from codec.eval.cache import ResultCache, cache_key
-from codec.metrics import METRICS, compute_metrics
+from codec.metrics import compute_metrics, metric_names
 from codec.registry import Encoded, VideoCodec, get_codec, options_dict
 from codec.video import Video
 
@@ -35,7 +35,7 @@ class EvalRequest:
     qps_by_spec: Mapping[str, Sequence[int]] = field(default_factory=dict)  # a spec's own QPs (else `qps`)
     source: str = ""  # a name for the clip in reports (file name)
     start: int = 0  # first frame's index in the source (recorded, part of the cache key)
-    metrics: Sequence[str] = METRICS
+    metrics: Sequence[str] = field(default_factory=metric_names)
     device: str = "cpu"
     cache_dir: Path | None = None
     force: bool = False
@@ -115,7 +115,7 @@ def warm_up(codec: VideoCodec, video: Video, qp: int) -> None:
 
 
 def measure(
-    codec: VideoCodec, video: Video, qp: int, metrics: Sequence[str] = METRICS, device: str = "cpu", spec: str = ""
+    codec: VideoCodec, video: Video, qp: int, metrics: Sequence[str] | None = None, device: str = "cpu", spec: str = ""
 ) -> Measurement:
     """Encode, decode from the bytes, compare with the original; return the row and the live frames.
 
@@ -142,7 +142,7 @@ def measure(
         "height": video.height,
         "bytes": encoded.num_bytes,
         "bpp": encoded.bpp(video),
-        **{m: (float(np.mean(per_frame[m])) if m in per_frame else None) for m in METRICS},
+        **{m: (float(np.mean(per_frame[m])) if m in per_frame else None) for m in metric_names()},
         "enc_s": enc_s,
         "dec_s": dec_s,
         "enc_fps": video.num_frames / enc_s if enc_s > 0 else None,

@@ -20,12 +20,15 @@ import bjontegaard
 import numpy as np
 import pandas as pd
 
-from codec.metrics import HIGHER_IS_BETTER, LABELS, METRICS
+from codec.metrics import get_metric, metric_names
 
-CSV_FIRST_COLUMNS = [
-    "codec", "spec", "qp", "frames", "width", "height", "bytes", "bpp", *METRICS,
-    "enc_s", "dec_s", "enc_fps", "dec_fps",
-]
+
+def csv_first_columns() -> list[str]:
+    """The results table's leading columns, every metric of the table among them."""
+    return ["codec", "spec", "qp", "frames", "width", "height", "bytes", "bpp", *metric_names(),
+            "enc_s", "dec_s", "enc_fps", "dec_fps"]
+
+
 BD_METHOD = "akima"
 MIN_BD_POINTS = 4
 MIN_ANCHOR_POINTS = 2  # rate_ratio_at_equal_quality: a line needs two points
@@ -43,7 +46,7 @@ def results_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
                        if k not in record and not isinstance(v, (dict, list))})
         flat.append(record)
     frame = pd.DataFrame(flat)
-    first = [c for c in CSV_FIRST_COLUMNS if c in frame.columns]
+    first = [c for c in csv_first_columns() if c in frame.columns]
     return frame[first + [c for c in frame.columns if c not in first]]
 
 
@@ -61,7 +64,7 @@ def bd_rate(anchor: list[dict], test: list[dict], metric: str) -> tuple[float | 
     t = [(r["bpp"], r[metric]) for r in test if _finite(r.get(metric))]
     if min(len(a), len(t)) < MIN_BD_POINTS:
         return None, f"needs {MIN_BD_POINTS} points per curve"
-    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    sign = get_metric(metric).sign
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -80,7 +83,7 @@ def rate_ratio_at_equal_quality(anchor: list[dict], test: list[dict], metric: st
 
     Definition. The anchor's curve is its points (quality q, log bpp), sorted by quality and kept only where
     they are monotone: a point is dropped when another spends no more bits for at least its quality, so q
-    and bpp both rise along the curve. Lower-is-better metrics (LPIPS, DISTS; `HIGHER_IS_BETTER`) are negated
+    and bpp both rise along the curve. Lower-is-better metrics (LPIPS, DISTS; `Metric.higher_is_better`) are negated
     first, as in `bd_rate`. For each test point whose quality lies within the anchor's quality range,
     log bpp_anchor(q) is interpolated linearly between the two anchor points around q, and the point's
     ratio is bpp_test / bpp_anchor(q). The value is the geometric mean of these ratios: 6.0 means "6x the
@@ -91,7 +94,7 @@ def rate_ratio_at_equal_quality(anchor: list[dict], test: list[dict], metric: st
     None, with the reason in the note, when no test point is in range or the anchor has fewer than
     `MIN_ANCHOR_POINTS` points on its curve. Rates (bpp) must be > 0; points without `metric` are skipped.
     """
-    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    sign = get_metric(metric).sign
     a = [(r["bpp"], sign * r[metric]) for r in anchor if _finite(r.get(metric)) and r["bpp"] > 0]
     t = [(r["bpp"], sign * r[metric]) for r in test if _finite(r.get(metric)) and r["bpp"] > 0]
     curve = _monotone_curve(a)
@@ -131,14 +134,14 @@ def _monotone_curve(points: list[tuple[float, float]]) -> list[tuple[float, floa
     return curve
 
 
-def bd_rate_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = METRICS) -> pd.DataFrame:
+def bd_rate_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per (test spec, metric), against the first spec: BD-rate (%) and its note, and the bits relative
     to the anchor at equal quality (`rate_ratio_at_equal_quality`, x) and its note."""
     by_spec = curves(rows)
     specs = list(by_spec)
     records = []
     for spec in specs[1:]:
-        for metric in metrics:
+        for metric in metric_names() if metrics is None else metrics:
             anchor, test = by_spec[specs[0]], by_spec[spec]
             value, note = bd_rate(anchor, test, metric)
             ratio, ratio_note = rate_ratio_at_equal_quality(anchor, test, metric)
@@ -153,7 +156,7 @@ def _finite(value: Any) -> bool:
 
 
 def metrics_present(rows: Sequence[dict[str, Any]]) -> list[str]:
-    return [m for m in METRICS if any(_finite(r.get(m)) for r in rows)]
+    return [m for m in metric_names() if any(_finite(r.get(m)) for r in rows)]
 
 
 # --- writing ----------------------------------------------------------------------------------------------
@@ -190,7 +193,8 @@ def rd_figure(rows: Sequence[dict[str, Any]], metric: str):
             hovertemplate="QP %{customdata[0]}<br>bpp %{x:.4f}<br>%{y:.4f}<br>"
                           "enc %{customdata[1]:.2f} fps, dec %{customdata[2]:.2f} fps<extra>%{fullData.name}</extra>",
         ))
-    fig.update_layout(title=LABELS[metric], xaxis_title="bpp (from bitstream bytes)", yaxis_title=LABELS[metric],
+    fig.update_layout(title=get_metric(metric).title, xaxis_title="bpp (from bitstream bytes)",
+                      yaxis_title=get_metric(metric).axis_label,
                       template="plotly_white", height=420, margin=dict(l=60, r=20, t=50, b=50))
     return fig
 
@@ -252,7 +256,7 @@ def plot_rd_png(rows: Sequence[dict[str, Any]], path: Path, metrics: Sequence[st
         for spec, points in curves(rows).items():
             ax.plot([p["bpp"] for p in points], [p[metric] for p in points], marker="o", label=spec)
         ax.set_xlabel("bpp")
-        ax.set_title(LABELS[metric], fontsize=9)
+        ax.set_title(get_metric(metric).title, fontsize=9)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
