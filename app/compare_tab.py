@@ -14,13 +14,13 @@ import gradio as gr
 
 from app.feedback import error_message
 from app.handlers import (
-    ANCHOR_CHOICES,
     DEFAULT_FRAMES,
     DEFAULT_MAX_SIDE,
     ClipRequest,
     CompareRequest,
     FrameRequest,
     SessionState,
+    anchor_choices,
 )
 from app.views import LABEL_BAR
 from codec.metrics import get_metric, metric_names, perceptual_metrics
@@ -79,7 +79,7 @@ def build_compare_tab(compare: Callable, stop: Callable, frame_view: Callable, p
                                        label="TDIR ratio K / T_s (-1 = the pack's default)")
                 metrics = gr.CheckboxGroup(metric_choices(), value=list(metric_names()),
                                            label="metrics (LPIPS and DISTS cost the most time on a CPU)")
-            anchors = gr.CheckboxGroup(list(ANCHOR_CHOICES), value=["x265"], label="anchors", elem_id="anchors")
+            anchors = gr.CheckboxGroup(list(anchor_choices()), value=["x265"], label="anchors", elem_id="anchors")
             match = gr.Checkbox(True, label="match bitrate (search each anchor's QP for DiffVC's rate)",
                                 elem_id="match")
             contrast = gr.Checkbox(True, label="also run DiffVC with TDIR flipped (time and quality, on vs off)",

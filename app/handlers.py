@@ -33,11 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ANCHOR_CHOICES = ("x265", "condlc", "x264", "av1")
-SWEEP_CODECS = ("x265", "diffvc", "condlc", "x264", "av1")
 DEFAULT_FRAMES = 16
 DEFAULT_MAX_SIDE = 256
-NEURAL = ("diffvc", "condlc")
 # The RD tab's default QPs. With these x265 spans 37.6 down to 22.1 dB PSNR-RGB (1.15 to 0.012 bpp; DISTS 0.019 to
 # 0.31) on the example clip at the app's defaults (16 frames, 256x144; even QP 0 stops at 38.5 dB), so that the neural
 # codecs' points (23-28 dB in docs/RESULTS.md) fall within its curve and their bits at equal quality can be read off
@@ -208,6 +205,18 @@ class Studio:
         except CodecError as e:  # reported on the page by pack_status
             log.warning("DiffVC model pack not preloaded: %s", e)
 
+    def _sweep_plan(self, name: str, request: SweepRequest, anchor_qps, neural_qps):
+        """A codec's sweep: the neural QPs for a neural codec, the anchor QPs otherwise; the model pack and the
+        TDIR switch where its options have them."""
+        from codec.eval.compare import SweepPlan
+        from codec.registry import get_entry
+
+        entry = get_entry(name)
+        options = {"pack": self.config.pack} if entry.takes_pack else {}
+        if entry.has_option("tdir"):
+            options["tdir"] = bool(request.tdir)
+        return SweepPlan(name, options, neural_qps if entry.kind == "neural" else anchor_qps)
+
     # -- status ------------------------------------------------------------------------------------------------
 
     def pack_status(self) -> tuple[bool, str]:
@@ -241,11 +250,11 @@ class Studio:
         for entry in list_codecs():
             try:
                 options = parse_options(entry.options_type, {"pack": self.config.pack}, entry.name) \
-                    if entry.name in NEURAL else None
+                    if entry.takes_pack else None
                 reason = entry.unavailable_reason(options)
             except CodecError as e:
                 reason = str(e)
-            pack = f" (pack {self.config.pack or 'default'})" if entry.name in NEURAL else ""
+            pack = f" (pack {self.config.pack or 'default'})" if entry.takes_pack else ""
             rows.append([entry.name, ("usable" if reason is None else f"unusable: {reason}") + pack,
                          entry.description])
         return rows
@@ -401,7 +410,7 @@ class Studio:
     # -- rate-distortion ---------------------------------------------------------------------------------------
 
     def sweep(self, request: SweepRequest, state: SessionState, session: str, progress=None) -> SweepView:
-        from codec.eval.compare import SweepPlan, run_sweep
+        from codec.eval.compare import run_sweep
         from codec.eval.report import bd_rate_table, metrics_present, rd_figure
 
         if not request.codecs:
@@ -409,15 +418,8 @@ class Studio:
         deadline = time.monotonic() + self.config.time_limit_s
         video, source = self._load_clip(request.clip)
         anchor_qps, neural_qps = _qps(request.anchor_qps, "anchor"), _qps(request.neural_qps, "DiffVC / condlc")
-        ordered = [c for c in SWEEP_CODECS if c in request.codecs]
-        plans = []
-        for name in ordered:
-            if name == "diffvc":
-                plans.append(SweepPlan(name, {"pack": self.config.pack, "tdir": bool(request.tdir)}, neural_qps))
-            elif name == "condlc":
-                plans.append(SweepPlan(name, {"pack": self.config.pack}, neural_qps))
-            else:
-                plans.append(SweepPlan(name, {}, anchor_qps))
+        plans = [self._sweep_plan(name, request, anchor_qps, neural_qps)
+                 for name in sweep_codecs() if name in request.codecs]
         out = self._session_dir(session) / f"sweep-{len(list(self._session_dir(session).glob('sweep-*'))) + 1}"
         metrics = tuple(m for m in metric_names() if m in request.metrics) or metric_names()
         rows, paths = run_sweep(video, plans, out, self.config.eval_cache, source=source,
@@ -430,7 +432,7 @@ class Studio:
         from codec.eval.report import results_frame
 
         results = results_frame(rows)[columns].round(4)
-        first = ordered[0]
+        first = plans[0].name
         status = (f"**Done**: {len(rows)} points on {_escape(source)} ({video.num_frames} frames of "
                   f"{video.width}x{video.height}); BD-rate against {first} (negative = fewer bits for the same "
                   f"quality) and bits relative to {first} at equal quality (read off {first}'s curve; 6.00 = 6x its "
@@ -518,6 +520,21 @@ def _load_frames(root: Path, key: str) -> dict[str, np.ndarray]:
     if comparison is None:
         raise UserError("This comparison is no longer on disk; run it again.")
     return comparison.frames()
+
+
+def anchor_choices() -> tuple[str, ...]:
+    """The codecs a comparison can put beside DiffVC (every registered one but DiffVC, classical ones first)."""
+    from codec.registry import comparison_anchors
+
+    return comparison_anchors()
+
+
+def sweep_codecs() -> tuple[str, ...]:
+    """The codecs an RD sweep offers, in the order it runs them: the classical anchors first (BD-rates are
+    against the first one chosen), then the neural codecs."""
+    from codec.registry import codec_names
+
+    return codec_names("anchor") + codec_names("neural")
 
 
 def _metric_device() -> str:

@@ -9,7 +9,7 @@ import gradio as gr
 
 from app.compare_tab import HEAVY, ClipInputs, metric_choices
 from app.feedback import error_message
-from app.handlers import DEFAULT_ANCHOR_QPS, DEFAULT_NEURAL_QPS, SWEEP_CODECS, SweepRequest
+from app.handlers import DEFAULT_ANCHOR_QPS, DEFAULT_NEURAL_QPS, SweepRequest, sweep_codecs
 from codec.metrics import metric_names
 
 
@@ -22,7 +22,7 @@ def build_rd_tab(sweep: Callable, sweep_figure: Callable, clip: ClipInputs, stat
                 "bits over the first codec's at the same quality, read off its curve, geometric mean over the "
                 "points within its quality range; 6.00 means 6x its bits).")
     with gr.Row():
-        codecs = gr.CheckboxGroup(list(SWEEP_CODECS), value=["x265", "diffvc"], label="codecs", elem_id="rd-codecs")
+        codecs = gr.CheckboxGroup(list(sweep_codecs()), value=["x265", "diffvc"], label="codecs", elem_id="rd-codecs")
         anchor_qps = gr.Textbox(DEFAULT_ANCHOR_QPS, label="anchor QPs (x265, x264: 0-51; AV1: 1-63)")
         neural_qps = gr.Textbox(DEFAULT_NEURAL_QPS, label="DiffVC / condlc QPs (0-63)")
     with gr.Row():

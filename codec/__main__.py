@@ -233,12 +233,13 @@ def _cmd_speed(args: argparse.Namespace) -> int:
 
 
 def _cmd_fuzz(args: argparse.Namespace) -> int:
-    from codec.fuzz import CODECS, FuzzConfig, run_fuzz
+    from codec.fuzz import FuzzConfig, fuzzed_codecs, run_fuzz
     from codec.fuzz.runner import print_progress
 
     try:
         config = FuzzConfig(
-            mutations=args.mutations, seed=args.seed, codecs=tuple(args.codecs or CODECS), workers=args.workers,
+            mutations=args.mutations, seed=args.seed, codecs=tuple(args.codecs or fuzzed_codecs()),
+            workers=args.workers,
             timeout_s=args.timeout, eval_s=args.eval_time, memory_mb=args.memory_mb, pack=args.pack,
             corpus=args.corpus, max_steps=args.max_steps,
         )

@@ -1,6 +1,8 @@
 """The one codec contract and the registry every caller goes through (app, CLI, evaluation engine, tests).
 
-A codec is a class with a frozen `Options` dataclass, registered once by name:
+A codec is a class with a frozen `Options` dataclass, registered once by name, that says what the rest of the
+project needs to know about it (`CodecBase`: QP scale, kind, file suffix, bitstream syntax, whether it takes a model
+pack); the app, the evaluation engine, the fuzzer and the CLI derive every list of codecs from the registry:
 
     @register_codec("x265", "HEVC through libx265 (PyAV)")
     class X265(FFmpegCodec): ...
@@ -13,6 +15,8 @@ A codec is a class with a frozen `Options` dataclass, registered once by name:
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import os
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,7 +69,8 @@ class VideoCodec(Protocol):
 
 @dataclass(frozen=True)
 class CodecEntry:
-    """A registered codec: its class, a one-line description, and a check for whether it can run here."""
+    """A registered codec: its class, a one-line description, and a check for whether it can run here; what the
+    class declares about itself (`CodecBase`) is read through it."""
 
     name: str
     cls: type
@@ -74,6 +79,33 @@ class CodecEntry:
     @property
     def options_type(self) -> type:
         return self.cls.Options
+
+    @property
+    def kind(self) -> str:
+        return self.cls.kind
+
+    @property
+    def suffix(self) -> str:
+        return self.cls.suffix
+
+    @property
+    def bitstream_syntax(self) -> str:
+        return self.cls.bitstream_syntax
+
+    @property
+    def takes_pack(self) -> bool:
+        return self.cls.takes_pack
+
+    @property
+    def under_test(self) -> bool:
+        return self.cls.under_test
+
+    @property
+    def qp_range(self) -> tuple[int, int]:
+        return self.cls.qp_range
+
+    def has_option(self, name: str) -> bool:
+        return any(f.name == name for f in dataclasses.fields(self.options_type))
 
     def unavailable_reason(self, options: Any = None) -> str | None:
         """None when the codec can run on this machine with `options` (default: its defaults), else why not."""
@@ -92,6 +124,10 @@ def register_codec(name: str, description: str) -> Callable[[type], type]:
             raise ValueError(f"codec {name!r} is registered twice")
         if not dataclasses.is_dataclass(getattr(cls, "Options", None)):
             raise TypeError(f"{cls.__name__} needs a nested dataclass `Options`")
+        missing = [a for a in DECLARED if not hasattr(cls, a)]
+        if missing or cls.kind not in KINDS:
+            raise TypeError(f"{cls.__name__} must declare {', '.join(DECLARED)} (kind one of {KINDS}); "
+                            f"missing {missing or 'none'}")
         cls.name = name
         _REGISTRY[name] = CodecEntry(name, cls, description)
         return cls
@@ -99,15 +135,37 @@ def register_codec(name: str, description: str) -> Callable[[type], type]:
     return decorate
 
 
+PLUGINS_ENV = "DIFFVC_STUDIO_CODECS"  # comma-separated modules that register more codecs (e.g. a VVC anchor)
+
+
 def _load_builtin_codecs() -> None:
-    """Import the modules that register the built-in codecs (idempotent; light: no weights are loaded)."""
+    """Import the modules that register the built-in codecs, then those named in $DIFFVC_STUDIO_CODECS (each a
+    module that applies `register_codec`; inherited by the fuzzer's and the server's worker processes).
+    Idempotent; light: no weights are loaded."""
     import codec.baselines  # noqa: F401
     import codec.diffvc.codec  # noqa: F401
+
+    for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise SpecError(f"${PLUGINS_ENV} names {module!r}, which cannot be imported: {e}") from None
 
 
 def list_codecs() -> list[CodecEntry]:
     _load_builtin_codecs()
     return list(_REGISTRY.values())
+
+
+def codec_names(kind: str | None = None) -> tuple[str, ...]:
+    """Registered codec names (of one kind, "anchor" or "neural"), in registration order."""
+    return tuple(e.name for e in list_codecs() if kind is None or e.kind == kind)
+
+
+def comparison_anchors() -> tuple[str, ...]:
+    """What a codec under test is compared with: every other codec, the classical anchors first."""
+    entries = [e for e in list_codecs() if not e.under_test]
+    return tuple(e.name for e in sorted(entries, key=lambda e: e.kind != "anchor"))
 
 
 def detect_codec(bitstream: bytes) -> str:
@@ -198,12 +256,29 @@ def options_dict(options: Any) -> dict[str, Any]:
     return dataclasses.asdict(options)
 
 
+KINDS = ("anchor", "neural")
+DECLARED = ("qp_range", "kind", "suffix", "bitstream_syntax", "takes_pack", "under_test")
+
+
 class CodecBase:
-    """Shared plumbing for registered codecs: the options object and how it is recorded."""
+    """Shared plumbing for registered codecs: the options object and how it is recorded, and what every codec
+    declares about itself for the rest of the project (`DECLARED`, checked at registration):
+
+    qp_range: inclusive, larger = fewer bits. kind: "anchor" (a classical codec to compare with) or "neural".
+    suffix: the file suffix of its bitstream (".hevc"). bitstream_syntax: how the fuzzer reads its streams
+    ("hevc", "h264", "av1", "dvc1"; "opaque": damaged bytes only, no structure-aware mutation). takes_pack: whether
+    its options name a model pack (`pack`). under_test: the codec the studio exists to show (DiffVC); every other
+    codec is an anchor of its comparisons.
+    """
 
     name: ClassVar[str]
     qp_range: ClassVar[tuple[int, int]]
     Options: ClassVar[type]
+    kind: ClassVar[str]
+    suffix: ClassVar[str]
+    bitstream_syntax: ClassVar[str] = "opaque"
+    takes_pack: ClassVar[bool] = False
+    under_test: ClassVar[bool] = False
 
     def __init__(self, options: Any | None = None) -> None:
         self.options = options if options is not None else self.Options()

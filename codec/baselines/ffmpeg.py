@@ -362,6 +362,7 @@ class FFmpegCodec(CodecBase):
     `encoder_options`, the mapping of those options and a QP onto the library's own options.
     """
 
+    kind = "anchor"
     encoder: ClassVar[str]  # libavcodec encoder, e.g. "libx265"
     decoder: ClassVar[str]  # libavcodec decoder, e.g. "hevc"
     syntax: ClassVar[StreamSyntax]
@@ -628,7 +629,7 @@ class X265(FFmpegCodec):
     closed GOP (IDR every intra_period), info=0 (no settings SEI)."""
 
     encoder, decoder, syntax = "libx265", "hevc", HEVC_ANNEX_B
-    qp_range = (0, 51)
+    qp_range, suffix, bitstream_syntax = (0, 51), ".hevc", "hevc"
     min_side = 16
 
     @dataclass(frozen=True)
@@ -649,7 +650,7 @@ class X264(FFmpegCodec):
     per frame whatever the machine; settings SEI removed."""
 
     encoder, decoder, syntax = "libx264", "h264", H264_ANNEX_B
-    qp_range = (0, 51)
+    qp_range, suffix, bitstream_syntax = (0, 51), ".h264", "h264"
     dropped_user_data = frozenset({X264_INFO_UUID})
 
     @dataclass(frozen=True)
@@ -671,7 +672,7 @@ class AV1(FFmpegCodec):
     irefresh-type=2 (key frames), rc=0 with aq-mode=0 and qp (CQP) or crf. 4:2:0 only (SVT-AV1 has no 4:4:4)."""
 
     encoder, decoder, syntax = "libsvtav1", "libdav1d", AV1_OBUS
-    qp_range = (1, 63)
+    qp_range, suffix, bitstream_syntax = (1, 63), ".obu", "av1"
     min_side = 4
     odd_420 = True
     environment = {"SVT_LOG": "1"}  # SVT-AV1 prints a banner on stderr per encoder unless told errors only

@@ -158,6 +158,7 @@ class NeuralCodecBase(CodecBase):
     """The sequence codec shared by `diffvc` and `condlc`: GOP, DVC1 stream, DPB, timing."""
 
     qp_range: ClassVar[tuple[int, int]] = (QP_MIN, QP_MAX)
+    kind, suffix, bitstream_syntax, takes_pack = "neural", ".dvc", "dvc1", True
     has_diffusion: ClassVar[bool] = False  # whether streams of this codec may declare a diffusion stage
     defined_flags: ClassVar[int] = FLAG_HEVC_INTRA  # the header flag bits this codec defines; others are rejected
 
@@ -352,7 +353,7 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
 @register_codec("diffvc", "DiffVC: conditional latent coding + ControlNet-guided diffusion, QPP, TDIR")
 class DiffVC(NeuralCodecBase):
     Options = DiffVCOptions
-    has_diffusion = True
+    has_diffusion = under_test = True
     defined_flags = FLAG_REUSE_STEP | FLAG_REUSE_WARP | FLAG_CODEC_REFERENCE | FLAG_HEVC_INTRA
 
     def sampling_plan(self, model: DiffVCModel) -> SamplingPlan:

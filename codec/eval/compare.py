@@ -39,10 +39,9 @@ from codec.errors import CodecError, VideoError
 from codec.eval.cache import cache_key
 from codec.metrics import metric_names, metrics_for_size
 from codec.progress import frame_progress
+from codec.registry import comparison_anchors, get_entry
 from codec.video import DEFAULT_LIMITS, Video, VideoLimits, read_video
 
-ANCHORS = ("x265", "condlc", "x264", "av1")
-BITSTREAM_SUFFIX = {"diffvc": ".dvc", "condlc": ".dvc", "x265": ".hevc", "x264": ".h264", "av1": ".obu"}
 MATCH_TOLERANCE = 0.25  # a match within +-25 % of the target rate counts as reached
 MAX_FRAMES = 128
 MAX_SIDE_RANGE = (32, 1920)
@@ -89,9 +88,10 @@ def load_clip(path: str | Path, start: int = 0, frames: int = 16, max_side: int 
 class CompareSettings:
     """What a comparison runs. DiffVC's options left at 0 / -1 take the model pack's defaults.
 
-    anchors: codec names from ANCHORS. match_bitrate: search each anchor's QP for DiffVC's rate (else the anchors
-    run at `qp`, clipped to their range). tdir_contrast: also run DiffVC with TDIR flipped (time and quality of
-    TDIR on against off). pack: the DiffVC model pack ("" = the default pack, "random-tiny" = random init).
+    anchors: names of registered codecs other than DiffVC (`comparison_anchors`). match_bitrate: search each
+    anchor's QP for DiffVC's rate (else the anchors run at `qp`, clipped to their range). tdir_contrast: also run
+    DiffVC with TDIR flipped (time and quality of TDIR on against off). pack: the DiffVC model pack ("" = the
+    default pack, "random-tiny" = random init).
     """
 
     qp: int = 32
@@ -108,9 +108,10 @@ class CompareSettings:
     device: str = "cpu"  # where metrics run (the neural codecs pick their own device)
 
     def __post_init__(self) -> None:
-        unknown = [a for a in self.anchors if a not in ANCHORS]
+        known = comparison_anchors()
+        unknown = [a for a in self.anchors if a not in known]
         if unknown:
-            raise CodecError(f"unknown anchor(s) {', '.join(unknown)}; choose from {', '.join(ANCHORS)}")
+            raise CodecError(f"unknown anchor(s) {', '.join(unknown)}; choose from {', '.join(known)}")
         if not self.metrics:
             raise CodecError("choose at least one metric")
 
@@ -119,9 +120,9 @@ class CompareSettings:
                 "strength": self.strength, "tdir_ratio": self.tdir_ratio, "intra_period": self.intra_period}
 
     def anchor_options(self, name: str) -> dict[str, Any]:
-        if name == "condlc":
-            return {"pack": self.pack, "intra_period": self.intra_period}
-        return {"intra_period": self.intra_period}
+        """The anchor's options: the comparison's intra period, and its model pack where it takes one."""
+        pack = {"pack": self.pack} if get_entry(name).takes_pack else {}
+        return {**pack, "intra_period": self.intra_period}
 
 
 # --- bitrate matching -----------------------------------------------------------------------------------------
@@ -284,15 +285,13 @@ def diffvc_identity(settings: CompareSettings) -> tuple[str | None, str]:
     one thread at a time: a random-init pack draws its weights from torch's global generator, and two threads
     building it at once interleave their draws into two different models (measured: three builds, three hashes),
     whose bitstreams then differ and name a pack no other process has."""
-    from codec.registry import get_entry
-
     with _MODEL_BUILD:
         reason = get_entry("diffvc").unavailable_reason(_options("diffvc", settings.diffvc_options()))
         return reason, ("" if reason else _codec("diffvc", settings.diffvc_options()).identity())
 
 
 def _options(name: str, values: dict[str, Any]):
-    from codec.registry import get_entry, parse_options
+    from codec.registry import parse_options
 
     return parse_options(get_entry(name).options_type, values, name)
 
@@ -365,7 +364,7 @@ def _run(video: Video, settings: CompareSettings, key: str, folder: Path, source
         row = result.row
         row.update(source=source, start=start, clip_hash=video.content_hash(), label=label, role=role,
                    sha256=hashlib.sha256(result.encoded.bitstream).hexdigest())
-        bitstream_file = f"{slug}{BITSTREAM_SUFFIX[name]}"
+        bitstream_file = f"{slug}{get_entry(name).suffix}"
         decoded_file = f"{slug}.mp4"
         (folder / bitstream_file).write_bytes(result.encoded.bitstream)
         write_video(result.decoded, folder / decoded_file)

@@ -14,6 +14,6 @@ sizes and sequence headers), `paramsets` (where the anchors' size fields are), `
 """
 
 from codec.fuzz.mutate import KINDS
-from codec.fuzz.runner import CODECS, FuzzConfig, FuzzReport, run_fuzz
+from codec.fuzz.runner import FuzzConfig, FuzzReport, fuzzed_codecs, run_fuzz
 
-__all__ = ["CODECS", "KINDS", "FuzzConfig", "FuzzReport", "run_fuzz"]
+__all__ = ["KINDS", "FuzzConfig", "FuzzReport", "fuzzed_codecs", "run_fuzz"]

@@ -55,7 +55,6 @@ KINDS = (
     "truncate", "bit_flip", "byte_run", "insert_delete", "length_field",
     "dimension_field", "header_field", "frame_reorder", "payload", "splice",
 )  # fmt: skip
-SYNTAX_OF_CODEC = {"x265": "hevc", "x264": "h264", "av1": "av1", "diffvc": "dvc1", "condlc": "dvc1"}
 SYNTAXES: dict[str, StreamSyntax] = {"hevc": HEVC_ANNEX_B, "h264": H264_ANNEX_B, "av1": AV1_OBUS}
 HUGE = (2**64 - 1, 2**63, 2**32, 2**32 - 1, 2**31, 10**9, 2**20, 100_001, 65_536, 8193, 1001, 256)
 RESEAL_P = 2 / 3
@@ -66,7 +65,10 @@ class NotApplicable(Exception):
 
 
 def stream_syntax(codec: str) -> str:
-    return SYNTAX_OF_CODEC[codec]
+    """How the codec's streams are read ("hevc", "h264", "av1", "dvc1" or "opaque"): what the codec declares."""
+    from codec.registry import get_entry
+
+    return get_entry(codec).bitstream_syntax
 
 
 @dataclass(frozen=True)
@@ -660,6 +662,8 @@ def _truncate(rng: random.Random, s: StreamSample) -> tuple[bytes, str]:
     data = s.data
     if s.syntax == "dvc1":
         bounds = [u.start for u in s.dvc1_units] + [s.dvc1_fields["header_crc"][0] + 2, len(data) - 2]
+    elif s.syntax == "opaque":
+        bounds = []
     else:
         bounds = [sum(map(len, s.units[: g[0]])) for g in s.access_units[1:]]
         bounds += [sum(map(len, s.units[:i])) + len(s.units[i]) // 2 for i, _ in s.param_sets]
@@ -725,6 +729,8 @@ def mutate(
     nothing to act on in this sample, or when ten draws all gave back the original bytes.
     """
     family = "dvc1" if sample.syntax == "dvc1" else "es"
+    if sample.syntax == "opaque" and kind not in _GENERIC:
+        raise NotApplicable(f"{kind}: {sample.codec}'s streams have no structure the fuzzer reads")
     for _ in range(10):
         if kind == "splice":
             data, detail = (_dvc1_splice if family == "dvc1" else _es_splice)(rng, sample, others)

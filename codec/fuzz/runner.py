@@ -34,10 +34,20 @@ from codec.fuzz.mutate import KINDS, NotApplicable, StreamSample, mutate, stream
 from codec.fuzz.oracle import ALLOWED, FINDINGS, allocation_failed, judge
 from codec.fuzz.sandbox import process_memory, run_sandboxed
 
-__all__ = ["CODECS", "FuzzConfig", "FuzzReport", "build_corpus", "run_fuzz"]
+__all__ = ["FuzzConfig", "FuzzReport", "build_corpus", "fuzzed_codecs", "run_fuzz"]
 
-CODECS = ("x265", "x264", "av1", "diffvc", "condlc")
-NEURAL = ("diffvc", "condlc")
+
+def fuzzed_codecs() -> tuple[str, ...]:
+    """Every registered codec: each one's decoder is fuzzed."""
+    from codec.registry import codec_names
+
+    return codec_names()
+
+
+def takes_pack(codec: str) -> bool:
+    from codec.registry import get_entry
+
+    return get_entry(codec).takes_pack
 
 
 @dataclass(frozen=True)
@@ -54,32 +64,42 @@ class ClipSpec:
 
 
 def corpus_specs(codec: str, quick: bool = False) -> list[ClipSpec]:
-    """The clips a codec's corpus is encoded from; `quick` keeps the first two."""
-    if codec in ("x265", "x264"):
+    """The clips a codec's corpus is encoded from, by its bitstream syntax and options; `quick` keeps the first
+    two. Odd sizes and every intra period the options allow; a codec of opaque syntax gets two plain clips at the
+    middle of its QP range."""
+    from codec.registry import get_entry
+
+    entry = get_entry(codec)
+    syntax = entry.bitstream_syntax
+    if syntax in ("hevc", "h264"):
         specs = [
             ClipSpec("gop2-48x32", 3, 32, 48, "intra_period=2", 32),
             ClipSpec("gop3-33x17", 4, 17, 33, "intra_period=3", 40),  # odd size in 4:2:0: padded, size hint
             ClipSpec("once-40x24-444", 2, 24, 40, "intra_period=-1:chroma=444", 24),
         ]
-    elif codec == "av1":
+    elif syntax == "av1":
         specs = [
             ClipSpec("gop2-48x32", 3, 32, 48, "intra_period=2", 40),
             ClipSpec("gop3-33x17", 4, 17, 33, "intra_period=3", 50),
             ClipSpec("once-40x24", 2, 24, 40, "intra_period=-1", 30),
         ]
-    else:
-        diffvc = codec == "diffvc"
+    elif syntax == "dvc1":
+        diffvc = entry.has_option("reuse")  # DiffVC's diffusion options
         specs = [
             ClipSpec("gop2-48x32", 3, 32, 48, "intra_period=2", 30),
             ClipSpec("gop3-33x17", 4, 17, 33, "intra_period=3:qp_offsets=0,4" +
                      (":reuse=step:reuse_warp=off" if diffvc else ""), 45),  # fmt: skip
             ClipSpec("once-70x40", 2, 40, 70, "intra_period=-1" + (":tdir=off" if diffvc else ""), 20),
         ]
+    else:
+        gop = "intra_period=2" if entry.has_option("intra_period") else ""
+        middle = sum(entry.qp_range) // 2
+        specs = [ClipSpec("gop2-48x32", 3, 32, 48, gop, middle), ClipSpec("odd-33x17", 2, 17, 33, gop, middle)]
     return specs[:2] if quick else specs
 
 
 def decoder_spec(codec: str, pack: str) -> str:
-    return f"{codec}:pack={pack}:device=cpu" if codec in NEURAL else codec
+    return f"{codec}:pack={pack}:device=cpu" if takes_pack(codec) else codec
 
 
 @dataclass(frozen=True)
@@ -93,7 +113,7 @@ class FuzzConfig:
 
     mutations: int = 10_000
     seed: int = 0
-    codecs: tuple[str, ...] = CODECS
+    codecs: tuple[str, ...] = field(default_factory=fuzzed_codecs)
     workers: int = 2
     timeout_s: float = 20.0
     eval_s: float = 0.25
@@ -103,9 +123,10 @@ class FuzzConfig:
     max_steps: int = 1000
 
     def __post_init__(self) -> None:
-        unknown = set(self.codecs) - set(CODECS)
+        known = fuzzed_codecs()
+        unknown = set(self.codecs) - set(known)
         if unknown or not self.codecs:
-            raise ValueError(f"codecs must be among {', '.join(CODECS)}, got {', '.join(self.codecs) or 'none'}")
+            raise ValueError(f"codecs must be among {', '.join(known)}, got {', '.join(self.codecs) or 'none'}")
         if self.mutations < 1 or self.workers < 1 or self.timeout_s <= 0 or self.memory_mb <= 0:
             raise ValueError("mutations, workers, timeout_s and memory_mb must be positive")
         if self.corpus not in ("full", "quick"):
@@ -147,7 +168,7 @@ def _encode_corpus(config: FuzzConfig, samples: dict[str, list[StreamSample]], d
         samples[codec] = []
         for spec in corpus_specs(codec, config.corpus == "quick"):
             options = f":{spec.options}" if spec.options else ""
-            pack = f":pack={config.pack}:device=cpu" if codec in NEURAL else ""
+            pack = f":pack={config.pack}:device=cpu" if takes_pack(codec) else ""
             encoder = get_codec(f"{codec}{pack}{options}")
             clip = synthetic_clip(spec.frames, spec.height, spec.width, seed=spec.seed)
             encoded = encoder.encode(clip, spec.qp)
@@ -220,7 +241,7 @@ def _init_worker(specs: dict[str, str], warm: dict[str, list[bytes]], memory_mb:
     """Load every decoder once and decode each clean sample (which loads the models before any fork)."""
     from codec.registry import get_codec
 
-    if any(codec in NEURAL for codec in specs):
+    if any(takes_pack(codec) for codec in specs):
         import torch
 
         torch.set_num_threads(1)  # two workers share two cores; each decode is small
