@@ -36,7 +36,8 @@ test-all: setup $(CHROMIUM) ## include the slow tests
 	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: setup
-	$(PY) -m ruff check codec app tests app.py
+	$(PY) -m ruff format --check codec app tests tools app.py
+	$(PY) -m ruff check codec app tests tools app.py
 
 clean-cache:               ## forget cached evaluation results
 	rm -rf $${DIFFVC_CACHE:-$$HOME/.cache/diffvc-studio}/eval-cache

@@ -1,13 +1,13 @@
 """Entry point: wire the codec library into the Gradio app and serve it.
 
-    python app.py        # http://127.0.0.1:7860; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT to change host and port
-    DIFFVC_STUDIO_PACK=random-tiny python app.py     # a model pack by name or folder ("" = the embedded default)
-    DIFFVC_STUDIO_DATA=<folder>, DIFFVC_STUDIO_JOBS=<heavy jobs at once, default 1>,
-    DIFFVC_STUDIO_THREADS=<torch threads, default: cores - 1, leaving one to the server and the encoders>
-    DIFFVC_STUDIO_MAX_UPLOAD=<largest upload, default 500mb>, DIFFVC_STUDIO_TIME_LIMIT=<seconds per heavy job,
-    default 900>, DIFFVC_STUDIO_MAX_PIXELS=<frames x width x height per job, default 4e7>; the reader's own limits:
-    DIFFVC_MAX_WIDTH / _HEIGHT (4096), DIFFVC_MAX_SOURCE_SIDE (8192), DIFFVC_MAX_FRAMES (10000),
-    DIFFVC_MAX_PIXELS (3e8), DIFFVC_MAX_DECODE_S (300); DIFFVC_STUDIO_PRELOAD=0 to load the model on first use
+python app.py        # http://127.0.0.1:7860; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT to change host and port
+DIFFVC_STUDIO_PACK=random-tiny python app.py     # a model pack by name or folder ("" = the embedded default)
+DIFFVC_STUDIO_DATA=<folder>, DIFFVC_STUDIO_JOBS=<heavy jobs at once, default 1>,
+DIFFVC_STUDIO_THREADS=<torch threads, default: cores - 1, leaving one to the server and the encoders>
+DIFFVC_STUDIO_MAX_UPLOAD=<largest upload, default 500mb>, DIFFVC_STUDIO_TIME_LIMIT=<seconds per heavy job,
+default 900>, DIFFVC_STUDIO_MAX_PIXELS=<frames x width x height per job, default 4e7>; the reader's own limits:
+DIFFVC_MAX_WIDTH / _HEIGHT (4096), DIFFVC_MAX_SOURCE_SIDE (8192), DIFFVC_MAX_FRAMES (10000),
+DIFFVC_MAX_PIXELS (3e8), DIFFVC_MAX_DECODE_S (300); DIFFVC_STUDIO_PRELOAD=0 to load the model on first use
 """
 
 from __future__ import annotations
@@ -34,11 +34,18 @@ def create(environ=os.environ):
     if environ.get("DIFFVC_STUDIO_PRELOAD", "1") != "0":
         studio.preload()  # the model pack, once, before requests can race to build it
     demo = build_app(studio, max_jobs=jobs).queue(max_size=16, default_concurrency_limit=4)
-    return demo, {"allowed_paths": [str(config.results_dir), str(config.sessions_dir)], "show_error": False,
-                  "max_file_size": environ.get("DIFFVC_STUDIO_MAX_UPLOAD") or "500mb", "css": CSS}
+    return demo, {
+        "allowed_paths": [str(config.results_dir), str(config.sessions_dir)],
+        "show_error": False,
+        "max_file_size": environ.get("DIFFVC_STUDIO_MAX_UPLOAD") or "500mb",
+        "css": CSS,
+    }
 
 
 if __name__ == "__main__":
     demo, options = create()
-    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), **options)
+    demo.launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        **options,
+    )

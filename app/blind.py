@@ -47,8 +47,23 @@ CREATE TABLE IF NOT EXISTS votes (
     comment TEXT NOT NULL DEFAULT ''
 )
 """
-_COLUMNS = ("id", "created", "rater", "session", "comparison", "clip_hash", "frame", "codec_a", "codec_b",
-            "bpp_a", "bpp_b", "choice", "winner", "reference_shown", "comment")
+_COLUMNS = (
+    "id",
+    "created",
+    "rater",
+    "session",
+    "comparison",
+    "clip_hash",
+    "frame",
+    "codec_a",
+    "codec_b",
+    "bpp_a",
+    "bpp_b",
+    "choice",
+    "winner",
+    "reference_shown",
+    "comment",
+)
 
 
 @dataclass(frozen=True)
@@ -78,20 +93,26 @@ class Candidate:
     frames: int
 
 
-def matched_pairs(candidates: Sequence[Candidate], tolerance: float = PAIR_TOLERANCE) -> list[tuple[Candidate,
-                                                                                                  Candidate]]:
+def matched_pairs(
+    candidates: Sequence[Candidate], tolerance: float = PAIR_TOLERANCE
+) -> list[tuple[Candidate, Candidate]]:
     """Every pair of versions of the same comparison whose rates differ by at most `tolerance` (relative)."""
     pairs = []
     for i, a in enumerate(candidates):
-        for b in candidates[i + 1:]:
-            if a.comparison == b.comparison and a.bpp > 0 and b.bpp > 0 and \
-                    max(a.bpp, b.bpp) / min(a.bpp, b.bpp) <= 1 + tolerance:
+        for b in candidates[i + 1 :]:
+            if (
+                a.comparison == b.comparison
+                and a.bpp > 0
+                and b.bpp > 0
+                and max(a.bpp, b.bpp) / min(a.bpp, b.bpp) <= 1 + tolerance
+            ):
                 pairs.append((a, b))
     return pairs
 
 
-def draw_pair(candidates: Sequence[Candidate], rng: random.Random | None = None,
-              tolerance: float = PAIR_TOLERANCE) -> BlindPair | None:
+def draw_pair(
+    candidates: Sequence[Candidate], rng: random.Random | None = None, tolerance: float = PAIR_TOLERANCE
+) -> BlindPair | None:
     """A random matched pair in random order at a random frame; None when no two versions match in rate."""
     rng = rng or random.SystemRandom()
     pairs = matched_pairs(candidates, tolerance)
@@ -100,11 +121,21 @@ def draw_pair(candidates: Sequence[Candidate], rng: random.Random | None = None,
     a, b = rng.choice(pairs)
     if rng.random() < 0.5:
         a, b = b, a
-    return BlindPair(a.comparison, a.clip_hash, rng.randrange(min(a.frames, b.frames)), a.slug, b.slug, a.label,
-                     b.label, a.bpp, b.bpp)
+    return BlindPair(
+        a.comparison,
+        a.clip_hash,
+        rng.randrange(min(a.frames, b.frames)),
+        a.slug,
+        b.slug,
+        a.label,
+        b.label,
+        a.bpp,
+        b.bpp,
+    )
 
 
 # --- statistics ---------------------------------------------------------------------------------------------
+
 
 def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion; (0, 1) when n == 0."""
@@ -158,13 +189,20 @@ class PairStats:
         """A results-table row with fixed columns: 'first' and 'second' are the two names of `pair`, in order."""
         low, high = self.interval
         pref = self.preference
-        return {"pair (first vs second)": f"{self.first} vs {self.second}", "votes": self.decisive + self.ties,
-                "first preferred": self.first_wins, "second preferred": self.second_wins, "ties": self.ties,
-                "share for first": f"{pref:.0%}" if pref is not None else "n/a",
-                "Wilson 95% CI": f"{low:.0%} .. {high:.0%}", "binomial p": round(self.p_value, 4)}
+        return {
+            "pair (first vs second)": f"{self.first} vs {self.second}",
+            "votes": self.decisive + self.ties,
+            "first preferred": self.first_wins,
+            "second preferred": self.second_wins,
+            "ties": self.ties,
+            "share for first": f"{pref:.0%}" if pref is not None else "n/a",
+            "Wilson 95% CI": f"{low:.0%} .. {high:.0%}",
+            "binomial p": round(self.p_value, 4),
+        }
 
 
 # --- the store ----------------------------------------------------------------------------------------------
+
 
 class BlindStore:
     """The votes, in one SQLite file (WAL journal). One short-lived connection per call: safe across threads."""
@@ -198,20 +236,35 @@ class BlindStore:
         with self._connect() as db:
             return db.execute("PRAGMA journal_mode").fetchone()[0]
 
-    def record(self, pair: BlindPair, choice: str, rater: str, session: str, reference_shown: bool,
-               comment: str = "") -> int:
+    def record(
+        self, pair: BlindPair, choice: str, rater: str, session: str, reference_shown: bool, comment: str = ""
+    ) -> int:
         """Store one vote; return its id. `choice` is 'A', 'B' or 'tie'."""
         if choice not in CHOICES:
             raise ValueError(f"a vote is one of {', '.join(CHOICES)}, got {choice!r}")
         winner = {"A": pair.label_a, "B": pair.label_b}.get(choice)
-        values = (datetime.now(UTC).isoformat(timespec="seconds"), (rater or "anonymous").strip()[:MAX_RATER],
-                  session[:100], pair.comparison, pair.clip_hash, pair.frame, pair.label_a, pair.label_b, pair.bpp_a,
-                  pair.bpp_b, choice, winner, int(reference_shown), (comment or "").strip()[:MAX_COMMENT])
+        values = (
+            datetime.now(UTC).isoformat(timespec="seconds"),
+            (rater or "anonymous").strip()[:MAX_RATER],
+            session[:100],
+            pair.comparison,
+            pair.clip_hash,
+            pair.frame,
+            pair.label_a,
+            pair.label_b,
+            pair.bpp_a,
+            pair.bpp_b,
+            choice,
+            winner,
+            int(reference_shown),
+            (comment or "").strip()[:MAX_COMMENT],
+        )
         with self._connect() as db:
             cursor = db.execute(
                 "INSERT INTO votes (created, rater, session, comparison, clip_hash, frame, codec_a, codec_b, bpp_a, "
                 "bpp_b, choice, winner, reference_shown, comment) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                values)
+                values,
+            )
             return int(cursor.lastrowid)
 
     def votes(self) -> list[dict[str, Any]]:

@@ -16,9 +16,11 @@ from app.feedback import error_message
 def build_blind_tab(new_pair: Callable, vote: Callable, results: Callable, export: Callable, state: gr.State) -> None:
     """new_pair(SessionState, show_reference) -> PairView; vote(SessionState, choice, rater, comment, session) ->
     markdown; results() -> DataFrame; export(session) -> CSV path."""
-    gr.Markdown("Spot checks without bias: two versions of the same frame that cost about the same bits, in random "
-                "order, names hidden until you vote. Pairs come from the comparisons you ran in the **Compare** tab "
-                "(with *match bitrate* or *TDIR flipped*). Votes are stored and survive a restart of the app.")
+    gr.Markdown(
+        "Spot checks without bias: two versions of the same frame that cost about the same bits, in random "
+        "order, names hidden until you vote. Pairs come from the comparisons you ran in the **Compare** tab "
+        "(with *match bitrate* or *TDIR flipped*). Votes are stored and survive a restart of the app."
+    )
     with gr.Row():
         rater = gr.Textbox(label="your name or initials (stored with the vote)", max_length=100, elem_id="rater")
         reference = gr.Checkbox(False, label="show the original as a reference", elem_id="show-reference")
@@ -27,8 +29,9 @@ def build_blind_tab(new_pair: Callable, vote: Callable, results: Callable, expor
     with gr.Row():
         image_a = gr.Image(label="A", format="png", interactive=False, elem_id="image-a")
         image_b = gr.Image(label="B", format="png", interactive=False, elem_id="image-b")
-    original = gr.Image(label="original (reference)", format="png", interactive=False, visible=False,
-                        elem_id="image-ref")
+    original = gr.Image(
+        label="original (reference)", format="png", interactive=False, visible=False, elem_id="image-ref"
+    )
     comment = gr.Textbox(label="comment (optional)", max_lines=3, max_length=2000, elem_id="comment")
     with gr.Row():
         vote_a = gr.Button("A is better", elem_id="vote-a")
@@ -36,8 +39,10 @@ def build_blind_tab(new_pair: Callable, vote: Callable, results: Callable, expor
         vote_b = gr.Button("B is better", elem_id="vote-b")
     gr.Markdown("### Results of every vote")
     table = gr.Dataframe(value=results, interactive=False, elem_id="blind-results", wrap=True)  # fresh per page load
-    gr.Markdown("*Share for first*: of the decisive votes (ties left out), the share preferring the pair's first "
-                "codec; its Wilson 95 % score interval; an exact two-sided binomial test against no preference.")
+    gr.Markdown(
+        "*Share for first*: of the decisive votes (ties left out), the share preferring the pair's first "
+        "codec; its Wilson 95 % score interval; an exact two-sided binomial test against no preference."
+    )
     with gr.Row():
         refresh = gr.Button("Refresh results", size="sm")
         export_btn = gr.Button("Export votes (CSV)", size="sm", elem_id="export")
@@ -48,8 +53,13 @@ def build_blind_tab(new_pair: Callable, vote: Callable, results: Callable, expor
             view = new_pair(session_state, bool(show_reference))
         except Exception as e:
             return {prompt: error_message(e)}
-        return {state: session_state, prompt: view.status, image_a: view.a, image_b: view.b,
-                original: gr.Image(value=view.reference, visible=view.reference is not None)}
+        return {
+            state: session_state,
+            prompt: view.status,
+            image_a: view.a,
+            image_b: view.b,
+            original: gr.Image(value=view.reference, visible=view.reference is not None),
+        }
 
     def voter(choice: str):
         def on_vote(session_state, who: str, note: str, request: gr.Request):
@@ -57,8 +67,15 @@ def build_blind_tab(new_pair: Callable, vote: Callable, results: Callable, expor
                 reveal = vote(session_state, choice, who, note, request.session_hash)
             except Exception as e:
                 return {prompt: error_message(e)}
-            return {state: session_state, prompt: reveal, table: results(), comment: "", image_a: None,
-                    image_b: None, original: gr.Image(value=None, visible=False)}
+            return {
+                state: session_state,
+                prompt: reveal,
+                table: results(),
+                comment: "",
+                image_a: None,
+                image_b: None,
+                original: gr.Image(value=None, visible=False),
+            }
 
         return on_vote
 
@@ -71,7 +88,8 @@ def build_blind_tab(new_pair: Callable, vote: Callable, results: Callable, expor
     outputs = [state, prompt, image_a, image_b, original]
     draw.click(on_draw, inputs=[state, reference], outputs=outputs, api_visibility="private")
     for button, choice in ((vote_a, "A"), (vote_b, "B"), (vote_tie, "tie")):
-        button.click(voter(choice), inputs=[state, rater, comment], outputs=[*outputs, table, comment],
-                     api_visibility="private")
+        button.click(
+            voter(choice), inputs=[state, rater, comment], outputs=[*outputs, table, comment], api_visibility="private"
+        )
     refresh.click(results, outputs=table, api_visibility="private")
     export_btn.click(on_export, outputs=[csv_file, prompt], api_visibility="private")

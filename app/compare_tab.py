@@ -43,64 +43,93 @@ class ClipInputs:
     max_side: gr.Slider
 
     def request(self, values: dict) -> ClipRequest:
-        return ClipRequest(values[self.video], int(values[self.start] or 0), int(values[self.frames]),
-                           int(values[self.max_side]))
+        return ClipRequest(
+            values[self.video], int(values[self.start] or 0), int(values[self.frames]), int(values[self.max_side])
+        )
 
     @property
     def components(self) -> set:
         return {self.video, self.start, self.frames, self.max_side}
 
 
-def build_compare_tab(compare: Callable, stop: Callable, frame_view: Callable, per_frame_figure: Callable,
-                      state: gr.State, example_clip: Path, max_jobs: int) -> ClipInputs:
+def build_compare_tab(
+    compare: Callable,
+    stop: Callable,
+    frame_view: Callable,
+    per_frame_figure: Callable,
+    state: gr.State,
+    example_clip: Path,
+    max_jobs: int,
+) -> ClipInputs:
     """compare(CompareRequest, SessionState, session, progress) -> CompareView; stop(session) -> str;
     frame_view(FrameRequest, SessionState) -> FrameView; per_frame_figure(key, metric, SessionState) -> figure."""
     key = gr.State("")  # the comparison on show
     count = gr.State(DEFAULT_FRAMES)  # its number of frames
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
-            video = gr.Video(label="Clip (upload any video file)", sources=["upload"], format=None,
-                             value=str(example_clip) if example_clip.is_file() else None, height=220,
-                             elem_id="clip")
+            video = gr.Video(
+                label="Clip (upload any video file)",
+                sources=["upload"],
+                format=None,
+                value=str(example_clip) if example_clip.is_file() else None,
+                height=220,
+                elem_id="clip",
+            )
             if example_clip.is_file():
                 gr.Examples([[str(example_clip)]], inputs=[video], label="Example clip (Big Buck Bunny, CC-BY 3.0)")
             with gr.Row():
                 start = gr.Number(0, label="start frame", precision=0, minimum=0, elem_id="start")
                 frames = gr.Slider(1, 96, value=DEFAULT_FRAMES, step=1, label="frames", elem_id="frames")
-            max_side = gr.Slider(64, 1280, value=DEFAULT_MAX_SIDE, step=16, label="size cap (longer side, pixels)",
-                                 elem_id="max-side")
+            max_side = gr.Slider(
+                64, 1280, value=DEFAULT_MAX_SIDE, step=16, label="size cap (longer side, pixels)", elem_id="max-side"
+            )
             qp = gr.Slider(0, 63, value=32, step=1, label="DiffVC QP (larger = fewer bits)", elem_id="qp")
-            tdir = gr.Checkbox(True, label="TDIR (reuse the previous frame's diffusion result for the first steps)",
-                               elem_id="tdir")
+            tdir = gr.Checkbox(
+                True, label="TDIR (reuse the previous frame's diffusion result for the first steps)", elem_id="tdir"
+            )
             with gr.Accordion("Advanced", open=False):
                 steps = gr.Slider(0, 50, value=0, step=1, label="DDIM steps (0 = the pack's default)")
                 strength = gr.Slider(-1, 1, value=-1, step=0.05, label="start strength (-1 = the pack's default)")
-                tdir_ratio = gr.Slider(-1, 1, value=-1, step=0.05,
-                                       label="TDIR ratio K / T_s (-1 = the pack's default)")
-                metrics = gr.CheckboxGroup(metric_choices(), value=list(metric_names()),
-                                           label="metrics (LPIPS and DISTS cost the most time on a CPU)")
+                tdir_ratio = gr.Slider(-1, 1, value=-1, step=0.05, label="TDIR ratio K / T_s (-1 = the pack's default)")
+                metrics = gr.CheckboxGroup(
+                    metric_choices(),
+                    value=list(metric_names()),
+                    label="metrics (LPIPS and DISTS cost the most time on a CPU)",
+                )
             anchors = gr.CheckboxGroup(list(anchor_choices()), value=["x265"], label="anchors", elem_id="anchors")
-            match = gr.Checkbox(True, label="match bitrate (search each anchor's QP for DiffVC's rate)",
-                                elem_id="match")
-            contrast = gr.Checkbox(True, label="also run DiffVC with TDIR flipped (time and quality, on vs off)",
-                                   elem_id="contrast")
+            match = gr.Checkbox(
+                True, label="match bitrate (search each anchor's QP for DiffVC's rate)", elem_id="match"
+            )
+            contrast = gr.Checkbox(
+                True, label="also run DiffVC with TDIR flipped (time and quality, on vs off)", elem_id="contrast"
+            )
             with gr.Row():
                 run = gr.Button("Run comparison", variant="primary", elem_id="run")
                 halt = gr.Button("Stop", variant="stop", elem_id="stop")
-            gr.Markdown(f"At most {max_jobs} heavy job{'s' if max_jobs > 1 else ''} run at once; others wait in "
-                        "the queue.")
+            gr.Markdown(
+                f"At most {max_jobs} heavy job{'s' if max_jobs > 1 else ''} run at once; others wait in the queue."
+            )
         with gr.Column(scale=2):
             status = gr.Markdown("Choose a clip and press **Run comparison**.", elem_id="compare-status")
-            table = gr.Dataframe(label="metrics per codec (rates from the bitstreams' bytes)", interactive=False,
-                                 elem_id="metrics-table", wrap=True)
+            table = gr.Dataframe(
+                label="metrics per codec (rates from the bitstreams' bytes)",
+                interactive=False,
+                elem_id="metrics-table",
+                wrap=True,
+            )
             with gr.Tab("Frames"):
                 with gr.Row():
                     prev_btn = gr.Button("◀ previous", size="sm", elem_id="prev")
                     frame = gr.Slider(0, DEFAULT_FRAMES - 1, value=0, step=1, label="frame", elem_id="frame")
                     next_btn = gr.Button("next ▶", size="sm", elem_id="next")
                 caption = gr.Markdown()
-                side = gr.Image(label="original and every codec, side by side", format="png", interactive=False,
-                                show_label=False, elem_id="side-by-side")
+                side = gr.Image(
+                    label="original and every codec, side by side",
+                    format="png",
+                    interactive=False,
+                    show_label=False,
+                    elem_id="side-by-side",
+                )
                 with gr.Row():
                     left = gr.Dropdown([("original", "original")], value="original", label="wipe: left")
                     right = gr.Dropdown([("original", "original")], value="original", label="wipe: right")
@@ -110,11 +139,13 @@ def build_compare_tab(compare: Callable, stop: Callable, frame_view: Callable, p
                     cx = gr.Slider(0, 1, value=0.5, step=0.01, label="centre x")
                     cy = gr.Slider(0, 1, value=0.5, step=0.01, label="centre y")
                 gr.Markdown("Click the heatmap to move the zoom window there.")
-                zoomed = gr.Image(label="zoomed crop", format="png", interactive=False, show_label=False,
-                                  elem_id="zoom")
+                zoomed = gr.Image(
+                    label="zoomed crop", format="png", interactive=False, show_label=False, elem_id="zoom"
+                )
                 heat_codec = gr.Dropdown([("original", "original")], value="original", label="error heatmap of")
-                heat = gr.Image(label="error heatmap", format="png", interactive=False, show_label=False,
-                                elem_id="heatmap")
+                heat = gr.Image(
+                    label="error heatmap", format="png", interactive=False, show_label=False, elem_id="heatmap"
+                )
             with gr.Tab("Per-frame charts"):
                 metric = gr.Dropdown(metric_choices(), value=perceptual_metrics()[0], label="metric")
                 chart = gr.Plot(label="per frame", elem_id="per-frame")
@@ -125,8 +156,12 @@ def build_compare_tab(compare: Callable, stop: Callable, frame_view: Callable, p
                     timing_plot = gr.Plot()
                     stage_plot = gr.Plot()
             with gr.Tab("Downloads"):
-                files = gr.File(label="bitstreams, decoded clips (mp4), results (CSV, JSON)", file_count="multiple",
-                                interactive=False, elem_id="downloads")
+                files = gr.File(
+                    label="bitstreams, decoded clips (mp4), results (CSV, JSON)",
+                    file_count="multiple",
+                    interactive=False,
+                    elem_id="downloads",
+                )
 
     clip = ClipInputs(video, start, frames, max_side)
     settings = {*clip.components, qp, tdir, steps, strength, tdir_ratio, metrics, anchors, match, contrast, state}
@@ -136,20 +171,35 @@ def build_compare_tab(compare: Callable, stop: Callable, frame_view: Callable, p
     def on_run(values: dict, request: gr.Request, progress=gr.Progress()):
         session_state: SessionState = values[state]
         try:
-            req = CompareRequest(clip.request(values), qp=int(values[qp]), tdir=bool(values[tdir]),
-                                 steps=int(values[steps]), strength=float(values[strength]),
-                                 tdir_ratio=float(values[tdir_ratio]), anchors=tuple(values[anchors]),
-                                 match_bitrate=bool(values[match]), tdir_contrast=bool(values[contrast]),
-                                 metrics=tuple(values[metrics]))
+            req = CompareRequest(
+                clip.request(values),
+                qp=int(values[qp]),
+                tdir=bool(values[tdir]),
+                steps=int(values[steps]),
+                strength=float(values[strength]),
+                tdir_ratio=float(values[tdir_ratio]),
+                anchors=tuple(values[anchors]),
+                match_bitrate=bool(values[match]),
+                tdir_contrast=bool(values[contrast]),
+                metrics=tuple(values[metrics]),
+            )
             view = compare(req, session_state, request.session_hash, progress)
         except Exception as e:  # every failure becomes one line in the page
             return {status: error_message(e)}
         choices = view.codecs
         first_codec = choices[1][1] if len(choices) > 1 else "original"
         return {
-            state: session_state, key: view.key, count: view.frames, status: view.status, table: view.table,
-            timing: view.timing, timing_plot: view.timing_figure, stage_plot: view.stage_figure, tdir_text: view.tdir,
-            files: view.files, chart: view.per_frame_figure,
+            state: session_state,
+            key: view.key,
+            count: view.frames,
+            status: view.status,
+            table: view.table,
+            timing: view.timing,
+            timing_plot: view.timing_figure,
+            stage_plot: view.stage_figure,
+            tdir_text: view.tdir,
+            files: view.files,
+            chart: view.per_frame_figure,
             frame: gr.Slider(maximum=max(view.frames - 1, 1), value=0, interactive=view.frames > 1),
             left: gr.Dropdown(choices=choices, value="original"),
             right: gr.Dropdown(choices=choices, value=first_codec),
@@ -160,13 +210,22 @@ def build_compare_tab(compare: Callable, stop: Callable, frame_view: Callable, p
         if not values[key]:
             return {caption: ""}
         try:
-            view = frame_view(FrameRequest(values[key], int(values[frame]), values[left], values[right],
-                                           values[heat_codec], float(values[zoom]), float(values[cx]),
-                                           float(values[cy])), values[state])
+            view = frame_view(
+                FrameRequest(
+                    values[key],
+                    int(values[frame]),
+                    values[left],
+                    values[right],
+                    values[heat_codec],
+                    float(values[zoom]),
+                    float(values[cx]),
+                    float(values[cy]),
+                ),
+                values[state],
+            )
         except Exception as e:
             return {status: error_message(e)}
-        return {side: view.side_by_side, wipe: view.wipe, zoomed: view.zoom, heat: view.heatmap,
-                caption: view.caption}
+        return {side: view.side_by_side, wipe: view.wipe, zoomed: view.zoom, heat: view.heatmap, caption: view.caption}
 
     def on_chart(values: dict):
         if not values[key]:
@@ -186,22 +245,59 @@ def build_compare_tab(compare: Callable, stop: Callable, frame_view: Callable, p
             return cx_value, cy_value
         return round(x / width, 3), round(y / height, 3)
 
-    run_outputs = [state, key, count, status, table, timing, timing_plot, stage_plot, tdir_text, files, chart, frame,
-                   left, right, heat_codec]
-    run_event = run.click(on_run, inputs=settings, outputs=run_outputs,
-                          concurrency_limit=max_jobs, concurrency_id=HEAVY, api_visibility="private")
+    run_outputs = [
+        state,
+        key,
+        count,
+        status,
+        table,
+        timing,
+        timing_plot,
+        stage_plot,
+        tdir_text,
+        files,
+        chart,
+        frame,
+        left,
+        right,
+        heat_codec,
+    ]
+    run_event = run.click(
+        on_run,
+        inputs=settings,
+        outputs=run_outputs,
+        concurrency_limit=max_jobs,
+        concurrency_id=HEAVY,
+        api_visibility="private",
+    )
     run_event.then(on_view, inputs=viewer, outputs=viewer_outputs, api_visibility="private")
     halt.click(_stopper(stop), inputs=None, outputs=[status], cancels=[run_event], api_visibility="private")
-    gr.on([frame.release, frame.input, left.change, right.change, heat_codec.change, zoom.release, cx.release,
-           cy.release], on_view, inputs=viewer, outputs=viewer_outputs, api_visibility="private",
-          trigger_mode="always_last")
+    gr.on(
+        [
+            frame.release,
+            frame.input,
+            left.change,
+            right.change,
+            heat_codec.change,
+            zoom.release,
+            cx.release,
+            cy.release,
+        ],
+        on_view,
+        inputs=viewer,
+        outputs=viewer_outputs,
+        api_visibility="private",
+        trigger_mode="always_last",
+    )
     prev_btn.click(lambda t: max(0, int(t) - 1), inputs=frame, outputs=frame, api_visibility="private").then(
-        on_view, inputs=viewer, outputs=viewer_outputs, api_visibility="private")
-    next_btn.click(lambda t, n: min(int(n) - 1, int(t) + 1), inputs=[frame, count], outputs=frame,
-                   api_visibility="private").then(on_view, inputs=viewer, outputs=viewer_outputs,
-                                                   api_visibility="private")
+        on_view, inputs=viewer, outputs=viewer_outputs, api_visibility="private"
+    )
+    next_btn.click(
+        lambda t, n: min(int(n) - 1, int(t) + 1), inputs=[frame, count], outputs=frame, api_visibility="private"
+    ).then(on_view, inputs=viewer, outputs=viewer_outputs, api_visibility="private")
     heat.select(on_pick, inputs=[cx, cy, heat], outputs=[cx, cy], api_visibility="private").then(
-        on_view, inputs=viewer, outputs=viewer_outputs, api_visibility="private")
+        on_view, inputs=viewer, outputs=viewer_outputs, api_visibility="private"
+    )
     metric.change(on_chart, inputs={key, metric, state}, outputs=[chart, status], api_visibility="private")
     return clip
 

@@ -17,8 +17,10 @@ def error_message(error: BaseException) -> str:
     if isinstance(error, (UserError, CodecError)):
         return f"**Cannot run this:** {_inert(str(error))}"
     log.error("handler failed", exc_info=error)
-    return (f"**Something went wrong inside the app** ({type(error).__name__}). The details are in the server's "
-            "log; the app keeps serving, so try other settings or another clip.")
+    return (
+        f"**Something went wrong inside the app** ({type(error).__name__}). The details are in the server's "
+        "log; the app keeps serving, so try other settings or another clip."
+    )
 
 
 def _inert(text: str) -> str:

@@ -78,11 +78,16 @@ class StudioConfig:
         from codec.weights import cache_root
 
         data = Path(environ.get("DIFFVC_STUDIO_DATA") or cache_root() / "studio")
-        return cls(pack=environ.get("DIFFVC_STUDIO_PACK", ""), results_dir=data / "comparisons",
-                   sessions_dir=data / "sessions", eval_cache=cache_root() / "eval-cache",
-                   db_path=data / "blind.sqlite", example_clip=repo / "assets" / "clips" / "bigbuckbunny.mp4",
-                   time_limit_s=_positive(environ, "DIFFVC_STUDIO_TIME_LIMIT", DEFAULT_TIME_LIMIT_S, float),
-                   max_pixels=_positive(environ, "DIFFVC_STUDIO_MAX_PIXELS", DEFAULT_MAX_PIXELS, int))
+        return cls(
+            pack=environ.get("DIFFVC_STUDIO_PACK", ""),
+            results_dir=data / "comparisons",
+            sessions_dir=data / "sessions",
+            eval_cache=cache_root() / "eval-cache",
+            db_path=data / "blind.sqlite",
+            example_clip=repo / "assets" / "clips" / "bigbuckbunny.mp4",
+            time_limit_s=_positive(environ, "DIFFVC_STUDIO_TIME_LIMIT", DEFAULT_TIME_LIMIT_S, float),
+            max_pixels=_positive(environ, "DIFFVC_STUDIO_MAX_PIXELS", DEFAULT_MAX_PIXELS, int),
+        )
 
 
 @dataclass
@@ -96,6 +101,7 @@ class SessionState:
 
 
 # --- requests and views -------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ClipRequest:
@@ -185,6 +191,7 @@ class PairView:
 
 # --- the handlers --------------------------------------------------------------------------------------------
 
+
 class Studio:
     """Every handler of the page, over one configuration."""
 
@@ -231,12 +238,16 @@ class Studio:
         except CodecError as e:  # a bad pack setting is reported, not raised, so the page still loads
             reason = str(e)
         if reason:
-            return False, (f"**DiffVC is off: no model pack could be loaded** ({_escape(reason)}). x265, x264 and AV1 "
-                           "still run. Set `DIFFVC_STUDIO_PACK=random-tiny` for a random-init model (real bitstreams "
-                           "and timings, no quality), or install a trained pack.")
+            return False, (
+                f"**DiffVC is off: no model pack could be loaded** ({_escape(reason)}). x265, x264 and AV1 "
+                "still run. Set `DIFFVC_STUDIO_PACK=random-tiny` for a random-init model (real bitstreams "
+                "and timings, no quality), or install a trained pack."
+            )
         if pack.startswith("random-"):
-            return True, (f"DiffVC model pack: `{_escape(pack)}`, a **random-init** model: real bitstreams and "
-                          "timings, but no quality to judge.")
+            return True, (
+                f"DiffVC model pack: `{_escape(pack)}`, a **random-init** model: real bitstreams and "
+                "timings, but no quality to judge."
+            )
         from codec.diffvc.pack import resolve_pack
 
         folder = resolve_pack(pack or None)
@@ -249,14 +260,16 @@ class Studio:
         rows = []
         for entry in list_codecs():
             try:
-                options = parse_options(entry.options_type, {"pack": self.config.pack}, entry.name) \
-                    if entry.takes_pack else None
+                options = (
+                    parse_options(entry.options_type, {"pack": self.config.pack}, entry.name)
+                    if entry.takes_pack
+                    else None
+                )
                 reason = entry.unavailable_reason(options)
             except CodecError as e:
                 reason = str(e)
             pack = f" (pack {self.config.pack or 'default'})" if entry.takes_pack else ""
-            rows.append([entry.name, ("usable" if reason is None else f"unusable: {reason}") + pack,
-                         entry.description])
+            rows.append([entry.name, ("usable" if reason is None else f"unusable: {reason}") + pack, entry.description])
         return rows
 
     # -- compare -----------------------------------------------------------------------------------------------
@@ -268,27 +281,37 @@ class Studio:
             event.set()
         return "Stopping: the run ends at its next step."
 
-    def compare(self, request: CompareRequest, state: SessionState, session: str,
-                progress=None) -> CompareView:
+    def compare(self, request: CompareRequest, state: SessionState, session: str, progress=None) -> CompareView:
         """Run (or fetch from disk) the comparison; the session now owns it."""
         from codec.eval.compare import CompareSettings, ComparisonStore
 
         deadline = time.monotonic() + self.config.time_limit_s
         video, source = self._load_clip(request.clip)
         settings = CompareSettings(
-            qp=int(request.qp), tdir=bool(request.tdir), steps=int(request.steps), strength=float(request.strength),
-            tdir_ratio=float(request.tdir_ratio), anchors=tuple(request.anchors),
-            match_bitrate=bool(request.match_bitrate), tdir_contrast=bool(request.tdir_contrast),
-            pack=self.config.pack, metrics=tuple(m for m in metric_names() if m in request.metrics),
-            device=_metric_device())
+            qp=int(request.qp),
+            tdir=bool(request.tdir),
+            steps=int(request.steps),
+            strength=float(request.strength),
+            tdir_ratio=float(request.tdir_ratio),
+            anchors=tuple(request.anchors),
+            match_bitrate=bool(request.match_bitrate),
+            tdir_contrast=bool(request.tdir_contrast),
+            pack=self.config.pack,
+            metrics=tuple(m for m in metric_names() if m in request.metrics),
+            device=_metric_device(),
+        )
         stop = threading.Event()
         with self._lock:
             self._stops[session] = stop
         try:
             comparison = ComparisonStore(self.config.results_dir).run(
-                video, settings, source=source, start=int(request.clip.start),
+                video,
+                settings,
+                source=source,
+                start=int(request.clip.start),
                 progress=(lambda f, d: progress(f, desc=d)) if progress else None,
-                stop=lambda: self._past(deadline) or stop.is_set())
+                stop=lambda: self._past(deadline) or stop.is_set(),
+            )
         finally:
             with self._lock:
                 self._stops.pop(session, None)
@@ -300,24 +323,38 @@ class Studio:
     def _compare_view(self, comparison: Comparison) -> CompareView:
         runs = comparison.runs
         clip = comparison.clip
-        how = "from the cache (same clip and settings as an earlier run)" if comparison.cached else \
-            f"in {comparison.elapsed_s:.1f} s"
-        status = [f"**Done** {how}: {_escape(clip['source'] or 'clip')}, {clip['frames']} frames of "
-                  f"{clip['width']}x{clip['height']} from frame {clip['start']}."]
+        how = (
+            "from the cache (same clip and settings as an earlier run)"
+            if comparison.cached
+            else f"in {comparison.elapsed_s:.1f} s"
+        )
+        status = [
+            f"**Done** {how}: {_escape(clip['source'] or 'clip')}, {clip['frames']} frames of "
+            f"{clip['width']}x{clip['height']} from frame {clip['start']}."
+        ]
         status += [f"- {_escape(note)}" for note in comparison.notes]
         codecs = [("original", "original"), *((run.label, run.slug) for run in runs)]
         return CompareView(
-            key=comparison.key, status="\n".join(status), table=views.metrics_table(runs, clip["fps"]),
-            timing=views.timing_table(runs), timing_figure=views.timing_figure(runs),
-            stage_figure=views.stage_figure(runs), tdir=views.tdir_summary(runs),
-            files=[str(p) for p in self._safe_files(comparison.files())], frames=int(clip["frames"]), codecs=codecs,
-            per_frame_figure=views.per_frame_figure(runs, _first_metric(runs)))
+            key=comparison.key,
+            status="\n".join(status),
+            table=views.metrics_table(runs, clip["fps"]),
+            timing=views.timing_table(runs),
+            timing_figure=views.timing_figure(runs),
+            stage_figure=views.stage_figure(runs),
+            tdir=views.tdir_summary(runs),
+            files=[str(p) for p in self._safe_files(comparison.files())],
+            frames=int(clip["frames"]),
+            codecs=codecs,
+            per_frame_figure=views.per_frame_figure(runs, _first_metric(runs)),
+        )
 
     def _past(self, deadline: float) -> bool:
         """False before `deadline`; after it, JobTimeLimit (the job's stop check calls this at every step)."""
         if time.monotonic() > deadline:
-            raise JobTimeLimit(f"this job ran past the time limit of {self.config.time_limit_s:g} s and was stopped; "
-                               "nothing was kept. Try fewer frames, a smaller size cap or fewer anchors.")
+            raise JobTimeLimit(
+                f"this job ran past the time limit of {self.config.time_limit_s:g} s and was stopped; "
+                "nothing was kept. Try fewer frames, a smaller size cap or fewer anchors."
+            )
         return False
 
     def _limits(self):
@@ -325,8 +362,10 @@ class Studio:
         from codec.video import DEFAULT_LIMITS
 
         return dataclasses.replace(
-            DEFAULT_LIMITS, max_total_pixels=min(DEFAULT_LIMITS.max_total_pixels, self.config.max_pixels),
-            max_decode_s=min(DEFAULT_LIMITS.max_decode_s, self.config.time_limit_s))
+            DEFAULT_LIMITS,
+            max_total_pixels=min(DEFAULT_LIMITS.max_total_pixels, self.config.max_pixels),
+            max_decode_s=min(DEFAULT_LIMITS.max_decode_s, self.config.time_limit_s),
+        )
 
     def _load_clip(self, clip: ClipRequest):
         from codec.eval.compare import load_clip
@@ -334,8 +373,9 @@ class Studio:
         if not clip.path:
             raise UserError("Choose a clip first: upload one, or pick the example below the upload box.")
         path = Path(clip.path)
-        video = load_clip(path, start=int(clip.start), frames=int(clip.frames), max_side=int(clip.max_side),
-                          limits=self._limits())
+        video = load_clip(
+            path, start=int(clip.start), frames=int(clip.frames), max_side=int(clip.max_side), limits=self._limits()
+        )
         return video, _display_name(path.name)
 
     def _safe_files(self, paths: list[Path]) -> list[Path]:
@@ -379,29 +419,37 @@ class Studio:
             return f"{labels[slug]}: {row['bpp']:.4f} bpp, {row['per_frame']['bits'][t]} bits{extra}"
 
         tiles = [(caption(slug), frames[slug][t]) for slug in labels]
-        zoom_tiles = [(labels[slug], views.zoomed(frames[slug][t], request.cx, request.cy, request.zoom))
-                      for slug in labels]
-        zoom_tiles[0] = ("original (window in yellow)",
-                         views.mark_box(frames["original"][t], request.cx, request.cy, request.zoom))
-        zoom_tiles.insert(1, ("original, zoomed",
-                              views.zoomed(frames["original"][t], request.cx, request.cy, request.zoom)))
+        zoom_tiles = [
+            (labels[slug], views.zoomed(frames[slug][t], request.cx, request.cy, request.zoom)) for slug in labels
+        ]
+        zoom_tiles[0] = (
+            "original (window in yellow)",
+            views.mark_box(frames["original"][t], request.cx, request.cy, request.zoom),
+        )
+        zoom_tiles.insert(
+            1, ("original, zoomed", views.zoomed(frames["original"][t], request.cx, request.cy, request.zoom))
+        )
         types = next(iter(rows.values())).get("frame_types", "") if rows else ""
         ftype = types[t] if t < len(types) else "?"
         return FrameView(
             side_by_side=views.grid(tiles, columns=3),
             wipe=(frames[request.left][t], frames[request.right][t]),
             zoom=views.grid(zoom_tiles, columns=3),
-            heatmap=views.captioned(views.enlarged(views.error_heatmap(frames["original"][t], frames[request.heat][t])),
-                                    f"|{labels[request.heat]} - original|, 0 (black) .. 64+ (yellow)"),
+            heatmap=views.captioned(
+                views.enlarged(views.error_heatmap(frames["original"][t], frames[request.heat][t])),
+                f"|{labels[request.heat]} - original|, 0 (black) .. 64+ (yellow)",
+            ),
             caption=f"Frame {t} ({ftype}-frame). Wipe: **{_escape(labels[request.left])}** (left) | "
-                    f"**{_escape(labels[request.right])}** (right).")
+            f"**{_escape(labels[request.right])}** (right).",
+        )
 
     def api_compare(self, video: str, qp: int, tdir: bool, frames: int) -> list[dict[str, Any]]:
         """The `/compare` API: DiffVC at `qp` (TDIR on/off) against x265 at matched bitrate, on `frames` frames;
         returns the results rows (one per codec, rates from the bitstreams' bytes)."""
         state = SessionState()
-        request = CompareRequest(ClipRequest(video, 0, int(frames), DEFAULT_MAX_SIDE), qp=int(qp), tdir=bool(tdir),
-                                 tdir_contrast=False)
+        request = CompareRequest(
+            ClipRequest(video, 0, int(frames), DEFAULT_MAX_SIDE), qp=int(qp), tdir=bool(tdir), tdir_contrast=False
+        )
         view = self.compare(request, state, session=f"api-{threading.get_ident()}")
         comparison = _load_comparison(self.config.results_dir, view.key)
         cached = "from the cache" in view.status
@@ -418,13 +466,22 @@ class Studio:
         deadline = time.monotonic() + self.config.time_limit_s
         video, source = self._load_clip(request.clip)
         anchor_qps, neural_qps = _qps(request.anchor_qps, "anchor"), _qps(request.neural_qps, "DiffVC / condlc")
-        plans = [self._sweep_plan(name, request, anchor_qps, neural_qps)
-                 for name in sweep_codecs() if name in request.codecs]
+        plans = [
+            self._sweep_plan(name, request, anchor_qps, neural_qps) for name in sweep_codecs() if name in request.codecs
+        ]
         out = self._session_dir(session) / f"sweep-{len(list(self._session_dir(session).glob('sweep-*'))) + 1}"
         metrics = tuple(m for m in metric_names() if m in request.metrics) or metric_names()
-        rows, paths = run_sweep(video, plans, out, self.config.eval_cache, source=source,
-                                start=int(request.clip.start), metrics=metrics, device=_metric_device(),
-                                progress=lambda f, d: (self._past(deadline), progress and progress(f, desc=d)))
+        rows, paths = run_sweep(
+            video,
+            plans,
+            out,
+            self.config.eval_cache,
+            source=source,
+            start=int(request.clip.start),
+            metrics=metrics,
+            device=_metric_device(),
+            progress=lambda f, d: (self._past(deadline), progress and progress(f, desc=d)),
+        )
         state.sweep_dir = str(out)
         present = metrics_present(rows)
         table = bd_rate_table(rows, present)
@@ -433,15 +490,21 @@ class Studio:
 
         results = results_frame(rows)[columns].round(4)
         first = plans[0].name
-        status = (f"**Done**: {len(rows)} points on {_escape(source)} ({video.num_frames} frames of "
-                  f"{video.width}x{video.height}); BD-rate against {first} (negative = fewer bits for the same "
-                  f"quality) and bits relative to {first} at equal quality (read off {first}'s curve; 6.00 = 6x its "
-                  "bits), with why either is missing in the table's notes. Points computed before came from the "
-                  "cache.")
-        return SweepView(status=status, figure=rd_figure(rows, present[0]), bd_table=views.bd_rate_view(table),
-                         results=results,
-                         files=[str(p) for p in self._safe_files([paths["html"], paths["csv"], paths["bdrate"]])],
-                         metrics=present)
+        status = (
+            f"**Done**: {len(rows)} points on {_escape(source)} ({video.num_frames} frames of "
+            f"{video.width}x{video.height}); BD-rate against {first} (negative = fewer bits for the same "
+            f"quality) and bits relative to {first} at equal quality (read off {first}'s curve; 6.00 = 6x its "
+            "bits), with why either is missing in the table's notes. Points computed before came from the "
+            "cache."
+        )
+        return SweepView(
+            status=status,
+            figure=rd_figure(rows, present[0]),
+            bd_table=views.bd_rate_view(table),
+            results=results,
+            files=[str(p) for p in self._safe_files([paths["html"], paths["csv"], paths["bdrate"]])],
+            metrics=present,
+        )
 
     def sweep_figure(self, metric: str, state: SessionState):
         import json
@@ -468,22 +531,27 @@ class Studio:
             comparison = _load_comparison(self.config.results_dir, key)
             if comparison is None:
                 continue
-            candidates += [Candidate(key, comparison.clip["hash"], run.slug, run.label, run.row["bpp"],
-                                     run.row["frames"]) for run in comparison.runs]
+            candidates += [
+                Candidate(key, comparison.clip["hash"], run.slug, run.label, run.row["bpp"], run.row["frames"])
+                for run in comparison.runs
+            ]
         if not state.comparisons:
             raise UserError("Run a comparison first (Compare tab): the pairs come from this session's comparisons.")
         pair = draw_pair(candidates)
         if pair is None:
-            raise UserError("No two codecs of your comparisons are at matched bitrate (within 25 %). Run a "
-                            "comparison with *match bitrate* on, or with *TDIR flipped* for a TDIR on/off pair.")
+            raise UserError(
+                "No two codecs of your comparisons are at matched bitrate (within 25 %). Run a "
+                "comparison with *match bitrate* on, or with *TDIR flipped* for a TDIR on/off pair."
+            )
         frames = _load_frames(self.config.results_dir, pair.comparison)
         state.pair, state.pair_reference = pair, bool(show_reference)
         return PairView(
             status=f"Frame {pair.frame} of one of your clips. Which looks better, **A** or **B**? "
-                   "(Both cost about the same bits.)",
+            "(Both cost about the same bits.)",
             a=views.enlarged(frames[pair.slug_a][pair.frame], PAIR_WIDTH),
             b=views.enlarged(frames[pair.slug_b][pair.frame], PAIR_WIDTH),
-            reference=views.enlarged(frames["original"][pair.frame], PAIR_WIDTH) if show_reference else None)
+            reference=views.enlarged(frames["original"][pair.frame], PAIR_WIDTH) if show_reference else None,
+        )
 
     def vote(self, state: SessionState, choice: str, rater: str, comment: str, session: str) -> str:
         pair = state.pair
@@ -492,9 +560,11 @@ class Studio:
         vote_id = self.blind.record(pair, choice, rater, session, state.pair_reference, comment)
         state.pair = None
         picked = {"A": f"A ({pair.label_a})", "B": f"B ({pair.label_b})", "tie": "a tie"}[choice]
-        return (f"Vote {vote_id} counted: you chose {_escape(picked)}. **A was {_escape(pair.label_a)}** "
-                f"({pair.bpp_a:.4f} bpp), **B was {_escape(pair.label_b)}** ({pair.bpp_b:.4f} bpp). "
-                "Draw a new pair to go on.")
+        return (
+            f"Vote {vote_id} counted: you chose {_escape(picked)}. **A was {_escape(pair.label_a)}** "
+            f"({pair.bpp_a:.4f} bpp), **B was {_escape(pair.label_b)}** ({pair.bpp_b:.4f} bpp). "
+            "Draw a new pair to go on."
+        )
 
     def blind_results(self) -> pd.DataFrame:
         rows = [s.as_row() for s in self.blind.stats()]
@@ -507,6 +577,7 @@ class Studio:
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
+
 
 def _load_comparison(root: Path, key: str) -> Comparison | None:
     from codec.eval.compare import ComparisonStore
@@ -553,11 +624,35 @@ def _first_metric(runs) -> str:
 
 def _api_row(run) -> dict[str, Any]:
     row = run.row
-    keep = ("codec", "spec", "qp", "frames", "width", "height", "bytes", "bpp", *metric_names(), "enc_s", "dec_s",
-            "enc_fps", "dec_fps", "unet_evals", "frame_types", "timings", "params", "clip_hash", "sha256",
-            "recon_match")
-    return {"label": run.label, "role": run.role, **{k: row.get(k) for k in keep},
-            "matched": run.match, "per_frame": row.get("per_frame")}
+    keep = (
+        "codec",
+        "spec",
+        "qp",
+        "frames",
+        "width",
+        "height",
+        "bytes",
+        "bpp",
+        *metric_names(),
+        "enc_s",
+        "dec_s",
+        "enc_fps",
+        "dec_fps",
+        "unet_evals",
+        "frame_types",
+        "timings",
+        "params",
+        "clip_hash",
+        "sha256",
+        "recon_match",
+    )
+    return {
+        "label": run.label,
+        "role": run.role,
+        **{k: row.get(k) for k in keep},
+        "matched": run.match,
+        "per_frame": row.get("per_frame"),
+    }
 
 
 def _qps(text: str, what: str) -> tuple[int, ...]:

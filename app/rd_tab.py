@@ -15,40 +15,58 @@ from codec.metrics import metric_names
 
 def build_rd_tab(sweep: Callable, sweep_figure: Callable, clip: ClipInputs, state: gr.State, max_jobs: int) -> None:
     """sweep(SweepRequest, SessionState, session, progress) -> SweepView; sweep_figure(metric, SessionState)."""
-    gr.Markdown("A QP sweep per codec on the clip, start, frames and size cap chosen in the **Compare** tab. "
-                "Every point is cached by clip content and settings, so a rerun is instant. Against the first codec "
-                "chosen (x265 when ticked): **BD-rate** (%, negative means fewer bits for the same quality; missing "
-                "where the curves' quality ranges do not overlap) and **bits at equal quality** (x: each point's "
-                "bits over the first codec's at the same quality, read off its curve, geometric mean over the "
-                "points within its quality range; 6.00 means 6x its bits).")
+    gr.Markdown(
+        "A QP sweep per codec on the clip, start, frames and size cap chosen in the **Compare** tab. "
+        "Every point is cached by clip content and settings, so a rerun is instant. Against the first codec "
+        "chosen (x265 when ticked): **BD-rate** (%, negative means fewer bits for the same quality; missing "
+        "where the curves' quality ranges do not overlap) and **bits at equal quality** (x: each point's "
+        "bits over the first codec's at the same quality, read off its curve, geometric mean over the "
+        "points within its quality range; 6.00 means 6x its bits)."
+    )
     with gr.Row():
         codecs = gr.CheckboxGroup(list(sweep_codecs()), value=["x265", "diffvc"], label="codecs", elem_id="rd-codecs")
         anchor_qps = gr.Textbox(DEFAULT_ANCHOR_QPS, label="anchor QPs (x265, x264: 0-51; AV1: 1-63)")
         neural_qps = gr.Textbox(DEFAULT_NEURAL_QPS, label="DiffVC / condlc QPs (0-63)")
     with gr.Row():
         tdir = gr.Checkbox(True, label="DiffVC with TDIR")
-        metrics = gr.CheckboxGroup(metric_choices(), value=list(metric_names()),
-                                   label="metrics")
+        metrics = gr.CheckboxGroup(metric_choices(), value=list(metric_names()), label="metrics")
         run = gr.Button("Run sweep", variant="primary", elem_id="rd-run")
     status = gr.Markdown("", elem_id="rd-status")
     metric = gr.Dropdown(metric_choices(), value="psnr", label="RD curve of")
     plot = gr.Plot(elem_id="rd-plot")
-    bd = gr.Dataframe(label="BD-rate (%) and bits at equal quality (x) against the first codec", interactive=False,
-                      elem_id="bd-table")
+    bd = gr.Dataframe(
+        label="BD-rate (%) and bits at equal quality (x) against the first codec", interactive=False, elem_id="bd-table"
+    )
     results = gr.Dataframe(label="every point", interactive=False)
     files = gr.File(label="HTML report, results CSV, BD-rate CSV", file_count="multiple", interactive=False)
 
     def on_run(values: dict, request: gr.Request, progress=gr.Progress()):
         try:
-            view = sweep(SweepRequest(clip.request(values), tuple(values[codecs]), values[anchor_qps],
-                                      values[neural_qps], bool(values[tdir]), tuple(values[metrics])),
-                         values[state], request.session_hash, progress)
+            view = sweep(
+                SweepRequest(
+                    clip.request(values),
+                    tuple(values[codecs]),
+                    values[anchor_qps],
+                    values[neural_qps],
+                    bool(values[tdir]),
+                    tuple(values[metrics]),
+                ),
+                values[state],
+                request.session_hash,
+                progress,
+            )
         except Exception as e:
             return {status: error_message(e)}
         shown = view.metrics[0]
-        return {state: values[state], status: view.status, plot: view.figure, bd: view.bd_table,
-                results: view.results, files: view.files,
-                metric: gr.Dropdown(choices=metric_choices(view.metrics), value=shown)}
+        return {
+            state: values[state],
+            status: view.status,
+            plot: view.figure,
+            bd: view.bd_table,
+            results: view.results,
+            files: view.files,
+            metric: gr.Dropdown(choices=metric_choices(view.metrics), value=shown),
+        }
 
     def on_metric(values: dict):
         try:
@@ -56,7 +74,12 @@ def build_rd_tab(sweep: Callable, sweep_figure: Callable, clip: ClipInputs, stat
         except Exception as e:
             return {status: error_message(e)}
 
-    run.click(on_run, inputs={*clip.components, codecs, anchor_qps, neural_qps, tdir, metrics, state},
-              outputs=[state, status, plot, bd, results, files, metric], concurrency_limit=max_jobs,
-              concurrency_id=HEAVY, api_visibility="private")
+    run.click(
+        on_run,
+        inputs={*clip.components, codecs, anchor_qps, neural_qps, tdir, metrics, state},
+        outputs=[state, status, plot, bd, results, files, metric],
+        concurrency_limit=max_jobs,
+        concurrency_id=HEAVY,
+        api_visibility="private",
+    )
     metric.input(on_metric, inputs={metric, state}, outputs=[plot, status], api_visibility="private")

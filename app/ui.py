@@ -19,21 +19,31 @@ CSS = """
 def build_app(studio: Studio, max_jobs: int = 1) -> gr.Blocks:
     """The whole page over `studio`'s handlers; `max_jobs`: heavy jobs (comparisons, sweeps) running at once."""
     with gr.Blocks(title="DiffVC Studio") as demo:
-        gr.Markdown("# DiffVC Studio\nWhat a diffusion-based perceptual video codec does to your clip, next to "
-                    "x265 at the same bits: side by side, wiped, zoomed, per frame, timed, and judged blind.")
+        gr.Markdown(
+            "# DiffVC Studio\nWhat a diffusion-based perceptual video codec does to your clip, next to "
+            "x265 at the same bits: side by side, wiped, zoomed, per frame, timed, and judged blind."
+        )
         notice = gr.Markdown(elem_id="pack-status")
         state = gr.State(SessionState())
         with gr.Tab("Compare", id="compare"):
-            clip = build_compare_tab(studio.compare, studio.stop, studio.frame_view, studio.per_frame_figure, state,
-                                     studio.config.example_clip, max_jobs)
+            clip = build_compare_tab(
+                studio.compare,
+                studio.stop,
+                studio.frame_view,
+                studio.per_frame_figure,
+                state,
+                studio.config.example_clip,
+                max_jobs,
+            )
         with gr.Tab("Rate-distortion", id="rd"):
             build_rd_tab(studio.sweep, studio.sweep_figure, clip, state, max_jobs)
         with gr.Tab("Blind test", id="blind"):
             build_blind_tab(studio.new_pair, studio.vote, studio.blind_results, studio.export_votes, state)
         with gr.Tab("Codecs", id="codecs"):
             gr.Markdown("The codecs registered in this installation and whether each can run here.")
-            table = gr.Dataframe(headers=["codec", "status", "description"], interactive=False,
-                                 label="Registered codecs")
+            table = gr.Dataframe(
+                headers=["codec", "status", "description"], interactive=False, label="Registered codecs"
+            )
             refresh = gr.Button("Refresh", size="sm")
             refresh.click(studio.codec_rows, outputs=table, api_name="codec_rows")
         demo.load(lambda: studio.pack_status()[1], outputs=notice, api_visibility="private")
@@ -64,5 +74,11 @@ def _compare_api(studio: Studio, max_jobs: int) -> None:
 
             raise gr.Error(error_message(e).replace("**", "")) from None
 
-    trigger.click(compare, inputs=[video, qp, tdir, frames], outputs=rows, api_name="compare",
-                  concurrency_limit=max_jobs, concurrency_id=HEAVY)
+    trigger.click(
+        compare,
+        inputs=[video, qp, tdir, frames],
+        outputs=rows,
+        api_name="compare",
+        concurrency_limit=max_jobs,
+        concurrency_id=HEAVY,
+    )

@@ -23,6 +23,7 @@ MIN_TILE_WIDTH = 240  # smaller frames are shown enlarged by a whole factor, so 
 
 # --- images -----------------------------------------------------------------------------------------------------
 
+
 def enlarged(frame: np.ndarray, min_width: int = MIN_TILE_WIDTH) -> np.ndarray:
     """`frame` repeated by the smallest whole factor (nearest neighbour) that makes it at least `min_width` wide."""
     factor = max(1, math.ceil(min_width / frame.shape[1]))
@@ -51,7 +52,7 @@ def grid(tiles: Sequence[tuple[str, np.ndarray]], columns: int = 3, gap: int = 4
     out = np.full((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, 3), 255, np.uint8)
     for i, image in enumerate(images):
         r, c = divmod(i, cols)
-        out[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = image
+        out[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = image
     return out
 
 
@@ -69,7 +70,7 @@ def zoomed(frame: np.ndarray, cx: float, cy: float, zoom: float) -> np.ndarray:
     """The window `crop_box` picks, enlarged back to the frame's size with nearest-neighbour (pixels stay visible)."""
     h, w = frame.shape[:2]
     top, left, ch, cw = crop_box(h, w, cx, cy, zoom)
-    window = frame[top: top + ch, left: left + cw]
+    window = frame[top : top + ch, left : left + cw]
     rows = np.minimum(np.arange(h) * ch // h, ch - 1)
     cols = np.minimum(np.arange(w) * cw // w, cw - 1)
     return np.ascontiguousarray(window[rows][:, cols])
@@ -81,8 +82,8 @@ def mark_box(frame: np.ndarray, cx: float, cy: float, zoom: float) -> np.ndarray
     top, left, ch, cw = crop_box(h, w, cx, cy, zoom)
     out = frame.copy()
     colour = np.array([255, 220, 0], np.uint8)
-    out[top, left: left + cw] = out[top + ch - 1, left: left + cw] = colour
-    out[top: top + ch, left] = out[top: top + ch, left + cw - 1] = colour
+    out[top, left : left + cw] = out[top + ch - 1, left : left + cw] = colour
+    out[top : top + ch, left] = out[top : top + ch, left + cw - 1] = colour
     return out
 
 
@@ -96,6 +97,7 @@ def error_heatmap(reference: np.ndarray, distorted: np.ndarray, full_scale: floa
 
 
 # --- tables -------------------------------------------------------------------------------------------------
+
 
 def _num(value: Any, digits: int) -> Any:
     return round(float(value), digits) if isinstance(value, (int, float)) and math.isfinite(value) else None
@@ -112,16 +114,29 @@ def metrics_table(runs: Sequence[Any], fps: str) -> pd.DataFrame:
     for run in runs:
         row = run.row
         match = run.match
-        how = "DiffVC's QP" if run.role != "anchor" else (
-            "QP slider" if match is None else
-            f"matched ({len(match['tried'])} tries){'' if match['reached'] else ': target out of reach'}")
-        records.append({
-            "codec": run.label, "QP": row["qp"], "QP from": how, "bytes": row["bytes"], "bpp": _num(row["bpp"], 4),
-            "kbps": _num(kbps(row, _fps_of(row, fps)), 1),
-            **{get_metric(m).label: _num(row.get(m), 4) for m in metric_names()},
-            "enc fps": _num(row.get("enc_fps"), 2), "dec fps": _num(row.get("dec_fps"), 2),
-            "U-Net evals": "" if row.get("unet_evals") is None else str(row["unet_evals"]),
-        })
+        how = (
+            "DiffVC's QP"
+            if run.role != "anchor"
+            else (
+                "QP slider"
+                if match is None
+                else f"matched ({len(match['tried'])} tries){'' if match['reached'] else ': target out of reach'}"
+            )
+        )
+        records.append(
+            {
+                "codec": run.label,
+                "QP": row["qp"],
+                "QP from": how,
+                "bytes": row["bytes"],
+                "bpp": _num(row["bpp"], 4),
+                "kbps": _num(kbps(row, _fps_of(row, fps)), 1),
+                **{get_metric(m).label: _num(row.get(m), 4) for m in metric_names()},
+                "enc fps": _num(row.get("enc_fps"), 2),
+                "dec fps": _num(row.get("dec_fps"), 2),
+                "U-Net evals": "" if row.get("unet_evals") is None else str(row["unet_evals"]),
+            }
+        )
     return pd.DataFrame(records)
 
 
@@ -137,10 +152,15 @@ def bd_rate_view(table: pd.DataFrame) -> pd.DataFrame:
     records = []
     for _, r in table.iterrows():
         notes = [f"BD-rate: {r['note']}" if r["note"] else "", f"bits: {r['bits_vs_anchor_note']}"]
-        records.append({"test": r["test"], "metric": get_metric(r["metric"]).axis_label,
-                        "BD-rate (%)": _num(r["bd_rate_pct"], 2),
-                        f"bits vs {r['anchor']} at equal quality (x)": _num(r["bits_vs_anchor"], 2),
-                        "note": "; ".join(n for n in notes if n)})
+        records.append(
+            {
+                "test": r["test"],
+                "metric": get_metric(r["metric"]).axis_label,
+                "BD-rate (%)": _num(r["bd_rate_pct"], 2),
+                f"bits vs {r['anchor']} at equal quality (x)": _num(r["bits_vs_anchor"], 2),
+                "note": "; ".join(n for n in notes if n),
+            }
+        )
     return pd.DataFrame(records)
 
 
@@ -150,11 +170,18 @@ def timing_table(runs: Sequence[Any]) -> pd.DataFrame:
     for run in runs:
         row = run.row
         stages = {k: v for k, v in row.get("timings", {}).items() if k not in ("encode", "decode")}
-        records.append({"codec": run.label, "frames": row["frames"], "encode s": _num(row["enc_s"], 3),
-                        "decode s": _num(row["dec_s"], 3), "enc fps": _num(row.get("enc_fps"), 2),
-                        "dec fps": _num(row.get("dec_fps"), 2),
-                        **{f"{k} s": _num(v, 3) for k, v in stages.items()},
-                        "U-Net evals": "" if row.get("unet_evals") is None else str(row["unet_evals"])})
+        records.append(
+            {
+                "codec": run.label,
+                "frames": row["frames"],
+                "encode s": _num(row["enc_s"], 3),
+                "decode s": _num(row["dec_s"], 3),
+                "enc fps": _num(row.get("enc_fps"), 2),
+                "dec fps": _num(row.get("dec_fps"), 2),
+                **{f"{k} s": _num(v, 3) for k, v in stages.items()},
+                "U-Net evals": "" if row.get("unet_evals") is None else str(row["unet_evals"]),
+            }
+        )
     return pd.DataFrame(records)
 
 
@@ -177,14 +204,20 @@ def tdir_summary(runs: Sequence[Any]) -> str:
 
 # --- figures ------------------------------------------------------------------------------------------------
 
+
 def per_frame_figure(runs: Sequence[Any], metric: str):
     """Two panels over the frame index: `metric` per frame and bits per frame, one colour per codec; intra frames
     are drawn as diamonds on the metric curve and as outlined bars."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=(get_metric(metric).axis_label, "bits per frame"))
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=(get_metric(metric).axis_label, "bits per frame"),
+    )
     for i, run in enumerate(runs):
         colour = PALETTE[i % len(PALETTE)]
         per_frame = run.row["per_frame"]
@@ -194,21 +227,46 @@ def per_frame_figure(runs: Sequence[Any], metric: str):
         symbols = ["diamond" if t == "I" else "circle" for t in types] or None
         sizes = [10 if t == "I" else 5 for t in types] or None
         if values is not None:
-            fig.add_trace(go.Scatter(x=x, y=values, mode="lines+markers", name=run.label, legendgroup=run.label,
-                                     line=dict(color=colour), marker=dict(symbol=symbols, size=sizes),
-                                     customdata=list(types) or None,
-                                     hovertemplate="frame %{x} (%{customdata})<br>%{y:.4f}<extra>%{fullData.name}"
-                                                   "</extra>"), row=1, col=1)
-        fig.add_trace(go.Bar(x=x, y=per_frame["bits"], name=run.label, legendgroup=run.label, showlegend=False,
-                             marker=dict(color=colour, line=dict(color=["black" if t == "I" else colour
-                                                                          for t in types] or colour, width=2)),
-                             customdata=list(types) or None,
-                             hovertemplate="frame %{x} (%{customdata})<br>%{y} bits<extra>%{fullData.name}</extra>"),
-                      row=2, col=1)
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=values,
+                    mode="lines+markers",
+                    name=run.label,
+                    legendgroup=run.label,
+                    line=dict(color=colour),
+                    marker=dict(symbol=symbols, size=sizes),
+                    customdata=list(types) or None,
+                    hovertemplate="frame %{x} (%{customdata})<br>%{y:.4f}<extra>%{fullData.name}</extra>",
+                ),
+                row=1,
+                col=1,
+            )
+        fig.add_trace(
+            go.Bar(
+                x=x,
+                y=per_frame["bits"],
+                name=run.label,
+                legendgroup=run.label,
+                showlegend=False,
+                marker=dict(
+                    color=colour, line=dict(color=["black" if t == "I" else colour for t in types] or colour, width=2)
+                ),
+                customdata=list(types) or None,
+                hovertemplate="frame %{x} (%{customdata})<br>%{y} bits<extra>%{fullData.name}</extra>",
+            ),
+            row=2,
+            col=1,
+        )
     fig.update_yaxes(type="log", row=2, col=1)
     fig.update_xaxes(title_text="frame (diamond / outlined bar: I-frame)", row=2, col=1)
-    fig.update_layout(template="plotly_white", height=520, barmode="group", margin=dict(l=60, r=20, t=40, b=50),
-                      legend=dict(orientation="h", y=-0.18))
+    fig.update_layout(
+        template="plotly_white",
+        height=520,
+        barmode="group",
+        margin=dict(l=60, r=20, t=40, b=50),
+        legend=dict(orientation="h", y=-0.18),
+    )
     return fig
 
 
@@ -217,10 +275,19 @@ def timing_figure(runs: Sequence[Any]):
     import plotly.graph_objects as go
 
     labels = [r.label for r in runs]
-    fig = go.Figure([go.Bar(x=labels, y=[r.row["enc_s"] for r in runs], name="encode"),
-                     go.Bar(x=labels, y=[r.row["dec_s"] for r in runs], name="decode")])
-    fig.update_layout(template="plotly_white", height=340, barmode="group", title="seconds for the clip",
-                      margin=dict(l=50, r=20, t=40, b=40))
+    fig = go.Figure(
+        [
+            go.Bar(x=labels, y=[r.row["enc_s"] for r in runs], name="encode"),
+            go.Bar(x=labels, y=[r.row["dec_s"] for r in runs], name="decode"),
+        ]
+    )
+    fig.update_layout(
+        template="plotly_white",
+        height=340,
+        barmode="group",
+        title="seconds for the clip",
+        margin=dict(l=50, r=20, t=40, b=40),
+    )
     return fig
 
 
@@ -229,9 +296,17 @@ def stage_figure(runs: Sequence[Any]):
     import plotly.graph_objects as go
 
     neural = [r for r in runs if r.row.get("timings", {}).get("diffusion") is not None]
-    fig = go.Figure([go.Bar(x=[r.label for r in neural], y=[r.row["timings"].get(stage, 0.0) for r in neural],
-                            name=stage) for stage in ("motion", "latent", "entropy", "diffusion", "vae")])
-    fig.update_layout(template="plotly_white", height=340, barmode="stack",
-                      title="DiffVC encoder stages (s; the encoder runs the decoder in its loop)",
-                      margin=dict(l=50, r=20, t=40, b=40))
+    fig = go.Figure(
+        [
+            go.Bar(x=[r.label for r in neural], y=[r.row["timings"].get(stage, 0.0) for r in neural], name=stage)
+            for stage in ("motion", "latent", "entropy", "diffusion", "vae")
+        ]
+    )
+    fig.update_layout(
+        template="plotly_white",
+        height=340,
+        barmode="stack",
+        title="DiffVC encoder stages (s; the encoder runs the decoder in its loop)",
+        margin=dict(l=50, r=20, t=40, b=40),
+    )
     return fig

@@ -41,15 +41,29 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="rate-distortion sweep of codecs over QPs on one clip")
     ev.add_argument("input", type=Path)
-    ev.add_argument("--codecs", nargs="+", required=True, metavar="SPEC",
-                    help="codec specs, e.g. x265 x265:preset=veryslow av1; BD-rate and bits at equal quality "
-                         "are against the first")
+    ev.add_argument(
+        "--codecs",
+        nargs="+",
+        required=True,
+        metavar="SPEC",
+        help="codec specs, e.g. x265 x265:preset=veryslow av1; BD-rate and bits at equal quality are against the first",
+    )
     ev.add_argument("--qps", nargs="+", type=int, required=True, metavar="Q")
-    ev.add_argument("--qps-for", action="append", default=[], metavar="SPEC=Q,Q,...",
-                    help="QPs of one of the --codecs specs (codecs' QP scales differ: x265 0..51, DiffVC 0..63)")
+    ev.add_argument(
+        "--qps-for",
+        action="append",
+        default=[],
+        metavar="SPEC=Q,Q,...",
+        help="QPs of one of the --codecs specs (codecs' QP scales differ: x265 0..51, DiffVC 0..63)",
+    )
     _add_clip_args(ev)
-    ev.add_argument("--metrics", nargs="+", metavar="M", help="metrics to compute, by name (default: every metric "
-                    "of codec.metrics.METRIC_TABLE; a wrong name lists them)")
+    ev.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="M",
+        help="metrics to compute, by name (default: every metric "
+        "of codec.metrics.METRIC_TABLE; a wrong name lists them)",
+    )
     ev.add_argument("--out", type=Path, help="output folder (default out/eval-<clip>)")
     ev.add_argument("--cache", type=Path, help="result cache folder (default under ~/.cache/diffvc-studio)")
     ev.add_argument("--force", action="store_true", help="recompute cached results")
@@ -90,8 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     fz.add_argument("--seed", type=int, default=0)
     fz.add_argument("--codecs", nargs="+", metavar="NAME", help="subset of x265 x264 av1 diffvc condlc")
     fz.add_argument("--workers", type=int, default=2, help="decoding processes")
-    fz.add_argument("--timeout", type=float, default=20.0,
-                    help="seconds per decode, plus --eval-time per U-Net evaluation a DVC1 stream declares")
+    fz.add_argument(
+        "--timeout",
+        type=float,
+        default=20.0,
+        help="seconds per decode, plus --eval-time per U-Net evaluation a DVC1 stream declares",
+    )
     fz.add_argument("--eval-time", type=float, default=0.25)
     fz.add_argument("--memory-mb", type=int, default=1024, help="bound on a decode's memory growth")
     fz.add_argument("--corpus", choices=["full", "quick"], default="full")
@@ -129,13 +147,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _check_metric_sizes(args.metrics or metric_names(), video)
     qps_by_spec = _qps_by_spec(args.qps_for, args.codecs)
     request = EvalRequest(
-        video=video, specs=args.codecs, qps=sorted(set(args.qps)), qps_by_spec=qps_by_spec,
-        source=args.input.name, start=args.start,
-        metrics=tuple(args.metrics or metric_names()), device=args.device,
-        cache_dir=args.cache or cache_root() / "eval-cache", force=args.force,
+        video=video,
+        specs=args.codecs,
+        qps=sorted(set(args.qps)),
+        qps_by_spec=qps_by_spec,
+        source=args.input.name,
+        start=args.start,
+        metrics=tuple(args.metrics or metric_names()),
+        device=args.device,
+        cache_dir=args.cache or cache_root() / "eval-cache",
+        force=args.force,
     )
     total = sum(len(qps_by_spec.get(spec, request.qps)) for spec in args.codecs)
     with tqdm(total=total, file=sys.stderr, unit="job") as bar:
+
         def progress(done: int, total: int, label: str) -> None:
             bar.set_postfix_str(label)
             bar.update(1)
@@ -153,8 +178,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"\nBD-rate (%) against {args.codecs[0]}:")
         pivot = table.pivot(index="test", columns="metric", values="bd_rate_pct")
         print(pivot.to_string(float_format=lambda v: f"{v:+.2f}", na_rep="n/a"))
-        print(f"\nBits relative to {args.codecs[0]} at equal quality (x; geometric mean over the test points "
-              "within its quality range, read off its curve):")
+        print(
+            f"\nBits relative to {args.codecs[0]} at equal quality (x; geometric mean over the test points "
+            "within its quality range, read off its curve):"
+        )
         pivot = table.pivot(index="test", columns="metric", values="bits_vs_anchor")
         print(pivot.to_string(float_format=lambda v: f"{v:.2f}", na_rep="n/a"))
         for _, r in table.iterrows():
@@ -198,8 +225,10 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     args.output.write_bytes(encoded.bitstream)
     if args.recon:
         write_video(encoded.reconstruction, args.recon)
-    print(f"{args.output}: {encoded.num_bytes} bytes, {video.num_frames} frames {video.width}x{video.height}, "
-          f"{encoded.bpp(video):.4f} bpp ({codec.name}, QP {args.qp})")
+    print(
+        f"{args.output}: {encoded.num_bytes} bytes, {video.num_frames} frames {video.width}x{video.height}, "
+        f"{encoded.bpp(video):.4f} bpp ({codec.name}, QP {args.qp})"
+    )
     return 0
 
 
@@ -227,8 +256,13 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     size = parse_size(args.size)
     extra = f":steps={args.steps}" if args.steps else ""
     rows = measure_speed(pack, size, args.frames, args.device, extra=extra)
-    print(format_rows(rows, f"DiffVC {args.preset} ({pack or 'default pack'}), {size[0]}x{size[1]}, "
-                            f"{args.frames} frames, {device_description(args.device)}"))
+    print(
+        format_rows(
+            rows,
+            f"DiffVC {args.preset} ({pack or 'default pack'}), {size[0]}x{size[1]}, "
+            f"{args.frames} frames, {device_description(args.device)}",
+        )
+    )
     return 0
 
 
@@ -238,10 +272,16 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
 
     try:
         config = FuzzConfig(
-            mutations=args.mutations, seed=args.seed, codecs=tuple(args.codecs or fuzzed_codecs()),
+            mutations=args.mutations,
+            seed=args.seed,
+            codecs=tuple(args.codecs or fuzzed_codecs()),
             workers=args.workers,
-            timeout_s=args.timeout, eval_s=args.eval_time, memory_mb=args.memory_mb, pack=args.pack,
-            corpus=args.corpus, max_steps=args.max_steps,
+            timeout_s=args.timeout,
+            eval_s=args.eval_time,
+            memory_mb=args.memory_mb,
+            pack=args.pack,
+            corpus=args.corpus,
+            max_steps=args.max_steps,
         )
     except ValueError as e:
         raise CodecError(f"fuzz: {e}") from None
@@ -276,13 +316,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"  {name:14s} {sha[:16]}  {folder}")
     weights = metric_weight_files()
     problem = weights.verify()
-    print(f"metric weights: {'OK' if problem is None else problem} ({weights.root}); LPIPS/DISTS use: "
-          f"{metric_weights_source()}")
+    print(
+        f"metric weights: {'OK' if problem is None else problem} ({weights.root}); LPIPS/DISTS use: "
+        f"{metric_weights_source()}"
+    )
     cuda = torch.cuda.is_available()
-    print(f"device: {'cuda: ' + torch.cuda.get_device_name(0) if cuda else 'cpu only'} "
-          f"(torch {torch.__version__}, {torch.get_num_threads()} threads)")
-    print(f"versions: python {platform.python_version()}, PyAV {av.__version__}, "
-          f"libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}")
+    print(
+        f"device: {'cuda: ' + torch.cuda.get_device_name(0) if cuda else 'cpu only'} "
+        f"(torch {torch.__version__}, {torch.get_num_threads()} threads)"
+    )
+    print(
+        f"versions: python {platform.python_version()}, PyAV {av.__version__}, "
+        f"libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}"
+    )
     return 0
 
 

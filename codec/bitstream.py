@@ -399,8 +399,10 @@ def _read_magic_version_codec(cur: _Cursor) -> str:
     cur.take(len(MAGIC), "magic")
     version = cur.u8("format version")
     if version in RETIRED_VERSIONS:
-        raise BitstreamError(f"format version {version} is no longer decoded (this build reads {FORMAT_VERSION}): "
-                             f"{RETIRED_VERSIONS[version]}")
+        raise BitstreamError(
+            f"format version {version} is no longer decoded (this build reads {FORMAT_VERSION}): "
+            f"{RETIRED_VERSIONS[version]}"
+        )
     if version != FORMAT_VERSION:
         raise BitstreamError(f"unsupported format version {version} (this build reads {FORMAT_VERSION})")
     codec_id = cur.u8("codec id")

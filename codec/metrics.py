@@ -40,8 +40,7 @@ def compute_metrics(
         raise CodecError(f"unknown metric(s) {unknown}; known: {', '.join(METRIC_TABLE)}")
     if reference.frames.shape != distorted.frames.shape:
         raise CodecError(f"cannot compare {reference.frames.shape} with {distorted.frames.shape}")
-    out = {n: METRIC_TABLE[n].fn(reference.frames, distorted.frames) for n in names
-           if METRIC_TABLE[n].cost == "cheap"}
+    out = {n: METRIC_TABLE[n].fn(reference.frames, distorted.frames) for n in names if METRIC_TABLE[n].cost == "cheap"}
     deep = [n for n in names if METRIC_TABLE[n].cost == "deep"]
     if deep:
         out.update(_batched_torch_metrics(reference.frames, distorted.frames, deep, device))
@@ -86,8 +85,9 @@ def _ms_ssim(x: torch.Tensor, y: torch.Tensor, device: str) -> torch.Tensor:
     while scales < len(MS_SSIM_WEIGHTS) and (kernel - 1) * 2**scales + 1 <= min_side:
         scales += 1
     weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], device=x.device)
-    return piq.multi_scale_ssim(x, y, data_range=1.0, reduction="none", kernel_size=kernel,
-                                scale_weights=weights / weights.sum())
+    return piq.multi_scale_ssim(
+        x, y, data_range=1.0, reduction="none", kernel_size=kernel, scale_weights=weights / weights.sum()
+    )
 
 
 def _lpips(x: torch.Tensor, y: torch.Tensor, device: str) -> torch.Tensor:
@@ -151,14 +151,18 @@ class Metric:
         return 1.0 if self.higher_is_better else -1.0
 
 
-METRIC_TABLE: dict[str, Metric] = {m.name: m for m in (
-    Metric("psnr", "PSNR-RGB", True, _psnr_rgb, unit="dB"),
-    Metric("psnr_y", "PSNR-Y", True, _psnr_y, unit="dB", definition="BT.601 luma 0.299R+0.587G+0.114B"),
-    Metric("ms_ssim", "MS-SSIM", True, _ms_ssim, min_side=8, cost="deep"),  # measured: piq fails at 2 px a side
-    Metric("lpips", "LPIPS", False, _lpips, definition="VGG16, v0.1 heads", min_side=32, cost="deep",
-           perceptual=True),  # measured: piq's LPIPS fails below 32 px a side
-    Metric("dists", "DISTS", False, _dists, cost="deep", perceptual=True),
-)}  # the order views show them in: signal fidelity first, perceptual distances last
+METRIC_TABLE: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("psnr", "PSNR-RGB", True, _psnr_rgb, unit="dB"),
+        Metric("psnr_y", "PSNR-Y", True, _psnr_y, unit="dB", definition="BT.601 luma 0.299R+0.587G+0.114B"),
+        Metric("ms_ssim", "MS-SSIM", True, _ms_ssim, min_side=8, cost="deep"),  # measured: piq fails at 2 px a side
+        Metric(
+            "lpips", "LPIPS", False, _lpips, definition="VGG16, v0.1 heads", min_side=32, cost="deep", perceptual=True
+        ),  # measured: piq's LPIPS fails below 32 px a side
+        Metric("dists", "DISTS", False, _dists, cost="deep", perceptual=True),
+    )
+}  # the order views show them in: signal fidelity first, perceptual distances last
 
 
 def metric_names() -> tuple[str, ...]:
@@ -183,12 +187,16 @@ def metrics_for_size(names: Iterable[str], width: int, height: int) -> tuple[tup
     side = min(width, height)
     names = list(names)
     kept = tuple(n for n in names if side >= get_metric(n).min_side)
-    notes = [f"{n} left out: it needs frames of at least {get_metric(n).min_side} pixels a side, these are "
-             f"{width}x{height}" for n in names if n not in kept]
+    notes = [
+        f"{n} left out: it needs frames of at least {get_metric(n).min_side} pixels a side, these are {width}x{height}"
+        for n in names
+        if n not in kept
+    ]
     return kept, notes
 
 
 # --- LPIPS and DISTS from offline weights ---------------------------------------------------------------
+
 
 def vgg16_features(state: dict[str, torch.Tensor]) -> torch.nn.Sequential:
     """torchvision's `vgg16().features` with the given state dict (keys `features.N.weight|bias`)."""
@@ -202,9 +210,13 @@ class OfflineLPIPS(piq.LPIPS):
 
     def __init__(self, vgg_state: dict[str, torch.Tensor], heads: dict[str, torch.Tensor]) -> None:
         ContentLoss.__init__(
-            self, vgg16_features(vgg_state), layers=[VGG16_LAYERS[n] for n in _PERCEPTUAL_LAYERS],
+            self,
+            vgg16_features(vgg_state),
+            layers=[VGG16_LAYERS[n] for n in _PERCEPTUAL_LAYERS],
             weights=[heads[f"lin{i}"] for i in range(len(_PERCEPTUAL_LAYERS))],
-            distance="mse", reduction="none", normalize_features=True,
+            distance="mse",
+            reduction="none",
+            normalize_features=True,
         )
 
 
@@ -216,9 +228,14 @@ class OfflineDISTS(piq.DISTS):
         weights = list(torch.split(alpha_beta["alpha"], channels, dim=1))
         weights.extend(torch.split(alpha_beta["beta"], channels, dim=1))
         ContentLoss.__init__(
-            self, vgg16_features(vgg_state), layers=[VGG16_LAYERS[n] for n in _PERCEPTUAL_LAYERS],
-            weights=weights, replace_pooling=True, reduction="none",
-            normalize_features=False, allow_layers_weights_mismatch=True,
+            self,
+            vgg16_features(vgg_state),
+            layers=[VGG16_LAYERS[n] for n in _PERCEPTUAL_LAYERS],
+            weights=weights,
+            replace_pooling=True,
+            reduction="none",
+            normalize_features=False,
+            allow_layers_weights_mismatch=True,
         )
 
 

@@ -126,8 +126,9 @@ def register_codec(name: str, description: str) -> Callable[[type], type]:
             raise TypeError(f"{cls.__name__} needs a nested dataclass `Options`")
         missing = [a for a in DECLARED if not hasattr(cls, a)]
         if missing or cls.kind not in KINDS:
-            raise TypeError(f"{cls.__name__} must declare {', '.join(DECLARED)} (kind one of {KINDS}); "
-                            f"missing {missing or 'none'}")
+            raise TypeError(
+                f"{cls.__name__} must declare {', '.join(DECLARED)} (kind one of {KINDS}); missing {missing or 'none'}"
+            )
         cls.name = name
         _REGISTRY[name] = CodecEntry(name, cls, description)
         return cls

@@ -28,16 +28,20 @@ class SpeedRow:
     unet_evals: int
 
     def per_frame(self) -> dict[str, float]:
-        return {"encode": self.encode_s / self.frames, "decode": self.decode_s / self.frames,
-                **{s: self.stages.get(s, 0.0) / self.frames for s in STAGES}}
+        return {
+            "encode": self.encode_s / self.frames,
+            "decode": self.decode_s / self.frames,
+            **{s: self.stages.get(s, 0.0) / self.frames for s in STAGES},
+        }
 
     @property
     def unet_evals_per_s(self) -> float:
         return self.unet_evals / self.stages["diffusion"] if self.stages.get("diffusion") else 0.0
 
 
-def measure_speed(pack: str, size: tuple[int, int], frames: int, device: str, qp: int = 32,
-                  extra: str = "") -> list[SpeedRow]:
+def measure_speed(
+    pack: str, size: tuple[int, int], frames: int, device: str, qp: int = 32, extra: str = ""
+) -> list[SpeedRow]:
     """Time TDIR on (ratio from the pack) and off on one synthetic clip; warm-up run first for each."""
     video = synthetic_clip(frames=frames, height=size[1], width=size[0], seed=1)
     warm = synthetic_clip(frames=3, height=size[1], width=size[0], seed=2)
@@ -49,8 +53,16 @@ def measure_speed(pack: str, size: tuple[int, int], frames: int, device: str, qp
         start = time.perf_counter()
         codec.decode(encoded.bitstream)
         decode_s = time.perf_counter() - start
-        rows.append(SpeedRow(label, frames, encoded.timings["encode"], decode_s,
-                             {s: encoded.timings[s] for s in STAGES}, encoded.stats["unet_evals"]))
+        rows.append(
+            SpeedRow(
+                label,
+                frames,
+                encoded.timings["encode"],
+                decode_s,
+                {s: encoded.timings[s] for s in STAGES},
+                encoded.stats["unet_evals"],
+            )
+        )
     return rows
 
 
@@ -59,8 +71,11 @@ def format_rows(rows: list[SpeedRow], header: str) -> str:
     lines = [header, f"{'':10s}" + "".join(f"{c:>11s}" for c in cols) + f"{'U-Net evals':>13s}{'evals/s':>9s}"]
     for row in rows:
         per = row.per_frame()
-        lines.append(f"{row.label:10s}" + "".join(f"{per[c]:11.4f}" for c in cols)
-                     + f"{row.unet_evals:13d}{row.unet_evals_per_s:9.1f}")
+        lines.append(
+            f"{row.label:10s}"
+            + "".join(f"{per[c]:11.4f}" for c in cols)
+            + f"{row.unet_evals:13d}{row.unet_evals_per_s:9.1f}"
+        )
     lines.append("(seconds per frame; stages from the encoder, which runs the decoder in its loop)")
     return "\n".join(lines)
 

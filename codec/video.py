@@ -47,9 +47,14 @@ class VideoLimits:
     max_total_pixels: int = 300_000_000  # frames x width x height: 96 frames of 1080p; about 0.9 GB of RGB
     max_decode_s: float = 300.0
 
-    ENV = {"max_width": "DIFFVC_MAX_WIDTH", "max_height": "DIFFVC_MAX_HEIGHT",
-           "max_source_side": "DIFFVC_MAX_SOURCE_SIDE", "max_frames": "DIFFVC_MAX_FRAMES",
-           "max_total_pixels": "DIFFVC_MAX_PIXELS", "max_decode_s": "DIFFVC_MAX_DECODE_S"}
+    ENV = {
+        "max_width": "DIFFVC_MAX_WIDTH",
+        "max_height": "DIFFVC_MAX_HEIGHT",
+        "max_source_side": "DIFFVC_MAX_SOURCE_SIDE",
+        "max_frames": "DIFFVC_MAX_FRAMES",
+        "max_total_pixels": "DIFFVC_MAX_PIXELS",
+        "max_decode_s": "DIFFVC_MAX_DECODE_S",
+    }
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> VideoLimits:
@@ -80,8 +85,10 @@ class VideoLimits:
     def check_declared(self, width: int, height: int) -> None:
         """The frame size a file declares, before its decoder allocates a frame of it."""
         if max(width, height) > self.max_source_side:
-            raise VideoError(f"the file declares frames of {width}x{height}: larger than the limit of "
-                             f"{self.max_source_side} pixels a side that this reader decodes")
+            raise VideoError(
+                f"the file declares frames of {width}x{height}: larger than the limit of "
+                f"{self.max_source_side} pixels a side that this reader decodes"
+            )
 
     def check_count(self, frames: int, width: int, height: int) -> None:
         if frames > self.max_frames:
@@ -154,6 +161,7 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 # --- colour conversion: the one place -------------------------------------------------------------------
 
+
 def rgb_to_av_frame(rgb: np.ndarray, pix_fmt: str = "rgb24") -> av.VideoFrame:
     """uint8 RGB [H, W, 3] -> PyAV frame in `pix_fmt` (BT.601 matrix, limited range for YUV, as swscale does)."""
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
@@ -182,6 +190,7 @@ def tensor_to_frames(x) -> np.ndarray:
 
 
 # --- reading ---------------------------------------------------------------------------------------------
+
 
 def read_video(
     path: str | Path,
@@ -238,8 +247,10 @@ def _decode_frames(container, stream, path, start, frames, size, limits) -> list
     try:
         for frame in container.decode(stream):
             if time.monotonic() - began > limits.max_decode_s:
-                raise VideoError(f"{name}: decoding took longer than the limit of {limits.max_decode_s:g} s "
-                                 f"(at frame {index}); choose an earlier start, fewer frames or a smaller file")
+                raise VideoError(
+                    f"{name}: decoding took longer than the limit of {limits.max_decode_s:g} s "
+                    f"(at frame {index}); choose an earlier start, fewer frames or a smaller file"
+                )
             limits.check_declared(frame.width, frame.height)  # a stream may change size after its header
             if index >= start:
                 if size is None:
@@ -274,6 +285,7 @@ def _reason(e: Exception, path: Path | None = None) -> str:
 
 # --- writing ---------------------------------------------------------------------------------------------
 
+
 def write_video(video: Video, path: str | Path, crf: int = 12) -> Path:
     """Write `video` as H.264 mp4 (yuv420p, browser-playable) or y4m (yuv444p), chosen by the suffix.
 
@@ -284,9 +296,15 @@ def write_video(video: Video, path: str | Path, crf: int = 12) -> Path:
     if suffix not in WRITE_FORMATS:
         raise VideoError(f"{path.name}: can only write {', '.join(WRITE_FORMATS)}")
     if suffix == ".mp4":
-        _write(video.frames if video.height % 2 == 0 and video.width % 2 == 0 else pad_to_multiple(video.frames, 2)[0],
-               video.fps, path, "mp4", "libx264", "yuv420p",
-               {"crf": str(crf), "preset": "medium", "movflags": "+faststart"})
+        _write(
+            video.frames if video.height % 2 == 0 and video.width % 2 == 0 else pad_to_multiple(video.frames, 2)[0],
+            video.fps,
+            path,
+            "mp4",
+            "libx264",
+            "yuv420p",
+            {"crf": str(crf), "preset": "medium", "movflags": "+faststart"},
+        )
     else:
         _write(video.frames, video.fps, path, "yuv4mpegpipe", "rawvideo", "yuv444p", {})
     return path
@@ -314,11 +332,14 @@ def synthetic_clip(frames: int = 8, height: int = 48, width: int = 64, seed: int
     rng = np.random.default_rng(seed)
     h_big, w_big = height + 2 * frames + 8, width + 2 * frames + 8
     yy, xx = np.mgrid[0:h_big, 0:w_big]
-    scene = np.stack([
-        128 + 60 * np.sin(xx / 5.0) + 30 * np.cos(yy / 3.0),
-        128 + 50 * np.cos((xx + yy) / 7.0),
-        128 + 40 * np.sin(yy / 4.0 + xx / 9.0),
-    ], axis=-1) + rng.normal(0, 8, (h_big, w_big, 3))
+    scene = np.stack(
+        [
+            128 + 60 * np.sin(xx / 5.0) + 30 * np.cos(yy / 3.0),
+            128 + 50 * np.cos((xx + yy) / 7.0),
+            128 + 40 * np.sin(yy / 4.0 + xx / 9.0),
+        ],
+        axis=-1,
+    ) + rng.normal(0, 8, (h_big, w_big, 3))
     out = np.empty((frames, height, width, 3), np.uint8)
     for t in range(frames):
         frame = scene[t : t + height, 2 * t : 2 * t + width].copy()
@@ -329,6 +350,7 @@ def synthetic_clip(frames: int = 8, height: int = 48, width: int = 64, seed: int
 
 
 # --- padding ---------------------------------------------------------------------------------------------
+
 
 def pad_to_multiple(frames: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Replicate-pad [T, H, W, C] frames at the bottom/right to a multiple of `multiple`; return (padded, (H, W))."""

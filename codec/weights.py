@@ -103,6 +103,7 @@ def sha256_file(path: Path) -> str:
 
 # --- preparation -----------------------------------------------------------------------------------------
 
+
 def prepare_metric_weights(force: bool = False, download_dir: Path | None = None) -> MetricWeightFiles:
     """Make the converted LPIPS/DISTS/VGG16 weights available offline; idempotent unless `force`."""
     target = metric_weight_files()

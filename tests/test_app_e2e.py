@@ -23,8 +23,15 @@ import pytest
 from conftest import EXAMPLE_CLIP, REPO
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 RUN_TIMEOUT_MS = 300_000
 FRAMES = os.environ.get("DIFFVC_E2E_FRAMES", "3")  # the docs' screenshots use the app's defaults: 16 frames, 256 px
 MAX_SIDE = os.environ.get("DIFFVC_E2E_MAX_SIDE", "96")
@@ -45,11 +52,18 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         pack = os.environ.get("DIFFVC_E2E_PACK", "random-tiny")  # "" = the embedded pack (the docs' screenshots)
-        env = {**os.environ, "DIFFVC_STUDIO_PACK": pack, "DIFFVC_STUDIO_DATA": str(data),
-               "GRADIO_SERVER_PORT": str(self.port), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        env = {
+            **os.environ,
+            "DIFFVC_STUDIO_PACK": pack,
+            "DIFFVC_STUDIO_DATA": str(data),
+            "GRADIO_SERVER_PORT": str(self.port),
+            "HF_HUB_OFFLINE": "1",
+            "GRADIO_ANALYTICS_ENABLED": "False",
+        }
         self.log = log.open("ab")
-        self.process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=self.log,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [sys.executable, "app.py"], cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"app.py exited early; see {log}"

@@ -21,9 +21,16 @@ from codec.video import write_video
 
 
 def make_studio(tmp_path, pack="random-tiny") -> Studio:
-    return Studio(StudioConfig(pack=pack, results_dir=tmp_path / "comparisons", sessions_dir=tmp_path / "sessions",
-                               eval_cache=tmp_path / "eval-cache", db_path=tmp_path / "blind.sqlite",
-                               example_clip=EXAMPLE_CLIP))
+    return Studio(
+        StudioConfig(
+            pack=pack,
+            results_dir=tmp_path / "comparisons",
+            sessions_dir=tmp_path / "sessions",
+            eval_cache=tmp_path / "eval-cache",
+            db_path=tmp_path / "blind.sqlite",
+            example_clip=EXAMPLE_CLIP,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +53,18 @@ def test_compare_view_has_every_part(ran):
     assert view.table["kbps"].notna().all() and (view.table["bytes"] > 0).all()
     assert "TDIR on against off" in view.tdir and view.frames == 4
     names = sorted(p.rsplit("/", 1)[1] for p in view.files)
-    assert names == sorted(["diffvc.dvc", "diffvc.mp4", "diffvc-tdir-off.dvc", "diffvc-tdir-off.mp4", "x265.hevc",
-                            "x265.mp4", "results.csv", "results.json"])
+    assert names == sorted(
+        [
+            "diffvc.dvc",
+            "diffvc.mp4",
+            "diffvc-tdir-off.dvc",
+            "diffvc-tdir-off.mp4",
+            "x265.hevc",
+            "x265.mp4",
+            "results.csv",
+            "results.json",
+        ]
+    )
     root = studio.config.results_dir.resolve()
     assert all(p.startswith(str(root)) for p in view.files)  # downloads only from the app's own folder
     assert "upload" not in " ".join(view.files)  # the uploaded file's name never becomes a path
@@ -75,8 +92,9 @@ def test_a_session_sees_only_its_own_comparisons(ran):
 def test_second_run_comes_from_the_cache(ran):
     studio, _, view, clip = ran
     state = SessionState()
-    again = studio.compare(CompareRequest(ClipRequest(str(clip), 1, 4, 256), qp=32, metrics=("psnr", "ms_ssim")),
-                           state, "session-2")
+    again = studio.compare(
+        CompareRequest(ClipRequest(str(clip), 1, 4, 256), qp=32, metrics=("psnr", "ms_ssim")), state, "session-2"
+    )
     assert again.key == view.key and "from the cache" in again.status
 
 
@@ -100,8 +118,12 @@ def test_bad_input_gives_a_clear_line(tmp_path):
     studio = make_studio(tmp_path)
     junk = tmp_path / "junk.mp4"
     junk.write_text("not a video at all")
-    for clip in (ClipRequest(None), ClipRequest(str(junk)), ClipRequest(str(EXAMPLE_CLIP), frames=0),
-                 ClipRequest(str(EXAMPLE_CLIP), start=10**6, frames=2)):
+    for clip in (
+        ClipRequest(None),
+        ClipRequest(str(junk)),
+        ClipRequest(str(EXAMPLE_CLIP), frames=0),
+        ClipRequest(str(EXAMPLE_CLIP), start=10**6, frames=2),
+    ):
         with pytest.raises(Exception) as caught:
             studio.compare(CompareRequest(clip), SessionState(), "s")
         message = error_message(caught.value)
@@ -124,8 +146,9 @@ def test_sweep_writes_report_and_bd_rate(tmp_path):
     studio = make_studio(tmp_path)
     clip = write_video(moving_clip(frames=2), tmp_path / "c.mp4", crf=4)
     state = SessionState()
-    request = SweepRequest(ClipRequest(str(clip), 0, 2, 256), codecs=("x264", "x265"), anchor_qps="22,27,32,37",
-                           metrics=("psnr",))
+    request = SweepRequest(
+        ClipRequest(str(clip), 0, 2, 256), codecs=("x264", "x265"), anchor_qps="22,27,32,37", metrics=("psnr",)
+    )
     view = studio.sweep(request, state, "s")
     assert list(view.bd_table["test"]) == ["x264"]  # against x265, the first
     # beside BD-rate: x264's bits relative to x265's at equal quality, read off x265's curve, with how many points
@@ -142,8 +165,9 @@ def test_default_anchor_qps_span_the_neural_codecs_quality(tmp_path):
     their bits at equal quality can be read off its curve."""
     studio = make_studio(tmp_path)
     clip = write_video(moving_clip(frames=2), tmp_path / "c.mp4", crf=4)
-    view = studio.sweep(SweepRequest(ClipRequest(str(clip), 0, 2, 256), codecs=("x265",), metrics=("psnr",)),
-                        SessionState(), "s")
+    view = studio.sweep(
+        SweepRequest(ClipRequest(str(clip), 0, 2, 256), codecs=("x265",), metrics=("psnr",)), SessionState(), "s"
+    )
     assert view.results["psnr"].min() < 26 and view.results["psnr"].max() > 38
     assert view.bd_table["note"][0] == "BD-rate needs at least two codecs."
 
@@ -158,7 +182,8 @@ def test_stop_ends_a_run_at_its_next_step(tmp_path):
         studio.stop("s")  # the Stop button, pressed while the run is going
 
     with pytest.raises(Exception) as caught:
-        studio.compare(CompareRequest(ClipRequest(str(clip), 0, 3, 256), metrics=("psnr",)), SessionState(), "s",
-                       progress)
+        studio.compare(
+            CompareRequest(ClipRequest(str(clip), 0, 3, 256), metrics=("psnr",)), SessionState(), "s", progress
+        )
     assert error_message(caught.value).startswith("**Stopped.**") and len(steps) == 1
     assert not any((tmp_path / "comparisons").iterdir())

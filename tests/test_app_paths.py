@@ -19,8 +19,17 @@ _spec = importlib.util.spec_from_file_location("app_entry_paths", REPO / "app.py
 app_entry = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(app_entry)
 
-ROUTES = ("/gradio_api/file={p}", "/gradio_api/file/{p}", "/file={p}", "/gradio_api/file={q}", "/static/{p}",
-          "/assets/{p}", "/svelte/{p}", "/gradio_api/proxy={p}", "/gradio_api/file=file://{p}")
+ROUTES = (
+    "/gradio_api/file={p}",
+    "/gradio_api/file/{p}",
+    "/file={p}",
+    "/gradio_api/file={q}",
+    "/static/{p}",
+    "/assets/{p}",
+    "/svelte/{p}",
+    "/gradio_api/proxy={p}",
+    "/gradio_api/file=file://{p}",
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +40,9 @@ def served(tmp_path_factory):
     allowed = data / "comparisons" / "abcdef0123"
     allowed.mkdir(parents=True)
     (allowed / "results.csv").write_text("ALLOWED-" + marker)
-    demo, options = app_entry.create({"DIFFVC_STUDIO_PACK": "random-tiny", "DIFFVC_STUDIO_DATA": str(data),
-                                      "DIFFVC_STUDIO_MAX_UPLOAD": "1mb"})
+    demo, options = app_entry.create(
+        {"DIFFVC_STUDIO_PACK": "random-tiny", "DIFFVC_STUDIO_DATA": str(data), "DIFFVC_STUDIO_MAX_UPLOAD": "1mb"}
+    )
     demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, **options)
     yield demo, data, marker
     demo.close()
@@ -55,18 +65,31 @@ def spellings(target: Path, data: Path) -> list[str]:
     """Ways to name `target`: absolute, through the allowed folder with '..', encoded, doubled, backslashed."""
     inside = data / "comparisons" / "abcdef0123"
     up = "/".join([".."] * len(inside.relative_to("/").parts))
-    via_allowed = (f"{inside}/../../{target.relative_to(data)}" if target.is_relative_to(data)
-                   else f"{inside}/{up}{target}")
-    return [str(target), via_allowed, via_allowed.replace("/", "\\"), quote(via_allowed, safe=""),
-            via_allowed.replace("..", "%2e%2e"), via_allowed.replace("..", "%252e%252e"), "/" + str(target),
-            f"{up}{target}", str(target).replace("/", "//")]
+    via_allowed = (
+        f"{inside}/../../{target.relative_to(data)}" if target.is_relative_to(data) else f"{inside}/{up}{target}"
+    )
+    return [
+        str(target),
+        via_allowed,
+        via_allowed.replace("/", "\\"),
+        quote(via_allowed, safe=""),
+        via_allowed.replace("..", "%2e%2e"),
+        via_allowed.replace("..", "%252e%252e"),
+        "/" + str(target),
+        f"{up}{target}",
+        str(target).replace("/", "//"),
+    ]
 
 
 def test_downloads_only_from_the_result_folders(served):
     demo, data, marker = served
     url = demo.local_url
-    secrets = {data / "secret.txt": marker.encode(), data / "blind.sqlite": b"SQLite format 3",
-               Path("/etc/passwd"): b"root:", REPO / "app.py": b"def create("}
+    secrets = {
+        data / "secret.txt": marker.encode(),
+        data / "blind.sqlite": b"SQLite format 3",
+        Path("/etc/passwd"): b"root:",
+        REPO / "app.py": b"def create(",
+    }
     tried = 0
     for target, content in secrets.items():
         for spelling in spellings(target, data):
@@ -81,14 +104,26 @@ def test_downloads_only_from_the_result_folders(served):
     assert status == 200 and body == b"ALLOWED-" + marker.encode()
 
 
-@pytest.mark.parametrize("name", ["../../../evil-{u}.mp4", "..\\..\\evil-{u}.mp4", "/etc/evil-{u}.mp4",
-                                  "%2e%2e%2fevil-{u}.mp4", "evil-{u}.mp4\x00.png", "<img src=x>evil-{u}.mp4"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../../evil-{u}.mp4",
+        "..\\..\\evil-{u}.mp4",
+        "/etc/evil-{u}.mp4",
+        "%2e%2e%2fevil-{u}.mp4",
+        "evil-{u}.mp4\x00.png",
+        "<img src=x>evil-{u}.mp4",
+    ],
+)
 def test_uploaded_names_never_become_paths(served, name):
     demo, data, _ = served
     unique = uuid.uuid4().hex
     name = name.format(u=unique)
-    response = httpx.post(demo.local_url.rstrip("/") + "/gradio_api/upload",
-                          files={"files": (name, b"not a video", "video/mp4")}, timeout=30)
+    response = httpx.post(
+        demo.local_url.rstrip("/") + "/gradio_api/upload",
+        files={"files": (name, b"not a video", "video/mp4")},
+        timeout=30,
+    )
     if response.status_code != 200:  # refusing the name outright is fine too
         return
     (stored,) = response.json()
@@ -103,8 +138,11 @@ def test_uploaded_names_never_become_paths(served, name):
 
 def test_oversized_upload_is_refused(served):
     demo, _, _ = served
-    response = httpx.post(demo.local_url.rstrip("/") + "/gradio_api/upload",
-                          files={"files": ("big.mp4", b"\x00" * (2 * 1024 * 1024), "video/mp4")}, timeout=60)
+    response = httpx.post(
+        demo.local_url.rstrip("/") + "/gradio_api/upload",
+        files={"files": ("big.mp4", b"\x00" * (2 * 1024 * 1024), "video/mp4")},
+        timeout=60,
+    )
     assert response.status_code == 413 and "1" in response.text
 
 

@@ -72,8 +72,12 @@ def test_csv_export_has_every_vote(tmp_path):
 
 
 def test_pairs_are_matched_in_rate_and_drawn_in_both_orders():
-    candidates = [Candidate("k", "h", "diffvc", "DiffVC", 0.100, 8), Candidate("k", "h", "x265", "x265", 0.110, 8),
-                  Candidate("k", "h", "x264", "x264", 0.300, 8), Candidate("k2", "h2", "x265", "x265", 0.1, 8)]
+    candidates = [
+        Candidate("k", "h", "diffvc", "DiffVC", 0.100, 8),
+        Candidate("k", "h", "x265", "x265", 0.110, 8),
+        Candidate("k", "h", "x264", "x264", 0.300, 8),
+        Candidate("k2", "h2", "x265", "x265", 0.1, 8),
+    ]
     assert [(a.slug, b.slug) for a, b in matched_pairs(candidates)] == [("diffvc", "x265")]
     rng = random.Random(0)
     drawn = [draw_pair(candidates, rng) for _ in range(40)]

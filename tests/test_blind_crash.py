@@ -32,8 +32,9 @@ for i in range(100000):
 
 
 def start_writer(db: Path, tag: str) -> subprocess.Popen:
-    child = subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(REPO / "app" / "blind.py"), tag],
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(db), str(REPO / "app" / "blind.py"), tag], stdout=subprocess.PIPE, text=True
+    )
     assert child.stdout.readline().strip() == "ready"
     return child
 
@@ -105,8 +106,13 @@ def test_every_query_is_parameterized():
         if isinstance(sql, ast.Constant) or (isinstance(sql, ast.Name) and sql.id in constants):
             continue
         assert isinstance(sql, ast.JoinedStr), ast.unparse(call)
-        names = {n.id for part in sql.values if isinstance(part, ast.FormattedValue) for n in ast.walk(part.value)
-                 if isinstance(n, ast.Name)}
+        names = {
+            n.id
+            for part in sql.values
+            if isinstance(part, ast.FormattedValue)
+            for n in ast.walk(part.value)
+            if isinstance(n, ast.Name)
+        }
         assert names <= constants, f"values formatted into SQL: {ast.unparse(call)}"
 
 

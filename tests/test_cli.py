@@ -16,8 +16,9 @@ from codec.video import read_video
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "codec", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "codec", *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _one_clear_line(result: subprocess.CompletedProcess, fragment: str) -> None:
@@ -27,8 +28,16 @@ def _one_clear_line(result: subprocess.CompletedProcess, fragment: str) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("spec,suffix", [("x265", "hevc"), ("x264", "h264"), ("av1", "obu"),
-                                         ("diffvc:pack=random-tiny", "dvc"), ("condlc:pack=random-tiny", "dvc")])
+@pytest.mark.parametrize(
+    "spec,suffix",
+    [
+        ("x265", "hevc"),
+        ("x264", "h264"),
+        ("av1", "obu"),
+        ("diffvc:pack=random-tiny", "dvc"),
+        ("condlc:pack=random-tiny", "dvc"),
+    ],
+)
 def test_encode_recon_equals_decode(tmp_path, clip_file, spec, suffix):
     stream, recon, decoded = tmp_path / f"s.{suffix}", tmp_path / "recon.y4m", tmp_path / "dec.y4m"
     r = run_cli("encode", clip_file, "-o", stream, "--codec", spec, "--qp", 30, "--frames", 8, "--recon", recon)
@@ -43,8 +52,23 @@ def test_encode_recon_equals_decode(tmp_path, clip_file, spec, suffix):
 
 
 def test_eval_writes_results_and_a_rerun_is_cached(tmp_path, clip_file):
-    args = ["eval", clip_file, "--codecs", "x265", "x264", "--qps", 26, 34, "--metrics", "psnr", "ms_ssim",
-            "--out", tmp_path / "out", "--cache", tmp_path / "cache"]
+    args = [
+        "eval",
+        clip_file,
+        "--codecs",
+        "x265",
+        "x264",
+        "--qps",
+        26,
+        34,
+        "--metrics",
+        "psnr",
+        "ms_ssim",
+        "--out",
+        tmp_path / "out",
+        "--cache",
+        tmp_path / "cache",
+    ]
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr
     table = pd.read_csv(tmp_path / "out" / "results.csv")
@@ -78,8 +102,10 @@ def test_non_video_input_exits_2(tmp_path):
 
 
 def test_bad_spec_and_qp_exit_2(tmp_path, clip_file):
-    _one_clear_line(run_cli("encode", clip_file, "-o", tmp_path / "o", "--codec", "x265:speed=9", "--qp", 30),
-                    "has no option 'speed'")
+    _one_clear_line(
+        run_cli("encode", clip_file, "-o", tmp_path / "o", "--codec", "x265:speed=9", "--qp", 30),
+        "has no option 'speed'",
+    )
     _one_clear_line(run_cli("encode", clip_file, "-o", tmp_path / "o", "--codec", "x265", "--qp", 99), "QP")
 
 

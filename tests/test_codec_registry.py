@@ -46,15 +46,42 @@ def test_a_codec_in_one_file_is_everywhere(zq, tmp_path, capsys):
     # the CLI lists it and evaluates it beside x264, with a BD-rate
     assert main(["info"]) == 0 and "zq" in capsys.readouterr().out
     clip = write_video(moving_clip(frames=3, height=48, width=64), tmp_path / "clip.mp4", crf=4)
-    assert main(["eval", str(clip), "--codecs", "x264", "zq", "--qps", "22", "30", "38", "46", "--qps-for",
-                 "zq=8,24,40,56", "--metrics", "psnr", "--out", str(tmp_path / "eval"),
-                 "--cache", str(tmp_path / "cache")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(clip),
+                "--codecs",
+                "x264",
+                "zq",
+                "--qps",
+                "22",
+                "30",
+                "38",
+                "46",
+                "--qps-for",
+                "zq=8,24,40,56",
+                "--metrics",
+                "psnr",
+                "--out",
+                str(tmp_path / "eval"),
+                "--cache",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
     assert "zq" in (tmp_path / "eval" / "results.csv").read_text()
 
     # an RD sweep as the app runs it
     video = moving_clip(frames=3, height=48, width=64)
-    rows, paths = run_sweep(video, [SweepPlan("x264", {}, (22, 30, 38, 46)), SweepPlan("zq", {}, (8, 24, 40, 56))],
-                            tmp_path / "sweep", tmp_path / "cache", metrics=("psnr",))
+    rows, paths = run_sweep(
+        video,
+        [SweepPlan("x264", {}, (22, 30, 38, 46)), SweepPlan("zq", {}, (8, 24, 40, 56))],
+        tmp_path / "sweep",
+        tmp_path / "cache",
+        metrics=("psnr",),
+    )
     assert sorted({r["spec"] for r in rows}) == ["x264", "zq"] and all(r["recon_match"] for r in rows)
 
     # a comparison's anchor, its bitstream written with its own suffix

@@ -153,8 +153,9 @@ def test_with_flat_quantizer_converts_a_per_channel_model() -> None:
     from codec.train.stages import with_flat_quantizer
 
     config = tiny_config()
-    per_channel = replace(config, intra=replace(config.intra, qp_per_channel=True),
-                          inter=replace(config.inter, qp_per_channel=True))
+    per_channel = replace(
+        config, intra=replace(config.intra, qp_per_channel=True), inter=replace(config.inter, qp_per_channel=True)
+    )
     torch.manual_seed(0)
     model = DiffVCModel(per_channel)
     flat = with_flat_quantizer(model)
@@ -172,8 +173,12 @@ def test_with_flat_quantizer_converts_a_per_channel_model() -> None:
 def test_intra_qp_offset_sets_the_i_frames_qp() -> None:
     clip = moving_clip(frames=4, height=32, width=32, seed=2)
     encoded = get_codec(f"condlc:{RANDOM}:intra_period=2:intra_qp_offset=-6").encode(clip, 30)
-    assert [(u.frame_type, u.qp) for u in read_stream(encoded.bitstream)[1]] == [("I", 24), ("P", 30), ("I", 24),
-                                                                                 ("P", 30)]
+    assert [(u.frame_type, u.qp) for u in read_stream(encoded.bitstream)[1]] == [
+        ("I", 24),
+        ("P", 30),
+        ("I", 24),
+        ("P", 30),
+    ]
 
 
 # --- training data ---------------------------------------------------------------------------------------

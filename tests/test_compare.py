@@ -92,8 +92,9 @@ def test_progress_moves_with_every_diffvc_frame_and_stop_acts_between_frames(tmp
     store.run(moving_clip(frames=4), settings, progress=lambda f, what: seen.append((f, what)))
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert [w for _, w in seen if "frame" in w][-8:] == [f"DiffVC (TDIR on): {phase}d frame {i} of 4"
-                                                         for phase in ("encode", "decode") for i in range(1, 5)]
+    assert [w for _, w in seen if "frame" in w][-8:] == [
+        f"DiffVC (TDIR on): {phase}d frame {i} of 4" for phase in ("encode", "decode") for i in range(1, 5)
+    ]
 
     messages: list[str] = []
 

@@ -66,8 +66,6 @@ def inputs(batch: int = 1, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, t
     return latent, torch.cat([latent, context], dim=1), torch.randint(0, 64, (batch,), generator=g)
 
 
-
-
 @pytest.fixture(scope="module")
 def stage() -> DiffusionStage:
     return small_stage()
@@ -356,10 +354,12 @@ def test_an_untrained_anchored_stage_returns_the_reconstruction(anchor: str) -> 
 
 def test_the_anchor_adds_the_noise_the_reconstruction_implies(stage: DiffusionStage) -> None:
     """anchor="reconstruction": eps = eps_from_x0(z_t, l^_t, a_t) + the networks' output, per item's timestep."""
-    eps_stage = DiffusionStage(dataclasses.replace(stage.config, anchor="reconstruction"), stage.unet,
-                               stage.controlnet, stage.qp_prompt).eval()
-    plain = DiffusionStage(dataclasses.replace(stage.config, anchor="none"), stage.unet, stage.controlnet,
-                           stage.qp_prompt).eval()
+    eps_stage = DiffusionStage(
+        dataclasses.replace(stage.config, anchor="reconstruction"), stage.unet, stage.controlnet, stage.qp_prompt
+    ).eval()
+    plain = DiffusionStage(
+        dataclasses.replace(stage.config, anchor="none"), stage.unet, stage.controlnet, stage.qp_prompt
+    ).eval()
     latent, condition, qp = inputs(batch=2)
     z_t = torch.randn(latent.shape, generator=torch.Generator().manual_seed(5))
     t = torch.tensor([101, 401])
@@ -375,10 +375,12 @@ def test_the_anchor_adds_the_noise_the_reconstruction_implies(stage: DiffusionSt
 
 def test_the_x0_anchor_predicts_the_reconstructions_correction(stage: DiffusionStage) -> None:
     """anchor="reconstruction_x0": x0 = l^_t + the networks' output, and eps is the noise that x0 implies."""
-    x0_stage = DiffusionStage(dataclasses.replace(stage.config, anchor="reconstruction_x0"), stage.unet,
-                              stage.controlnet, stage.qp_prompt).eval()
-    plain = DiffusionStage(dataclasses.replace(stage.config, anchor="none"), stage.unet, stage.controlnet,
-                           stage.qp_prompt).eval()
+    x0_stage = DiffusionStage(
+        dataclasses.replace(stage.config, anchor="reconstruction_x0"), stage.unet, stage.controlnet, stage.qp_prompt
+    ).eval()
+    plain = DiffusionStage(
+        dataclasses.replace(stage.config, anchor="none"), stage.unet, stage.controlnet, stage.qp_prompt
+    ).eval()
     latent, condition, qp = inputs(batch=2)
     z_t = torch.randn(latent.shape, generator=torch.Generator().manual_seed(5))
     t = torch.tensor([1, 301])

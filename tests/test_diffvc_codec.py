@@ -18,8 +18,6 @@ from codec.registry import detect_codec, get_codec
 RANDOM = "pack=random-tiny"
 
 
-
-
 @pytest.fixture(scope="module")
 def clip():
     return moving_clip(frames=6, height=48, width=80, seed=5)  # odd multiple: padded to 64x128 inside
@@ -37,8 +35,10 @@ def test_decode_reproduces_the_encoder_exactly_across_a_gop_boundary(clip, encod
     assert np.abs(decoded.frames.astype(int) - encoded.reconstruction.frames.astype(int)).max() == 0
 
 
-@pytest.mark.parametrize("spec", [f"diffvc:{RANDOM}:tdir=off", f"diffvc:{RANDOM}:reuse=step:reuse_warp=off",
-                                  f"condlc:{RANDOM}:intra_period=-1"])
+@pytest.mark.parametrize(
+    "spec",
+    [f"diffvc:{RANDOM}:tdir=off", f"diffvc:{RANDOM}:reuse=step:reuse_warp=off", f"condlc:{RANDOM}:intra_period=-1"],
+)
 def test_exact_round_trip_with_other_switches(clip, spec):
     codec = get_codec(spec)
     enc = codec.encode(moving_clip(frames=4, height=64, width=64, seed=2), 40)

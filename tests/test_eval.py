@@ -32,8 +32,14 @@ def video():
 @pytest.fixture(scope="module")
 def rows(video, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    request = EvalRequest(video=video, specs=["x265", "x264:preset=fast"], qps=QPS, source="synthetic",
-                          metrics=("psnr", "psnr_y", "ms_ssim"), cache_dir=cache)
+    request = EvalRequest(
+        video=video,
+        specs=["x265", "x264:preset=fast"],
+        qps=QPS,
+        source="synthetic",
+        metrics=("psnr", "psnr_y", "ms_ssim"),
+        cache_dir=cache,
+    )
     return evaluate(request)
 
 
@@ -118,8 +124,9 @@ def test_written_results(rows, tmp_path):
     assert paths["png"].stat().st_size > 10_000
 
 
-ANCHOR = [{"bpp": b, "psnr": q, "lpips": 0.5 - q / 100}
-          for b, q in ((0.05, 28.0), (0.1, 30.0), (0.2, 32.0), (0.4, 34.0))]
+ANCHOR = [
+    {"bpp": b, "psnr": q, "lpips": 0.5 - q / 100} for b, q in ((0.05, 28.0), (0.1, 30.0), (0.2, 32.0), (0.4, 34.0))
+]
 
 
 def test_bits_at_equal_quality_of_a_scaled_curve():
@@ -143,8 +150,10 @@ def test_bits_at_equal_quality_lower_is_better():
     # lower LPIPS than the anchor's best: better than its best, even at more bits
     better = [{"bpp": 1.0, "lpips": 0.1}]
     assert rate_ratio_at_equal_quality(ANCHOR, better, "lpips") == (
-        None, "no test point within the anchor's quality range (0.16 to 0.22): all 1 are better than its best; "
-              "not extrapolated")
+        None,
+        "no test point within the anchor's quality range (0.16 to 0.22): all 1 are better than its best; "
+        "not extrapolated",
+    )
 
 
 def test_bits_at_equal_quality_without_overlap_is_none_with_a_reason():
@@ -162,8 +171,10 @@ def test_bits_at_equal_quality_partial_overlap_uses_the_points_in_range():
     test = [{"bpp": 0.2, "psnr": 26.0}, {"bpp": 0.6, "psnr": 32.0}, {"bpp": 2.0, "psnr": 36.0}]
     value, note = rate_ratio_at_equal_quality(ANCHOR, test, "psnr")
     assert value == pytest.approx(3.0, rel=1e-12)  # only the 32 dB point: 0.6 against the anchor's 0.2
-    assert note == ("1 of 3 test points within the anchor's quality range (28 to 34); left out: 1 better than its "
-                    "best, 1 worse than its worst")
+    assert note == (
+        "1 of 3 test points within the anchor's quality range (28 to 34); left out: 1 better than its "
+        "best, 1 worse than its worst"
+    )
 
 
 def test_bits_at_equal_quality_ignores_anchor_points_off_its_monotone_curve():
@@ -191,8 +202,14 @@ def test_bd_table_needs_two_codecs(rows):
 
 def test_each_spec_can_have_its_own_qps(video, tmp_path):
     """Codecs' QP scales differ (x265 0..51, DiffVC 0..63): `qps_by_spec` overrides the shared list per spec."""
-    request = EvalRequest(video=video, specs=["x265", "x264"], qps=(30,), qps_by_spec={"x264": [26, 38]},
-                          metrics=("psnr",), cache_dir=tmp_path)
+    request = EvalRequest(
+        video=video,
+        specs=["x265", "x264"],
+        qps=(30,),
+        qps_by_spec={"x264": [26, 38]},
+        metrics=("psnr",),
+        cache_dir=tmp_path,
+    )
     assert [(r["spec"], r["qp"]) for r in evaluate(request)] == [("x265", 30), ("x264", 26), ("x264", 38)]
 
 

@@ -78,9 +78,15 @@ def test_sandbox_measures_and_caps_memory() -> None:
         (SandboxResult("raised", error_type="codec.errors.BitstreamError", codec_error=True), "error"),
         (SandboxResult("raised", error_type="builtins.IndexError", error_message="index 1000"), "exception"),
         (SandboxResult("raised", error_type="builtins.MemoryError"), "memory"),
-        (SandboxResult("raised", error_type="codec.errors.BitstreamError", codec_error=True,
-                       error_message="frame 0: cannot be decoded ([enforce fail] DefaultCPUAllocator: can't allocate "
-                                     "memory)"), "memory"),  # fmt: skip
+        (
+            SandboxResult(
+                "raised",
+                error_type="codec.errors.BitstreamError",
+                codec_error=True,
+                error_message="frame 0: cannot be decoded ([enforce fail] DefaultCPUAllocator: can't allocate memory)",
+            ),
+            "memory",
+        ),  # fmt: skip
         (SandboxResult("returned", value={"shape": [3, 32, 48, 3], "dtype": "uint8"}, memory_mb=5000), "memory"),
         (SandboxResult("returned", value={"shape": [3, 32, 48, 3], "dtype": "float32"}), "wrong_shape"),
     ],
@@ -91,8 +97,13 @@ def test_verdicts(streams, result: SandboxResult, outcome: str) -> None:
 
 def test_an_allocation_failure_is_a_finding_unless_the_decoder_refused_by_itself(streams) -> None:
     data = streams["x265"][0].data
-    failed = SandboxResult("raised", error_type="codec.errors.BitstreamError", codec_error=True,
-                           error_message="x265: cannot be decoded ([Errno 12] Cannot allocate memory)", memory_mb=280)
+    failed = SandboxResult(
+        "raised",
+        error_type="codec.errors.BitstreamError",
+        codec_error=True,
+        error_message="x265: cannot be decoded ([Errno 12] Cannot allocate memory)",
+        memory_mb=280,
+    )
     assert judge("x265", data, failed, 1024)[0] == "memory"  # the sandbox's cap may have caused it
     assert judge("x265", data, failed, 1024, retry=failed)[0] == "error"  # the same with 4x the room: its own
     grew = dataclasses.replace(failed, error_message="decoded further, then failed", memory_mb=3000)

@@ -17,9 +17,21 @@ from codec.eval.compare import load_clip
 from codec.hostile import BIG, make_corpus, rewrite_sps_size
 from codec.video import VideoLimits, read_video
 
-QUICK = {"empty.mp4", "random-bytes.mp4", "html.mp4", "image-png.mp4", "audio-only.mp4",
-         "truncated-index-at-end.mp4", "1x1.mp4", "ffv1-10bit-alpha.mp4", "vfr.mp4", "huge-y4m-header.mp4",
-         "huge-mp4-header.mp4", "huge-h264-sps.mp4", "big-h264-sps.mp4"}
+QUICK = {
+    "empty.mp4",
+    "random-bytes.mp4",
+    "html.mp4",
+    "image-png.mp4",
+    "audio-only.mp4",
+    "truncated-index-at-end.mp4",
+    "1x1.mp4",
+    "ffv1-10bit-alpha.mp4",
+    "vfr.mp4",
+    "huge-y4m-header.mp4",
+    "huge-mp4-header.mp4",
+    "huge-h264-sps.mp4",
+    "big-h264-sps.mp4",
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +43,17 @@ def corpus(tmp_path_factory):
 def make_studio(tmp_path, **extra):
     from app.handlers import Studio
 
-    return Studio(StudioConfig(pack="random-tiny", results_dir=tmp_path / "comparisons",
-                               sessions_dir=tmp_path / "sessions", eval_cache=tmp_path / "eval-cache",
-                               db_path=tmp_path / "blind.sqlite", example_clip=EXAMPLE_CLIP, **extra))
+    return Studio(
+        StudioConfig(
+            pack="random-tiny",
+            results_dir=tmp_path / "comparisons",
+            sessions_dir=tmp_path / "sessions",
+            eval_cache=tmp_path / "eval-cache",
+            db_path=tmp_path / "blind.sqlite",
+            example_clip=EXAMPLE_CLIP,
+            **extra,
+        )
+    )
 
 
 def test_the_corpus_is_what_it_claims(corpus):
@@ -104,13 +124,38 @@ def test_frame_and_time_limits(corpus):
         VideoLimits.from_env({"DIFFVC_MAX_PIXELS": "lots"})
 
 
-@pytest.mark.parametrize("name, extra", [("empty.mp4", []), ("random-bytes.mp4", []), ("audio-only.mp4", []),
-                                         ("1x1.mp4", []), ("huge-y4m-header.mp4", ["--size", "64x64"]),
-                                         ("big-h264-sps.mp4", []), ("big-h264-sps.mp4", ["--size", "64x64"])])
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("empty.mp4", []),
+        ("random-bytes.mp4", []),
+        ("audio-only.mp4", []),
+        ("1x1.mp4", []),
+        ("huge-y4m-header.mp4", ["--size", "64x64"]),
+        ("big-h264-sps.mp4", []),
+        ("big-h264-sps.mp4", ["--size", "64x64"]),
+    ],
+)
 def test_cli_refuses_with_one_line(corpus, name, extra, tmp_path, capsys):
     f = corpus[name]
-    assert cli(["encode", str(f.path), "-o", str(tmp_path / "x.hevc"), "--codec", "x265", "--qp", "40",
-                "--frames", "2", *extra]) == 2
+    assert (
+        cli(
+            [
+                "encode",
+                str(f.path),
+                "-o",
+                str(tmp_path / "x.hevc"),
+                "--codec",
+                "x265",
+                "--qp",
+                "40",
+                "--frames",
+                "2",
+                *extra,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "Traceback" not in err[0]
 
@@ -122,8 +167,12 @@ def test_handlers_refuse_cleanly_and_accept_odd_formats(corpus, tmp_path):
             studio.compare(CompareRequest(ClipRequest(str(corpus[name].path), 0, 2, 64)), SessionState(), "s")
         message = error_message(caught.value)
         assert message.startswith("**Cannot run this:**") and str(corpus[name].path.parent) not in message
-    request = CompareRequest(ClipRequest(str(corpus["ffv1-10bit-alpha.mp4"].path), 0, 2, 64), anchors=(),
-                             tdir_contrast=False, metrics=("psnr",))
+    request = CompareRequest(
+        ClipRequest(str(corpus["ffv1-10bit-alpha.mp4"].path), 0, 2, 64),
+        anchors=(),
+        tdir_contrast=False,
+        metrics=("psnr",),
+    )
     view = studio.compare(request, SessionState(), "s")
     assert view.frames == 2 and list(view.table["codec"]) == ["DiffVC (TDIR on)"]
 
@@ -135,8 +184,7 @@ def test_pixel_budget_and_time_limit_of_a_job(tmp_path):
     studio = make_studio(tmp_path, time_limit_s=0.5)
     began = time.monotonic()
     with pytest.raises((JobTimeLimit, VideoError)) as caught:  # while decoding, or at the job's next step
-        studio.compare(CompareRequest(ClipRequest(str(EXAMPLE_CLIP), 0, 2, 64), metrics=("psnr",)), SessionState(),
-                       "s")
+        studio.compare(CompareRequest(ClipRequest(str(EXAMPLE_CLIP), 0, 2, 64), metrics=("psnr",)), SessionState(), "s")
     assert "limit of 0.5 s" in error_message(caught.value) and time.monotonic() - began < 60
     assert not any((tmp_path / "comparisons").glob(".run-*"))  # nothing kept
     config = StudioConfig.from_env({"DIFFVC_STUDIO_TIME_LIMIT": "30", "DIFFVC_STUDIO_MAX_PIXELS": "1e6"}, REPO)
@@ -158,13 +206,34 @@ def test_frames_too_small_for_a_metric_leave_it_out(tmp_path, capsys):
     from codec.video import synthetic_clip, write_video
 
     video = synthetic_clip(frames=2, height=16, width=32)
-    settings = CompareSettings(qp=40, anchors=("x265",), match_bitrate=False, tdir_contrast=False,
-                               pack="no-such-pack", metrics=("psnr", "lpips", "ms_ssim"))
+    settings = CompareSettings(
+        qp=40,
+        anchors=("x265",),
+        match_bitrate=False,
+        tdir_contrast=False,
+        pack="no-such-pack",
+        metrics=("psnr", "lpips", "ms_ssim"),
+    )
     comparison = ComparisonStore(tmp_path / "store").run(video, settings)
     row = comparison.runs[0].row
     assert row["psnr"] is not None and row["ms_ssim"] is not None and row["lpips"] is None
     assert any("lpips left out" in note for note in comparison.notes)
     clip = write_video(video, tmp_path / "small.mp4", crf=4)
-    assert cli(["eval", str(clip), "--codecs", "x265", "--qps", "40", "--out", str(tmp_path / "e"),
-                "--cache", str(tmp_path / "c")]) == 2
+    assert (
+        cli(
+            [
+                "eval",
+                str(clip),
+                "--codecs",
+                "x265",
+                "--qps",
+                "40",
+                "--out",
+                str(tmp_path / "e"),
+                "--cache",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 2
+    )
     assert "lpips left out" in capsys.readouterr().err

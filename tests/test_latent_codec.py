@@ -28,8 +28,6 @@ SIZE = 64
 LATENT_HW = (SIZE // 8, SIZE // 8)
 
 
-
-
 @dataclass
 class Models:
     motion: MotionCodec
@@ -233,8 +231,11 @@ def test_p_frame_training_has_finite_nonzero_gradients(space, frames: torch.Tens
     # The block codec (tiny) reads C1 only, the fusion of all three scales: the C2/C3 output heads get no gradient.
     unused = ("out2.", "out3.") if models.inter.config.transform == "block" else ()
     for prefix, module in (("motion", models.motion), ("context", models.context), ("inter", models.inter)):
-        assert_finite_nonzero_gradients((f"{prefix}.{n}", p) for n, p in module.named_parameters()
-                                        if not (prefix == "context" and n.startswith(unused)))
+        assert_finite_nonzero_gradients(
+            (f"{prefix}.{n}", p)
+            for n, p in module.named_parameters()
+            if not (prefix == "context" and n.startswith(unused))
+        )
 
 
 def test_intra_training_has_finite_nonzero_gradients(space, frames: torch.Tensor) -> None:
@@ -344,10 +345,16 @@ def test_temporal_context_follows_the_flow() -> None:
 
 def textured_batch(height: int, width: int) -> torch.Tensor:
     """A smooth textured image [1, 3, H, W] in [0, 1] whose content varies along x (so a shift shows)."""
-    yy, xx = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
-                            indexing="ij")
-    image = torch.stack([0.5 + 0.4 * torch.sin(xx / 7.0 + yy / 11.0), 0.5 + 0.4 * torch.cos(xx / 13.0),
-                         0.5 + 0.3 * torch.sin(xx / 5.0) * torch.cos(yy / 9.0)])
+    yy, xx = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+    )
+    image = torch.stack(
+        [
+            0.5 + 0.4 * torch.sin(xx / 7.0 + yy / 11.0),
+            0.5 + 0.4 * torch.cos(xx / 13.0),
+            0.5 + 0.3 * torch.sin(xx / 5.0) * torch.cos(yy / 9.0),
+        ]
+    )
     return image[None]
 
 

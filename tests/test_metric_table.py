@@ -32,10 +32,13 @@ def with_mae(monkeypatch):
 def test_the_table_describes_every_metric():
     assert metric_names() == ("psnr", "psnr_y", "ms_ssim", "lpips", "dists")
     assert get_metric("psnr").axis_label == "PSNR-RGB (dB)" and get_metric("dists").axis_label == (
-        "DISTS (lower is better)")
+        "DISTS (lower is better)"
+    )
     assert [get_metric(m).sign for m in ("psnr", "lpips")] == [1.0, -1.0]
     assert metrics_for_size(["psnr", "lpips", "ms_ssim"], 40, 24) == (
-        ("psnr", "ms_ssim"), ["lpips left out: it needs frames of at least 32 pixels a side, these are 40x24"])
+        ("psnr", "ms_ssim"),
+        ["lpips left out: it needs frames of at least 32 pixels a side, these are 40x24"],
+    )
 
 
 def test_a_metric_added_to_the_table_shows_up_everywhere(with_mae, tmp_path):
@@ -44,8 +47,9 @@ def test_a_metric_added_to_the_table_shows_up_everywhere(with_mae, tmp_path):
     assert compute_metrics(video, video, ["mae"])["mae"].tolist() == [0.0] * 4
     assert metrics_for_size(["mae"], 15, 64)[0] == ()
 
-    request = EvalRequest(video=video, specs=["x265", "x264"], qps=(22, 28, 34, 40), metrics=("psnr", "mae"),
-                          cache_dir=tmp_path / "cache")
+    request = EvalRequest(
+        video=video, specs=["x265", "x264"], qps=(22, 28, 34, 40), metrics=("psnr", "mae"), cache_dir=tmp_path / "cache"
+    )
     rows = evaluate(request)
     assert all(r["mae"] > 0 and len(r["per_frame"]["mae"]) == 4 for r in rows)
     x265, x264 = ([r for r in rows if r["spec"] == s] for s in ("x265", "x264"))
@@ -61,7 +65,9 @@ def test_a_metric_added_to_the_table_shows_up_everywhere(with_mae, tmp_path):
     paths = write_results(rows, tmp_path / "out")
     assert "mae" in (tmp_path / "out" / "results.csv").read_text().splitlines()[0] and paths
     assert rd_figure(rows, "mae").layout.yaxis.title.text == "MAE (grey levels)"
-    runs = [CodecRun(slug=f"run{i}", label=r["spec"], role="anchor", row=r, bitstream_file="", decoded_file="")
-            for i, r in enumerate(rows[:2])]
+    runs = [
+        CodecRun(slug=f"run{i}", label=r["spec"], role="anchor", row=r, bitstream_file="", decoded_file="")
+        for i, r in enumerate(rows[:2])
+    ]
     assert "MAE" in metrics_table(runs, "25").columns
     assert per_frame_figure(runs, "mae").layout.annotations[0].text == "MAE (grey levels)"

@@ -72,8 +72,9 @@ def test_weight_unpickler_refuses_code():
 def test_missing_weights_offline_give_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFVC_CACHE", str(tmp_path))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url",
-                        lambda *a, **k: (_ for _ in ()).throw(OSError("network is unreachable")))
+    monkeypatch.setattr(
+        torch.hub, "load_state_dict_from_url", lambda *a, **k: (_ for _ in ()).throw(OSError("network is unreachable"))
+    )
     perceptual_model.cache_clear()
     try:
         with pytest.raises(CodecError, match="python -m codec.weights prepare"):
@@ -111,8 +112,18 @@ def _degrade(video: Video, noise: float = 0.0, blur: int = 0) -> Video:
     x = video.frames.astype(np.float64)
     if blur:
         k = 2 * blur + 1
-        x = np.stack([np.stack([np.apply_along_axis(lambda r: np.convolve(r, np.ones(k) / k, "same"), 0, f[..., c])
-                                for c in range(3)], -1) for f in x])
+        x = np.stack(
+            [
+                np.stack(
+                    [
+                        np.apply_along_axis(lambda r: np.convolve(r, np.ones(k) / k, "same"), 0, f[..., c])
+                        for c in range(3)
+                    ],
+                    -1,
+                )
+                for f in x
+            ]
+        )
     x = x + np.random.default_rng(1).normal(0, noise, x.shape) if noise else x
     return Video(np.clip(np.rint(x), 0, 255).astype(np.uint8), video.fps)
 

@@ -23,18 +23,19 @@ from codec.errors import BitstreamError
 SIZE = 64
 
 
-
-
 def textured(height: int, width: int, seed: int = 0) -> torch.Tensor:
     """A smooth, textured RGB image [1, 3, H, W] in [0, 1] (sines plus a little seeded noise)."""
     g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
-                            indexing="ij")
-    image = torch.stack([
-        0.5 + 0.25 * torch.sin(xx / 5.0) + 0.12 * torch.cos(yy / 3.0),
-        0.5 + 0.2 * torch.cos((xx + yy) / 7.0) + 0.1 * torch.sin(xx / 2.3),
-        0.5 + 0.2 * torch.sin(yy / 4.0 + xx / 9.0),
-    ])
+    yy, xx = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+    )
+    image = torch.stack(
+        [
+            0.5 + 0.25 * torch.sin(xx / 5.0) + 0.12 * torch.cos(yy / 3.0),
+            0.5 + 0.2 * torch.cos((xx + yy) / 7.0) + 0.1 * torch.sin(xx / 2.3),
+            0.5 + 0.2 * torch.sin(yy / 4.0 + xx / 9.0),
+        ]
+    )
     return (image + 0.03 * torch.randn(image.shape, generator=g)).clamp(0, 1)[None]
 
 
@@ -59,8 +60,9 @@ def flow() -> torch.Tensor:
     """A realistic flow [2, 2, 64, 64]: DIS on the synthetic clip, and a second item with another motion."""
     cur, ref = clip_pair()
     first = DISFlow()(cur, ref)
-    yy, xx = torch.meshgrid(torch.arange(SIZE, dtype=torch.float32), torch.arange(SIZE, dtype=torch.float32),
-                            indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(SIZE, dtype=torch.float32), torch.arange(SIZE, dtype=torch.float32), indexing="ij"
+    )
     second = torch.stack([3 * torch.sin(yy / 9), -2 + xx / 32])[None]  # shear plus a smooth vertical field
     return torch.cat([first, second])
 

@@ -59,7 +59,11 @@ def test_the_pack_is_trained(footage):
     """At the middle QP the trained pack codes real footage at a fraction of a bit per pixel; the random-init model
     of the same preset, with the same transform skeleton, spends about 8 bpp (docs/DESIGN-NOTES.md). The learned
     intra codec on both sides: an HEVC I-frame is no part of what was trained."""
-    trained, untrained = (get_codec(spec).encode(footage, 32).bpp(footage)
-                          for spec in ("condlc:intra=learned:intra_qp_offset=0",
-                                       "condlc:pack=random-tiny:intra=learned:intra_qp_offset=0"))
+    trained, untrained = (
+        get_codec(spec).encode(footage, 32).bpp(footage)
+        for spec in (
+            "condlc:intra=learned:intra_qp_offset=0",
+            "condlc:pack=random-tiny:intra=learned:intra_qp_offset=0",
+        )
+    )
     assert trained < 0.5 and untrained > 10 * trained, (trained, untrained)  # measured: 0.33 and 7.9

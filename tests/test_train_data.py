@@ -85,6 +85,7 @@ def photos(tmp_path: Path) -> list[Path]:
 
 # --- synthetic clips ---------------------------------------------------------------------------------------
 
+
 def test_synthetic_clip_shapes_ranges_and_determinism(photos):
     ds = SyntheticMotionClips(photos, num_frames=4, crop=CROP, seed=7, length=5)
     a, b = ds[2], SyntheticMotionClips(photos, num_frames=4, crop=CROP, seed=7, length=5)[2]
@@ -221,6 +222,7 @@ def test_synthetic_clips_with_patches_only(photos):
 
 # --- real video ------------------------------------------------------------------------------------------
 
+
 def write_clip(path: Path, frames: int = 10, height: int = 72, width: int = 96, seed: int = 0) -> Path:
     return write_video(moving_clip(frames=frames, height=height, width=width, seed=seed), path, crf=10)
 
@@ -292,6 +294,7 @@ def test_vimeo90k_septuplets_layout(tmp_path):
 
 # --- splits, mixing, batching ----------------------------------------------------------------------------
 
+
 def test_held_out_photos_are_a_deterministic_disjoint_five_percent(tmp_path):
     paths = write_photos(tmp_path / "photos" / "pkg", 40, size=(16, 16))
     train, held = split_photos(paths)
@@ -317,8 +320,9 @@ def test_mixed_dataset_is_deterministic_and_collates_with_and_without_flow(tmp_p
     assert batch["flow"].shape == (8, 2, 2, CROP, CROP) and batch["flow_valid"].shape == (8, 2, 1, CROP, CROP)
     assert batch["has_flow"].tolist() == with_flow[:8]
     assert not bool(batch["flow_valid"][~batch["has_flow"]].any())
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate_clips,
-                                         worker_init_fn=single_thread_worker)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=4, collate_fn=collate_clips, worker_init_fn=single_thread_worker
+    )
     assert next(iter(loader))["frames"].shape == (4, 3, 3, CROP, CROP)
     with pytest.raises(CodecError, match="fetch"):
         mixed_dataset(tmp_path / "empty")
@@ -360,8 +364,10 @@ def test_debian_copyright_gives_each_photo_its_licence():
 def fake_source(payload: Path, calls: list[int]) -> Source:
     def stage(work: Path) -> FetchedSource:
         calls.append(1)
-        return FetchedSource([FetchedFile(payload, "photos/fake/p.png", "CC0-1.0", "Someone, 2020")],
-                             {"kind": "deb", "version": "1.0", "copyright_file": "photos/fake/copyright"})
+        return FetchedSource(
+            [FetchedFile(payload, "photos/fake/p.png", "CC0-1.0", "Someone, 2020")],
+            {"kind": "deb", "version": "1.0", "copyright_file": "photos/fake/copyright"},
+        )
 
     return Source("fake", "CC0-1.0", stage)
 

@@ -42,8 +42,6 @@ from codec.train.stages import (
 CROP, FRAMES, BATCH = 64, 3, 2
 
 
-
-
 class TranslatingTextures(Dataset):
     """Item i: a smooth random texture (bicubic upsampling of a seeded 12x12 grid) seen through a CROP window that
     moves by (vx, vy) whole pixels per frame. flow[t] = (vx, vy) everywhere, so warp(frames[t], flow[t]) equals
@@ -62,18 +60,19 @@ class TranslatingTextures(Dataset):
         grid = torch.rand(1, 3, 12, 12, generator=g)
         texture = F.interpolate(grid, size=(size, size), mode="bicubic", align_corners=False)[0].clamp(0, 1)
         vx, vy = (int(v) for v in torch.randint(-3, 4, (2,), generator=g))
-        frames = torch.stack([
-            texture[:, margin + t * vy : margin + t * vy + self.crop, margin + t * vx : margin + t * vx + self.crop]
-            for t in range(self.frames)
-        ])
+        frames = torch.stack(
+            [
+                texture[:, margin + t * vy : margin + t * vy + self.crop, margin + t * vx : margin + t * vx + self.crop]
+                for t in range(self.frames)
+            ]
+        )
         flow = torch.tensor([float(vx), float(vy)]).view(1, 2, 1, 1).expand(self.frames - 1, 2, self.crop, self.crop)
         valid = torch.ones(self.frames - 1, 1, self.crop, self.crop, dtype=torch.bool)
         return {"frames": frames.contiguous(), "flow": flow.contiguous(), "flow_valid": valid, "name": f"tex-{index}"}
 
 
 def settings(out, steps: int, **overrides) -> LoopSettings:
-    values = dict(out=out, steps=steps, batch=BATCH, lr=2e-4, seed=3, log_every=1, checkpoint_every=100,
-                  pack_every=0)
+    values = dict(out=out, steps=steps, batch=BATCH, lr=2e-4, seed=3, log_every=1, checkpoint_every=100, pack_every=0)
     return LoopSettings(**{**values, **overrides})
 
 
@@ -136,8 +135,9 @@ def test_the_sampler_trains_through_its_last_steps_and_codes_without_a_graph():
 
     for grad_steps in (None, 1):
         stage.zero_grad()
-        sampler.sample(latent_hat, condition, qp, seed=7, frame_index=2, grad_steps=grad_steps).latent.square().mean(
-        ).backward()
+        sampler.sample(
+            latent_hat, condition, qp, seed=7, frame_index=2, grad_steps=grad_steps
+        ).latent.square().mean().backward()
         grads = [p.grad for p in stage.unet.parameters() if p.grad is not None]
         assert grads and any(g.abs().sum() > 0 for g in grads)
         assert stage.qp_prompt.position.grad is not None
@@ -192,11 +192,14 @@ def test_finetuning_samples_each_sequence_as_the_decoder_does(tmp_path):
     with torch.no_grad():
         coded = stage._code(frames, qp)
         latents = stage.sample_sequence(coded, qp, lambda i, shape: seeded_noise(shape, 5, i))
-    ours = torch.stack([(model.latent_space.decode(x)[0] * 255).round().to(torch.uint8).permute(1, 2, 0)
-                        for x in latents])
+    ours = torch.stack(
+        [(model.latent_space.decode(x)[0] * 255).round().to(torch.uint8).permute(1, 2, 0) for x in latents]
+    )
     assert np.array_equal(ours.numpy(), decoded)
-    assert not np.array_equal(ours.numpy(), get_codec(spec.replace("diffvc", "condlc", 1).replace(":seed=5", "")
-                                                      ).encode(clip, 40).reconstruction.frames)
+    assert not np.array_equal(
+        ours.numpy(),
+        get_codec(spec.replace("diffvc", "condlc", 1).replace(":seed=5", "")).encode(clip, 40).reconstruction.frames,
+    )
 
 
 @pytest.mark.skipif("not perceptual_weights_prepared()")
@@ -242,8 +245,14 @@ def codec_run(tmp_path_factory):
 
 
 def check_run_files(out, step: int, columns: tuple[str, ...]) -> None:
-    for name in ("checkpoint.pt", "log.csv", "loss.png", "pack/config.json", "pack/model.safetensors",
-                 "pack/README.md"):
+    for name in (
+        "checkpoint.pt",
+        "log.csv",
+        "loss.png",
+        "pack/config.json",
+        "pack/model.safetensors",
+        "pack/README.md",
+    ):
         assert (out / name).is_file(), name
     with (out / "log.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -281,8 +290,9 @@ def test_resuming_continues_the_step_count_and_equals_an_uninterrupted_run(codec
 
 
 def test_a_time_budget_stops_cleanly_with_checkpoint_and_pack(tmp_path):
-    result = run_stage("codec", tiny_model, TranslatingTextures(), settings(tmp_path, 1000, time_budget_min=1e-4),
-                       log=lambda _: None)
+    result = run_stage(
+        "codec", tiny_model, TranslatingTextures(), settings(tmp_path, 1000, time_budget_min=1e-4), log=lambda _: None
+    )
     assert result.stopped_by == "time" and 1 <= result.step < 1000
     check_run_files(tmp_path, result.step, CodecStage.log_columns)
 
@@ -360,8 +370,9 @@ def test_warmup_raises_the_lr_linearly_then_holds_it(tmp_path):
     ramp = settings(tmp_path, 10, lr=1e-3, warmup=4)
     assert [warmup_lr(ramp, s) for s in range(1, 7)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
     assert warmup_lr(settings(tmp_path, 10, lr=1e-3), 1) == 1e-3
-    result = run_stage("diffusion", tiny_model, TranslatingTextures(), settings(tmp_path, 2, lr=1e-3, warmup=4),
-                       log=lambda _: None)
+    result = run_stage(
+        "diffusion", tiny_model, TranslatingTextures(), settings(tmp_path, 2, lr=1e-3, warmup=4), log=lambda _: None
+    )
     assert [row["lr"] for row in read_log(tmp_path / "log.csv")] == pytest.approx([2.5e-4, 5e-4])
     assert result.step == 2
 
@@ -373,8 +384,13 @@ def test_a_frozen_codec_keeps_its_coding_tables_bit_for_bit(tmp_path):
 
     start, _ = DiffVCModel.random(tiny_config(), seed=0)
     pack = write_pack(tmp_path / "start", start.config.to_dict(), start.trainable_state(), "start\n").path
-    run_stage("diffusion", lambda: DiffVCModel.from_pack(pack)[0], TranslatingTextures(),
-              settings(tmp_path / "run", 1), log=lambda _: None)
+    run_stage(
+        "diffusion",
+        lambda: DiffVCModel.from_pack(pack)[0],
+        TranslatingTextures(),
+        settings(tmp_path / "run", 1),
+        log=lambda _: None,
+    )
     before, after = DiffVCModel.from_pack(pack)[0].state_dict(), DiffVCModel.from_pack(tmp_path / "run" / "pack")[0]
     tables = [k for k in before if k.rsplit(".", 1)[-1] in ("_frequencies", "_lengths", "_offsets", "medians")]
     assert tables and all(torch.equal(before[k], after.state_dict()[k]) for k in tables)
@@ -405,6 +421,7 @@ def test_rate_control_parameters_learn_faster_and_every_parameter_is_trained_onc
     fast = next(g for g in groups if g["lr_scale"] == RATE_LR_SCALE)
     assert fast["lr"] == pytest.approx(1e-3 * RATE_LR_SCALE)
     scales = {id(p) for p in stage.model.inter.qp_scales.parameters()} | {
-        id(p) for p in stage.model.intra.hyperprior.prior.parameters()}
+        id(p) for p in stage.model.intra.hyperprior.prior.parameters()
+    }
     assert scales <= {id(p) for p in fast["params"]}
     assert len(fast["params"]) < len(ids) / 4  # a few small tensors, not the networks

@@ -15,8 +15,9 @@ from codec.metrics import psnr
 from codec.video import Video, VideoLimits, crop, pad_to_multiple, parse_size, read_video, write_video
 
 
-def _write_raw(path: Path, codec: str, pix_fmt: str, frames: list[np.ndarray], src_fmt: str, fmt: str | None = None,
-               rate: int = 25) -> Path:
+def _write_raw(
+    path: Path, codec: str, pix_fmt: str, frames: list[np.ndarray], src_fmt: str, fmt: str | None = None, rate: int = 25
+) -> Path:
     """Write frames given in `src_fmt` (e.g. gray, rgba) with `codec`/`pix_fmt`, bypassing our writer."""
     with av.open(str(path), "w", format=fmt) as c:
         s = c.add_stream(codec, rate=rate)
@@ -29,10 +30,16 @@ def _write_raw(path: Path, codec: str, pix_fmt: str, frames: list[np.ndarray], s
     return path
 
 
-@pytest.mark.parametrize("suffix,codec,pix_fmt", [
-    (".mkv", "ffv1", "yuv444p"), (".webm", "libvpx-vp9", "yuv420p"), (".avi", "mpeg4", "yuv420p"),
-    (".mov", "png", "rgb24"), (".mp4", "libx264", "yuv420p"),
-])
+@pytest.mark.parametrize(
+    "suffix,codec,pix_fmt",
+    [
+        (".mkv", "ffv1", "yuv444p"),
+        (".webm", "libvpx-vp9", "yuv420p"),
+        (".avi", "mpeg4", "yuv420p"),
+        (".mov", "png", "rgb24"),
+        (".mp4", "libx264", "yuv420p"),
+    ],
+)
 def test_reads_common_containers(tmp_path, suffix, codec, pix_fmt):
     clip = moving_clip(frames=6)
     path = _write_raw(tmp_path / f"c{suffix}", codec, pix_fmt, list(clip.frames), "rgb24")
@@ -94,11 +101,14 @@ def test_alpha_input_drops_alpha(tmp_path):
     assert video.frames.shape == (2, 48, 64, 3)
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"", "empty"),
-    (bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)), "not a video"),
-    (b"hello, I am a text file\n" * 50, "not a video"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "empty"),
+        (bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)), "not a video"),
+        (b"hello, I am a text file\n" * 50, "not a video"),
+    ],
+)
 def test_non_videos_get_a_clear_error(tmp_path, content, message):
     path = tmp_path / "bad.mp4"
     path.write_bytes(content)

@@ -39,13 +39,21 @@ DRIFT_QPS = (8, 32)
 FRAMES = 32
 
 
-def rd(video: Video, specs: dict[str, tuple[int, ...]], name: str,
-       metrics: tuple[str, ...] = ("psnr",)) -> dict[str, list[dict]]:
+def rd(
+    video: Video, specs: dict[str, tuple[int, ...]], name: str, metrics: tuple[str, ...] = ("psnr",)
+) -> dict[str, list[dict]]:
     """spec -> its rows (PSNR only unless asked), through the evaluation cache."""
     from codec.weights import cache_root
 
-    request = EvalRequest(video=video, specs=list(specs), qps=[], qps_by_spec=specs, source=name,
-                          metrics=list(metrics), cache_dir=cache_root() / "eval-cache")
+    request = EvalRequest(
+        video=video,
+        specs=list(specs),
+        qps=[],
+        qps_by_spec=specs,
+        source=name,
+        metrics=list(metrics),
+        cache_dir=cache_root() / "eval-cache",
+    )
     rows = evaluate(request, lambda done, total, label: print(f"  {name}: {done}/{total} {label}", file=sys.stderr))
     out: dict[str, list[dict]] = {}
     for row in rows:
@@ -57,9 +65,15 @@ def drift(row: dict) -> dict:
     """First 8 against last 8 P-frames of a 32-frame GOP: mean PSNR and bytes."""
     bits = np.array(row["per_frame"]["bits"]) / 8
     psnr = np.array(row["per_frame"]["psnr"])
-    return {"qp": row["qp"], "first_psnr": float(psnr[1:9].mean()), "last_psnr": float(psnr[-8:].mean()),
-            "first_bytes": float(bits[1:9].mean()), "last_bytes": float(bits[-8:].mean()),
-            "i_bytes": float(bits[0]), "i_psnr": float(psnr[0])}
+    return {
+        "qp": row["qp"],
+        "first_psnr": float(psnr[1:9].mean()),
+        "last_psnr": float(psnr[-8:].mean()),
+        "first_bytes": float(bits[1:9].mean()),
+        "last_bytes": float(bits[-8:].mean()),
+        "i_bytes": float(bits[0]),
+        "i_psnr": float(psnr[0]),
+    }
 
 
 def clip_figures(name: str, spec: str) -> dict:
@@ -69,9 +83,14 @@ def clip_figures(name: str, spec: str) -> dict:
     ratio, note = rate_ratio_at_equal_quality(curves[ANCHOR], curves[spec], "psnr")
     rows = {r["qp"]: r for r in curves[spec]}
     return {
-        "clip": name, "size": f"{video.width}x{video.height}", "bits_vs_x265": ratio, "note": note,
-        "points": [{"qp": r["qp"], "bpp": r["bpp"], "psnr": r["psnr"],
-                    "real_over_estimated": r.get("real_over_estimated")} for r in curves[spec]],
+        "clip": name,
+        "size": f"{video.width}x{video.height}",
+        "bits_vs_x265": ratio,
+        "note": note,
+        "points": [
+            {"qp": r["qp"], "bpp": r["bpp"], "psnr": r["psnr"], "real_over_estimated": r.get("real_over_estimated")}
+            for r in curves[spec]
+        ],
         "anchor": [{"qp": r["qp"], "bpp": r["bpp"], "psnr": r["psnr"]} for r in curves[ANCHOR]],
         "drift": [drift(rows[q]) for q in DRIFT_QPS],
     }
@@ -81,11 +100,17 @@ def intra_figures(spec: str) -> dict:
     """The first frame of Big Buck Bunny alone: the codec's I-frame against x265-intra."""
     path, size = CLIPS["bbb"]
     video = read_video(path, frames=1, size=size)
-    curves = rd(video, {f"{ANCHOR}:intra_period=1": ANCHOR_QPS, spec: CODEC_QPS,
-                        f"{spec}:intra=learned": CODEC_QPS}, "bbb-intra")
+    curves = rd(
+        video,
+        {f"{ANCHOR}:intra_period=1": ANCHOR_QPS, spec: CODEC_QPS, f"{spec}:intra=learned": CODEC_QPS},
+        "bbb-intra",
+    )
     anchor = curves[f"{ANCHOR}:intra_period=1"]
-    return {k: dict(zip(("ratio", "note"), rate_ratio_at_equal_quality(anchor, v, "psnr"), strict=True))
-            for k, v in curves.items() if k != f"{ANCHOR}:intra_period=1"}
+    return {
+        k: dict(zip(("ratio", "note"), rate_ratio_at_equal_quality(anchor, v, "psnr"), strict=True))
+        for k, v in curves.items()
+        if k != f"{ANCHOR}:intra_period=1"
+    }
 
 
 def still_figures(spec: str) -> list[dict]:
@@ -97,8 +122,9 @@ def still_figures(spec: str) -> list[dict]:
     out = []
     for qp in (8, 32, 56):
         bits = codec.encode(still, qp).frame_bits
-        out.append({"qp": qp, "i_bytes": bits[0] / 8, "max_p_bytes": max(bits[1:]) / 8,
-                    "p_over_i": max(bits[1:]) / bits[0]})
+        out.append(
+            {"qp": qp, "i_bytes": bits[0] / 8, "max_p_bytes": max(bits[1:]) / 8, "p_over_i": max(bits[1:]) / bits[0]}
+        )
     return out
 
 
@@ -116,25 +142,39 @@ def markdown(figures: dict) -> str:
     lines = ["| clip | bits vs x265 at equal PSNR | real / estimated bits (QP 0..63) |", "| --- | --- | --- |"]
     for c in figures["clips"]:
         ratios = [p["real_over_estimated"] for p in c["points"] if p["real_over_estimated"]]
-        lines.append(f"| {c['clip']} {c['size']} | {c['bits_vs_x265']:.2f}x ({c['note']}) | "
-                     f"{min(ratios):.3f} - {max(ratios):.3f} |")
-    lines += ["", "| clip | QP | I-frame | first 8 P: PSNR, bytes | last 8 P: PSNR, bytes | PSNR drop | bytes ratio |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| {c['clip']} {c['size']} | {c['bits_vs_x265']:.2f}x ({c['note']}) | "
+            f"{min(ratios):.3f} - {max(ratios):.3f} |"
+        )
+    lines += [
+        "",
+        "| clip | QP | I-frame | first 8 P: PSNR, bytes | last 8 P: PSNR, bytes | PSNR drop | bytes ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for c in figures["clips"]:
         for d in c["drift"]:
-            lines.append(f"| {c['clip']} | {d['qp']} | {d['i_bytes']:.0f} B, {d['i_psnr']:.2f} dB | "
-                         f"{d['first_psnr']:.2f} dB, {d['first_bytes']:.0f} B | {d['last_psnr']:.2f} dB, "
-                         f"{d['last_bytes']:.0f} B | {d['first_psnr'] - d['last_psnr']:.2f} dB | "
-                         f"{d['last_bytes'] / d['first_bytes']:.2f} |")
+            lines.append(
+                f"| {c['clip']} | {d['qp']} | {d['i_bytes']:.0f} B, {d['i_psnr']:.2f} dB | "
+                f"{d['first_psnr']:.2f} dB, {d['first_bytes']:.0f} B | {d['last_psnr']:.2f} dB, "
+                f"{d['last_bytes']:.0f} B | {d['first_psnr'] - d['last_psnr']:.2f} dB | "
+                f"{d['last_bytes'] / d['first_bytes']:.2f} |"
+            )
     lines += ["", "| I-frame coder | bits vs x265-intra at equal PSNR |", "| --- | --- |"]
-    lines += [f"| {k} | {v['ratio']:.2f}x ({v['note']}) |" if v["ratio"] else f"| {k} | n/a ({v['note']}) |"
-              for k, v in figures["intra"].items()]
+    lines += [
+        f"| {k} | {v['ratio']:.2f}x ({v['note']}) |" if v["ratio"] else f"| {k} | n/a ({v['note']}) |"
+        for k, v in figures["intra"].items()
+    ]
     lines += ["", "| still clip, QP | I-frame bytes | largest P-frame bytes | P / I |", "| --- | --- | --- | --- |"]
-    lines += [f"| {s['qp']} | {s['i_bytes']:.0f} | {s['max_p_bytes']:.0f} | {100 * s['p_over_i']:.2f} % |"
-              for s in figures["still"]]
+    lines += [
+        f"| {s['qp']} | {s['i_bytes']:.0f} | {s['max_p_bytes']:.0f} | {100 * s['p_over_i']:.2f} % |"
+        for s in figures["still"]
+    ]
     r = figures["rates"]
-    lines += ["", f"Rates over QP 0..63 (3 frames): {r['bytes'][0]} -> {r['bytes'][-1]} bytes, {r['span']:.1f}x; "
-              f"QPs where the next QP does not cost fewer bytes: {r['rises_at'] or 'none'}"]
+    lines += [
+        "",
+        f"Rates over QP 0..63 (3 frames): {r['bytes'][0]} -> {r['bytes'][-1]} bytes, {r['span']:.1f}x; "
+        f"QPs where the next QP does not cost fewer bytes: {r['rises_at'] or 'none'}",
+    ]
     return "\n".join(lines)
 
 

@@ -50,12 +50,18 @@ class Outcome:
 
 # --- the command line ---------------------------------------------------------------------------------------------
 
+
 def run_cli(argv: list[str], timeout: float = CLI_TIMEOUT_S) -> tuple[str, float, str, float]:
     """`python -m codec ARGV` in a niced child: (outcome, seconds, last stderr line, peak RSS MiB of the child)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     began = time.monotonic()
-    child = subprocess.Popen(["nice", "-n", "19", sys.executable, "-m", "codec", *argv], cwd=REPO, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        ["nice", "-n", "19", sys.executable, "-m", "codec", *argv],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     stderr: list[bytes] = []
     reader = threading.Thread(target=lambda: stderr.append(child.stderr.read()), daemon=True)
     reader.start()
@@ -93,26 +99,94 @@ def cli_cases(files: list[HostileFile], scratch: Path) -> list[tuple[str, Hostil
     for f in files:
         out = scratch / f.path.stem
         expect = full_res.get(f.name, f.expect)
-        cases.append(("cli encode", f, ["encode", str(f.path), "-o", str(out) + ".hevc", "--codec", "x265",
-                                        "--qp", "40", "--frames", "2"], expect))
-        cases.append(("cli eval", f, ["eval", str(f.path), "--codecs", "x265", "--qps", "40", "--frames", "2",
-                                      "--metrics", "psnr", "--out", str(out), "--cache", str(scratch / "cache")],
-                      expect))
+        cases.append(
+            (
+                "cli encode",
+                f,
+                ["encode", str(f.path), "-o", str(out) + ".hevc", "--codec", "x265", "--qp", "40", "--frames", "2"],
+                expect,
+            )
+        )
+        cases.append(
+            (
+                "cli eval",
+                f,
+                [
+                    "eval",
+                    str(f.path),
+                    "--codecs",
+                    "x265",
+                    "--qps",
+                    "40",
+                    "--frames",
+                    "2",
+                    "--metrics",
+                    "psnr",
+                    "--out",
+                    str(out),
+                    "--cache",
+                    str(scratch / "cache"),
+                ],
+                expect,
+            )
+        )
     by_name = {f.name: f for f in files}
     if "8k.mp4" in by_name:  # ... and takes it resized
         f = by_name["8k.mp4"]
-        cases.append(("cli encode --size 640x360", f, ["encode", str(f.path), "-o", str(scratch / "8k.hevc"),
-                                                       "--codec", "x265", "--qp", "40", "--frames", "2",
-                                                       "--size", "640x360"], "accept"))
+        cases.append(
+            (
+                "cli encode --size 640x360",
+                f,
+                [
+                    "encode",
+                    str(f.path),
+                    "-o",
+                    str(scratch / "8k.hevc"),
+                    "--codec",
+                    "x265",
+                    "--qp",
+                    "40",
+                    "--frames",
+                    "2",
+                    "--size",
+                    "640x360",
+                ],
+                "accept",
+            )
+        )
     if "many-frames.mp4" in by_name:  # every frame: more than the 10,000-frame limit
         f = by_name["many-frames.mp4"]
-        cases.append(("cli encode, all frames", f, ["encode", str(f.path), "-o", str(scratch / "all.hevc"),
-                                                    "--codec", "x265", "--qp", "40"], "refuse"))
+        cases.append(
+            (
+                "cli encode, all frames",
+                f,
+                ["encode", str(f.path), "-o", str(scratch / "all.hevc"), "--codec", "x265", "--qp", "40"],
+                "refuse",
+            )
+        )
     if "big-h264-sps.mp4" in by_name:  # a resize must not let a huge declared frame through
         f = by_name["big-h264-sps.mp4"]
-        cases.append(("cli encode --size 64x64", f, ["encode", str(f.path), "-o", str(scratch / "big.hevc"),
-                                                     "--codec", "x265", "--qp", "40", "--frames", "2",
-                                                     "--size", "64x64"], "refuse"))
+        cases.append(
+            (
+                "cli encode --size 64x64",
+                f,
+                [
+                    "encode",
+                    str(f.path),
+                    "-o",
+                    str(scratch / "big.hevc"),
+                    "--codec",
+                    "x265",
+                    "--qp",
+                    "40",
+                    "--frames",
+                    "2",
+                    "--size",
+                    "64x64",
+                ],
+                "refuse",
+            )
+        )
     return cases
 
 
@@ -127,16 +201,24 @@ def check_cli(files: list[HostileFile], scratch: Path, log=print) -> list[Outcom
 
 # --- the handlers -------------------------------------------------------------------------------------------------
 
+
 def check_handlers(files: list[HostileFile], data: Path, log=print) -> list[Outcome]:
     """Every file through `Studio.compare` (what the Compare button runs), plus the app's own limits."""
     from app.feedback import error_message
     from app.handlers import ClipRequest, CompareRequest, SessionState, Studio, StudioConfig
 
     def studio(**extra) -> Studio:
-        return Studio(StudioConfig(pack="random-tiny", results_dir=data / "comparisons",
-                                   sessions_dir=data / "sessions", eval_cache=data / "eval-cache",
-                                   db_path=data / "blind.sqlite", example_clip=REPO / "assets/clips/bigbuckbunny.mp4",
-                                   **extra))
+        return Studio(
+            StudioConfig(
+                pack="random-tiny",
+                results_dir=data / "comparisons",
+                sessions_dir=data / "sessions",
+                eval_cache=data / "eval-cache",
+                db_path=data / "blind.sqlite",
+                example_clip=REPO / "assets/clips/bigbuckbunny.mp4",
+                **extra,
+            )
+        )
 
     def attempt(route: str, s: Studio, f: HostileFile, clip: ClipRequest, expect: str, must: str = "") -> None:
         began = time.monotonic()
@@ -157,19 +239,32 @@ def check_handlers(files: list[HostileFile], data: Path, log=print) -> list[Outc
         attempt("handlers", plain, f, ClipRequest(str(f.path), 0, 2, 64), f.expect)
     by_name = {f.name: f for f in files}
     if "8k.mp4" in by_name:  # 96 frames at 1280 px: over the per-job pixel budget, refused before decoding
-        attempt("handlers, 96 frames at 1280 px", plain, by_name["8k.mp4"],
-                ClipRequest(str(by_name["8k.mp4"].path), 0, 96, 1280), "refuse", must="budget")
+        attempt(
+            "handlers, 96 frames at 1280 px",
+            plain,
+            by_name["8k.mp4"],
+            ClipRequest(str(by_name["8k.mp4"].path), 0, 96, 1280),
+            "refuse",
+            must="budget",
+        )
     if "many-frames.mp4" in by_name:
         f = by_name["many-frames.mp4"]
         attempt("handlers, start 9990", plain, f, ClipRequest(str(f.path), 9990, 2, 64), "accept")
         attempt("handlers, start 11990", plain, f, ClipRequest(str(f.path), 11990, 2, 64), "refuse", must="limit")
     example = HostileFile("bigbuckbunny.mp4", REPO / "assets/clips/bigbuckbunny.mp4", "the example clip", "refuse")
-    attempt("handlers, time limit 0.5 s", studio(time_limit_s=0.5), example,
-            ClipRequest(str(example.path), 0, 8, 128), "refuse", must="time limit")
+    attempt(
+        "handlers, time limit 0.5 s",
+        studio(time_limit_s=0.5),
+        example,
+        ClipRequest(str(example.path), 0, 8, 128),
+        "refuse",
+        must="time limit",
+    )
     return outcomes
 
 
 # --- the running app ----------------------------------------------------------------------------------------------
+
 
 class Poller:
     """Another user: asks the server for its codec list every `every` seconds; records latencies and failures."""
@@ -206,9 +301,13 @@ class Poller:
 
     def summary(self) -> dict:
         lat = sorted(self.latencies)
-        return {"requests": len(lat), "failures": len(self.failures), "first_failures": self.failures[:3],
-                "median_s": round(lat[len(lat) // 2], 3) if lat else None,
-                "max_s": round(lat[-1], 3) if lat else None}
+        return {
+            "requests": len(lat),
+            "failures": len(self.failures),
+            "first_failures": self.failures[:3],
+            "median_s": round(lat[len(lat) // 2], 3) if lat else None,
+            "max_s": round(lat[-1], 3) if lat else None,
+        }
 
 
 def api_attempt(client, path: Path, frames: int = 2) -> tuple[str, str]:
@@ -219,8 +318,12 @@ def api_attempt(client, path: Path, frames: int = 2) -> tuple[str, str]:
         rows = client.predict(handle_file(str(path)), APP_QP, False, frames, api_name="/compare")
     except Exception as e:  # noqa: BLE001 - gradio_client raises AppError / ValueError / httpx errors
         text = str(e)
-        refused = ("Cannot run this" in text or "exceeds the maximum" in text.lower() or "too large" in text.lower()
-                   or "413" in text)
+        refused = (
+            "Cannot run this" in text
+            or "exceeds the maximum" in text.lower()
+            or "too large" in text.lower()
+            or "413" in text
+        )
         leaked = "Traceback" in text or "/tmp/" in text
         return ("refused" if refused and not leaked else "FAIL"), text.replace("\n", " ")[:300]
     if not isinstance(rows, list) or not rows or any(not r.get("bytes") for r in rows):
@@ -246,15 +349,34 @@ def check_server(files: list[HostileFile], data: Path, log=print) -> tuple[list[
             for f in uploads:
                 began = time.monotonic()
                 outcome, message = api_attempt(client, f.path)
-                outcomes.append(Outcome("app /compare", f.name, f.expect, outcome, time.monotonic() - began, message,
-                                        round(server.rss_mb(), 1)))
+                outcomes.append(
+                    Outcome(
+                        "app /compare",
+                        f.name,
+                        f.expect,
+                        outcome,
+                        time.monotonic() - began,
+                        message,
+                        round(server.rss_mb(), 1),
+                    )
+                )
                 log(_line(outcomes[-1]))
             began = time.monotonic()  # past gradio_client's own size check: the server must refuse it too
-            response = httpx.post(server.url + "/gradio_api/upload", timeout=60,
-                                  files={"files": ("oversize.mp4", oversize.read_bytes(), "video/mp4")})
-            outcomes.append(Outcome("app upload (raw POST), 1 MB limit", "oversize.mp4 (2 MiB)", "refuse",
-                                    "refused" if response.status_code == 413 else "FAIL",
-                                    time.monotonic() - began, f"HTTP {response.status_code}: {response.text[:150]}"))
+            response = httpx.post(
+                server.url + "/gradio_api/upload",
+                timeout=60,
+                files={"files": ("oversize.mp4", oversize.read_bytes(), "video/mp4")},
+            )
+            outcomes.append(
+                Outcome(
+                    "app upload (raw POST), 1 MB limit",
+                    "oversize.mp4 (2 MiB)",
+                    "refuse",
+                    "refused" if response.status_code == 413 else "FAIL",
+                    time.monotonic() - began,
+                    f"HTTP {response.status_code}: {response.text[:150]}",
+                )
+            )
             log(_line(outcomes[-1]))
         extra["poller"] = poller.summary()
         extra["alive_after"] = server.alive()
@@ -270,37 +392,48 @@ def check_server(files: list[HostileFile], data: Path, log=print) -> tuple[list[
             seconds = time.monotonic() - began
         if outcome == "refused" and "time limit" not in message:
             outcome = "FAIL"
-        outcomes.append(Outcome("app /compare, time limit 3 s", "bigbuckbunny.mp4 (16 frames)", "refuse", outcome,
-                                seconds, message))
+        outcomes.append(
+            Outcome("app /compare, time limit 3 s", "bigbuckbunny.mp4 (16 frames)", "refuse", outcome, seconds, message)
+        )
         log(_line(outcomes[-1]))
-        extra["time_limit"] = {"limit_s": 3, "job_s": round(seconds, 1), "poller": poller.summary(),
-                               "alive_after": server.alive()}
+        extra["time_limit"] = {
+            "limit_s": 3,
+            "job_s": round(seconds, 1),
+            "poller": poller.summary(),
+            "alive_after": server.alive(),
+        }
     return outcomes, extra
 
 
 # --- report ------------------------------------------------------------------------------------------------------
 
+
 def _line(o: Outcome) -> str:
     mark = "pass" if o.passed else "FAIL"
     peak = f" {o.peak_mb:.0f} MB" if o.peak_mb else ""
-    return f"[{mark}] {o.route:32s} {o.file:28s} expect {o.expect:6s} -> {o.outcome:7s} {o.seconds:6.1f} s{peak}  " \
-           f"{o.message[:110]}"
+    return (
+        f"[{mark}] {o.route:32s} {o.file:28s} expect {o.expect:6s} -> {o.outcome:7s} {o.seconds:6.1f} s{peak}  "
+        f"{o.message[:110]}"
+    )
 
 
 def table(outcomes: list[Outcome]) -> str:
     rows = ["| route | file | expected | outcome | s | message |", "| --- | --- | --- | --- | --: | --- |"]
     for o in outcomes:
         message = o.message.replace("|", "\\|").replace("**", "")[:120]
-        rows.append(f"| {o.route} | {o.file} | {o.expect} | {o.outcome}{'' if o.passed else ' (FAIL)'} | "
-                    f"{o.seconds:.1f} | {message} |")
+        rows.append(
+            f"| {o.route} | {o.file} | {o.expect} | {o.outcome}{'' if o.passed else ' (FAIL)'} | "
+            f"{o.seconds:.1f} | {message} |"
+        )
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.hostile", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/hostile"))
-    parser.add_argument("--routes", nargs="+", choices=["cli", "handlers", "server"],
-                        default=["cli", "handlers", "server"])
+    parser.add_argument(
+        "--routes", nargs="+", choices=["cli", "handlers", "server"], default=["cli", "handlers", "server"]
+    )
     args = parser.parse_args(argv)
     if args.out.exists():
         shutil.rmtree(args.out)
@@ -317,13 +450,20 @@ def main(argv: list[str] | None = None) -> int:
         server_outcomes, extra = check_server(files, args.out / "app")
         outcomes += server_outcomes
     failed = [o for o in outcomes if not o.passed]
-    summary = {"files": [asdict(f) | {"path": str(f.path), "bytes": f.path.stat().st_size} for f in files],
-               "outcomes": [asdict(o) for o in outcomes], "server": extra, "failed": len(failed),
-               "total": len(outcomes), "seconds": round(time.monotonic() - began, 1)}
+    summary = {
+        "files": [asdict(f) | {"path": str(f.path), "bytes": f.path.stat().st_size} for f in files],
+        "outcomes": [asdict(o) for o in outcomes],
+        "server": extra,
+        "failed": len(failed),
+        "total": len(outcomes),
+        "seconds": round(time.monotonic() - began, 1),
+    }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(table(outcomes))
-    print(f"\n{len(outcomes) - len(failed)}/{len(outcomes)} passed in {summary['seconds']:.0f} s; "
-          f"wrote {args.out / 'summary.json'}")
+    print(
+        f"\n{len(outcomes) - len(failed)}/{len(outcomes)} passed in {summary['seconds']:.0f} s; "
+        f"wrote {args.out / 'summary.json'}"
+    )
     return 1 if failed else 0
 
 

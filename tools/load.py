@@ -109,8 +109,7 @@ def expected(path: Path, frames: int) -> dict:
     from codec.eval.compare import load_clip
 
     video = load_clip(path, 0, frames, DEFAULT_MAX_SIDE)
-    return {"clip_hash": video.content_hash(), "width": video.width, "height": video.height,
-            "frames": video.num_frames}
+    return {"clip_hash": video.content_hash(), "width": video.width, "height": video.height, "frames": video.num_frames}
 
 
 class RssSampler:
@@ -175,8 +174,10 @@ def run_load(config: LoadConfig, out: Path, log=print) -> LoadReport:
             for r in range(config.rounds):
                 qp = config.qp + 4 * r
                 round_began = time.monotonic()
-                futures = [pool.submit(one_request, server.url, clips[i], qp, tdirs[i], config.frames)
-                           for i in range(config.sessions)]
+                futures = [
+                    pool.submit(one_request, server.url, clips[i], qp, tdirs[i], config.frames)
+                    for i in range(config.sessions)
+                ]
                 results = [f.result() for f in futures]
                 report.round_seconds.append(round(time.monotonic() - round_began, 1))
                 report.requests += len(results)
@@ -192,8 +193,10 @@ def run_load(config: LoadConfig, out: Path, log=print) -> LoadReport:
                 _check_pair(report, round_rows, r)
                 by_round.append(round_rows)
                 report.rss_after_round_mb.append(round(server.rss_mb(), 1))
-                log(f"round {r}: QP {qp}, {sum(x is not None for x in round_rows)}/{config.sessions} finished in "
-                    f"{report.round_seconds[-1]:.0f} s; RSS {server.rss_mb():.0f} MB (peak {sampler.peak:.0f})")
+                log(
+                    f"round {r}: QP {qp}, {sum(x is not None for x in round_rows)}/{config.sessions} finished in "
+                    f"{report.round_seconds[-1]:.0f} s; RSS {server.rss_mb():.0f} MB (peak {sampler.peak:.0f})"
+                )
         report.rss_peak_mb = round(sampler.peak, 1)
         time.sleep(5 if config.warm_up else 0)
         report.rss_end_mb = round(server.rss_mb(), 1) if config.warm_up else report.rss_baseline_mb

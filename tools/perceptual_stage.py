@@ -44,10 +44,13 @@ def clip_figures(name: str, pack: str) -> dict:
     curves = rd(video, {ANCHOR: ANCHOR_QPS, **{s: CODEC_QPS for s in named.values()}}, name, METRICS)
     condlc, diffvc, tdir_off = (curves[named[k]] for k in ("condlc", "diffvc", "tdir_off"))
     return {
-        "clip": name, "size": f"{video.width}x{video.height}",
+        "clip": name,
+        "size": f"{video.width}x{video.height}",
         "diffvc_vs_condlc": {m: bd_rate(condlc, diffvc, m) for m in METRICS},
-        "vs_x265": {k: {m: rate_ratio_at_equal_quality(curves[ANCHOR], curves[named[k]], m) for m in ("dists", "lpips")}
-                    for k in ("diffvc", "condlc")},
+        "vs_x265": {
+            k: {m: rate_ratio_at_equal_quality(curves[ANCHOR], curves[named[k]], m) for m in ("dists", "lpips")}
+            for k in ("diffvc", "condlc")
+        },
         "tdir": tdir_figures(diffvc, tdir_off),
         "points": {k: [{m: r[m] for m in ("qp", "bpp", *METRICS)} for r in curves[s]] for k, s in named.items()},
         "anchor": [{m: r[m] for m in ("qp", "bpp", *METRICS)} for r in curves[ANCHOR]],
@@ -56,6 +59,7 @@ def clip_figures(name: str, pack: str) -> dict:
 
 def tdir_figures(on: list[dict], off: list[dict]) -> dict:
     """TDIR on against off at the same QPs: U-Net evaluations, diffusion seconds, DISTS."""
+
     def total(rows: list[dict], key) -> float:
         return float(sum(key(r) for r in rows))
 
@@ -77,21 +81,31 @@ def crop_figure(pack: str, out: Path) -> dict:
     neural = {k: get_codec(named[k]).encode(video, CROP_QP) for k in ("condlc", "diffvc")}
     target = neural["diffvc"].num_bytes
     x265 = get_codec(ANCHOR)
-    anchor_qp, anchor = min(((qp, x265.encode(video, qp)) for qp in range(12, 52)),
-                            key=lambda item: abs(item[1].num_bytes - target))
+    anchor_qp, anchor = min(
+        ((qp, x265.encode(video, qp)) for qp in range(12, 52)), key=lambda item: abs(item[1].num_bytes - target)
+    )
     original = video.frames[CROP_FRAME]
     top, left = most_textured_window(original, CROP_SIZE)
-    panels = [("original", original, None), (f"x265 QP {anchor_qp}", anchor.reconstruction.frames[CROP_FRAME], anchor),
-              (f"condlc QP {CROP_QP}", neural["condlc"].reconstruction.frames[CROP_FRAME], neural["condlc"]),
-              (f"diffvc QP {CROP_QP}", neural["diffvc"].reconstruction.frames[CROP_FRAME], neural["diffvc"])]
+    panels = [
+        ("original", original, None),
+        (f"x265 QP {anchor_qp}", anchor.reconstruction.frames[CROP_FRAME], anchor),
+        (f"condlc QP {CROP_QP}", neural["condlc"].reconstruction.frames[CROP_FRAME], neural["condlc"]),
+        (f"diffvc QP {CROP_QP}", neural["diffvc"].reconstruction.frames[CROP_FRAME], neural["diffvc"]),
+    ]
     tiles = []
     for label, frame, encoded in panels:
-        crop = frame[top: top + CROP_SIZE[1], left: left + CROP_SIZE[0]]
+        crop = frame[top : top + CROP_SIZE[1], left : left + CROP_SIZE[0]]
         bytes_note = f", {encoded.num_bytes} B" if encoded is not None else ""
         tiles.append(labelled(np.kron(crop, np.ones((CROP_ZOOM, CROP_ZOOM, 1), np.uint8)), label + bytes_note))
     Image.fromarray(np.concatenate(tiles, axis=1)).save(out / "crop.png")
-    return {"frame": CROP_FRAME, "window": [left, top, *CROP_SIZE], "diffvc_bytes": target,
-            "condlc_bytes": neural["condlc"].num_bytes, "x265_qp": anchor_qp, "x265_bytes": anchor.num_bytes}
+    return {
+        "frame": CROP_FRAME,
+        "window": [left, top, *CROP_SIZE],
+        "diffvc_bytes": target,
+        "condlc_bytes": neural["condlc"].num_bytes,
+        "x265_qp": anchor_qp,
+        "x265_bytes": anchor.num_bytes,
+    }
 
 
 def most_textured_window(frame: np.ndarray, size: tuple[int, int]) -> tuple[int, int]:
@@ -99,8 +113,11 @@ def most_textured_window(frame: np.ndarray, size: tuple[int, int]) -> tuple[int,
     luma = frame.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     energy = np.abs(np.diff(luma, axis=0))[:, :-1] + np.abs(np.diff(luma, axis=1))[:-1, :]
     w, h = size
-    candidates = [(energy[y: y + h, x: x + w].sum(), y, x)
-                  for y in range(0, frame.shape[0] - h + 1, 8) for x in range(0, frame.shape[1] - w + 1, 8)]
+    candidates = [
+        (energy[y : y + h, x : x + w].sum(), y, x)
+        for y in range(0, frame.shape[0] - h + 1, 8)
+        for x in range(0, frame.shape[1] - w + 1, 8)
+    ]
     _, top, left = max(candidates)
     return top, left
 
@@ -120,30 +137,46 @@ def markdown(figures: dict) -> str:
     def times(pair) -> str:
         return "n/a" if pair[0] is None else f"{pair[0]:.2f}x"
 
-    lines = ["| clip | diffvc vs condlc BD-rate: PSNR | LPIPS | DISTS | bits vs x265 at equal DISTS: diffvc | condlc "
-             "| at equal LPIPS: diffvc | condlc |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| clip | diffvc vs condlc BD-rate: PSNR | LPIPS | DISTS | bits vs x265 at equal DISTS: diffvc | condlc "
+        "| at equal LPIPS: diffvc | condlc |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for c in figures["clips"]:
         bd, vs = c["diffvc_vs_condlc"], c["vs_x265"]
-        lines.append(f"| {c['clip']} {c['size']} | {pct(bd['psnr'])} | {pct(bd['lpips'])} | {pct(bd['dists'])} | "
-                     f"{times(vs['diffvc']['dists'])} | {times(vs['condlc']['dists'])} | "
-                     f"{times(vs['diffvc']['lpips'])} | {times(vs['condlc']['lpips'])} |")
-    lines += ["", "| clip | TDIR on / off: U-Net evals | diffusion time | DISTS BD-rate | DISTS per QP |",
-              "| --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| {c['clip']} {c['size']} | {pct(bd['psnr'])} | {pct(bd['lpips'])} | {pct(bd['dists'])} | "
+            f"{times(vs['diffvc']['dists'])} | {times(vs['condlc']['dists'])} | "
+            f"{times(vs['diffvc']['lpips'])} | {times(vs['condlc']['lpips'])} |"
+        )
+    lines += [
+        "",
+        "| clip | TDIR on / off: U-Net evals | diffusion time | DISTS BD-rate | DISTS per QP |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for c in figures["clips"]:
         t = c["tdir"]
         per_qp = ", ".join(f"{qp}: {100 * v:+.1f} %" for qp, v in t["dists_change"].items())
-        lines.append(f"| {c['clip']} | {t['evals_ratio']:.2f} | {t['diffusion_s_ratio']:.2f} | "
-                     f"{pct(t['dists_bd_rate'])} | {per_qp} |")
+        lines.append(
+            f"| {c['clip']} | {t['evals_ratio']:.2f} | {t['diffusion_s_ratio']:.2f} | "
+            f"{pct(t['dists_bd_rate'])} | {per_qp} |"
+        )
     lines += ["", "| clip | spec | QP | bpp | PSNR | LPIPS | DISTS |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for c in figures["clips"]:
         for name, points in c["points"].items():
-            lines += [f"| {c['clip']} | {name} | {p['qp']} | {p['bpp']:.4f} | {p['psnr']:.2f} | {p['lpips']:.4f} | "
-                      f"{p['dists']:.4f} |" for p in points]
+            lines += [
+                f"| {c['clip']} | {name} | {p['qp']} | {p['bpp']:.4f} | {p['psnr']:.2f} | {p['lpips']:.4f} | "
+                f"{p['dists']:.4f} |"
+                for p in points
+            ]
     crop = figures.get("crop")
     if crop:
-        lines += ["", f"Crop (`crop.png`): frame {crop['frame']}, window (x, y, w, h) {crop['window']}; diffvc "
-                  f"{crop['diffvc_bytes']} B, condlc {crop['condlc_bytes']} B, x265 QP {crop['x265_qp']} "
-                  f"{crop['x265_bytes']} B."]
+        lines += [
+            "",
+            f"Crop (`crop.png`): frame {crop['frame']}, window (x, y, w, h) {crop['window']}; diffvc "
+            f"{crop['diffvc_bytes']} B, condlc {crop['condlc_bytes']} B, x265 QP {crop['x265_qp']} "
+            f"{crop['x265_bytes']} B.",
+        ]
     return "\n".join(lines)
 
 
@@ -154,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-crop", action="store_true", help="skip the crop figure")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    figures: dict = {"pack": args.pack or "default",
-                     "clips": [clip_figures(name, args.pack) for name in CLIPS if CLIPS[name][0].is_file()]}
+    figures: dict = {
+        "pack": args.pack or "default",
+        "clips": [clip_figures(name, args.pack) for name in CLIPS if CLIPS[name][0].is_file()],
+    }
     if not args.no_crop:
         figures["crop"] = crop_figure(args.pack, args.out)
     (args.out / "figures.json").write_text(json.dumps(figures, indent=1))

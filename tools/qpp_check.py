@@ -30,8 +30,9 @@ class PromptedFrameCoder(FrameCoder):
         self.prompt = prompt
 
     def _generate(self, latent_hat, contexts, flow_hat, frame_type, qp, index):
-        return super()._generate(latent_hat, contexts, flow_hat, frame_type,
-                                 qp if self.prompt is None else self.prompt, index)
+        return super()._generate(
+            latent_hat, contexts, flow_hat, frame_type, qp if self.prompt is None else self.prompt, index
+        )
 
 
 def code(spec: str, video: Video, qp: int, prompt: int | None) -> Video:
@@ -55,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     video = read_video(CLIP, frames=args.frames, size=(256, 144))
     condlc = get_codec(args.spec.replace("diffvc", "condlc", 1).split(":reference=")[0]).encode(video, args.qp)
-    runs = {"condlc (stage off)": condlc.reconstruction,
-            f"QP prompt {args.qp} (true)": code(args.spec, video, args.qp, None)}
+    runs = {
+        "condlc (stage off)": condlc.reconstruction,
+        f"QP prompt {args.qp} (true)": code(args.spec, video, args.qp, None),
+    }
     for prompt in args.prompts:
         runs[f"QP prompt {prompt} (wrong)"] = code(args.spec, video, args.qp, prompt)
     print(f"| {args.spec} at QP {args.qp}, BBB 256x144, {args.frames} frames | PSNR | LPIPS | DISTS |")

@@ -33,17 +33,30 @@ class AppServer:
     variables (e.g. DIFFVC_STUDIO_MAX_UPLOAD). Use as a context manager; `stop` ends only this child.
     """
 
-    def __init__(self, data: Path, env: dict[str, str] | None = None, pack: str = "random-tiny",
-                 nice: int = 19, start_timeout: float = 180.0) -> None:
+    def __init__(
+        self,
+        data: Path,
+        env: dict[str, str] | None = None,
+        pack: str = "random-tiny",
+        nice: int = 19,
+        start_timeout: float = 180.0,
+    ) -> None:
         self.data = Path(data)
         self.upload_dir = self.data / "gradio-tmp"
         self.upload_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "DIFFVC_STUDIO_PACK": pack, "DIFFVC_STUDIO_DATA": str(self.data),
-                    "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(self.port),
-                    "GRADIO_TEMP_DIR": str(self.upload_dir), "HF_HUB_OFFLINE": "1",
-                    "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
+        self.env = {
+            **os.environ,
+            "DIFFVC_STUDIO_PACK": pack,
+            "DIFFVC_STUDIO_DATA": str(self.data),
+            "GRADIO_SERVER_NAME": "127.0.0.1",
+            "GRADIO_SERVER_PORT": str(self.port),
+            "GRADIO_TEMP_DIR": str(self.upload_dir),
+            "HF_HUB_OFFLINE": "1",
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            **(env or {}),
+        }
         self.log_path = self.data / "server.log"
         self.nice = nice
         self.start_timeout = start_timeout

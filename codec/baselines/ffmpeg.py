@@ -480,8 +480,9 @@ class FFmpegCodec(CodecBase):
         with _scheduling_kept():
             return self._encode_packets_unguarded(frames, fps, pix_fmt, codec_options, width, height)
 
-    def _encode_packets_unguarded(self, frames: np.ndarray, fps: Fraction, pix_fmt: str,
-                                  codec_options: dict[str, str], width: int, height: int) -> list[bytes]:
+    def _encode_packets_unguarded(
+        self, frames: np.ndarray, fps: Fraction, pix_fmt: str, codec_options: dict[str, str], width: int, height: int
+    ) -> list[bytes]:
         try:
             ctx = av.CodecContext.create(self.encoder, "w")
             ctx.width, ctx.height, ctx.pix_fmt = width, height, pix_fmt

@@ -226,8 +226,14 @@ class NeuralCodecBase(CodecBase):
             for t in range(video.num_frames):
                 ftype = frame_type(t, opts.intra_period)
                 fqp = frame_qp(qp, t, opts.intra_period, offsets, opts.intra_qp_offset)
-                strings, result = coder.encode_frame(frames_to_tensor(frames[t : t + 1], device), ftype, fqp, t,
-                                                     size_hw, intra_qp=qp + opts.intra_qp_offset)
+                strings, result = coder.encode_frame(
+                    frames_to_tensor(frames[t : t + 1], device),
+                    ftype,
+                    fqp,
+                    t,
+                    size_hw,
+                    intra_qp=qp + opts.intra_qp_offset,
+                )
                 units.append(FrameUnit(ftype, fqp, tuple(strings)))
                 recon.append(crop(tensor_to_frames(result.frame), size_hw)[0])
                 evals.append(result.unet_evals)
@@ -241,22 +247,48 @@ class NeuralCodecBase(CodecBase):
             frame_bits=[8 * sum(len(s) for s in u.strings) for u in units],
             frame_types=[u.frame_type for u in units],
             timings={**timer.as_dict(), "encode": encode_s},
-            params={**options_dict(opts), "qp": qp, "pack": info.name, "pack_sha256": info.sha256,
-                    "device": str(device), "steps": plan.steps, "strength": plan.strength, "tdir_k": plan.tdir_k,
-                    "header_bytes": len(bitstream) - sum(len(s) for u in units for s in u.strings)},
-            stats={"unet_evals": int(sum(evals)), "unet_evals_per_frame": evals,
-                   "estimated_bits": round(sum(estimated)), "estimated_bits_per_frame": [round(b) for b in estimated]},
+            params={
+                **options_dict(opts),
+                "qp": qp,
+                "pack": info.name,
+                "pack_sha256": info.sha256,
+                "device": str(device),
+                "steps": plan.steps,
+                "strength": plan.strength,
+                "tdir_k": plan.tdir_k,
+                "header_bytes": len(bitstream) - sum(len(s) for u in units for s in u.strings),
+            },
+            stats={
+                "unet_evals": int(sum(evals)),
+                "unet_evals_per_frame": evals,
+                "estimated_bits": round(sum(estimated)),
+                "estimated_bits_per_frame": [round(b) for b in estimated],
+            },
         )
 
     def _header(self, video: Video, qp: int, plan: SamplingPlan, info: PackInfo) -> StreamHeader:
         fps = Fraction(video.fps).limit_denominator(1_000_000)
-        flags = ((FLAG_REUSE_STEP if plan.reuse_source == "step" else 0) | (FLAG_REUSE_WARP if plan.reuse_warp else 0)
-                 | (FLAG_CODEC_REFERENCE if plan.codec_reference else 0) | (FLAG_HEVC_INTRA if plan.hevc_intra else 0))
+        flags = (
+            (FLAG_REUSE_STEP if plan.reuse_source == "step" else 0)
+            | (FLAG_REUSE_WARP if plan.reuse_warp else 0)
+            | (FLAG_CODEC_REFERENCE if plan.codec_reference else 0)
+            | (FLAG_HEVC_INTRA if plan.hevc_intra else 0)
+        )
         return StreamHeader(
-            codec=self.name, width=video.width, height=video.height, fps_num=fps.numerator,
-            fps_den=fps.denominator, num_frames=video.num_frames, intra_period=self.options.intra_period, qp=qp,
-            steps=plan.steps, tdir_k=plan.tdir_k, strength_milli=round(plan.strength * 1000), flags=flags,
-            seed=plan.seed, pack_hash=info.hash_prefix,
+            codec=self.name,
+            width=video.width,
+            height=video.height,
+            fps_num=fps.numerator,
+            fps_den=fps.denominator,
+            num_frames=video.num_frames,
+            intra_period=self.options.intra_period,
+            qp=qp,
+            steps=plan.steps,
+            tdir_k=plan.tdir_k,
+            strength_milli=round(plan.strength * 1000),
+            flags=flags,
+            seed=plan.seed,
+            pack_hash=info.hash_prefix,
         )
 
     # --- decoder --------------------------------------------------------------------------------------
@@ -270,10 +302,16 @@ class NeuralCodecBase(CodecBase):
         header, units = read_stream(bitstream)
         model, info, device = self._model()
         self._check_stream(header, info)
-        plan = SamplingPlan(header.steps, header.strength_milli / 1000, header.tdir_k,
-                            "step" if header.flags & FLAG_REUSE_STEP else "final",
-                            bool(header.flags & FLAG_REUSE_WARP), header.seed,
-                            bool(header.flags & FLAG_CODEC_REFERENCE), bool(header.flags & FLAG_HEVC_INTRA))
+        plan = SamplingPlan(
+            header.steps,
+            header.strength_milli / 1000,
+            header.tdir_k,
+            "step" if header.flags & FLAG_REUSE_STEP else "final",
+            bool(header.flags & FLAG_REUSE_WARP),
+            header.seed,
+            bool(header.flags & FLAG_CODEC_REFERENCE),
+            bool(header.flags & FLAG_HEVC_INTRA),
+        )
         _check_schedule(model, plan)
         size_hw = (header.height, header.width)
         padded_hw = tuple(-(-v // PAD_MULTIPLE) * PAD_MULTIPLE for v in size_hw)
@@ -366,8 +404,9 @@ class DiffVC(NeuralCodecBase):
         ratio = opts.tdir_ratio if opts.tdir_ratio >= 0 else cfg.tdir_ratio
         sampling_steps = min(steps, round(steps * strength))
         k = num_reuse_steps(sampling_steps, ratio) if opts.tdir else 0
-        return SamplingPlan(steps, strength, k, opts.reuse, opts.reuse_warp, opts.seed, opts.reference == "codec",
-                            opts.intra == "hevc")
+        return SamplingPlan(
+            steps, strength, k, opts.reuse, opts.reuse_warp, opts.seed, opts.reference == "codec", opts.intra == "hevc"
+        )
 
 
 @register_codec("condlc", "baseline neural codec: DiffVC's conditional latent codec, diffusion stage off in the loop")

@@ -61,9 +61,15 @@ def tiny_config() -> DiffVCConfig:
     latent = LatentSpaceConfig(kind="pixel_unshuffle")
     context = TemporalContextConfig.tiny()
     return DiffVCConfig(
-        preset="tiny", latent_space=latent, flow="dis", spynet=FlowEstimatorConfig.tiny(), dis=DISFlowConfig(),
-        motion=MotionCodecConfig.tiny(), context=context,
-        intra=IntraLatentCodecConfig.tiny(latent.channels), inter=ContextualLatentCodecConfig.tiny(latent.channels),
+        preset="tiny",
+        latent_space=latent,
+        flow="dis",
+        spynet=FlowEstimatorConfig.tiny(),
+        dis=DISFlowConfig(),
+        motion=MotionCodecConfig.tiny(),
+        context=context,
+        intra=IntraLatentCodecConfig.tiny(latent.channels),
+        inter=ContextualLatentCodecConfig.tiny(latent.channels),
         diffusion=tiny_diffusion_config(latent_channels=latent.channels, context_channels=context.channels[0]),
     )
 
@@ -72,9 +78,15 @@ def full_config(vae_path: str | None = None) -> DiffVCConfig:
     latent = LatentSpaceConfig(kind="sd_vae", vae_path=vae_path)
     context = TemporalContextConfig.full()
     return DiffVCConfig(
-        preset="full", latent_space=latent, flow="spynet", spynet=FlowEstimatorConfig.full(), dis=DISFlowConfig(),
-        motion=MotionCodecConfig.full(), context=context,
-        intra=IntraLatentCodecConfig.full(latent.channels), inter=ContextualLatentCodecConfig.full(latent.channels),
+        preset="full",
+        latent_space=latent,
+        flow="spynet",
+        spynet=FlowEstimatorConfig.full(),
+        dis=DISFlowConfig(),
+        motion=MotionCodecConfig.full(),
+        context=context,
+        intra=IntraLatentCodecConfig.full(latent.channels),
+        inter=ContextualLatentCodecConfig.full(latent.channels),
         diffusion=full_diffusion_config(context_channels=context.channels[0]),
     )
 

@@ -95,8 +95,11 @@ class TemporalContext(nn.Module):
         self.extract1 = ResidualBlock(c1)
         self.extract2 = nn.Sequential(conv(c1, c2, stride=2), ResidualBlock(c2))
         self.extract3 = nn.Sequential(conv(c2, c3, stride=2), ResidualBlock(c3))
-        self.warped_frame = (nn.Sequential(nn.PixelUnshuffle(LATENT_FACTOR), conv(unshuffled, c1), act())
-                             if config.use_warped_frame else None)
+        self.warped_frame = (
+            nn.Sequential(nn.PixelUnshuffle(LATENT_FACTOR), conv(unshuffled, c1), act())
+            if config.use_warped_frame
+            else None
+        )
         merge1 = 2 * c1 if config.use_warped_frame else c1
         # Fusion (DCVC-DC's MultiScaleContextFusion): coarse to fine.
         self.up3 = nn.Sequential(SubpelUpsample(c3, c2), ResidualBlock(c2))
@@ -141,8 +144,9 @@ class TemporalContext(nn.Module):
         return Contexts(c1, c2, c3)
 
 
-def add_prediction(contexts: Contexts, reference: Tensor, flow_hat: Tensor,
-                   encode_latent: Callable[[Tensor], Tensor]) -> Contexts:
+def add_prediction(
+    contexts: Contexts, reference: Tensor, flow_hat: Tensor, encode_latent: Callable[[Tensor], Tensor]
+) -> Contexts:
     """Set contexts.prediction: the latent of the reference [N, 3, H, W] warped with the decoded flow [N, 2, H, W]
     (`encode_latent`: the latent space's encoder), the motion-compensated prediction a residual codec codes against.
     Reuses the warped frame the contexts already hold. Returns `contexts`."""

@@ -32,8 +32,9 @@ class DecodedPictureBuffer:
     def empty(self) -> bool:
         return self.frame is None
 
-    def push(self, frame: Tensor, feature: Tensor, y_hat: Tensor | None, x0: Tensor | list[Tensor] | None,
-             frame_type: str) -> None:
+    def push(
+        self, frame: Tensor, feature: Tensor, y_hat: Tensor | None, x0: Tensor | list[Tensor] | None, frame_type: str
+    ) -> None:
         """Replace the reference with a newly decoded frame."""
         self.frame, self.feature, self.y_hat, self.x0 = frame, feature, y_hat, x0
         self.frames_since_intra = 0 if frame_type == "I" else self.frames_since_intra + 1

@@ -151,8 +151,8 @@ def outside_region(x: Tensor, region: Region) -> Tensor:
     coded, they take symbol 0 (their mean or median) on both sides and cost no bits (docs/FORMAT.md, version 2)."""
     mask = torch.zeros(x.shape[-2:], dtype=torch.bool, device=x.device)
     if region is not None:
-        mask[region[0]:, :] = True
-        mask[:, region[1]:] = True
+        mask[region[0] :, :] = True
+        mask[:, region[1] :] = True
     return mask.expand(x.shape)
 
 
@@ -161,8 +161,9 @@ def _fill_region(values: np.ndarray, shape: Sequence[int], region: Region) -> np
     if region is None:
         return values
     out = np.zeros(tuple(shape), np.int64)
-    out[..., : region[0], : region[1]] = values.reshape(*shape[:-2], min(region[0], shape[-2]),
-                                                         min(region[1], shape[-1]))
+    out[..., : region[0], : region[1]] = values.reshape(
+        *shape[:-2], min(region[0], shape[-2]), min(region[1], shape[-1])
+    )
     return out.ravel()
 
 
@@ -319,8 +320,9 @@ def _check_segment(values: np.ndarray, indexes: np.ndarray, tables: CodingTables
     return values, indexes
 
 
-def _push_segment(coder: constriction.stream.stack.AnsCoder, values: np.ndarray, indexes: np.ndarray,
-                  tables: CodingTables) -> None:
+def _push_segment(
+    coder: constriction.stream.stack.AnsCoder, values: np.ndarray, indexes: np.ndarray, tables: CodingTables
+) -> None:
     """Push one segment so that `_pop_segment` decodes it: symbols by model index, then the escapes."""
     raw = values - tables.offsets[indexes]
     lengths = tables.lengths[indexes]
@@ -695,8 +697,9 @@ class GaussianConditional(_TabledEntropyModel):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         key = prefix + "scale_table"
         if key in state_dict and state_dict[key].shape != self.scale_table.shape:  # a pack's own table size
-            self.scale_table = torch.zeros_like(state_dict[key], dtype=self.scale_table.dtype,
-                                                device=self.scale_table.device)
+            self.scale_table = torch.zeros_like(
+                state_dict[key], dtype=self.scale_table.dtype, device=self.scale_table.device
+            )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
@@ -743,8 +746,9 @@ class GaussianConditional(_TabledEntropyModel):
         lower = _std_cdf((-0.5 - distance) / scales)
         return lower_bound(upper - lower, self.likelihood_bound)
 
-    def forward(self, y: Tensor, means: Tensor, scales: Tensor, training: bool | None = None,
-                region: Region = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, y: Tensor, means: Tensor, scales: Tensor, training: bool | None = None, region: Region = None
+    ) -> tuple[Tensor, Tensor]:
         """(y_hat, likelihoods), both y's shape.
 
         training (default: the module's mode): y_hat = y + U(-1/2, 1/2) noise; otherwise

@@ -60,6 +60,8 @@ def decode_intra(data: bytes, size_hw: tuple[int, int]) -> np.ndarray:
     except CodecError as e:
         raise BitstreamError(f"HEVC I-frame: {e}") from None
     if frames.shape[:3] != (1, *size_hw):
-        raise BitstreamError(f"HEVC I-frame decodes to {frames.shape[0]} picture(s) of {frames.shape[1]}x"
-                             f"{frames.shape[2]}, not one of {size_hw[0]}x{size_hw[1]}: stream damaged")
+        raise BitstreamError(
+            f"HEVC I-frame decodes to {frames.shape[0]} picture(s) of {frames.shape[1]}x"
+            f"{frames.shape[2]}, not one of {size_hw[0]}x{size_hw[1]}: stream damaged"
+        )
     return frames[0]

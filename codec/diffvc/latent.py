@@ -16,9 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 SD21_VAE_CONFIG = {  # stabilityai/stable-diffusion-2-1-base, vae/config.json
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "sample_size": 768, "layers_per_block": 2,
-    "block_out_channels": [128, 256, 512, 512], "norm_num_groups": 32, "act_fn": "silu",
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "sample_size": 768,
+    "layers_per_block": 2,
+    "block_out_channels": [128, 256, 512, 512],
+    "norm_num_groups": 32,
+    "act_fn": "silu",
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
     "scaling_factor": 0.18215,
 }
 
@@ -83,8 +90,11 @@ class VAELatent(LatentSpace):
 
         self.config = config
         if vae is None:
-            vae = (AutoencoderKL.from_pretrained(config.vae_path, subfolder="vae") if config.vae_path
-                   else AutoencoderKL(**{k: v for k, v in SD21_VAE_CONFIG.items()}))
+            vae = (
+                AutoencoderKL.from_pretrained(config.vae_path, subfolder="vae")
+                if config.vae_path
+                else AutoencoderKL(**{k: v for k, v in SD21_VAE_CONFIG.items()})
+            )
         self.vae = vae
         self.vae.requires_grad_(False)
 

@@ -278,8 +278,16 @@ class HyperpriorCodec(nn.Module):
     (GaussianConditional), `qp_scales` (QPScales over y's channels).
     """
 
-    def __init__(self, y_channels: int, z_channels: int, hyper_channels: int, hyper_downsamples: int,
-                 qp_anchors: int, qp_init_range: float, qp_per_channel: bool = True) -> None:
+    def __init__(
+        self,
+        y_channels: int,
+        z_channels: int,
+        hyper_channels: int,
+        hyper_downsamples: int,
+        qp_anchors: int,
+        qp_init_range: float,
+        qp_per_channel: bool = True,
+    ) -> None:
         super().__init__()
         self.y_channels = y_channels
         self.hyperprior = Hyperprior(y_channels, z_channels, hyper_channels, hyper_downsamples)
@@ -346,14 +354,17 @@ class HyperpriorCodec(nn.Module):
         y_deq, out = self.synthesize(y_hat, cond, q_dec)
         return _Coded(y, z, y_hat, y_deq, out, {"y": y_likelihoods, "z": z_likelihoods}, means, scales)
 
-    def _compress(self, x: Tensor, cond: Any, qp: Tensor,
-                  valid_hw: Sequence[int] | None = None) -> tuple[list[bytes], _Coded]:
+    def _compress(
+        self, x: Tensor, cond: Any, qp: Tensor, valid_hw: Sequence[int] | None = None
+    ) -> tuple[list[bytes], _Coded]:
         """[one string: z's symbols, then y's] and the evaluation-mode pass whose reconstruction `decompress`
         reproduces bit for bit."""
         y_region, z_region = self.coded_regions(valid_hw)
         coded = self._run(x, cond, qp, training=False, valid_hw=valid_hw)
-        segments = [self.hyperprior.prior.segment(coded.z, z_region),
-                    self.gaussian.segment(coded.y, coded.means, coded.scales, y_region)]
+        segments = [
+            self.hyperprior.prior.segment(coded.z, z_region),
+            self.gaussian.segment(coded.y, coded.means, coded.scales, y_region),
+        ]
         return [self.entropy_encode(segments)], coded
 
     @staticmethod
@@ -362,7 +373,11 @@ class HyperpriorCodec(nn.Module):
         return encode_segments(segments)
 
     def _decompress(
-        self, strings: Sequence[bytes], cond: Any, qp: Tensor, y_shape: Sequence[int],
+        self,
+        strings: Sequence[bytes],
+        cond: Any,
+        qp: Tensor,
+        y_shape: Sequence[int],
         valid_hw: Sequence[int] | None = None,
     ) -> tuple[Tensor, Any]:
         """Invert `_compress` given y's shape: (y_deq, out). BitstreamError if the string is damaged."""
@@ -404,8 +419,9 @@ class LatentAnalysis(nn.Module):
         super().__init__()
         c1, c2, c3 = contexts
         ch1, ch2 = channels
-        self.stage1 = nn.Sequential(conv(latent_channels + c1, ch1), ResidualBlock(ch1), conv(ch1, ch2, stride=2),
-                                    act())
+        self.stage1 = nn.Sequential(
+            conv(latent_channels + c1, ch1), ResidualBlock(ch1), conv(ch1, ch2, stride=2), act()
+        )
         self.stage2 = nn.Sequential(conv(ch2 + c2, ch2), ResidualBlock(ch2), conv(ch2, ch2, stride=2), act())
         self.stage3 = nn.Sequential(conv(ch2 + c3, ch2), act(), conv(ch2, y_channels))
 
@@ -424,8 +440,14 @@ class LatentSynthesis(nn.Module):
     (+ C1 at h) -> conv, residual block -> feature [N, F, h, w] -> conv -> latent [N, C, h, w].
     """
 
-    def __init__(self, latent_channels: int, contexts: Sequence[int], channels: Sequence[int], y_channels: int,
-                 feature_channels: int) -> None:
+    def __init__(
+        self,
+        latent_channels: int,
+        contexts: Sequence[int],
+        channels: Sequence[int],
+        y_channels: int,
+        feature_channels: int,
+    ) -> None:
         super().__init__()
         c1, c2, c3 = contexts
         ch1, ch2 = channels
@@ -480,8 +502,9 @@ class BlockTransformAnalysis(nn.Module):
         super().__init__()
         self.gain = gain
         self.register_buffer("transform", block_transform_matrix(latent_channels), persistent=False)
-        self.learned = nn.Sequential(conv(latent_channels + c1, hidden), ResidualBlock(hidden), act(),
-                                     conv(hidden, latent_channels))
+        self.learned = nn.Sequential(
+            conv(latent_channels + c1, hidden), ResidualBlock(hidden), act(), conv(hidden, latent_channels)
+        )
 
     def forward(self, latent: Tensor, contexts: Contexts | None) -> Tensor:
         if contexts is None:
@@ -506,8 +529,13 @@ class BlockTransformSynthesis(nn.Module):
         super().__init__()
         self.gain = gain
         self.register_buffer("transform", block_transform_matrix(latent_channels), persistent=False)
-        self.body = nn.Sequential(conv(latent_channels + c1, hidden), ResidualBlock(hidden), act(),
-                                  conv(hidden, feature_channels), ResidualBlock(feature_channels))
+        self.body = nn.Sequential(
+            conv(latent_channels + c1, hidden),
+            ResidualBlock(hidden),
+            act(),
+            conv(hidden, feature_channels),
+            ResidualBlock(feature_channels),
+        )
         self.head = nn.Sequential(act(), conv(feature_channels, latent_channels))
 
     def forward(self, y: Tensor, contexts: Contexts | None) -> tuple[Tensor, Tensor]:
@@ -558,8 +586,18 @@ class IntraLatentCodecConfig:
     block_gain: float = 8.0
 
     def __post_init__(self) -> None:
-        if len(self.channels) != 2 or min(self.latent_channels, *self.channels, self.y_channels, self.z_channels,
-                                          self.hyper_channels, self.feature_channels) < 1:
+        if (
+            len(self.channels) != 2
+            or min(
+                self.latent_channels,
+                *self.channels,
+                self.y_channels,
+                self.z_channels,
+                self.hyper_channels,
+                self.feature_channels,
+            )
+            < 1
+        ):
             raise ValueError(f"IntraLatentCodecConfig needs two positive hidden widths and positive sizes: {self}")
         _check_transform(self.transform, self.y_channels, self.latent_channels, self.block_gain)
 
@@ -572,14 +610,25 @@ class IntraLatentCodecConfig:
     def tiny(cls, latent_channels: int = 192) -> IntraLatentCodecConfig:
         """[I] For a 2-core CPU: PixelUnshuffle(8) latent coded by the block-transform skeleton (y = 192 channels at
         1/8 of the frame, hidden width 64, z at 1/32), docs/DESIGN-NOTES.md."""
-        return cls(latent_channels=latent_channels, y_channels=latent_channels, transform="block", qp_init_range=64.0,
-                   qp_per_channel=False)
+        return cls(
+            latent_channels=latent_channels,
+            y_channels=latent_channels,
+            transform="block",
+            qp_init_range=64.0,
+            qp_per_channel=False,
+        )
 
     @classmethod
     def full(cls, latent_channels: int = 4) -> IntraLatentCodecConfig:
         """[I] The SD-VAE latent (4 channels), DCVC-DC-like widths."""
-        return cls(latent_channels=latent_channels, channels=(128, 192), y_channels=192, z_channels=128,
-                   hyper_channels=192, feature_channels=64)
+        return cls(
+            latent_channels=latent_channels,
+            channels=(128, 192),
+            y_channels=192,
+            z_channels=128,
+            hyper_channels=192,
+            feature_channels=64,
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> IntraLatentCodecConfig:
@@ -596,8 +645,15 @@ class IntraLatentCodec(HyperpriorCodec):
     """
 
     def __init__(self, config: IntraLatentCodecConfig) -> None:
-        super().__init__(config.y_channels, config.z_channels, config.hyper_channels, _hyper_downsamples(config),
-                         config.qp_anchors, config.qp_init_range, config.qp_per_channel)
+        super().__init__(
+            config.y_channels,
+            config.z_channels,
+            config.hyper_channels,
+            _hyper_downsamples(config),
+            config.qp_anchors,
+            config.qp_init_range,
+            config.qp_per_channel,
+        )
         self.config = config
         self.encoder, self.decoder = _transforms(config, (0, 0, 0))
         self.prior_head = nn.Sequential(act(), conv(config.hyper_channels, 2 * config.y_channels, 1))
@@ -621,34 +677,43 @@ class IntraLatentCodec(HyperpriorCodec):
     def input_stride(self) -> int:
         return self.config.y_stride
 
-    def forward(self, latent: Tensor, qp: int | Sequence[int] | Tensor,
-                valid_hw: Sequence[int] | None = None) -> LatentCodingOutput:
+    def forward(
+        self, latent: Tensor, qp: int | Sequence[int] | Tensor, valid_hw: Sequence[int] | None = None
+    ) -> LatentCodingOutput:
         """latent [N, C, h, w] (h, w multiples of 8) -> LatentCodingOutput; training mode adds uniform noise,
         evaluation mode rounds (then it equals `compress`'s output bit for bit). valid_hw: the latent's picture
         area (the rest is padding, not coded; `HyperpriorCodec.coded_regions`), None for all of it."""
         _check_latent_size(latent.shape[-2:], 8, "latent size")
-        coded = self._run(latent, None, qp_batch(qp, latent.shape[0], latent.device), training=self.training,
-                          valid_hw=valid_hw)
+        coded = self._run(
+            latent, None, qp_batch(qp, latent.shape[0], latent.device), training=self.training, valid_hw=valid_hw
+        )
         return self._output(coded.y_deq, coded.out, coded.likelihoods)
 
     @torch.no_grad()
-    def compress(self, latent: Tensor, qp: int | Sequence[int] | Tensor,
-                 valid_hw: Sequence[int] | None = None) -> tuple[list[bytes], LatentCodingOutput]:
+    def compress(
+        self, latent: Tensor, qp: int | Sequence[int] | Tensor, valid_hw: Sequence[int] | None = None
+    ) -> tuple[list[bytes], LatentCodingOutput]:
         """-> ([one string: z then y], the decoder's LatentCodingOutput, with evaluation-mode likelihoods)."""
         _check_latent_size(latent.shape[-2:], 8, "latent size")
         strings, coded = self._compress(latent, None, qp_batch(qp, latent.shape[0], latent.device), valid_hw)
         return strings, self._output(coded.y_deq, coded.out, coded.likelihoods)
 
     @torch.no_grad()
-    def decompress(self, strings: Sequence[bytes], qp: int | Sequence[int] | Tensor,
-                   latent_size_hw: Sequence[int], valid_hw: Sequence[int] | None = None) -> LatentCodingOutput:
+    def decompress(
+        self,
+        strings: Sequence[bytes],
+        qp: int | Sequence[int] | Tensor,
+        latent_size_hw: Sequence[int],
+        valid_hw: Sequence[int] | None = None,
+    ) -> LatentCodingOutput:
         """Invert `compress` (batch size = number of QPs given): likelihoods are not recomputed (empty dict)."""
         h, w = _check_latent_size(latent_size_hw, 8, "latent size")
         device = self.qp_scales.log_enc.device
         qp = qp_batch(qp, 1 if isinstance(qp, int) else len(qp), device)
         stride = self.config.y_stride
-        y_deq, out = self._decompress(strings, None, qp, (qp.numel(), self.y_channels, h // stride, w // stride),
-                                      valid_hw)
+        y_deq, out = self._decompress(
+            strings, None, qp, (qp.numel(), self.y_channels, h // stride, w // stride), valid_hw
+        )
         return self._output(y_deq, out, {})
 
 
@@ -678,8 +743,16 @@ class ContextualLatentCodecConfig:
     block_gain: float = 8.0
 
     def __post_init__(self) -> None:
-        sizes = (self.latent_channels, *self.context_channels, *self.channels, self.y_channels, self.z_channels,
-                 self.hyper_channels, self.temporal_channels, self.feature_channels)
+        sizes = (
+            self.latent_channels,
+            *self.context_channels,
+            *self.channels,
+            self.y_channels,
+            self.z_channels,
+            self.hyper_channels,
+            self.temporal_channels,
+            self.feature_channels,
+        )
         if len(self.context_channels) != 3 or len(self.channels) != 2 or min(sizes) < 1:
             raise ValueError(f"ContextualLatentCodecConfig needs 3 context and 2 hidden widths, all positive: {self}")
         _check_transform(self.transform, self.y_channels, self.latent_channels, self.block_gain)
@@ -698,14 +771,27 @@ class ContextualLatentCodecConfig:
     def tiny(cls, latent_channels: int = 192) -> ContextualLatentCodecConfig:
         """[I] For a 2-core CPU: PixelUnshuffle(8) latent coded by the block-transform skeleton against the
         motion-compensated prediction (y = 192 channels at 1/8, contexts 64/64/96), docs/DESIGN-NOTES.md."""
-        return cls(latent_channels=latent_channels, y_channels=latent_channels, transform="block", qp_init_range=64.0,
-                   qp_per_channel=False)
+        return cls(
+            latent_channels=latent_channels,
+            y_channels=latent_channels,
+            transform="block",
+            qp_init_range=64.0,
+            qp_per_channel=False,
+        )
 
     @classmethod
     def full(cls, latent_channels: int = 4) -> ContextualLatentCodecConfig:
         """[I] The SD-VAE latent (4 channels), DCVC-DC-like widths; C1 = 64 to match the diffusion condition."""
-        return cls(latent_channels=latent_channels, context_channels=(64, 128, 192), channels=(128, 192),
-                   y_channels=192, z_channels=128, hyper_channels=192, temporal_channels=192, feature_channels=64)
+        return cls(
+            latent_channels=latent_channels,
+            context_channels=(64, 128, 192),
+            channels=(128, 192),
+            y_channels=192,
+            z_channels=128,
+            hyper_channels=192,
+            temporal_channels=192,
+            feature_channels=64,
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ContextualLatentCodecConfig:
@@ -727,8 +813,15 @@ class ContextualLatentCodec(HyperpriorCodec):
     """
 
     def __init__(self, config: ContextualLatentCodecConfig) -> None:
-        super().__init__(config.y_channels, config.z_channels, config.hyper_channels, _hyper_downsamples(config),
-                         config.qp_anchors, config.qp_init_range, config.qp_per_channel)
+        super().__init__(
+            config.y_channels,
+            config.z_channels,
+            config.hyper_channels,
+            _hyper_downsamples(config),
+            config.qp_anchors,
+            config.qp_init_range,
+            config.qp_per_channel,
+        )
         self.config = config
         m, t, hyper = config.y_channels, config.temporal_channels, config.hyper_channels
         self.encoder, self.decoder = _transforms(config, config.context_channels)
@@ -754,8 +847,9 @@ class ContextualLatentCodec(HyperpriorCodec):
     def _synthesis(self, y_deq: Tensor, cond: _Condition) -> tuple[Tensor, Tensor]:
         return self.decoder(y_deq, cond.contexts)
 
-    def _condition(self, contexts: Contexts, prev_y_hat: Tensor | None, latent_hw: Sequence[int],
-                   batch: int) -> _Condition:
+    def _condition(
+        self, contexts: Contexts, prev_y_hat: Tensor | None, latent_hw: Sequence[int], batch: int
+    ) -> _Condition:
         h, w = _check_latent_size(latent_hw, 8, "latent size")
         c1, c2, c3 = self.config.context_channels
         expected = {"c1": (batch, c1, h, w), "c2": (batch, c2, h // 2, w // 2), "c3": (batch, c3, h // 4, w // 4)}
@@ -765,13 +859,18 @@ class ContextualLatentCodec(HyperpriorCodec):
                 raise ValueError(f"context {name} has shape {got}, expected {shape}")
         stride = self.config.y_stride
         if prev_y_hat is not None and tuple(prev_y_hat.shape) != (batch, self.y_channels, h // stride, w // stride):
-            raise ValueError(f"prev_y_hat has shape {tuple(prev_y_hat.shape)}, expected "
-                             f"{(batch, self.y_channels, h // stride, w // stride)}")
-        if self.config.codes_residual and (contexts.prediction is None
-                                           or tuple(contexts.prediction.shape) != (batch, self.config.latent_channels,
-                                                                                   h, w)):
-            raise ValueError("this codec codes the residual against contexts.prediction [N, C, h, w]: "
-                             "build contexts with DiffVCModel.temporal_contexts")
+            raise ValueError(
+                f"prev_y_hat has shape {tuple(prev_y_hat.shape)}, expected "
+                f"{(batch, self.y_channels, h // stride, w // stride)}"
+            )
+        if self.config.codes_residual and (
+            contexts.prediction is None
+            or tuple(contexts.prediction.shape) != (batch, self.config.latent_channels, h, w)
+        ):
+            raise ValueError(
+                "this codec codes the residual against contexts.prediction [N, C, h, w]: "
+                "build contexts with DiffVCModel.temporal_contexts"
+            )
         return _Condition(contexts, prev_y_hat)
 
     @staticmethod
@@ -783,8 +882,14 @@ class ContextualLatentCodec(HyperpriorCodec):
     def input_stride(self) -> int:
         return self.config.y_stride
 
-    def forward(self, latent: Tensor, contexts: Contexts, prev_y_hat: Tensor | None,
-                qp: int | Sequence[int] | Tensor, valid_hw: Sequence[int] | None = None) -> LatentCodingOutput:
+    def forward(
+        self,
+        latent: Tensor,
+        contexts: Contexts,
+        prev_y_hat: Tensor | None,
+        qp: int | Sequence[int] | Tensor,
+        valid_hw: Sequence[int] | None = None,
+    ) -> LatentCodingOutput:
         """latent [N, C, h, w], contexts at 1/8, 1/16, 1/32 of the frame, prev_y_hat [N, M, h/4, w/4] or None
         -> LatentCodingOutput (training: uniform noise; evaluation: rounding, equal to `compress`'s output).
         valid_hw: the latent's picture area, as in `IntraLatentCodec.forward`."""
@@ -794,9 +899,14 @@ class ContextualLatentCodec(HyperpriorCodec):
         return self._output(coded.y_deq, coded.out, coded.likelihoods)
 
     @torch.no_grad()
-    def compress(self, latent: Tensor, contexts: Contexts, prev_y_hat: Tensor | None,
-                 qp: int | Sequence[int] | Tensor,
-                 valid_hw: Sequence[int] | None = None) -> tuple[list[bytes], LatentCodingOutput]:
+    def compress(
+        self,
+        latent: Tensor,
+        contexts: Contexts,
+        prev_y_hat: Tensor | None,
+        qp: int | Sequence[int] | Tensor,
+        valid_hw: Sequence[int] | None = None,
+    ) -> tuple[list[bytes], LatentCodingOutput]:
         """-> ([one string: z then y], the decoder's LatentCodingOutput, with evaluation-mode likelihoods)."""
         n = latent.shape[0]
         cond = self._condition(contexts, prev_y_hat, latent.shape[-2:], n)
@@ -804,9 +914,15 @@ class ContextualLatentCodec(HyperpriorCodec):
         return strings, self._output(coded.y_deq, coded.out, coded.likelihoods)
 
     @torch.no_grad()
-    def decompress(self, strings: Sequence[bytes], contexts: Contexts, prev_y_hat: Tensor | None,
-                   qp: int | Sequence[int] | Tensor, latent_size_hw: Sequence[int],
-                   valid_hw: Sequence[int] | None = None) -> LatentCodingOutput:
+    def decompress(
+        self,
+        strings: Sequence[bytes],
+        contexts: Contexts,
+        prev_y_hat: Tensor | None,
+        qp: int | Sequence[int] | Tensor,
+        latent_size_hw: Sequence[int],
+        valid_hw: Sequence[int] | None = None,
+    ) -> LatentCodingOutput:
         """Invert `compress` given the same contexts and prev_y_hat (batch size: the contexts'); likelihoods are
         not recomputed (empty dict). BitstreamError if the strings are damaged."""
         h, w = _check_latent_size(latent_size_hw, 8, "latent size")
@@ -827,8 +943,10 @@ def _check_transform(transform: str, y_channels: int, latent_channels: int, gain
     if transform not in ("deep", "block"):
         raise ValueError(f"transform must be 'deep' or 'block', got {transform!r}")
     if transform == "block" and (y_channels != latent_channels or gain <= 0):
-        raise ValueError(f"the block transform needs y_channels == latent_channels ({y_channels} != "
-                         f"{latent_channels}) and a positive gain")
+        raise ValueError(
+            f"the block transform needs y_channels == latent_channels ({y_channels} != "
+            f"{latent_channels}) and a positive gain"
+        )
 
 
 def _hyper_downsamples(config: IntraLatentCodecConfig | ContextualLatentCodecConfig) -> int:
@@ -836,17 +954,22 @@ def _hyper_downsamples(config: IntraLatentCodecConfig | ContextualLatentCodecCon
     return 2 if config.transform == "block" else 1
 
 
-def _transforms(config: IntraLatentCodecConfig | ContextualLatentCodecConfig,
-                contexts: Sequence[int]) -> tuple[nn.Module, nn.Module]:
+def _transforms(
+    config: IntraLatentCodecConfig | ContextualLatentCodecConfig, contexts: Sequence[int]
+) -> tuple[nn.Module, nn.Module]:
     """(analysis, synthesis) of a latent codec with the given context widths ((0, 0, 0): intra)."""
     if config.transform == "block":
         hidden = config.channels[0]
-        return (BlockTransformAnalysis(config.latent_channels, contexts[0], hidden, config.block_gain),
-                BlockTransformSynthesis(config.latent_channels, contexts[0], hidden, config.feature_channels,
-                                        config.block_gain))
-    return (LatentAnalysis(config.latent_channels, contexts, config.channels, config.y_channels),
-            LatentSynthesis(config.latent_channels, contexts, config.channels, config.y_channels,
-                            config.feature_channels))
+        return (
+            BlockTransformAnalysis(config.latent_channels, contexts[0], hidden, config.block_gain),
+            BlockTransformSynthesis(
+                config.latent_channels, contexts[0], hidden, config.feature_channels, config.block_gain
+            ),
+        )
+    return (
+        LatentAnalysis(config.latent_channels, contexts, config.channels, config.y_channels),
+        LatentSynthesis(config.latent_channels, contexts, config.channels, config.y_channels, config.feature_channels),
+    )
 
 
 def _start_as_transform_coder(codec: HyperpriorCodec) -> None:
@@ -859,10 +982,12 @@ def _start_as_transform_coder(codec: HyperpriorCodec) -> None:
 
 
 INITIAL_SCALE = 1.0  # a skeleton codec's first Gaussian scale, in quantization steps
+
+
 def start_prior_flat(prior_head: nn.Module, scale: float = INITIAL_SCALE) -> None:
     """Make a prior head whose output is [means; scales] (2M channels) start at means 0 and scales `scale`: an
     untrained codec then codes with one fixed model, and its rate falls as the QP rises, from the first step."""
     last = [m for m in prior_head.modules() if isinstance(m, nn.Conv2d)][-1]
     zero_last_convolution(prior_head)
     with torch.no_grad():
-        last.bias[last.out_channels // 2:] = scale
+        last.bias[last.out_channels // 2 :] = scale

@@ -105,8 +105,9 @@ class DiffVCModel(nn.Module):
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("latent_space.vae.")]
         if missing or unexpected:
-            raise CodecError(f"model pack {folder} does not fit its config: missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}")
+            raise CodecError(
+                f"model pack {folder} does not fit its config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
         return model.eval(), info
 
 
@@ -161,9 +162,18 @@ def latent_valid_hw(model: DiffVCModel, picture_hw: tuple[int, int] | None) -> t
     return (-(-picture_hw[0] // factor), -(-picture_hw[1] // factor))
 
 
-def code_p_frame(model: DiffVCModel, x: Tensor, latent: Tensor, reference: Tensor, feature: Tensor | None,
-                 prev_y_hat: Tensor | None, qp: int | Tensor, entropy_code: bool,
-                 timer: StageTimer | None = None, picture_hw: tuple[int, int] | None = None) -> PFrameCoding:
+def code_p_frame(
+    model: DiffVCModel,
+    x: Tensor,
+    latent: Tensor,
+    reference: Tensor,
+    feature: Tensor | None,
+    prev_y_hat: Tensor | None,
+    qp: int | Tensor,
+    entropy_code: bool,
+    timer: StageTimer | None = None,
+    picture_hw: tuple[int, int] | None = None,
+) -> PFrameCoding:
     """Motion, contexts and conditional latent coding of a P-frame: THE chain the encoder and training both run.
 
     x: the frame [N, 3, H, W] in [0, 1]; latent: its latent [N, C, H/8, W/8]; reference, feature, prev_y_hat: from
@@ -198,8 +208,14 @@ def code_p_frame(model: DiffVCModel, x: Tensor, latent: Tensor, reference: Tenso
     return still if prefers_zero_motion(latent, coded, still, qp, valid, model.latent_space.factor) else coded
 
 
-def prefers_zero_motion(latent: Tensor, moving: PFrameCoding, still: PFrameCoding, qp: int | Tensor,
-                        valid_hw: tuple[int, int] | None, factor: int) -> bool:
+def prefers_zero_motion(
+    latent: Tensor,
+    moving: PFrameCoding,
+    still: PFrameCoding,
+    qp: int | Tensor,
+    valid_hw: tuple[int, int] | None,
+    factor: int,
+) -> bool:
     """The encoder's mode decision: True when coding the frame with zero motion (no MV strings) costs no more than
     with its coded motion, in J = bits + lambda(QP) * pixels * MSE, the trade-off the codec was trained on
     (`codec.diffvc.qp.rd_lambda`). MSE over the picture's latent (the tiny preset's latent holds the pixels
@@ -245,8 +261,9 @@ class FrameResult:
 class FrameCoder:
     """Codes one stream's frames in order, holding the decoded-picture buffer. One instance per stream and side."""
 
-    def __init__(self, model: DiffVCModel, plan: SamplingPlan, timer: StageTimer,
-                 autocast_dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self, model: DiffVCModel, plan: SamplingPlan, timer: StageTimer, autocast_dtype: torch.dtype | None = None
+    ) -> None:
         self.model, self.plan, self.timer = model, plan, timer
         self.autocast_dtype = autocast_dtype
         self.sampler = TDIRSampler(model.diffusion)
@@ -255,9 +272,15 @@ class FrameCoder:
     # --- encoder side ---------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode_frame(self, x: Tensor, frame_type: str, qp: int, index: int,
-                     picture_hw: tuple[int, int] | None = None,
-                     intra_qp: int | None = None) -> tuple[list[bytes], FrameResult]:
+    def encode_frame(
+        self,
+        x: Tensor,
+        frame_type: str,
+        qp: int,
+        index: int,
+        picture_hw: tuple[int, int] | None = None,
+        intra_qp: int | None = None,
+    ) -> tuple[list[bytes], FrameResult]:
         """x [1, 3, H, W] in [0, 1] -> (entropy-coded strings, the reconstruction the decoder will make).
         picture_hw: the picture's size when x is padded (the padding is not coded); intra_qp: an HEVC I-frame's QP
         before clamping to 0..63 (`hevc_intra.hevc_qp`; default `qp`)."""
@@ -278,8 +301,18 @@ class FrameCoder:
             result = self._finish(coded, None, None, frame_type, qp, index)
             result.estimated_bits = float(coded.estimated_bits())
             return strings, result
-        p = code_p_frame(m, x, latent, self.dpb.frame, self.dpb.feature, self.dpb.y_hat, qp, entropy_code=True,
-                         timer=t, picture_hw=picture_hw)
+        p = code_p_frame(
+            m,
+            x,
+            latent,
+            self.dpb.frame,
+            self.dpb.feature,
+            self.dpb.y_hat,
+            qp,
+            entropy_code=True,
+            timer=t,
+            picture_hw=picture_hw,
+        )
         result = self._finish(p.latent, p.contexts, p.flow_hat, frame_type, qp, index)
         result.estimated_bits = p.estimated_bits()
         return p.strings, result
@@ -287,8 +320,15 @@ class FrameCoder:
     # --- decoder side ---------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def decode_frame(self, strings: list[bytes], frame_type: str, qp: int, index: int,
-                     size_hw: tuple[int, int], picture_hw: tuple[int, int] | None = None) -> FrameResult:
+    def decode_frame(
+        self,
+        strings: list[bytes],
+        frame_type: str,
+        qp: int,
+        index: int,
+        size_hw: tuple[int, int],
+        picture_hw: tuple[int, int] | None = None,
+    ) -> FrameResult:
         """Entropy-coded strings of one frame -> the reconstruction; updates the DPB. size_hw: the coded (padded)
         size; picture_hw: the picture's, as the encoder had it. A P-frame of 1 string has zero motion."""
         m, t = self.model, self.timer
@@ -328,8 +368,9 @@ class FrameCoder:
             latent = self.model.latent_space.encode(x)
         return LatentCodingOutput(latent, None, None, {})
 
-    def _finish(self, coded, contexts: Contexts | None, flow_hat: Tensor | None, frame_type: str, qp: int,
-                index: int) -> FrameResult:
+    def _finish(
+        self, coded, contexts: Contexts | None, flow_hat: Tensor | None, frame_type: str, qp: int, index: int
+    ) -> FrameResult:
         """Diffusion (with TDIR) and the latent decoder; pushes the frame into the DPB. Both sides run this."""
         latent, x0, evals = self._generate(coded.latent_hat, contexts, flow_hat, frame_type, qp, index)
         with self.timer.stage("vae"):
@@ -340,8 +381,15 @@ class FrameCoder:
         self.dpb.push(reference, coded.feature, coded.y_hat if frame_type == "P" else None, x0, frame_type)
         return FrameResult(frame, evals)
 
-    def _generate(self, latent_hat: Tensor, contexts: Contexts | None, flow_hat: Tensor | None, frame_type: str,
-                  qp: int, index: int) -> tuple[Tensor, Tensor | list[Tensor] | None, int]:
+    def _generate(
+        self,
+        latent_hat: Tensor,
+        contexts: Contexts | None,
+        flow_hat: Tensor | None,
+        frame_type: str,
+        qp: int,
+        index: int,
+    ) -> tuple[Tensor, Tensor | list[Tensor] | None, int]:
         plan = self.plan
         if not plan.enabled:
             return latent_hat, None, 0
@@ -350,9 +398,16 @@ class FrameCoder:
             condition = diffusion_condition(latent_hat, c1, self.model.config.context.channels[0])
             reuse = self._reuse_x0(flow_hat, latent_hat.shape[-2:]) if frame_type == "P" else None
             result = self.sampler.sample(
-                latent_hat, condition, torch.tensor([qp], device=latent_hat.device), plan.seed, index,
-                steps=plan.steps, strength=plan.strength, reuse_steps=plan.tdir_k if reuse is not None else 0,
-                reuse_x0=reuse, autocast_dtype=self.autocast_dtype,
+                latent_hat,
+                condition,
+                torch.tensor([qp], device=latent_hat.device),
+                plan.seed,
+                index,
+                steps=plan.steps,
+                strength=plan.strength,
+                reuse_steps=plan.tdir_k if reuse is not None else 0,
+                reuse_x0=reuse,
+                autocast_dtype=self.autocast_dtype,
             )
         x0 = result.latent if plan.reuse_source == "final" else result.x0_per_step
         return result.latent, x0, result.unet_evals

@@ -259,17 +259,31 @@ class MotionCodec(HyperpriorCodec):
 
     def __init__(self, config: MotionCodecConfig | None = None) -> None:
         config = config or MotionCodecConfig()
-        super().__init__(config.y_channels, config.z_channels, config.hyper_channels, 2, config.qp_anchors,
-                         config.qp_init_range)
+        super().__init__(
+            config.y_channels, config.z_channels, config.hyper_channels, 2, config.qp_anchors, config.qp_init_range
+        )
         self.config = config
         c, m = config.channels, config.y_channels
         self.encoder = nn.Sequential(
-            conv(2, c, stride=2), act(), conv(c, c, stride=2), act(), ResidualBlock(c),
-            conv(c, c, stride=2), act(), conv(c, m, stride=2),
+            conv(2, c, stride=2),
+            act(),
+            conv(c, c, stride=2),
+            act(),
+            ResidualBlock(c),
+            conv(c, c, stride=2),
+            act(),
+            conv(c, m, stride=2),
         )
         self.decoder = nn.Sequential(
-            conv(m, c), ResidualBlock(c), act(),
-            SubpelUpsample(c, c), act(), SubpelUpsample(c, c), act(), SubpelUpsample(c, c), act(),
+            conv(m, c),
+            ResidualBlock(c),
+            act(),
+            SubpelUpsample(c, c),
+            act(),
+            SubpelUpsample(c, c),
+            act(),
+            SubpelUpsample(c, c),
+            act(),
             SubpelUpsample(c, 2),
         )
         self.prior_head = nn.Sequential(act(), conv(config.hyper_channels, 2 * m, 1))
@@ -308,19 +322,22 @@ class MotionCodec(HyperpriorCodec):
     def input_stride(self) -> int:
         return MOTION_STRIDE
 
-    def forward(self, flow: Tensor, qp: int | Sequence[int] | Tensor,
-                valid_hw: Sequence[int] | None = None) -> CodingOutput:
+    def forward(
+        self, flow: Tensor, qp: int | Sequence[int] | Tensor, valid_hw: Sequence[int] | None = None
+    ) -> CodingOutput:
         """flow [N, 2, H, W] -> CodingOutput(hat=flow_hat, likelihoods {"y", "z"}); training mode adds uniform
         noise, evaluation mode rounds (and equals `compress`'s flow_hat bit for bit). valid_hw: the picture's
         size in pixels (the rest is padding, not coded), None for all of it."""
         self._check_size(flow.shape[-2:])
-        coded = self._run(flow, None, qp_batch(qp, flow.shape[0], flow.device), training=self.training,
-                          valid_hw=valid_hw)
+        coded = self._run(
+            flow, None, qp_batch(qp, flow.shape[0], flow.device), training=self.training, valid_hw=valid_hw
+        )
         return CodingOutput(coded.out, coded.likelihoods)
 
     @torch.no_grad()
-    def compress(self, flow: Tensor, qp: int | Sequence[int] | Tensor,
-                 valid_hw: Sequence[int] | None = None) -> tuple[list[bytes], CodingOutput]:
+    def compress(
+        self, flow: Tensor, qp: int | Sequence[int] | Tensor, valid_hw: Sequence[int] | None = None
+    ) -> tuple[list[bytes], CodingOutput]:
         """-> ([one string: z then y], CodingOutput(hat=flow_hat [N, 2, H, W] float32, evaluation-mode likelihoods)):
         flow_hat is the flow the decoder will have, bit for bit."""
         self._check_size(flow.shape[-2:])
@@ -328,8 +345,13 @@ class MotionCodec(HyperpriorCodec):
         return strings, CodingOutput(coded.out, coded.likelihoods)
 
     @torch.no_grad()
-    def decompress(self, strings: Sequence[bytes], size_hw: Sequence[int], qp: int | Sequence[int] | Tensor,
-                   valid_hw: Sequence[int] | None = None) -> Tensor:
+    def decompress(
+        self,
+        strings: Sequence[bytes],
+        size_hw: Sequence[int],
+        qp: int | Sequence[int] | Tensor,
+        valid_hw: Sequence[int] | None = None,
+    ) -> Tensor:
         """Invert `compress` for frames of size_hw (batch size = number of QPs): flow_hat [N, 2, H, W] float32.
         BitstreamError if the strings are damaged."""
         h, w = self._check_size(size_hw)

@@ -82,8 +82,9 @@ def serialize(config: dict, state: dict[str, torch.Tensor], half: bool = True) -
     """(config.json bytes, safetensors bytes) for a config dict and a state dict (floats to fp16 if `half`)."""
     from safetensors.torch import save
 
-    tensors = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
-               for k, v in state.items()}
+    tensors = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous() for k, v in state.items()
+    }
     return json.dumps(config, indent=1, sort_keys=True).encode(), save(tensors)
 
 
@@ -120,8 +121,9 @@ def read_pack(folder: Path) -> tuple[dict, dict[str, torch.Tensor], PackInfo]:
 def pack_info(folder: Path) -> PackInfo:
     """A pack folder's identity from its files' bytes, without building the model."""
     try:
-        return PackInfo(folder.name, folder, content_hash((folder / CONFIG_FILE).read_bytes(),
-                                                          (folder / WEIGHTS_FILE).read_bytes()))
+        return PackInfo(
+            folder.name, folder, content_hash((folder / CONFIG_FILE).read_bytes(), (folder / WEIGHTS_FILE).read_bytes())
+        )
     except OSError as e:
         raise CodecError(f"model pack {folder} cannot be read: {e}") from None
 
@@ -130,4 +132,3 @@ def in_memory_info(name: str, config: dict, state: dict[str, torch.Tensor]) -> P
     """The identity a random-init (unsaved) model would have as a pack: same hashing, no folder."""
     config_bytes, weight_bytes = serialize(config, state)
     return PackInfo(name, None, content_hash(config_bytes, weight_bytes))
-

@@ -68,8 +68,9 @@ LAMBDA_AT_QP_MIN = 2048.0  # QP 0: finest quantization
 LAMBDA_AT_QP_MAX = 16.0  # QP 63: coarsest
 
 
-def rd_lambda(qp: Tensor, at_qp0: float = LAMBDA_AT_QP_MIN, at_qp63: float = LAMBDA_AT_QP_MAX,
-              extrapolate: bool = False) -> Tensor:
+def rd_lambda(
+    qp: Tensor, at_qp0: float = LAMBDA_AT_QP_MIN, at_qp63: float = LAMBDA_AT_QP_MAX, extrapolate: bool = False
+) -> Tensor:
     """Lagrange multiplier of the loss ``bpp + lambda * MSE`` (MSE of RGB in [0, 1]) for QP [N] -> float32 [N].
     QPs outside 0..63 are clamped, or with `extrapolate` continue the line (an I-frame's QP plus a negative offset
     below 0: an HEVC I-frame can be finer than the learned codecs' QP 0).

@@ -59,14 +59,16 @@ class ComparisonCancelled(CodecError):
 
 # --- the clip -------------------------------------------------------------------------------------------------
 
+
 def capped_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     """(W, H) scaled down (never up) so that the longer side is at most `max_side`; both even, at least 2."""
     scale = min(1.0, max_side / max(width, height))
     return tuple(max(2, 2 * round(v * scale / 2)) for v in (width, height))  # type: ignore[return-value]
 
 
-def load_clip(path: str | Path, start: int = 0, frames: int = 16, max_side: int = 256,
-              limits: VideoLimits = DEFAULT_LIMITS) -> Video:
+def load_clip(
+    path: str | Path, start: int = 0, frames: int = 16, max_side: int = 256, limits: VideoLimits = DEFAULT_LIMITS
+) -> Video:
     """`frames` frames from frame `start` of a video file, resized so that its longer side is at most `max_side`.
 
     Raises VideoError (a message for a person) on a file that is not a readable video, or out-of-range settings.
@@ -83,6 +85,7 @@ def load_clip(path: str | Path, start: int = 0, frames: int = 16, max_side: int 
 
 
 # --- settings -------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CompareSettings:
@@ -116,8 +119,14 @@ class CompareSettings:
             raise CodecError("choose at least one metric")
 
     def diffvc_options(self, tdir: bool | None = None) -> dict[str, Any]:
-        return {"pack": self.pack, "tdir": self.tdir if tdir is None else tdir, "steps": self.steps,
-                "strength": self.strength, "tdir_ratio": self.tdir_ratio, "intra_period": self.intra_period}
+        return {
+            "pack": self.pack,
+            "tdir": self.tdir if tdir is None else tdir,
+            "steps": self.steps,
+            "strength": self.strength,
+            "tdir_ratio": self.tdir_ratio,
+            "intra_period": self.intra_period,
+        }
 
     def anchor_options(self, name: str) -> dict[str, Any]:
         """The anchor's options: the comparison's intra period, and its model pack where it takes one."""
@@ -126,6 +135,7 @@ class CompareSettings:
 
 
 # --- bitrate matching -----------------------------------------------------------------------------------------
+
 
 @dataclass
 class BitrateMatch:
@@ -141,8 +151,13 @@ class BitrateMatch:
         return abs(math.log(self.bpp / self.target_bpp)) <= math.log1p(MATCH_TOLERANCE)
 
 
-def match_bitrate(codec, video: Video, target_bpp: float, stop: StopCheck | None = None,
-                  on_try: Callable[[int, float], None] | None = None) -> BitrateMatch:
+def match_bitrate(
+    codec,
+    video: Video,
+    target_bpp: float,
+    stop: StopCheck | None = None,
+    on_try: Callable[[int, float], None] | None = None,
+) -> BitrateMatch:
     """Bisect `codec`'s QP range for the rate closest to `target_bpp` (bpp from the bitstream's bytes).
 
     Assumes the rate does not rise with QP (true of every registered codec's rate control). About
@@ -175,6 +190,7 @@ def match_bitrate(codec, video: Video, target_bpp: float, stop: StopCheck | None
 
 
 # --- results --------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class CodecRun:
@@ -223,16 +239,31 @@ class Comparison:
             return {name: data[name] for name in data.files}
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "key": self.key, "clip": self.clip, "settings": self.settings,
-                "runs": [asdict(r) for r in self.runs], "notes": self.notes, "elapsed_s": self.elapsed_s}
+        return {
+            "schema": SCHEMA,
+            "key": self.key,
+            "clip": self.clip,
+            "settings": self.settings,
+            "runs": [asdict(r) for r in self.runs],
+            "notes": self.notes,
+            "elapsed_s": self.elapsed_s,
+        }
 
     @classmethod
     def load(cls, folder: Path) -> Comparison:
         data = json.loads((folder / COMPARISON_FILE).read_text())
         if data.get("schema") != SCHEMA:
             raise CodecError(f"{folder}: comparison of another schema")
-        return cls(data["key"], folder, data["clip"], data["settings"], [CodecRun(**r) for r in data["runs"]],
-                   data["notes"], data["elapsed_s"], cached=True)
+        return cls(
+            data["key"],
+            folder,
+            data["clip"],
+            data["settings"],
+            [CodecRun(**r) for r in data["runs"]],
+            data["notes"],
+            data["elapsed_s"],
+            cached=True,
+        )
 
 
 class ComparisonStore:
@@ -252,12 +283,25 @@ class ComparisonStore:
         except (OSError, ValueError, KeyError, TypeError, CodecError):
             return None
 
-    def run(self, video: Video, settings: CompareSettings, source: str = "", start: int = 0,
-            progress: Progress | None = None, stop: StopCheck | None = None) -> Comparison:
+    def run(
+        self,
+        video: Video,
+        settings: CompareSettings,
+        source: str = "",
+        start: int = 0,
+        progress: Progress | None = None,
+        stop: StopCheck | None = None,
+    ) -> Comparison:
         """The comparison of `video` under `settings`: from disk when done before, else run and stored."""
         diffvc_reason, identity = diffvc_identity(settings)
-        key = cache_key(kind="comparison", clip=video.content_hash(), start=start, settings=asdict(settings),
-                        identity=identity, diffvc_unavailable=diffvc_reason)[:32]
+        key = cache_key(
+            kind="comparison",
+            clip=video.content_hash(),
+            start=start,
+            settings=asdict(settings),
+            identity=identity,
+            diffvc_unavailable=diffvc_reason,
+        )[:32]
         done = self.get(key)
         if done is not None:
             done.clip["source"] = source or done.clip.get("source", "")
@@ -302,8 +346,17 @@ def _codec(name: str, values: dict[str, Any]):
     return get_codec(name, **values)
 
 
-def _run(video: Video, settings: CompareSettings, key: str, folder: Path, source: str, start: int,
-         diffvc_reason: str | None, progress: Progress | None, stop: StopCheck | None) -> Comparison:
+def _run(
+    video: Video,
+    settings: CompareSettings,
+    key: str,
+    folder: Path,
+    source: str,
+    start: int,
+    diffvc_reason: str | None,
+    progress: Progress | None,
+    stop: StopCheck | None,
+) -> Comparison:
     from codec.eval.engine import measure, warm_up
     from codec.eval.report import results_frame
     from codec.video import write_video
@@ -312,15 +365,23 @@ def _run(video: Video, settings: CompareSettings, key: str, folder: Path, source
     metrics, notes = metrics_for_size(settings.metrics, video.width, video.height)
     plan: list[tuple[str, str, str, dict[str, Any]]] = []  # (slug, label, role/name, options)
     if diffvc_reason:
-        notes.append(f"DiffVC did not run: {diffvc_reason}. The anchors ran at QP {settings.qp} (clipped to each "
-                     "codec's range).")
+        notes.append(
+            f"DiffVC did not run: {diffvc_reason}. The anchors ran at QP {settings.qp} (clipped to each codec's range)."
+        )
     else:
-        plan.append(("diffvc", f"DiffVC (TDIR {'on' if settings.tdir else 'off'})", "diffvc",
-                     settings.diffvc_options()))
+        plan.append(
+            ("diffvc", f"DiffVC (TDIR {'on' if settings.tdir else 'off'})", "diffvc", settings.diffvc_options())
+        )
         if settings.tdir_contrast:
             flipped = not settings.tdir
-            plan.append((f"diffvc-tdir-{'on' if flipped else 'off'}", f"DiffVC (TDIR {'on' if flipped else 'off'})",
-                         "contrast", settings.diffvc_options(tdir=flipped)))
+            plan.append(
+                (
+                    f"diffvc-tdir-{'on' if flipped else 'off'}",
+                    f"DiffVC (TDIR {'on' if flipped else 'off'})",
+                    "contrast",
+                    settings.diffvc_options(tdir=flipped),
+                )
+            )
     plan += [(name, name, "anchor", settings.anchor_options(name)) for name in settings.anchors]
     if not plan:
         raise CodecError("nothing to run: DiffVC cannot run here and no anchor is chosen")
@@ -359,23 +420,46 @@ def _run(video: Video, settings: CompareSettings, key: str, folder: Path, source
         if role == "diffvc":
             target = result.row["bpp"]
         if match is not None and not match.reached:
-            notes.append(f"{label} cannot reach DiffVC's {match.target_bpp:.4f} bpp within its QP range "
-                         f"{codec.qp_range[0]}..{codec.qp_range[1]}: closest is QP {match.qp} at {match.bpp:.4f} bpp.")
+            notes.append(
+                f"{label} cannot reach DiffVC's {match.target_bpp:.4f} bpp within its QP range "
+                f"{codec.qp_range[0]}..{codec.qp_range[1]}: closest is QP {match.qp} at {match.bpp:.4f} bpp."
+            )
         row = result.row
-        row.update(source=source, start=start, clip_hash=video.content_hash(), label=label, role=role,
-                   sha256=hashlib.sha256(result.encoded.bitstream).hexdigest())
+        row.update(
+            source=source,
+            start=start,
+            clip_hash=video.content_hash(),
+            label=label,
+            role=role,
+            sha256=hashlib.sha256(result.encoded.bitstream).hexdigest(),
+        )
         bitstream_file = f"{slug}{get_entry(name).suffix}"
         decoded_file = f"{slug}.mp4"
         (folder / bitstream_file).write_bytes(result.encoded.bitstream)
         write_video(result.decoded, folder / decoded_file)
         decoded[slug] = result.decoded.frames
-        runs.append(CodecRun(slug, label, role, row, bitstream_file, decoded_file,
-                             {**asdict(match), "reached": match.reached} if match else None))
+        runs.append(
+            CodecRun(
+                slug,
+                label,
+                role,
+                row,
+                bitstream_file,
+                decoded_file,
+                {**asdict(match), "reached": match.reached} if match else None,
+            )
+        )
 
-    clip = {"source": source, "start": start, "frames": video.num_frames, "width": video.width,
-            "height": video.height, "fps": str(Fraction(video.fps)), "hash": video.content_hash()}
-    comparison = Comparison(key, folder, clip, _jsonable(asdict(settings)), runs, notes,
-                            time.perf_counter() - began)
+    clip = {
+        "source": source,
+        "start": start,
+        "frames": video.num_frames,
+        "width": video.width,
+        "height": video.height,
+        "fps": str(Fraction(video.fps)),
+        "hash": video.content_hash(),
+    }
+    comparison = Comparison(key, folder, clip, _jsonable(asdict(settings)), runs, notes, time.perf_counter() - began)
     results_frame(comparison.rows).to_csv(folder / "results.csv", index=False)
     (folder / "results.json").write_text(json.dumps(comparison.rows, indent=1, default=str))
     np.savez_compressed(folder / FRAMES_FILE, **decoded)
@@ -385,16 +469,28 @@ def _run(video: Video, settings: CompareSettings, key: str, folder: Path, source
     return comparison
 
 
-def _pick_qp(codec, settings: CompareSettings, target: float | None, role: str, video: Video, label: str,
-             report: Callable[[float, str], None], stop: StopCheck | None) -> tuple[int, BitrateMatch | None]:
+def _pick_qp(
+    codec,
+    settings: CompareSettings,
+    target: float | None,
+    role: str,
+    video: Video,
+    label: str,
+    report: Callable[[float, str], None],
+    stop: StopCheck | None,
+) -> tuple[int, BitrateMatch | None]:
     """The QP a codec runs at: DiffVC's own; an anchor's matched to DiffVC's rate, or `settings.qp` clipped."""
     lo, hi = codec.qp_range
     if role != "anchor" or not settings.match_bitrate or target is None:
         return min(hi, max(lo, settings.qp)), None
     report(0, f"{label}: searching the QP for {target:.4f} bpp")
-    match = match_bitrate(codec, video, target, stop,
-                          on_try=lambda qp, bpp: report(0, f"{label}: QP {qp} gives {bpp:.4f} bpp "
-                                                           f"(target {target:.4f})"))
+    match = match_bitrate(
+        codec,
+        video,
+        target,
+        stop,
+        on_try=lambda qp, bpp: report(0, f"{label}: QP {qp} gives {bpp:.4f} bpp (target {target:.4f})"),
+    )
     return match.qp, match
 
 
@@ -403,6 +499,7 @@ def _jsonable(value: Any) -> Any:
 
 
 # --- rate-distortion sweep ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class SweepPlan:
@@ -421,14 +518,22 @@ def _spec_value(value: Any) -> str:
     return ("on" if value else "off") if isinstance(value, bool) else str(value)
 
 
-def run_sweep(video: Video, plans: Sequence[SweepPlan], out_dir: Path, cache_dir: Path, source: str = "",
-              start: int = 0, metrics: Sequence[str] | None = None, device: str = "cpu",
-              progress: Progress | None = None
-              ) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+def run_sweep(
+    video: Video,
+    plans: Sequence[SweepPlan],
+    out_dir: Path,
+    cache_dir: Path,
+    source: str = "",
+    start: int = 0,
+    metrics: Sequence[str] | None = None,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Path]]:
     """Every (codec, QP) of `plans` through the evaluation engine (cached: a rerun is instant), then the results
     table, BD-rate against the first plan, the HTML report and the RD plot written into `out_dir`."""
     from codec.eval.engine import EvalRequest, evaluate
     from codec.eval.report import write_results
+
     total = sum(len(p.qps) for p in plans)
     if not total:
         raise CodecError("no QP to run")
@@ -440,7 +545,15 @@ def run_sweep(video: Video, plans: Sequence[SweepPlan], out_dir: Path, cache_dir
             if progress:
                 progress((offset + done) / total, label)
 
-        request = EvalRequest(video=video, specs=[plan.spec], qps=sorted(set(plan.qps)), source=source, start=start,
-                              metrics=tuple(metrics or metric_names()), device=device, cache_dir=cache_dir)
+        request = EvalRequest(
+            video=video,
+            specs=[plan.spec],
+            qps=sorted(set(plan.qps)),
+            source=source,
+            start=start,
+            metrics=tuple(metrics or metric_names()),
+            device=device,
+            cache_dir=cache_dir,
+        )
         rows += evaluate(request, tick)
     return rows, write_results(rows, out_dir)

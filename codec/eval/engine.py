@@ -70,8 +70,11 @@ def evaluate(request: EvalRequest, progress: Callable[[int, int, str], None] | N
 
     Cached rows are reused unless `request.force`. `progress(done, total, label)` is called after each job.
     """
-    jobs = [_Job(spec, qp, codec) for spec, codec in _build_codecs(request.specs)
-            for qp in request.qps_by_spec.get(spec, request.qps)]
+    jobs = [
+        _Job(spec, qp, codec)
+        for spec, codec in _build_codecs(request.specs)
+        for qp in request.qps_by_spec.get(spec, request.qps)
+    ]
     cache = ResultCache(request.cache_dir) if request.cache_dir else None
     clip_hash = request.video.content_hash()
     warmed: set[str] = set()
@@ -102,9 +105,14 @@ def _build_codecs(specs: Sequence[str]) -> list[tuple[str, VideoCodec]]:
 
 def _job_key(request: EvalRequest, job: _Job, clip_hash: str) -> str:
     return cache_key(
-        clip=clip_hash, spec=canonical_spec(job.codec), qp=job.qp, start=request.start,
-        frames=request.video.num_frames, size=[request.video.width, request.video.height],
-        identity=job.codec.identity(), metrics=sorted(request.metrics),  # type: ignore[attr-defined]
+        clip=clip_hash,
+        spec=canonical_spec(job.codec),
+        qp=job.qp,
+        start=request.start,
+        frames=request.video.num_frames,
+        size=[request.video.width, request.video.height],
+        identity=job.codec.identity(),
+        metrics=sorted(request.metrics),  # type: ignore[attr-defined]
     )
 
 
@@ -168,4 +176,3 @@ def _real_over_estimated(encoded: Encoded) -> float | None:
     that report an estimate (the neural ones, as CompressAI prints both): 1.0 is a coder that loses nothing."""
     estimated = encoded.stats.get("estimated_bits")
     return sum(encoded.frame_bits) / estimated if estimated else None
-

@@ -25,8 +25,21 @@ from codec.metrics import get_metric, metric_names
 
 def csv_first_columns() -> list[str]:
     """The results table's leading columns, every metric of the table among them."""
-    return ["codec", "spec", "qp", "frames", "width", "height", "bytes", "bpp", *metric_names(),
-            "enc_s", "dec_s", "enc_fps", "dec_fps"]
+    return [
+        "codec",
+        "spec",
+        "qp",
+        "frames",
+        "width",
+        "height",
+        "bytes",
+        "bpp",
+        *metric_names(),
+        "enc_s",
+        "dec_s",
+        "enc_fps",
+        "dec_fps",
+    ]
 
 
 BD_METHOD = "akima"
@@ -42,8 +55,9 @@ def results_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
         record = {k: v for k, v in row.items() if not isinstance(v, (dict, list))}
         record.update({f"opt_{k}": v for k, v in row.get("options", {}).items()})
         record.update({f"t_{k}": v for k, v in row.get("timings", {}).items()})
-        record.update({k: v for k, v in row.get("stats", {}).items()
-                       if k not in record and not isinstance(v, (dict, list))})
+        record.update(
+            {k: v for k, v in row.get("stats", {}).items() if k not in record and not isinstance(v, (dict, list))}
+        )
         flat.append(record)
     frame = pd.DataFrame(flat)
     first = [c for c in csv_first_columns() if c in frame.columns]
@@ -69,8 +83,12 @@ def bd_rate(anchor: list[dict], test: list[dict], metric: str) -> tuple[float | 
         warnings.simplefilter("always")
         try:
             value = bjontegaard.bd_rate(
-                [p[0] for p in a], [sign * p[1] for p in a], [p[0] for p in t], [sign * p[1] for p in t],
-                method=BD_METHOD, require_matching_points=False,
+                [p[0] for p in a],
+                [sign * p[1] for p in a],
+                [p[0] for p in t],
+                [sign * p[1] for p in t],
+                method=BD_METHOD,
+                require_matching_points=False,
             )
         except (ValueError, ZeroDivisionError, np.linalg.LinAlgError) as e:
             return None, f"not computable: {e}"
@@ -109,19 +127,34 @@ def rate_ratio_at_equal_quality(anchor: list[dict], test: list[dict], metric: st
     better = sum(quality > q[-1] for _, quality in t)
     worse = len(t) - len(inside) - better
     span = sorted((sign * q[0], sign * q[-1]))
-    outside = ", ".join(part for part in (f"{better} better than its best" if better else "",
-                                          f"{worse} worse than its worst" if worse else "") if part)
+    outside = ", ".join(
+        part
+        for part in (
+            f"{better} better than its best" if better else "",
+            f"{worse} worse than its worst" if worse else "",
+        )
+        if part
+    )
     if not inside:
-        where = (f"all {len(t)} are better than its best" if better == len(t) else
-                 f"all {len(t)} are worse than its worst" if worse == len(t) else outside)
-        return None, (f"no test point within the anchor's quality range ({span[0]:.4g} to {span[1]:.4g}): "
-                      f"{where}; not extrapolated{dropped}")
+        where = (
+            f"all {len(t)} are better than its best"
+            if better == len(t)
+            else f"all {len(t)} are worse than its worst"
+            if worse == len(t)
+            else outside
+        )
+        return None, (
+            f"no test point within the anchor's quality range ({span[0]:.4g} to {span[1]:.4g}): "
+            f"{where}; not extrapolated{dropped}"
+        )
     log_ratio = [math.log(bpp) - float(np.interp(quality, q, log_bpp)) for bpp, quality in inside]
     value = math.exp(sum(log_ratio) / len(log_ratio))
     if len(inside) == len(t):
         return value, f"all {len(t)} test points within the anchor's quality range{dropped}"
-    return value, (f"{len(inside)} of {len(t)} test points within the anchor's quality range "
-                   f"({span[0]:.4g} to {span[1]:.4g}); left out: {outside}{dropped}")
+    return value, (
+        f"{len(inside)} of {len(t)} test points within the anchor's quality range "
+        f"({span[0]:.4g} to {span[1]:.4g}); left out: {outside}{dropped}"
+    )
 
 
 def _monotone_curve(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -145,8 +178,17 @@ def bd_rate_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None 
             anchor, test = by_spec[specs[0]], by_spec[spec]
             value, note = bd_rate(anchor, test, metric)
             ratio, ratio_note = rate_ratio_at_equal_quality(anchor, test, metric)
-            records.append({"anchor": specs[0], "test": spec, "metric": metric, "bd_rate_pct": value, "note": note,
-                            "bits_vs_anchor": ratio, "bits_vs_anchor_note": ratio_note})
+            records.append(
+                {
+                    "anchor": specs[0],
+                    "test": spec,
+                    "metric": metric,
+                    "bd_rate_pct": value,
+                    "note": note,
+                    "bits_vs_anchor": ratio,
+                    "bits_vs_anchor_note": ratio_note,
+                }
+            )
     table = pd.DataFrame(records, columns=BD_TABLE_COLUMNS)
     return table.astype({"bd_rate_pct": float, "bits_vs_anchor": float})
 
@@ -160,6 +202,7 @@ def metrics_present(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 # --- writing ----------------------------------------------------------------------------------------------
+
 
 def write_results(rows: Sequence[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
     """Write results.json, results.csv, bdrate.csv, report.html and rd.png into `out_dir`; return their paths."""
@@ -187,15 +230,25 @@ def rd_figure(rows: Sequence[dict[str, Any]], metric: str):
 
     fig = go.Figure()
     for spec, points in curves(rows).items():
-        fig.add_trace(go.Scatter(
-            x=[p["bpp"] for p in points], y=[p[metric] for p in points], mode="lines+markers", name=spec,
-            customdata=[[p["qp"], p["enc_fps"], p["dec_fps"]] for p in points],
-            hovertemplate="QP %{customdata[0]}<br>bpp %{x:.4f}<br>%{y:.4f}<br>"
-                          "enc %{customdata[1]:.2f} fps, dec %{customdata[2]:.2f} fps<extra>%{fullData.name}</extra>",
-        ))
-    fig.update_layout(title=get_metric(metric).title, xaxis_title="bpp (from bitstream bytes)",
-                      yaxis_title=get_metric(metric).axis_label,
-                      template="plotly_white", height=420, margin=dict(l=60, r=20, t=50, b=50))
+        fig.add_trace(
+            go.Scatter(
+                x=[p["bpp"] for p in points],
+                y=[p[metric] for p in points],
+                mode="lines+markers",
+                name=spec,
+                customdata=[[p["qp"], p["enc_fps"], p["dec_fps"]] for p in points],
+                hovertemplate="QP %{customdata[0]}<br>bpp %{x:.4f}<br>%{y:.4f}<br>"
+                "enc %{customdata[1]:.2f} fps, dec %{customdata[2]:.2f} fps<extra>%{fullData.name}</extra>",
+            )
+        )
+    fig.update_layout(
+        title=get_metric(metric).title,
+        xaxis_title="bpp (from bitstream bytes)",
+        yaxis_title=get_metric(metric).axis_label,
+        template="plotly_white",
+        height=420,
+        margin=dict(l=60, r=20, t=50, b=50),
+    )
     return fig
 
 
@@ -226,10 +279,17 @@ def html_report(rows: Sequence[dict[str, Any]], table: pd.DataFrame, metrics: Se
         "(6.00 means 6x the anchor's bits, 0.50 half). Test points outside the anchor's range are not "
         "extrapolated; <b>bits_vs_anchor_note</b> says how many were in range. LPIPS and DISTS (lower is better) "
         "are negated first, so for every metric a BD-rate below 0 or a bits_vs_anchor below 1.00 means fewer bits "
-        "for the same quality.</p>")
-    parts.append(table.to_html(index=False, na_rep="n/a", formatters={
-        "bd_rate_pct": lambda v: f"{v:+.2f}", "bits_vs_anchor": lambda v: f"{v:.2f}"}) if len(table)
-        else "<p>Only one codec: no BD-rate.</p>")
+        "for the same quality.</p>"
+    )
+    parts.append(
+        table.to_html(
+            index=False,
+            na_rep="n/a",
+            formatters={"bd_rate_pct": lambda v: f"{v:+.2f}", "bits_vs_anchor": lambda v: f"{v:.2f}"},
+        )
+        if len(table)
+        else "<p>Only one codec: no BD-rate.</p>"
+    )
     parts.append("<h2>All results</h2>")
     parts.append(results_frame(rows).to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""))
     parts.append("</body></html>")
@@ -258,7 +318,7 @@ def plot_rd_png(rows: Sequence[dict[str, Any]], path: Path, metrics: Sequence[st
         ax.set_xlabel("bpp")
         ax.set_title(get_metric(metric).title, fontsize=9)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()

@@ -314,7 +314,8 @@ def _dvc1_diffusion(rng: random.Random, s: StreamSample, max_steps: int) -> tupl
     data, parts = s.data, []
     for name, value in sorted(
         (("steps", steps), ("tdir_k", tdir_k), ("strength_milli", strength)),
-        key=lambda item: s.dvc1_fields[item[0]][0], reverse=True,
+        key=lambda item: s.dvc1_fields[item[0]][0],
+        reverse=True,
     ):
         start, end = s.dvc1_fields[name]
         data = _splice(data, start, end, encode_varint(value))

@@ -128,9 +128,7 @@ def _judge_elementary(codec: str, data: bytes, shape: list[int]) -> tuple[str, s
     if not sets:
         return "decoded_unchecked", "no parameter set parsed"
     for ps in sets:
-        if (ps.exact and (width, height) == ps.size) or (
-            not ps.exact and width <= ps.size[0] and height <= ps.size[1]
-        ):
+        if (ps.exact and (width, height) == ps.size) or (not ps.exact and width <= ps.size[0] and height <= ps.size[1]):
             return "decoded", ""
     declared = ", ".join(f"{w}x{h}" for w, h in {ps.size for ps in sets})
     return "wrong_shape", f"frames {width}x{height}, the parameter sets declare {declared}"

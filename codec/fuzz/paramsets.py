@@ -321,5 +321,3 @@ def rewrite_field(unit: bytes, ps: ParamSet, name: str, value: int, length: int 
     if av1:
         return unit[:header_end] + leb128(len(new)) + new
     return unit[: ps.header_len] + escape_rbsp(new)
-
-

@@ -87,8 +87,14 @@ def corpus_specs(codec: str, quick: bool = False) -> list[ClipSpec]:
         diffvc = entry.has_option("reuse")  # DiffVC's diffusion options
         specs = [
             ClipSpec("gop2-48x32", 3, 32, 48, "intra_period=2", 30),
-            ClipSpec("gop3-33x17", 4, 17, 33, "intra_period=3:qp_offsets=0,4" +
-                     (":reuse=step:reuse_warp=off" if diffvc else ""), 45),  # fmt: skip
+            ClipSpec(
+                "gop3-33x17",
+                4,
+                17,
+                33,
+                "intra_period=3:qp_offsets=0,4" + (":reuse=step:reuse_warp=off" if diffvc else ""),
+                45,
+            ),  # fmt: skip
             ClipSpec("once-70x40", 2, 40, 70, "intra_period=-1" + (":tdir=off" if diffvc else ""), 20),
         ]
     else:
@@ -387,7 +393,6 @@ class FuzzReport:
         )
         return "\n".join(lines)
 
-
     def markdown(self) -> str:
         """The run's figures as a Markdown section (for docs/RESULTS.md, "Reliability")."""
         s, cfg = self.summary(), self.config
@@ -410,8 +415,13 @@ class FuzzReport:
                 f"| {name} | {o['total']} | {o.get('error', 0)} | {decoded} | {found} | {c['decode_s']['max']:.2f} "
                 f"| {c['memory_mb']['max']:.0f} |"
             )
-        lines += ["", "Clear errors / decodes per kind of mutation:", "",
-                  "| kind | " + " | ".join(s["by_codec"]) + " |", "|---|" + "---:|" * len(s["by_codec"])]
+        lines += [
+            "",
+            "Clear errors / decodes per kind of mutation:",
+            "",
+            "| kind | " + " | ".join(s["by_codec"]) + " |",
+            "|---|" + "---:|" * len(s["by_codec"]),
+        ]
         for kind in KINDS:
             cells = []
             for c in s["by_codec"].values():

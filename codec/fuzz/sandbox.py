@@ -74,8 +74,9 @@ def process_memory() -> tuple[int, int, int]:
         return 0, 0, 0
 
 
-def _child(fn: Callable[[], Any], write_fd: int, memory_cap_mb: float, quiet: bool, stacks: Any,
-           dump_after_s: float) -> None:
+def _child(
+    fn: Callable[[], Any], write_fd: int, memory_cap_mb: float, quiet: bool, stacks: Any, dump_after_s: float
+) -> None:
     """Runs in the forked child: limits, the call, one JSON line to the pipe, then _exit (no cleanup handlers).
     Shortly before the time limit, faulthandler writes every thread's Python stack to `stacks`."""
     try:

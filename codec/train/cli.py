@@ -22,18 +22,27 @@ STAGE_NAMES = ("flow", "codec", "diffusion", "finetune")
 def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `train` subcommand to the CLI's subparsers; it runs `run_train(args)` (via `args.run`)."""
     p = subparsers.add_parser(
-        "train", help="train a DiffVC stage (flow, codec, diffusion, finetune) into a model pack",
+        "train",
+        help="train a DiffVC stage (flow, codec, diffusion, finetune) into a model pack",
         description="Train one stage of DiffVC. Stages chain through packs: flow -> codec -> diffusion -> finetune "
-                    "(--pack-from the previous run). Resumes from OUT/checkpoint.pt.")
+        "(--pack-from the previous run). Resumes from OUT/checkpoint.pt.",
+    )
     p.add_argument("stage", choices=STAGE_NAMES)
     p.add_argument("--data", type=Path, required=True, help="training data folder (photos, videos, Vimeo-90k)")
     p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder (checkpoint, log, pack)")
-    p.add_argument("--pack-from", metavar="PACK_OR_RUN",
-                   help="start from this pack (a folder, a run folder holding pack/, or a pack name)")
-    p.add_argument("--preset", choices=("tiny", "full"), help="model preset when starting without --pack-from "
-                   "(default tiny)")
-    p.add_argument("--sd-path", help="full preset without --pack-from: local diffusers folder of SD-2.1-base, "
-                   "whose vae/ and unet/ (also copied into the ControlNet) are the starting point")
+    p.add_argument(
+        "--pack-from",
+        metavar="PACK_OR_RUN",
+        help="start from this pack (a folder, a run folder holding pack/, or a pack name)",
+    )
+    p.add_argument(
+        "--preset", choices=("tiny", "full"), help="model preset when starting without --pack-from (default tiny)"
+    )
+    p.add_argument(
+        "--sd-path",
+        help="full preset without --pack-from: local diffusers folder of SD-2.1-base, "
+        "whose vae/ and unet/ (also copied into the ControlNet) are the starting point",
+    )
     p.add_argument("--steps", type=int, help="total steps to reach, across resumes (default: per stage)")
     p.add_argument("--batch", type=int, help="sequences per step and process (default: per stage)")
     p.add_argument("--crop", type=int, default=128, help="square crop size, a multiple of 64 (default 128)")
@@ -43,24 +52,43 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-budget", type=float, metavar="MIN", help="stop cleanly after MIN minutes of this session")
     p.add_argument("--qp", type=int, help="train at this QP only (default: uniform in 0..63 per sequence)")
-    p.add_argument("--perceptual", default="dists", choices=("dists", "lpips", "dists+lpips"),
-                   help="finetune: perceptual distance (default dists)")
+    p.add_argument(
+        "--perceptual",
+        default="dists",
+        choices=("dists", "lpips", "dists+lpips"),
+        help="finetune: perceptual distance (default dists)",
+    )
     p.add_argument("--mse-weight", type=float, default=1.0, help="finetune: weight of the MSE term (default 1)")
     p.add_argument("--grad-steps", type=int, help="finetune: backpropagate through the last K sampler steps only")
-    p.add_argument("--intra", choices=("learned", "hevc"), default="learned",
-                   help="how each sequence's frame 0 is coded: the learned intra codec (trained) or HEVC-intra, as "
-                        "the encoder's intra=hevc (default learned)")
+    p.add_argument(
+        "--intra",
+        choices=("learned", "hevc"),
+        default="learned",
+        help="how each sequence's frame 0 is coded: the learned intra codec (trained) or HEVC-intra, as "
+        "the encoder's intra=hevc (default learned)",
+    )
     p.add_argument("--intra-qp-offset", type=int, default=0, help="frame 0's QP offset (the encoder's intra_qp_offset)")
-    p.add_argument("--flat-quantizer", action="store_true",
-                   help="codec: start the latent codecs of a per-channel pack on one quantization step per QP")
-    p.add_argument("--fresh-diffusion", action="store_true",
-                   help="diffusion/finetune: keep the pack's codec, start the diffusion stage from random init at the "
-                        "preset's current configuration (anchored at the reconstruction: diffvc = condlc at step 0)")
+    p.add_argument(
+        "--flat-quantizer",
+        action="store_true",
+        help="codec: start the latent codecs of a per-channel pack on one quantization step per QP",
+    )
+    p.add_argument(
+        "--fresh-diffusion",
+        action="store_true",
+        help="diffusion/finetune: keep the pack's codec, start the diffusion stage from random init at the "
+        "preset's current configuration (anchored at the reconstruction: diffvc = condlc at step 0)",
+    )
     p.add_argument("--force", action="store_true", help="flow: train a SpyNet even for a DIS preset (tiny)")
     p.add_argument("--log-every", type=int, default=10, metavar="K")
     p.add_argument("--checkpoint-every", type=int, default=100, metavar="N")
-    p.add_argument("--pack-every", type=int, default=500, metavar="N", help="also write the pack every N steps "
-                   "(0: only at the end)")
+    p.add_argument(
+        "--pack-every",
+        type=int,
+        default=500,
+        metavar="N",
+        help="also write the pack every N steps (0: only at the end)",
+    )
     p.add_argument("--clips", type=int, default=100_000, help="dataset length (distinct clip draws per epoch)")
     p.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is faster on a busy CPU)")
@@ -85,29 +113,61 @@ def run_train(args: argparse.Namespace) -> int:
     defaults = STAGES[args.stage].defaults
     start_config = checkpoint_config(args.out / CHECKPOINT_FILE) or start_model_config(args)
     if args.stage == "flow" and not uses_spynet(start_config) and not args.force:
-        print(f"the {start_config.preset} preset estimates flow with OpenCV's DIS, which has nothing to train; "
-              "skipping the flow stage (--force trains a SpyNet to compare with DIS)")
+        print(
+            f"the {start_config.preset} preset estimates flow with OpenCV's DIS, which has nothing to train; "
+            "skipping the flow stage (--force trains a SpyNet to compare with DIS)"
+        )
         return 0
     settings = LoopSettings(
-        out=args.out, steps=args.steps if args.steps is not None else defaults.steps,
-        batch=args.batch or defaults.batch, lr=args.lr or defaults.lr(start_config.preset), seed=args.seed,
-        time_budget_min=args.time_budget, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-        pack_every=args.pack_every, workers=args.workers, mixed_precision=args.mixed_precision,
-        source=str(args.data), warmup=args.warmup,
+        out=args.out,
+        steps=args.steps if args.steps is not None else defaults.steps,
+        batch=args.batch or defaults.batch,
+        lr=args.lr or defaults.lr(start_config.preset),
+        seed=args.seed,
+        time_budget_min=args.time_budget,
+        log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+        pack_every=args.pack_every,
+        workers=args.workers,
+        mixed_precision=args.mixed_precision,
+        source=str(args.data),
+        warmup=args.warmup,
     )
-    options = StageOptions(qp=args.qp, perceptual=args.perceptual, mse_weight=args.mse_weight,
-                           grad_steps=args.grad_steps, intra=args.intra, intra_qp_offset=args.intra_qp_offset)
+    options = StageOptions(
+        qp=args.qp,
+        perceptual=args.perceptual,
+        mse_weight=args.mse_weight,
+        grad_steps=args.grad_steps,
+        intra=args.intra,
+        intra_qp_offset=args.intra_qp_offset,
+    )
     dataset = make_dataset(args.stage, args.data, args.frames, args.crop, args.seed, args.clips)
-    record = {"from": start_source(args), "crop": args.crop, "frames": args.frames, "intra": args.intra,
-              "intra_qp_offset": args.intra_qp_offset, "fresh_diffusion": args.fresh_diffusion}
+    record = {
+        "from": start_source(args),
+        "crop": args.crop,
+        "frames": args.frames,
+        "intra": args.intra,
+        "intra_qp_offset": args.intra_qp_offset,
+        "fresh_diffusion": args.fresh_diffusion,
+    }
     from codec.train import data
 
-    result = run_stage(args.stage, lambda: start_model(args), dataset, settings, options, record,
-                       collate_fn=data.collate_clips, worker_init_fn=data.single_thread_worker)
+    result = run_stage(
+        args.stage,
+        lambda: start_model(args),
+        dataset,
+        settings,
+        options,
+        record,
+        collate_fn=data.collate_clips,
+        worker_init_fn=data.single_thread_worker,
+    )
     why = "" if result.stopped_by == "steps" else f" (stopped by {result.stopped_by})"
     sha = f" ({result.pack.sha256[:16]})" if result.pack else ""
-    print(f"{args.stage}: step {result.step}, {result.seconds / 60:.1f} min of training{why}; "
-          f"pack {args.out / 'pack'}{sha}")
+    print(
+        f"{args.stage}: step {result.step}, {result.seconds / 60:.1f} min of training{why}; "
+        f"pack {args.out / 'pack'}{sha}"
+    )
     return 0
 
 

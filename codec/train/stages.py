@@ -132,8 +132,9 @@ class CodedFrame:
         return diffusion_condition(self.latent_hat, self.c1, context_channels)
 
 
-def code_sequence(model: DiffVCModel, frames: Tensor, qp: Tensor, hevc_intra: bool = False,
-                  intra_qp_offset: int = 0) -> list[CodedFrame]:
+def code_sequence(
+    model: DiffVCModel, frames: Tensor, qp: Tensor, hevc_intra: bool = False, intra_qp_offset: int = 0
+) -> list[CodedFrame]:
     """Run the condlc chain of `FrameCoder` over batched sequences: frame 0 intra, frames 1.. P-frames (the same
     `code_p_frame` the encoder runs, in its training form).
 
@@ -162,8 +163,18 @@ def code_sequence(model: DiffVCModel, frames: Tensor, qp: Tensor, hevc_intra: bo
         out = p.latent
         recon = model.latent_space.decode(out.latent_hat)
         motion_bits = item_bits(p.motion_likelihoods)
-        coded.append(CodedFrame("P", latents[:, i], out.latent_hat, p.contexts.c1, recon,
-                                item_bits(out.likelihoods) + motion_bits, motion_bits, p.flow_hat))
+        coded.append(
+            CodedFrame(
+                "P",
+                latents[:, i],
+                out.latent_hat,
+                p.contexts.c1,
+                recon,
+                item_bits(out.likelihoods) + motion_bits,
+                motion_bits,
+                p.flow_hat,
+            )
+        )
         feature, y_hat = out.feature, out.y_hat
     return coded
 
@@ -178,8 +189,15 @@ def hevc_intra_frame(model: DiffVCModel, frames: Tensor, latents: Tensor, qp: Te
         bits.append(8.0 * len(data))
     recon = frames_to_tensor(np.stack(recons), frames.device)
     latent_hat = model.latent_space.encode(recon)
-    return CodedFrame("I", latents, latent_hat, None, model.latent_space.decode(latent_hat),
-                      torch.tensor(bits, device=frames.device), frames.new_zeros(frames.shape[0]))
+    return CodedFrame(
+        "I",
+        latents,
+        latent_hat,
+        None,
+        model.latent_space.decode(latent_hat),
+        torch.tensor(bits, device=frames.device),
+        frames.new_zeros(frames.shape[0]),
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -262,11 +280,14 @@ class TrainingStage(nn.Module):
         few thousand numbers that set the step sizes and the hyper-latents' cost) learn RATE_LR_SCALE times faster
         than the networks; at the networks' rate they moved by about 1.35x in 600 steps, too slow to find the
         rates. Each group keeps its `lr_scale`, so a resumed run can set a new base rate."""
-        fast_ids = {id(p) for m in self.model.modules() if isinstance(m, (QPScales, FactorizedPrior))
-                    for p in m.parameters()}
+        fast_ids = {
+            id(p) for m in self.model.modules() if isinstance(m, (QPScales, FactorizedPrior)) for p in m.parameters()
+        }
         params = self.trainable_parameters()
-        groups = [{"params": [p for p in params if id(p) not in fast_ids], "lr_scale": 1.0},
-                  {"params": [p for p in params if id(p) in fast_ids], "lr_scale": RATE_LR_SCALE}]
+        groups = [
+            {"params": [p for p in params if id(p) not in fast_ids], "lr_scale": 1.0},
+            {"params": [p for p in params if id(p) in fast_ids], "lr_scale": RATE_LR_SCALE},
+        ]
         groups = [g for g in groups if g["params"]]
         for group in groups:
             group["lr"] = lr * group["lr_scale"]
@@ -464,8 +485,9 @@ class DiffusionTrainingStage(_OnFrozenCodec):
         generator = self.generator(step)
         qp = self.draw_qp(frames.shape[0], generator, frames.device)
         x0, condition, qps, originals, recon = self._coded(frames, qp)
-        loss = self.model.diffusion.noise_prediction_loss(x0, condition, qps, generator=generator,
-                                                          timestep_range="sampling")
+        loss = self.model.diffusion.noise_prediction_loss(
+            x0, condition, qps, generator=generator, timestep_range="sampling"
+        )
         mse = (recon.float() - originals).square().flatten(1).mean(1)
         return {"loss": loss, "psnr_codec": psnr_db(mse).mean(), "qp": qp.float().mean()}
 
@@ -501,8 +523,9 @@ class FinetuneStage(_OnFrozenCodec):
             total = total + self._perceptual[name](x.float(), y.float()).mean()
         return total
 
-    def sample_sequence(self, coded: list[CodedFrame], qp: Tensor,
-                        noise: Callable[[int, torch.Size], Tensor]) -> list[Tensor]:
+    def sample_sequence(
+        self, coded: list[CodedFrame], qp: Tensor, noise: Callable[[int, torch.Size], Tensor]
+    ) -> list[Tensor]:
         """The diffusion stage's output latent of each coded frame, sampled in order with TDIR, as `FrameCoder`
         samples; noise(i, shape): frame i's starting noise (the decoder's is `seeded_noise(shape, seed, i)`)."""
         cfg = self.model.diffusion.config
@@ -515,10 +538,19 @@ class FinetuneStage(_OnFrozenCodec):
             if f.frame_type == "P" and i >= 2 and coded[i - 1].frame_type == "P":
                 flow = f.flow_hat if cfg.reuse_warp else None
                 reuse = reused_x0(latents[-1].detach(), flow, f.latent_hat.shape[-2:])
-            latents.append(sampler.sample(
-                f.latent_hat, f.condition(c1), qp, seed=0, frame_index=0, reuse_steps=reuse_steps, reuse_x0=reuse,
-                noise=noise(i, f.latent_hat.shape).to(f.latent_hat.device), grad_steps=self.options.grad_steps,
-            ).latent)
+            latents.append(
+                sampler.sample(
+                    f.latent_hat,
+                    f.condition(c1),
+                    qp,
+                    seed=0,
+                    frame_index=0,
+                    reuse_steps=reuse_steps,
+                    reuse_x0=reuse,
+                    noise=noise(i, f.latent_hat.shape).to(f.latent_hat.device),
+                    grad_steps=self.options.grad_steps,
+                ).latent
+            )
         return latents
 
     def forward(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
@@ -527,7 +559,8 @@ class FinetuneStage(_OnFrozenCodec):
         qp = self.draw_qp(frames.shape[0], generator, frames.device)
         coded = self._code(frames, qp)
         latents = self.sample_sequence(
-            coded, qp, lambda i, shape: torch.randn(shape, generator=generator, dtype=torch.float32))
+            coded, qp, lambda i, shape: torch.randn(shape, generator=generator, dtype=torch.float32)
+        )
         decoded = self.model.latent_space.decode(torch.cat(latents)).float()
         originals = frames.transpose(0, 1).flatten(0, 1)  # frame-major, as torch.cat(latents)
         recon = torch.cat([f.recon for f in coded]).float()
@@ -537,9 +570,14 @@ class FinetuneStage(_OnFrozenCodec):
         with torch.no_grad():
             perceptual_codec = self.perceptual_loss(recon, originals)
         codec_mse = (recon - originals).square().flatten(1).mean(1)
-        return {"loss": loss, "perceptual": perceptual.detach(), "perceptual_codec": perceptual_codec,
-                "psnr": psnr_db(mse.detach()).mean(), "psnr_codec": psnr_db(codec_mse).mean(),
-                "qp": qp.float().mean()}
+        return {
+            "loss": loss,
+            "perceptual": perceptual.detach(),
+            "perceptual_codec": perceptual_codec,
+            "psnr": psnr_db(mse.detach()).mean(),
+            "psnr_codec": psnr_db(codec_mse).mean(),
+            "qp": qp.float().mean(),
+        }
 
 
 STAGES: dict[str, type[TrainingStage]] = {
@@ -547,8 +585,9 @@ STAGES: dict[str, type[TrainingStage]] = {
 }
 
 
-def make_stage(name: str, model: DiffVCModel, options: StageOptions | None = None, seed: int = 0,
-               rank: int = 0) -> TrainingStage:
+def make_stage(
+    name: str, model: DiffVCModel, options: StageOptions | None = None, seed: int = 0, rank: int = 0
+) -> TrainingStage:
     if name not in STAGES:
         raise CodecError(f"unknown training stage {name!r}; known: {', '.join(STAGES)}")
     return STAGES[name](model, options, seed, rank)

@@ -51,8 +51,9 @@ class ZQ(CodecBase):
                 raise BitstreamError("zq stream cut short")
             (n,) = LENGTH.unpack_from(bitstream, offset)
             try:
-                raw = zlib.decompressobj().decompress(bitstream[offset + LENGTH.size: offset + LENGTH.size + n],
-                                                       h * w * 3 + 1)
+                raw = zlib.decompressobj().decompress(
+                    bitstream[offset + LENGTH.size : offset + LENGTH.size + n], h * w * 3 + 1
+                )
             except zlib.error as e:
                 raise BitstreamError(f"zq frame damaged: {e}") from None
             if len(raw) != h * w * 3:
