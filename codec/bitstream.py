@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 
+from codec.bitio import encode_leb128, is_canonical, read_leb128
 from codec.errors import BitstreamError
 
 __all__ = [
@@ -201,33 +202,24 @@ def encode_varint(value: int) -> bytes:
     value = _as_int("varint value", value)
     if not 0 <= value <= U64_MAX:
         raise ValueError(f"varint value {value} outside 0..2**64-1")
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    return encode_leb128(value)
 
 
 def _read_varint(view: memoryview, pos: int, where: str, field: str) -> tuple[int, int]:
     """Decode the canonical LEB128 varint at view[pos]; (value, position after it). BitstreamError if invalid."""
-    value = 0
-    for i in range(VARINT_MAX_BYTES):
-        if pos + i >= len(view):
+    read = read_leb128(view, pos, VARINT_MAX_BYTES)
+    if read is None:
+        if len(view) - pos < VARINT_MAX_BYTES:  # the data ends inside the number
             raise BitstreamError(f"truncated: {where} ends inside {field} (varint at byte {pos})")
-        byte = view[pos + i]
-        if i == VARINT_MAX_BYTES - 1 and byte > 1:
-            raise BitstreamError(
-                f"{where}: {field} (varint at byte {pos}) is longer than 10 bytes or above 2**64-1 (stream damaged)"
-            )
-        value |= (byte & 0x7F) << (7 * i)
-        if not byte & 0x80:
-            if byte == 0 and i > 0:
-                raise BitstreamError(
-                    f"{where}: {field} (varint at byte {pos}) is overlong, not canonical (stream damaged)"
-                )
-            return value, pos + i + 1
-    raise AssertionError("unreachable: the tenth byte never has its continuation bit set")
+        read = (U64_MAX + 1, pos + VARINT_MAX_BYTES)  # ten continuation bytes: too long
+    value, end = read
+    if value > U64_MAX:
+        raise BitstreamError(
+            f"{where}: {field} (varint at byte {pos}) is longer than 10 bytes or above 2**64-1 (stream damaged)"
+        )
+    if not is_canonical(view, pos, end):
+        raise BitstreamError(f"{where}: {field} (varint at byte {pos}) is overlong, not canonical (stream damaged)")
+    return value, end
 
 
 def decode_varint(data: bytes | bytearray | memoryview, offset: int = 0) -> tuple[int, int]:

@@ -591,3 +591,16 @@ def test_fuzz_damaged_streams_raise_bitstream_error_or_decode_validly() -> None:
     assert sum(n for (_, o), n in outcomes.items() if o != "decoded") > FUZZ_CASES // 2
     assert elapsed < 30, f"fuzz took {elapsed:.1f} s"
     assert slowest < PER_CASE_LIMIT_S
+
+
+def test_one_leb128_reader_and_writer_serve_dvc1_and_av1():
+    from codec.bitio import encode_leb128, is_canonical, read_leb128
+
+    for value in (0, 1, 127, 128, 300, 2**32, 2**64 - 1):
+        data = b"\xaa" + encode_leb128(value) + b"\x55"
+        value_read, end = read_leb128(data, 1, 10)
+        assert value_read == value and end == len(data) - 1 and is_canonical(data, 1, end)
+        assert encode_varint(value) == encode_leb128(value)
+    assert read_leb128(b"\x80\x80", 0, 10) is None  # ends inside the number
+    assert read_leb128(b"\x80" * 9 + b"\x01", 0, 8) is None  # longer than AV1's 8 bytes
+    assert read_leb128(b"\x80\x00", 0, 10) == (0, 2) and not is_canonical(b"\x80\x00", 0, 2)

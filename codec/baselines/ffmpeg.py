@@ -51,6 +51,7 @@ import av
 import numpy as np
 from av.video.frame import PictureType
 
+from codec.bitio import encode_leb128, read_leb128
 from codec.errors import BitstreamError, CodecError, VideoError
 from codec.registry import CodecBase, Encoded, options_dict, parse_options, register_codec
 from codec.video import DEFAULT_FPS, DEFAULT_LIMITS, Video, av_frame_to_rgb, crop, pad_to_multiple, rgb_to_av_frame
@@ -231,8 +232,8 @@ class OBUStream(StreamSyntax):
         return (unit[0] >> 3) & 15 == self.TEMPORAL_DELIMITER
 
     def user_data_unit(self, uuid: bytes, payload: bytes) -> bytes:
-        body = leb128(self.USER_PRIVATE) + uuid + payload + b"\x80"  # metadata_type, data, trailing bits
-        return bytes([self.METADATA << 3 | 0x02]) + leb128(len(body)) + body
+        body = encode_leb128(self.USER_PRIVATE) + uuid + payload + b"\x80"  # metadata_type, data, trailing bits
+        return bytes([self.METADATA << 3 | 0x02]) + encode_leb128(len(body)) + body
 
     def read_user_data(self, unit: bytes) -> tuple[bytes, bytes] | None:
         if (unit[0] >> 3) & 15 != self.METADATA or not unit[0] & 0x02:
@@ -254,26 +255,15 @@ class OBUStream(StreamSyntax):
             raise BitstreamError("not an AV1 low-overhead stream: it does not begin with a temporal delimiter OBU")
 
 
-def leb128(value: int) -> bytes:
-    """AV1's unsigned LEB128 encoding of `value` (also used by the fuzzer to rewrite OBU sizes)."""
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+AV1_LEB128_MAX_BYTES = 8  # AV1 spec 4.10.5
 
 
 def _read_leb128(data: bytes, at: int) -> tuple[int, int]:
     """(value, next offset) of the leb128 number at `at` (at most 8 bytes, as AV1 allows)."""
-    value = 0
-    for i in range(8):
-        if at + i >= len(data):
-            break
-        value |= (data[at + i] & 0x7F) << (7 * i)
-        if not data[at + i] & 0x80:
-            return value, at + i + 1
-    raise BitstreamError(f"truncated or damaged AV1 stream: bad OBU size field at byte {at}")
+    read = read_leb128(data, at, AV1_LEB128_MAX_BYTES)
+    if read is None:
+        raise BitstreamError(f"truncated or damaged AV1 stream: bad OBU size field at byte {at}")
+    return read
 
 
 HEVC_ANNEX_B = AnnexB(

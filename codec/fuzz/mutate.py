@@ -35,7 +35,8 @@ import zlib
 from dataclasses import dataclass
 from functools import cached_property
 
-from codec.baselines.ffmpeg import AV1_OBUS, H264_ANNEX_B, HEVC_ANNEX_B, StreamSyntax, leb128
+from codec.baselines.ffmpeg import AV1_LEB128_MAX_BYTES, AV1_OBUS, H264_ANNEX_B, HEVC_ANNEX_B, StreamSyntax
+from codec.bitio import encode_leb128, read_leb128
 from codec.bitstream import (
     HEADER_LAYOUT,
     LIMITS,
@@ -539,18 +540,18 @@ def _obu_size_field(rng: random.Random, s: StreamSample) -> tuple[bytes, str]:
     value = rng.choice([size + 1, size - 1, 0, size * 2, size + rng.randint(2, 300), 2**32 - 1, 2**56 - 1,
                         len(s.data)])  # fmt: skip
     value = max(value, 0)
-    raw = leb128(value) if rng.random() < 0.85 else leb128(value)[:-1] + bytes([leb128(value)[-1] | 0x80, 0])
+    raw = encode_leb128(value)
+    if rng.random() >= 0.85:  # an overlong encoding of the same value
+        raw = raw[:-1] + bytes([raw[-1] | 0x80, 0])
     new = unit[:header_len] + raw + unit[end:]
     return _splice(s.data, at, at + len(unit), new), f"OBU {index} size {size}->{value}"
 
 
 def _read_leb(data: bytes, at: int) -> tuple[int, int]:
-    value = 0
-    for i in range(8):
-        value |= (data[at + i] & 0x7F) << (7 * i)
-        if not data[at + i] & 0x80:
-            return value, at + i + 1
-    raise ValueError("bad leb128 in a sample stream")
+    read = read_leb128(data, at, AV1_LEB128_MAX_BYTES)
+    if read is None:
+        raise ValueError("bad leb128 in a sample stream")
+    return read
 
 
 def _es_join(units: list[bytes]) -> bytes:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from codec.baselines.ffmpeg import leb128
+from codec.baselines.ffmpeg import AV1_LEB128_MAX_BYTES
+from codec.bitio import encode_leb128, read_leb128
 
 __all__ = ["SIZE_FIELDS", "BitField", "ParamSet", "escape_rbsp", "parse_param_set", "rewrite_field", "unescape_rbsp"]
 
@@ -260,14 +261,7 @@ def _av1_sequence_header(rbsp: bytes) -> tuple[dict[str, BitField], tuple[int, i
 
 
 def _leb128(data: bytes, at: int) -> tuple[int, int] | None:
-    value = 0
-    for i in range(8):
-        if at + i >= len(data):
-            return None
-        value |= (data[at + i] & 0x7F) << (7 * i)
-        if not data[at + i] & 0x80:
-            return value, at + i + 1
-    return None
+    return read_leb128(data, at, AV1_LEB128_MAX_BYTES)
 
 
 def parse_param_set(unit: bytes, syntax: str) -> ParamSet | None:
@@ -319,5 +313,5 @@ def rewrite_field(unit: bytes, ps: ParamSet, name: str, value: int, length: int 
     code = _ue_bits(value) if f.coding == "ue" else format(value & ((1 << n) - 1), f"0{n}b")
     new = _from_bits(bits[: f.offset] + code + bits[f.offset + f.length :] + "1")
     if av1:
-        return unit[:header_end] + leb128(len(new)) + new
+        return unit[:header_end] + encode_leb128(len(new)) + new
     return unit[: ps.header_len] + escape_rbsp(new)
