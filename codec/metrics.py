@@ -8,6 +8,8 @@ own constructors run, which download torchvision's VGG16 and piq's releases on a
 from __future__ import annotations
 
 import functools
+import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -62,14 +64,62 @@ def luma(frames: np.ndarray) -> np.ndarray:
 
 
 def _batched_torch_metrics(ref: np.ndarray, dist: np.ndarray, names: list[str], device: str) -> dict[str, np.ndarray]:
+    """Deep metrics in batches of _BATCH frames; a metric with reference features reuses the reference's
+    (`REFERENCE_FEATURES`), computed on the same batches, so the values are those of a full run to the bit."""
     results: dict[str, list[float]] = {n: [] for n in names}
     with torch.inference_mode():
         for start in range(0, ref.shape[0], _BATCH):
             x = frames_to_tensor(dist[start : start + _BATCH], device)
             y = frames_to_tensor(ref[start : start + _BATCH], device)
             for name in names:
-                results[name].extend(METRIC_TABLE[name].fn(x, y, device).double().cpu().tolist())
+                metric = METRIC_TABLE[name]
+                if metric.reference_features is None:
+                    values = metric.fn(x, y, device)
+                else:
+                    features = REFERENCE_FEATURES.get(
+                        ref, (name, device, start), lambda m=metric, y=y: m.reference_features(y, device)
+                    )
+                    values = metric.fn(x, features, device)
+                results[name].extend(values.double().cpu().tolist())
     return {n: np.asarray(v, dtype=np.float64) for n, v in results.items()}
+
+
+class ReferenceFeatureCache:
+    """The deep features of one reference clip (the last one measured), kept while the same frames array is
+    measured against: a comparison or an RD sweep runs every codec, QP and TDIR setting against one clip, so
+    LPIPS and DISTS run VGG16 on the reference once instead of once per codec and QP. Keyed by the array's
+    identity (held, so it cannot be reused for another clip) and (metric, device, first frame of the batch).
+    At most `max_bytes` of features; a clip whose features do not fit is measured as before, uncached."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._frames: np.ndarray | None = None
+        self._store: dict[tuple, list[torch.Tensor]] = {}
+        self._bytes = 0
+        self.hits = self.misses = 0
+
+    def get(self, frames: np.ndarray, key: tuple, compute: Callable[[], list[torch.Tensor]]) -> list[torch.Tensor]:
+        with self._lock:
+            if self._frames is not frames:
+                self._frames, self._store, self._bytes = frames, {}, 0
+            if key in self._store:
+                self.hits += 1
+                return self._store[key]
+            self.misses += 1
+            features = compute()
+            size = sum(f.numel() * f.element_size() for f in features)
+            if self._bytes + size <= self.max_bytes:
+                self._store[key] = features
+                self._bytes += size
+            return features
+
+    def clear(self) -> None:
+        with self._lock:
+            self._frames, self._store, self._bytes = None, {}, 0
+
+
+REFERENCE_FEATURES = ReferenceFeatureCache(max_bytes=int(os.environ.get("DIFFVC_FEATURE_CACHE_MB", "2048")) << 20)
 
 
 def _ms_ssim(x: torch.Tensor, y: torch.Tensor, device: str) -> torch.Tensor:
@@ -90,12 +140,34 @@ def _ms_ssim(x: torch.Tensor, y: torch.Tensor, device: str) -> torch.Tensor:
     )
 
 
-def _lpips(x: torch.Tensor, y: torch.Tensor, device: str) -> torch.Tensor:
-    return perceptual_model("lpips", device)(x, y)
+def _lpips(x: torch.Tensor, y_features: list[torch.Tensor], device: str) -> torch.Tensor:
+    return _content_distance(perceptual_model("lpips", device), x, y_features)
 
 
-def _dists(x: torch.Tensor, y: torch.Tensor, device: str) -> torch.Tensor:
-    return perceptual_model("dists", device)(x, y)
+def _dists(x: torch.Tensor, y_features: list[torch.Tensor], device: str) -> torch.Tensor:
+    return 1 - _content_distance(perceptual_model("dists", device), _dists_resize(x), y_features)
+
+
+def _lpips_features(y: torch.Tensor, device: str) -> list[torch.Tensor]:
+    return perceptual_model("lpips", device).get_features(y)
+
+
+def _dists_features(y: torch.Tensor, device: str) -> list[torch.Tensor]:
+    return perceptual_model("dists", device).get_features(_dists_resize(y))
+
+
+def _dists_resize(x: torch.Tensor) -> torch.Tensor:
+    """piq's DISTS scales frames whose shorter side is above 256 pixels down to 256."""
+    side = min(x.shape[-2:])
+    if side <= 256:
+        return x
+    return torch.nn.functional.interpolate(x, scale_factor=256 / side, recompute_scale_factor=False, mode="bilinear")
+
+
+def _content_distance(model: ContentLoss, x: torch.Tensor, y_features: list[torch.Tensor]) -> torch.Tensor:
+    """piq's `ContentLoss.forward` (LPIPS, DISTS before its 1 - ...) with the reference's features given."""
+    distances = model.compute_distance(model.get_features(x), y_features)
+    return torch.cat([(d * w.to(d)).mean(dim=[2, 3]) for d, w in zip(distances, model.weights)], dim=1).sum(dim=1)
 
 
 def _psnr_rgb(reference: np.ndarray, distorted: np.ndarray) -> np.ndarray:
@@ -117,7 +189,9 @@ class Metric:
     after the label on axes ("" for none); higher_is_better: the direction (BD-rates negate the others);
     definition: what a report adds to the label; min_side: the smallest frame side (pixels) it can measure;
     cost: "cheap" (numpy on whole clips: fn(reference, distorted) uint8 [T, H, W, 3] -> float64 [T]) or "deep"
-    (a network run in torch batches: fn(x, y, device) [N, 3, H, W] in [0, 1] -> [N]); perceptual: a learned
+    (a network run in torch batches: fn(x, y, device) [N, 3, H, W] in [0, 1] -> [N]); reference_features: for
+    a deep metric that compares features, reference_features(y, device) -> the reference's features, and then
+    fn(x, those features, device) (computed once per clip: `ReferenceFeatureCache`); perceptual: a learned
     perceptual distance, what a generative codec is judged by first (views lead with these).
     """
 
@@ -129,6 +203,7 @@ class Metric:
     definition: str = ""
     min_side: int = 1
     cost: Literal["cheap", "deep"] = "cheap"
+    reference_features: Callable | None = None
     perceptual: bool = False
 
     @property
@@ -157,10 +232,18 @@ METRIC_TABLE: dict[str, Metric] = {
         Metric("psnr", "PSNR-RGB", True, _psnr_rgb, unit="dB"),
         Metric("psnr_y", "PSNR-Y", True, _psnr_y, unit="dB", definition="BT.601 luma 0.299R+0.587G+0.114B"),
         Metric("ms_ssim", "MS-SSIM", True, _ms_ssim, min_side=8, cost="deep"),  # measured: piq fails at 2 px a side
-        Metric(
-            "lpips", "LPIPS", False, _lpips, definition="VGG16, v0.1 heads", min_side=32, cost="deep", perceptual=True
-        ),  # measured: piq's LPIPS fails below 32 px a side
-        Metric("dists", "DISTS", False, _dists, cost="deep", perceptual=True),
+        Metric(  # measured: piq's LPIPS fails below 32 px a side
+            "lpips",
+            "LPIPS",
+            False,
+            _lpips,
+            definition="VGG16, v0.1 heads",
+            min_side=32,
+            cost="deep",
+            reference_features=_lpips_features,
+            perceptual=True,
+        ),
+        Metric("dists", "DISTS", False, _dists, cost="deep", reference_features=_dists_features, perceptual=True),
     )
 }  # the order views show them in: signal fidelity first, perceptual distances last
 

@@ -14,7 +14,7 @@ from torchvision.models import vgg16
 
 from codec.errors import CodecError
 from codec.metrics import OfflineLPIPS, compute_metrics, luma, perceptual_model, psnr
-from codec.video import Video, read_video
+from codec.video import Video, frames_to_tensor, read_video
 from codec.weights import _NumpyOnlyUnpickler, load_metric_weights, metric_weight_files, prepare_metric_weights
 
 # torchvision's published VGG16 (VGG16_Weights.IMAGENET1K_V1): features[0].weight[0, 0], the first filter's red plane.
@@ -164,3 +164,26 @@ def test_unknown_metric_and_shape_mismatch(frames):
         compute_metrics(frames, frames, ["vmaf"])
     with pytest.raises(CodecError, match="cannot compare"):
         compute_metrics(frames, Video(frames.frames[:1]))
+
+
+def test_reference_features_are_computed_once_per_clip_with_the_same_values():
+    """LPIPS and DISTS against one clip reuse the reference's VGG16 features: the values are those of piq's own
+    forward (x and y through the network together) to the bit, and the reference runs through it once."""
+    from codec.metrics import REFERENCE_FEATURES
+
+    clip = read_video(EXAMPLE_CLIP, start=40, frames=10, size=(256, 144))  # two batches of frames
+    distorted = [_degrade(clip, noise=8), _degrade(clip, blur=2)]
+    REFERENCE_FEATURES.clear()
+    hits, misses = REFERENCE_FEATURES.hits, REFERENCE_FEATURES.misses
+    values = [compute_metrics(clip, d, ["lpips", "dists"]) for d in distorted]
+    assert (REFERENCE_FEATURES.misses - misses, REFERENCE_FEATURES.hits - hits) == (4, 4)  # 2 metrics x 2 batches
+    x, y = frames_to_tensor(distorted[1].frames, "cpu"), frames_to_tensor(clip.frames, "cpu")
+    with torch.inference_mode():
+        for name in ("lpips", "dists"):
+            model = perceptual_model(name)
+            full = torch.cat([model(x[:8], y[:8]), model(x[8:], y[8:])]).double().numpy()
+            assert np.array_equal(values[1][name], full), name
+    copy = Video(clip.frames.copy(), clip.fps)  # another array: its own features, the same values
+    again = compute_metrics(copy, distorted[1], ["lpips", "dists"])
+    assert all(np.array_equal(again[n], values[1][n]) for n in ("lpips", "dists"))
+    assert REFERENCE_FEATURES.misses - misses == 8
