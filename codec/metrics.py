@@ -42,10 +42,12 @@ def compute_metrics(
         raise CodecError(f"unknown metric(s) {unknown}; known: {', '.join(METRIC_TABLE)}")
     if reference.frames.shape != distorted.frames.shape:
         raise CodecError(f"cannot compare {reference.frames.shape} with {distorted.frames.shape}")
-    out = {n: METRIC_TABLE[n].fn(reference.frames, distorted.frames) for n in names if METRIC_TABLE[n].cost == "cheap"}
-    deep = [n for n in names if METRIC_TABLE[n].cost == "deep"]
-    if deep:
-        out.update(_batched_torch_metrics(reference.frames, distorted.frames, deep, device))
+    out = {
+        n: METRIC_TABLE[n].fn(reference.frames, distorted.frames, device) for n in names if not METRIC_TABLE[n].batched
+    }
+    batched = [n for n in names if METRIC_TABLE[n].batched]
+    if batched:
+        out.update(_batched_torch_metrics(reference.frames, distorted.frames, batched, device))
     return {n: out[n] for n in names}
 
 
@@ -166,15 +168,75 @@ def _dists_resize(x: torch.Tensor) -> torch.Tensor:
 
 def _content_distance(model: ContentLoss, x: torch.Tensor, y_features: list[torch.Tensor]) -> torch.Tensor:
     """piq's `ContentLoss.forward` (LPIPS, DISTS before its 1 - ...) with the reference's features given."""
-    distances = model.compute_distance(model.get_features(x), y_features)
+    return _feature_distance(model, model.get_features(x), y_features)
+
+
+def _feature_distance(model: ContentLoss, x_features: list[torch.Tensor], y_features: list[torch.Tensor]):
+    distances = model.compute_distance(x_features, y_features)
     return torch.cat([(d * w.to(d)).mean(dim=[2, 3]) for d, w in zip(distances, model.weights)], dim=1).sum(dim=1)
 
 
-def _psnr_rgb(reference: np.ndarray, distorted: np.ndarray) -> np.ndarray:
+def _tlp(reference: np.ndarray, distorted: np.ndarray, device: str) -> np.ndarray:
+    """tLP (Chu et al., "Learning Temporal Coherence via Self-Supervision for GAN-based Video Generation" (TecoGAN),
+    2020): for each frame t >= 1, |LPIPS(d_t, d_t-1) - LPIPS(s_t, s_t-1)|, how far the perceptual change between
+    consecutive decoded frames d is from the source's own change s; 0 for frame 0. Lower is better: flicker that
+    the source does not have (or motion a codec froze) raises it. The source's part is computed once per clip."""
+    source = REFERENCE_FEATURES.get(
+        reference, ("tlp", device), lambda: [torch.from_numpy(_consecutive_lpips(reference, device))]
+    )[0].numpy()
+    return np.concatenate([[0.0], np.abs(_consecutive_lpips(distorted, device) - source)])
+
+
+def _consecutive_lpips(frames: np.ndarray, device: str) -> np.ndarray:
+    """LPIPS between each frame and the one before it: float64 [T - 1], VGG16 run once per frame."""
+    model = perceptual_model("lpips", device)
+    out: list[float] = []
+    last: list[torch.Tensor] | None = None  # the features of the previous batch's last frame
+    with torch.inference_mode():
+        for start in range(0, frames.shape[0], _BATCH):
+            features = model.get_features(frames_to_tensor(frames[start : start + _BATCH], device))
+            before = [f[:-1] if last is None else torch.cat([p, f[:-1]]) for f, p in zip(features, last or features)]
+            now = [f[1:] if last is None else f for f in features]
+            if now[0].shape[0]:
+                out.extend(_feature_distance(model, now, before).double().cpu().tolist())
+            last = [f[-1:] for f in features]
+    return np.asarray(out, dtype=np.float64)
+
+
+def _vmaf(reference: np.ndarray, distorted: np.ndarray, device: str) -> np.ndarray:
+    return _vmaf_scores(reference, distorted, neg=False)
+
+
+def _vmaf_neg(reference: np.ndarray, distorted: np.ndarray, device: str) -> np.ndarray:
+    return _vmaf_scores(reference, distorted, neg=True)
+
+
+def _vmaf_scores(reference: np.ndarray, distorted: np.ndarray, neg: bool) -> np.ndarray:
+    """VMAF v0.6.1 per frame (Netflix's default model, as vmaf-torch ships it; unclipped, as libvmaf reports),
+    on the limited-range BT.601 luma of the frames at their own size; the motion feature runs over the whole clip
+    in order. `neg`: VMAF NEG, which does not reward enhancement such as sharpening."""
+    with torch.inference_mode():
+        scores = _vmaf_model(neg)(video_luma(reference), video_luma(distorted))
+    return scores.double().flatten().numpy()
+
+
+def video_luma(frames: np.ndarray) -> torch.Tensor:
+    """uint8 RGB [T, H, W, 3] -> float32 [T, 1, H, W]: limited-range (16..235) BT.601 Y, as video carries it."""
+    return torch.from_numpy(16.0 + luma(frames) * (219.0 / 255.0)).float()[:, None]
+
+
+@functools.cache
+def _vmaf_model(neg: bool) -> torch.nn.Module:
+    from vmaf_torch import VMAF
+
+    return VMAF(temporal_pooling=False, enable_motion=True, clip_score=False, NEG=neg).eval()
+
+
+def _psnr_rgb(reference: np.ndarray, distorted: np.ndarray, device: str) -> np.ndarray:
     return psnr(reference, distorted)
 
 
-def _psnr_y(reference: np.ndarray, distorted: np.ndarray) -> np.ndarray:
+def _psnr_y(reference: np.ndarray, distorted: np.ndarray, device: str) -> np.ndarray:
     return psnr(luma(reference), luma(distorted))
 
 
@@ -188,10 +250,12 @@ class Metric:
     name: its key in results and on the command line; label: its short name in tables and menus; unit: shown
     after the label on axes ("" for none); higher_is_better: the direction (BD-rates negate the others);
     definition: what a report adds to the label; min_side: the smallest frame side (pixels) it can measure;
-    cost: "cheap" (numpy on whole clips: fn(reference, distorted) uint8 [T, H, W, 3] -> float64 [T]) or "deep"
-    (a network run in torch batches: fn(x, y, device) [N, 3, H, W] in [0, 1] -> [N]); reference_features: for
-    a deep metric that compares features, reference_features(y, device) -> the reference's features, and then
-    fn(x, those features, device) (computed once per clip: `ReferenceFeatureCache`); perceptual: a learned
+    cost: "cheap" or "deep" (it runs a deep network); batched: how it is called, on whole clips (False:
+    fn(reference, distorted, device), uint8 [T, H, W, 3] -> float64 [T], what a metric over consecutive frames
+    needs) or in torch batches of frames (True: fn(x, y, device), [N, 3, H, W] in [0, 1] -> [N]);
+    reference_features: for a batched metric that compares features, reference_features(y, device) -> the
+    reference's features, and then fn(x, those features, device) (computed once per clip:
+    `ReferenceFeatureCache`); perceptual: a learned
     perceptual distance, what a generative codec is judged by first (views lead with these).
     """
 
@@ -203,6 +267,7 @@ class Metric:
     definition: str = ""
     min_side: int = 1
     cost: Literal["cheap", "deep"] = "cheap"
+    batched: bool = False
     reference_features: Callable | None = None
     perceptual: bool = False
 
@@ -226,24 +291,22 @@ class Metric:
         return 1.0 if self.higher_is_better else -1.0
 
 
+_VGG = {"cost": "deep", "batched": True, "perceptual": True}
 METRIC_TABLE: dict[str, Metric] = {
     m.name: m
     for m in (
         Metric("psnr", "PSNR-RGB", True, _psnr_rgb, unit="dB"),
         Metric("psnr_y", "PSNR-Y", True, _psnr_y, unit="dB", definition="BT.601 luma 0.299R+0.587G+0.114B"),
-        Metric("ms_ssim", "MS-SSIM", True, _ms_ssim, min_side=8, cost="deep"),  # measured: piq fails at 2 px a side
-        Metric(  # measured: piq's LPIPS fails below 32 px a side
-            "lpips",
-            "LPIPS",
-            False,
-            _lpips,
-            definition="VGG16, v0.1 heads",
-            min_side=32,
-            cost="deep",
-            reference_features=_lpips_features,
-            perceptual=True,
+        # measured: piq's MS-SSIM fails at 2 px a side, its LPIPS below 32
+        Metric("ms_ssim", "MS-SSIM", True, _ms_ssim, min_side=8, batched=True),
+        Metric(
+            "lpips", "LPIPS", False, _lpips, "", "VGG16, v0.1 heads", 32, reference_features=_lpips_features, **_VGG
         ),
-        Metric("dists", "DISTS", False, _dists, cost="deep", reference_features=_dists_features, perceptual=True),
+        Metric("dists", "DISTS", False, _dists, reference_features=_dists_features, **_VGG),
+        # measured: vmaf-torch runs at 24 px a side, fails at 16 (its reflection padding)
+        Metric("vmaf", "VMAF", True, _vmaf, definition="v0.6.1, BT.601 Y", min_side=24),
+        Metric("vmaf_neg", "VMAF NEG", True, _vmaf_neg, definition="v0.6.1 NEG, BT.601 Y", min_side=24),
+        Metric("tlp", "tLP", False, _tlp, definition="temporal LPIPS difference, TecoGAN", min_side=32, cost="deep"),
     )
 }  # the order views show them in: signal fidelity first, perceptual distances last
 

@@ -16,7 +16,7 @@ from codec.eval.report import bd_rate, bd_rate_table, rd_figure, write_results
 from codec.metrics import METRIC_TABLE, Metric, compute_metrics, get_metric, metric_names, metrics_for_size
 
 
-def mean_absolute_error(reference: np.ndarray, distorted: np.ndarray) -> np.ndarray:
+def mean_absolute_error(reference: np.ndarray, distorted: np.ndarray, device: str) -> np.ndarray:
     diff = np.abs(reference.astype(np.float64) - distorted.astype(np.float64))
     return diff.reshape(diff.shape[0], -1).mean(axis=1)
 
@@ -30,7 +30,7 @@ def with_mae(monkeypatch):
 
 
 def test_the_table_describes_every_metric():
-    assert metric_names() == ("psnr", "psnr_y", "ms_ssim", "lpips", "dists")
+    assert metric_names() == ("psnr", "psnr_y", "ms_ssim", "lpips", "dists", "vmaf", "vmaf_neg", "tlp")
     assert get_metric("psnr").axis_label == "PSNR-RGB (dB)" and get_metric("dists").axis_label == (
         "DISTS (lower is better)"
     )

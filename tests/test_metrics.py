@@ -161,7 +161,7 @@ def test_ms_ssim_works_on_small_frames():
 
 def test_unknown_metric_and_shape_mismatch(frames):
     with pytest.raises(CodecError, match="unknown metric"):
-        compute_metrics(frames, frames, ["vmaf"])
+        compute_metrics(frames, frames, ["vmaf2"])
     with pytest.raises(CodecError, match="cannot compare"):
         compute_metrics(frames, Video(frames.frames[:1]))
 
@@ -187,3 +187,39 @@ def test_reference_features_are_computed_once_per_clip_with_the_same_values():
     again = compute_metrics(copy, distorted[1], ["lpips", "dists"])
     assert all(np.array_equal(again[n], values[1][n]) for n in ("lpips", "dists"))
     assert REFERENCE_FEATURES.misses - misses == 8
+
+
+def test_vmaf_tops_on_identical_clips_falls_with_the_qp_and_neg_refuses_sharpening():
+    from codec.registry import get_codec
+
+    clip = read_video(EXAMPLE_CLIP, start=40, frames=6, size=(256, 144))
+    same = compute_metrics(clip, clip, ["vmaf", "vmaf_neg"])
+    assert np.all(same["vmaf"] > 97) and np.array_equal(same["vmaf"], same["vmaf_neg"])
+    x265 = get_codec("x265")
+    coded = [compute_metrics(clip, x265.encode(clip, qp).reconstruction, ["vmaf", "vmaf_neg"]) for qp in (22, 37)]
+    assert same["vmaf"].mean() > coded[0]["vmaf"].mean() > coded[1]["vmaf"].mean() > 20
+    assert all(np.all(c["vmaf_neg"] <= c["vmaf"] + 1e-9) for c in coded)
+    blurred = clip.frames.astype(np.float64)
+    blurred = (blurred + np.roll(blurred, 1, 2) + np.roll(blurred, -1, 2)) / 3
+    sharpened = Video(np.clip(np.rint(clip.frames + 1.5 * (clip.frames - blurred)), 0, 255).astype(np.uint8), clip.fps)
+    enhanced = compute_metrics(clip, sharpened, ["vmaf", "vmaf_neg"])
+    assert enhanced["vmaf"].mean() > enhanced["vmaf_neg"].mean() + 5  # the gain NEG does not count
+
+
+def test_tlp_sees_flicker_the_source_does_not_have():
+    """tLP: 0 for a copy, small for a constant change of every frame, larger for frames that flicker; equal to
+    |LPIPS(d_t, d_t-1) - LPIPS(s_t, s_t-1)| computed directly."""
+    clip = read_video(EXAMPLE_CLIP, start=40, frames=10, size=(128, 72))
+    assert np.all(compute_metrics(clip, clip, ["tlp"])["tlp"] == 0)
+    brighter = clip.frames.astype(np.int16) + 12
+    flicker = brighter.copy()
+    flicker[::2] -= 12
+    shifted = compute_metrics(clip, Video(np.clip(brighter, 0, 255).astype(np.uint8), clip.fps), ["tlp"])["tlp"]
+    flickering = Video(np.clip(flicker, 0, 255).astype(np.uint8), clip.fps)
+    flickered = compute_metrics(clip, flickering, ["tlp"])["tlp"]
+    assert flickered[0] == 0 and flickered[1:].mean() > 3 * shifted[1:].mean()
+    model = perceptual_model("lpips")
+    with torch.inference_mode():
+        d, s = frames_to_tensor(flickering.frames, "cpu"), frames_to_tensor(clip.frames, "cpu")
+        direct = (model(d[1:], d[:-1]) - model(s[1:], s[:-1])).abs().double().numpy()
+    assert np.allclose(flickered[1:], direct, atol=1e-6)

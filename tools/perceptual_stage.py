@@ -4,7 +4,7 @@
 
 For each evaluation clip (Big Buck Bunny 256x144 and carphone 176x144, 32 frames, intra period 32), through the
 evaluation cache: x265 (medium, low delay, the same intra period) and the pack's `condlc`, `diffvc` (TDIR on, the
-default ratio) and `diffvc:tdir=false` at the same QPs, with PSNR, LPIPS and DISTS. From them:
+default ratio) and `diffvc:tdir=false` at the same QPs, with PSNR, LPIPS, DISTS, VMAF and tLP. From them:
 * BD-rate of `diffvc` against `condlc` (same codec, stage on against off) on each metric;
 * bits relative to x265 at equal DISTS and LPIPS, read off x265's curve, for `diffvc` and `condlc`;
 * TDIR: U-Net evaluations and diffusion seconds with TDIR on over off, and DISTS on over off per QP and as BD-rate;
@@ -28,7 +28,7 @@ from codec.video import read_video
 from tools.coding_efficiency import ANCHOR, ANCHOR_QPS, CLIPS, FRAMES, rd
 
 CODEC_QPS = (8, 16, 24, 32, 40, 48, 56)
-METRICS = ("psnr", "lpips", "dists")
+METRICS = ("psnr", "lpips", "dists", "vmaf", "tlp")
 CROP_QP, CROP_FRAME, CROP_SIZE, CROP_ZOOM = 32, 20, (96, 64), 3
 
 
@@ -138,14 +138,15 @@ def markdown(figures: dict) -> str:
         return "n/a" if pair[0] is None else f"{pair[0]:.2f}x"
 
     lines = [
-        "| clip | diffvc vs condlc BD-rate: PSNR | LPIPS | DISTS | bits vs x265 at equal DISTS: diffvc | condlc "
-        "| at equal LPIPS: diffvc | condlc |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| clip | diffvc vs condlc BD-rate: PSNR | LPIPS | DISTS | VMAF | bits vs x265 at equal DISTS: diffvc "
+        "| condlc | at equal LPIPS: diffvc | condlc |",
+        "| --- " * 9 + "|",
     ]
     for c in figures["clips"]:
         bd, vs = c["diffvc_vs_condlc"], c["vs_x265"]
         lines.append(
             f"| {c['clip']} {c['size']} | {pct(bd['psnr'])} | {pct(bd['lpips'])} | {pct(bd['dists'])} | "
+            f"{pct(bd['vmaf'])} | "
             f"{times(vs['diffvc']['dists'])} | {times(vs['condlc']['dists'])} | "
             f"{times(vs['diffvc']['lpips'])} | {times(vs['condlc']['lpips'])} |"
         )
@@ -161,12 +162,12 @@ def markdown(figures: dict) -> str:
             f"| {c['clip']} | {t['evals_ratio']:.2f} | {t['diffusion_s_ratio']:.2f} | "
             f"{pct(t['dists_bd_rate'])} | {per_qp} |"
         )
-    lines += ["", "| clip | spec | QP | bpp | PSNR | LPIPS | DISTS |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| clip | spec | QP | bpp | PSNR | LPIPS | DISTS | VMAF | tLP |", "| --- " * 9 + "|"]
     for c in figures["clips"]:
         for name, points in c["points"].items():
             lines += [
                 f"| {c['clip']} | {name} | {p['qp']} | {p['bpp']:.4f} | {p['psnr']:.2f} | {p['lpips']:.4f} | "
-                f"{p['dists']:.4f} |"
+                f"{p['dists']:.4f} | {p['vmaf']:.2f} | {p['tlp']:.4f} |"
                 for p in points
             ]
     crop = figures.get("crop")
