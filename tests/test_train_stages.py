@@ -377,6 +377,30 @@ def test_warmup_raises_the_lr_linearly_then_holds_it(tmp_path):
     assert result.step == 2
 
 
+def test_packs_get_the_weight_average_and_a_resume_keeps_it(tmp_path):
+    from codec.train.loop import WeightAverage
+
+    result = run_stage(
+        "diffusion", tiny_model, TranslatingTextures(), settings(tmp_path, 3, lr=1e-2, ema=0.5), log=lambda _: None
+    )
+    assert result.step == 3
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    trained = checkpoint["model"]
+    packed = DiffVCModel.from_pack(tmp_path / "pack")[0].state_dict()
+    names = [k for k, _ in tiny_model().named_parameters() if k.startswith("diffusion.")]  # the trained ones
+    assert len(checkpoint["ema"]) == len(names)
+    for name, average in zip(names, checkpoint["ema"], strict=True):
+        assert torch.allclose(packed[name].float(), average, rtol=2e-3, atol=1e-4), name  # fp16 packs
+    assert any(not torch.allclose(a, trained[n], atol=1e-3) for n, a in zip(names, checkpoint["ema"]))
+    average = WeightAverage([torch.nn.Parameter(torch.zeros(2))], 0.9)
+    average.update([torch.nn.Parameter(torch.ones(2))], step=0)  # decay min(0.9, 1/10): mostly the new value
+    assert torch.allclose(average.shadow[0], torch.full((2,), 0.9))
+    second = run_stage(
+        "diffusion", tiny_model, TranslatingTextures(), settings(tmp_path, 4, ema=0.5), log=lambda _: None
+    )
+    assert second.step == 4 and "ema" in load_checkpoint(tmp_path / "checkpoint.pt")
+
+
 def test_a_frozen_codec_keeps_its_coding_tables_bit_for_bit(tmp_path):
     """The diffusion stages do not touch the codec: their pack keeps the tables it started from (updating them
     again from half-precision weights would change the codec's streams); a codec stage updates them."""

@@ -49,6 +49,13 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--frames", type=int, default=4, help="frames per training sequence T (default 4)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default: per stage and preset)")
     p.add_argument("--warmup", type=int, default=0, metavar="N", help="raise the lr linearly over the first N steps")
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="packs get an exponential moving average of the weights with this decay (e.g. 0.99; 0: off)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-budget", type=float, metavar="MIN", help="stop cleanly after MIN minutes of this session")
     p.add_argument("--qp", type=int, help="train at this QP only (default: uniform in 0..63 per sequence)")
@@ -132,6 +139,7 @@ def run_train(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         source=str(args.data),
         warmup=args.warmup,
+        ema=args.ema,
     )
     options = StageOptions(
         qp=args.qp,

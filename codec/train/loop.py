@@ -20,6 +20,7 @@ DDP wrapper sees every forward.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -62,7 +63,8 @@ class LoopSettings:
     loader processes; mixed_precision: accelerate's "no" | "fp16" | "bf16"; source: where the data came from
     (provenance in the pack); warmup: the lr rises linearly over the run's first `warmup` steps (counted from step
     0, so a resumed run past them trains at `lr`): Adam's first updates move every weight by about lr whatever the
-    gradient's noise, which a stage whose output starts at zero shows as noise in the picture."""
+    gradient's noise, which a stage whose output starts at zero shows as noise in the picture); ema: the decay of
+    an exponential moving average of the trained weights that the packs get (0: off; `WeightAverage`)."""
 
     out: Path
     steps: int
@@ -78,14 +80,57 @@ class LoopSettings:
     mixed_precision: str = "no"
     source: str = ""
     warmup: int = 0
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch < 1 or not self.lr > 0:
             raise CodecError(f"need steps >= 0, batch >= 1 and lr > 0: {self}")
         if min(self.log_every, self.checkpoint_every) < 1 or self.pack_every < 0 or self.warmup < 0:
             raise CodecError("log_every and checkpoint_every must be >= 1, pack_every and warmup >= 0")
+        if not 0.0 <= self.ema < 1.0:
+            raise CodecError(f"ema must be in [0, 1), got {self.ema}")
         if self.time_budget_min is not None and self.time_budget_min <= 0:
             raise CodecError(f"time budget must be positive, got {self.time_budget_min} min")
+
+
+class WeightAverage:
+    """An exponential moving average of the trained parameters (Polyak averaging; what diffusion models are
+    sampled with, Ho et al. 2020, Rombach et al. 2022): the packs get the average, which keeps the direction most
+    batches agree on and smooths out what single batches pushed the weights to. The decay ramps up as
+    min(decay, (1 + step) / (10 + step)) (TensorFlow's ExponentialMovingAverage with num_updates), so the average
+    does not hold on to the initial weights."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float) -> None:
+        self.decay = decay
+        self.shadow = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self, params: list[torch.nn.Parameter], step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for average, p in zip(self.shadow, params, strict=True):
+            average.lerp_(p.detach(), 1.0 - decay)
+
+    @contextlib.contextmanager
+    def applied(self, params: list[torch.nn.Parameter]) -> Iterator[None]:
+        """The averaged weights in the parameters for the duration of the block, the trained ones after it."""
+        kept = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, average in zip(params, self.shadow, strict=True):
+                p.copy_(average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, trained in zip(params, kept, strict=True):
+                    p.copy_(trained)
+
+    def state_dict(self) -> list[Tensor]:
+        return [t.cpu() for t in self.shadow]
+
+    def load_state_dict(self, state: list[Tensor]) -> None:
+        if len(state) != len(self.shadow) or any(a.shape != b.shape for a, b in zip(state, self.shadow)):
+            raise CodecError("the checkpoint's weight average does not fit the trained parameters")
+        self.shadow = [t.to(s.device, s.dtype) for t, s in zip(state, self.shadow)]
 
 
 def warmup_lr(settings: LoopSettings, step: int) -> float:
@@ -222,6 +267,9 @@ def run_stage(
         trim_log(out / LOG_FILE, step)
         last_logged = read_log(out / LOG_FILE)[-1:]
     unwrapped: TrainingStage = accelerator.unwrap_model(stage)
+    average = WeightAverage(params, settings.ema) if settings.ema else None
+    if average is not None and checkpoint is not None and "ema" in checkpoint:
+        average.load_state_dict(checkpoint["ema"])
     if main:
         trained = sum(p.numel() for p in params)
         say(
@@ -254,12 +302,14 @@ def run_stage(
                 seconds_now(),
                 record,
                 config=model.config,
+                extra={"ema": average.state_dict()} if average is not None else None,
             )
             plot_log(out / LOG_FILE, out / PLOT_FILE)
             if with_pack:
-                info = write_training_pack(
-                    unwrapped.model, out / PACK_DIR, stage_name, step, seconds_now(), settings, record, last_log
-                )
+                with average.applied(params) if average is not None else contextlib.nullcontext():
+                    info = write_training_pack(
+                        unwrapped.model, out / PACK_DIR, stage_name, step, seconds_now(), settings, record, last_log
+                    )
         accelerator.wait_for_everyone()
         return info
 
@@ -278,6 +328,8 @@ def run_stage(
             if settings.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(params, settings.max_grad_norm)
             optimizer.step()
+            if average is not None:
+                average.update(params, current)
             optimizer.zero_grad(set_to_none=True)
             step = current
             for name in columns:
@@ -437,9 +489,12 @@ def save_checkpoint(
     seconds: float,
     record: dict[str, Any],
     config: DiffVCConfig,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write the checkpoint atomically (a temporary file renamed over the old one)."""
+    """Write the checkpoint atomically (a temporary file renamed over the old one); `extra`: more entries (the
+    weight average)."""
     payload = {
+        **(extra or {}),
         "version": CHECKPOINT_VERSION,
         "stage": stage,
         "step": step,
@@ -521,6 +576,7 @@ def write_training_pack(
         "minutes": round(seconds / 60, 1),
         "batch": settings.batch,
         "lr": settings.lr,
+        "ema": settings.ema,
         "warmup": settings.warmup,
         "seed": settings.seed,
         "data": settings.source,
