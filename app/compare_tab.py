@@ -14,8 +14,10 @@ import gradio as gr
 
 from app.feedback import error_message
 from app.handlers import (
+    DEFAULT_ANCHORS,
     DEFAULT_FRAMES,
     DEFAULT_MAX_SIDE,
+    ZOOM,
     ClipRequest,
     CompareRequest,
     FrameRequest,
@@ -96,7 +98,9 @@ def build_compare_tab(
                     value=list(metric_names()),
                     label="metrics (LPIPS and DISTS cost the most time on a CPU)",
                 )
-            anchors = gr.CheckboxGroup(list(anchor_choices()), value=["x265"], label="anchors", elem_id="anchors")
+            anchors = gr.CheckboxGroup(
+                list(anchor_choices()), value=list(DEFAULT_ANCHORS), label="anchors", elem_id="anchors"
+            )
             match = gr.Checkbox(
                 True, label="match bitrate (search each anchor's QP for DiffVC's rate)", elem_id="match"
             )
@@ -135,7 +139,7 @@ def build_compare_tab(
                     right = gr.Dropdown([("original", "original")], value="original", label="wipe: right")
                 wipe = gr.ImageSlider(label="wipe (drag the handle)", format="png", interactive=False, elem_id="wipe")
                 with gr.Row():
-                    zoom = gr.Slider(1, 16, value=4, step=0.5, label="zoom")
+                    zoom = gr.Slider(1, 16, value=ZOOM, step=0.5, label="zoom")
                     cx = gr.Slider(0, 1, value=0.5, step=0.01, label="centre x")
                     cy = gr.Slider(0, 1, value=0.5, step=0.01, label="centre y")
                 gr.Markdown("Click the heatmap to move the zoom window there.")
@@ -201,8 +205,10 @@ def build_compare_tab(
             files: view.files,
             chart: view.per_frame_figure,
             frame: gr.Slider(maximum=max(view.frames - 1, 1), value=0, interactive=view.frames > 1),
-            left: gr.Dropdown(choices=choices, value="original"),
-            right: gr.Dropdown(choices=choices, value=first_codec),
+            left: gr.Dropdown(choices=choices, value=view.wipe[0]),
+            right: gr.Dropdown(choices=choices, value=view.wipe[1]),
+            cx: view.zoom_centre[0],
+            cy: view.zoom_centre[1],
             heat_codec: gr.Dropdown(choices=choices[1:] or choices, value=first_codec),
         }
 
@@ -261,6 +267,8 @@ def build_compare_tab(
         left,
         right,
         heat_codec,
+        cx,
+        cy,
     ]
     run_event = run.click(
         on_run,

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_FRAMES = 16
+DEFAULT_ANCHORS = ("x265", "condlc")  # condlc: DiffVC's codec without the stage, what the first wipe shows it against
+ZOOM = 4.0  # the viewer's first zoom
 DEFAULT_MAX_SIDE = 256
 # The RD tab's default QPs. With these x265 spans 37.6 down to 22.1 dB PSNR-RGB (1.15 to 0.012 bpp; DISTS 0.019 to
 # 0.31) on the example clip at the app's defaults (16 frames, 256x144; even QP 0 stops at 38.5 dB), so that the neural
@@ -119,7 +121,7 @@ class CompareRequest:
     steps: int = 0
     strength: float = -1.0
     tdir_ratio: float = -1.0
-    anchors: tuple[str, ...] = ("x265",)
+    anchors: tuple[str, ...] = DEFAULT_ANCHORS
     match_bitrate: bool = True
     tdir_contrast: bool = True
     metrics: tuple[str, ...] = field(default_factory=metric_names)
@@ -138,6 +140,8 @@ class CompareView:
     frames: int
     codecs: list[tuple[str, str]]  # (label, slug) of the viewer's choices, 'original' first
     per_frame_figure: Any
+    wipe: tuple[str, str] = ("original", "original")  # the viewer's first wipe (left, right)
+    zoom_centre: tuple[float, float] = (0.5, 0.5)  # where the viewer's zoom first looks
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,7 @@ class FrameRequest:
     left: str = "original"
     right: str = "diffvc"
     heat: str = "diffvc"
-    zoom: float = 4.0
+    zoom: float = ZOOM
     cx: float = 0.5
     cy: float = 0.5
 
@@ -346,6 +350,8 @@ class Studio:
             frames=int(clip["frames"]),
             codecs=codecs,
             per_frame_figure=views.per_frame_figure(runs, _first_metric(runs)),
+            wipe=_first_wipe(runs),
+            zoom_centre=views.textured_zoom_centre(comparison.frames()["original"][0], ZOOM),
         )
 
     def _past(self, deadline: float) -> bool:
@@ -613,6 +619,14 @@ def _metric_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _first_wipe(runs) -> tuple[str, str]:
+    """What the viewer first shows: DiffVC against its own codec without the diffusion stage (condlc) when the
+    comparison has it, so that the first look is at what the stage does; else against the original."""
+    slugs = [run.slug for run in runs]
+    right = slugs[0] if slugs else "original"
+    return ("condlc" if "condlc" in slugs and right != "condlc" else "original"), right
 
 
 def _first_metric(runs) -> str:

@@ -66,6 +66,29 @@ def crop_box(height: int, width: int, cx: float, cy: float, zoom: float) -> tupl
     return top, left, ch, cw
 
 
+def most_textured_window(frame: np.ndarray, size: tuple[int, int], grid: int = 8) -> tuple[int, int]:
+    """(top, left) of the size = (w, h) window with the largest luma gradient energy, on a `grid`-pixel grid:
+    where texture is, so where a codec's blur and a diffusion stage's texture show."""
+    luma = frame.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    energy = np.abs(np.diff(luma, axis=0))[:, :-1] + np.abs(np.diff(luma, axis=1))[:-1, :]
+    w, h = min(size[0], energy.shape[1]), min(size[1], energy.shape[0])
+    candidates = [
+        (energy[y : y + h, x : x + w].sum(), y, x)
+        for y in range(0, energy.shape[0] - h + 1, grid)
+        for x in range(0, energy.shape[1] - w + 1, grid)
+    ]
+    _, top, left = max(candidates)
+    return top, left
+
+
+def textured_zoom_centre(frame: np.ndarray, zoom: float) -> tuple[float, float]:
+    """(cx, cy) in 0..1: the centre of the most textured window that a zoom of `zoom` shows."""
+    height, width = frame.shape[:2]
+    _, _, ch, cw = crop_box(height, width, 0.5, 0.5, zoom)
+    top, left = most_textured_window(frame, (cw, ch), grid=max(1, min(ch, cw) // 4))
+    return round((left + cw / 2) / width, 2), round((top + ch / 2) / height, 2)
+
+
 def zoomed(frame: np.ndarray, cx: float, cy: float, zoom: float) -> np.ndarray:
     """The window `crop_box` picks, enlarged back to the frame's size with nearest-neighbour (pixels stay visible)."""
     h, w = frame.shape[:2]

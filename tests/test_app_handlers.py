@@ -35,7 +35,7 @@ def make_studio(tmp_path, pack="random-tiny") -> Studio:
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
-    """One comparison (DiffVC, TDIR off, x265 matched) of a 4-frame clip, shared by the tests below."""
+    """One comparison at the defaults (DiffVC, TDIR off, x265 matched, condlc) of a 4-frame clip, shared below."""
     tmp = tmp_path_factory.mktemp("studio")
     clip = write_video(moving_clip(frames=6, height=48, width=64), tmp / "upload.mp4", crf=4)
     studio = make_studio(tmp)
@@ -48,7 +48,9 @@ def ran(tmp_path_factory):
 def test_compare_view_has_every_part(ran):
     studio, state, view, _ = ran
     assert state.comparisons == [view.key]
-    assert list(view.table["codec"]) == ["DiffVC (TDIR on)", "DiffVC (TDIR off)", "x265"]
+    assert list(view.table["codec"]) == ["DiffVC (TDIR on)", "DiffVC (TDIR off)", "x265", "condlc"]
+    assert view.wipe == ("condlc", "diffvc")  # the first look: what the diffusion stage does
+    assert all(0 < c < 1 for c in view.zoom_centre)
     assert {"bytes", "bpp", "kbps", "PSNR-RGB", "MS-SSIM", "enc fps", "dec fps", "U-Net evals"} <= set(view.table)
     assert view.table["kbps"].notna().all() and (view.table["bytes"] > 0).all()
     assert "TDIR on against off" in view.tdir and view.frames == 4
@@ -61,6 +63,8 @@ def test_compare_view_has_every_part(ran):
             "diffvc-tdir-off.mp4",
             "x265.hevc",
             "x265.mp4",
+            "condlc.dvc",
+            "condlc.mp4",
             "results.csv",
             "results.json",
         ]
@@ -187,3 +191,12 @@ def test_stop_ends_a_run_at_its_next_step(tmp_path):
         )
     assert error_message(caught.value).startswith("**Stopped.**") and len(steps) == 1
     assert not any((tmp_path / "comparisons").iterdir())
+
+
+def test_the_zoom_first_looks_where_the_texture_is():
+    from app.views import textured_zoom_centre
+
+    frame = np.full((144, 256, 3), 128, np.uint8)
+    frame[90:130, 180:240] = np.random.default_rng(0).integers(0, 255, (40, 60, 3))  # texture, bottom right
+    cx, cy = textured_zoom_centre(frame, 4.0)
+    assert 180 / 256 <= cx <= 240 / 256 and 90 / 144 <= cy <= 130 / 144

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from app.views import most_textured_window
 from codec.eval.report import bd_rate, rate_ratio_at_equal_quality
 from codec.registry import get_codec
 from codec.video import read_video
@@ -106,20 +107,6 @@ def crop_figure(pack: str, out: Path) -> dict:
         "x265_qp": anchor_qp,
         "x265_bytes": anchor.num_bytes,
     }
-
-
-def most_textured_window(frame: np.ndarray, size: tuple[int, int]) -> tuple[int, int]:
-    """(top, left) of the size = (w, h) window with the largest luma gradient energy, on an 8-pixel grid."""
-    luma = frame.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    energy = np.abs(np.diff(luma, axis=0))[:, :-1] + np.abs(np.diff(luma, axis=1))[:-1, :]
-    w, h = size
-    candidates = [
-        (energy[y : y + h, x : x + w].sum(), y, x)
-        for y in range(0, frame.shape[0] - h + 1, 8)
-        for x in range(0, frame.shape[1] - w + 1, 8)
-    ]
-    _, top, left = max(candidates)
-    return top, left
 
 
 def labelled(image: np.ndarray, label: str) -> np.ndarray:

@@ -382,7 +382,13 @@ def _run(
                     settings.diffvc_options(tdir=flipped),
                 )
             )
-    plan += [(name, name, "anchor", settings.anchor_options(name)) for name in settings.anchors]
+    for name in settings.anchors:
+        options = settings.anchor_options(name)
+        reason = get_entry(name).unavailable_reason(_options(name, options))
+        if reason:
+            notes.append(f"{name} did not run: {reason}.")
+        else:
+            plan.append((name, name, "anchor", options))
     if not plan:
         raise CodecError("nothing to run: DiffVC cannot run here and no anchor is chosen")
 
