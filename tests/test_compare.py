@@ -131,3 +131,25 @@ def test_load_clip_caps_size_and_rejects_what_is_not_a_video(tmp_path):
         load_clip(path, frames=100_000)
     with pytest.raises(VideoError, match="no decodable frames"):
         load_clip(path, start=50)
+
+
+def test_a_comparison_runs_each_step_once(tmp_path, monkeypatch):
+    """The clip is hashed once, an anchor's matched QP is not encoded again after the bitrate search (nor warmed
+    up: the search did that), and the view's frames come from memory, not from the folder just written."""
+    from codec.baselines.ffmpeg import X265
+    from codec.video import Video
+
+    video = moving_clip(frames=4)
+    encodes, hashes = [], []
+    encode, content_hash = X265.encode, Video.content_hash
+    monkeypatch.setattr(
+        X265, "encode", lambda self, v, qp, **kw: encodes.append((v.num_frames, qp)) or encode(self, v, qp, **kw)
+    )
+    monkeypatch.setattr(Video, "content_hash", lambda self: hashes.append(1) or content_hash(self))
+    settings = CompareSettings(qp=40, anchors=("x265",), tdir_contrast=False, **FAST)
+    comparison = ComparisonStore(tmp_path).run(video, settings)
+    assert len(hashes) == 1
+    clip_encodes = sorted(qp for frames, qp in encodes if frames > 1)  # DiffVC's HEVC I-frames are single frames
+    assert clip_encodes == sorted(qp for qp, _ in comparison.run("x265").match["tried"])
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("the frames were read back from disk"))
+    assert set(comparison.frames()) == {"original", "diffvc", "x265"}

@@ -37,6 +37,7 @@ import numpy as np
 
 from codec.errors import CodecError, VideoError
 from codec.eval.cache import cache_key
+from codec.eval.engine import TimedEncode, measure, timed_encode, warm_up
 from codec.metrics import metric_names, metrics_for_size
 from codec.progress import frame_progress
 from codec.registry import comparison_anchors, get_entry
@@ -157,11 +158,13 @@ def match_bitrate(
     target_bpp: float,
     stop: StopCheck | None = None,
     on_try: Callable[[int, float], None] | None = None,
+    encodes: dict[int, TimedEncode] | None = None,
 ) -> BitrateMatch:
     """Bisect `codec`'s QP range for the rate closest to `target_bpp` (bpp from the bitstream's bytes).
 
     Assumes the rate does not rise with QP (true of every registered codec's rate control). About
-    log2(range) + 2 encodes: 8 for x265's 0..51.
+    log2(range) + 2 encodes: 8 for x265's 0..51. `encodes`, when given, receives each QP's timed encode, so the
+    chosen one need not run again.
     """
     if not target_bpp > 0:
         raise CodecError(f"cannot match a rate of {target_bpp} bpp")
@@ -171,7 +174,10 @@ def match_bitrate(
         if qp not in rates:
             if stop and stop():
                 raise ComparisonCancelled("stopped")
-            rates[qp] = codec.encode(video, qp).bpp(video)
+            timed = timed_encode(codec, video, qp)
+            if encodes is not None:
+                encodes[qp] = timed
+            rates[qp] = timed[0].bpp(video)
             if on_try:
                 on_try(qp, rates[qp])
         return rates[qp]
@@ -217,6 +223,7 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     cached: bool = False
+    decoded: dict[str, np.ndarray] | None = field(default=None, repr=False)  # the frames, while in memory
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -234,9 +241,12 @@ class Comparison:
         return [self.folder / n for n in [*names, "results.csv", "results.json"]]
 
     def frames(self) -> dict[str, np.ndarray]:
-        """'original' and each run's slug -> decoded frames uint8 [T, H, W, 3]."""
-        with np.load(self.folder / FRAMES_FILE) as data:
-            return {name: data[name] for name in data.files}
+        """'original' and each run's slug -> decoded frames uint8 [T, H, W, 3]: those of the run that just made
+        the comparison, else read from its folder once."""
+        if self.decoded is None:
+            with np.load(self.folder / FRAMES_FILE) as data:
+                self.decoded = {name: data[name] for name in data.files}
+        return self.decoded
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -294,9 +304,10 @@ class ComparisonStore:
     ) -> Comparison:
         """The comparison of `video` under `settings`: from disk when done before, else run and stored."""
         diffvc_reason, identity = diffvc_identity(settings)
+        clip_hash = video.content_hash()
         key = cache_key(
             kind="comparison",
-            clip=video.content_hash(),
+            clip=clip_hash,
             start=start,
             settings=asdict(settings),
             identity=identity,
@@ -309,7 +320,8 @@ class ComparisonStore:
         self.root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".run-", dir=self.root))
         try:
-            comparison = _run(video, settings, key, work, source, start, diffvc_reason, progress, stop)
+            clip = _clip_record(video, source, start, clip_hash)
+            comparison = _run(video, clip, settings, key, work, diffvc_reason, progress, stop)
             target = self.folder(key)
             try:
                 work.rename(target)
@@ -346,18 +358,28 @@ def _codec(name: str, values: dict[str, Any]):
     return get_codec(name, **values)
 
 
+def _clip_record(video: Video, source: str, start: int, clip_hash: str) -> dict[str, Any]:
+    return {
+        "source": source,
+        "start": start,
+        "frames": video.num_frames,
+        "width": video.width,
+        "height": video.height,
+        "fps": str(Fraction(video.fps)),
+        "hash": clip_hash,
+    }
+
+
 def _run(
     video: Video,
+    clip: dict[str, Any],
     settings: CompareSettings,
     key: str,
     folder: Path,
-    source: str,
-    start: int,
     diffvc_reason: str | None,
     progress: Progress | None,
     stop: StopCheck | None,
 ) -> Comparison:
-    from codec.eval.engine import measure, warm_up
     from codec.eval.report import results_frame
     from codec.video import write_video
 
@@ -409,9 +431,11 @@ def _run(
     for slug, label, role, options in plan:
         name = "diffvc" if role in ("diffvc", "contrast") else slug
         codec = _codec(name, options)
-        qp, match = _pick_qp(codec, settings, target, role, video, label, report, stop)
-        report(0, f"{label}: warm-up (QP {qp})")
-        warm_up(codec, video, qp)
+        searched: dict[int, TimedEncode] = {}
+        qp, match = _pick_qp(codec, settings, target, role, video, label, report, stop, searched)
+        if match is None:  # a bitrate search has warmed the codec up already
+            report(0, f"{label}: warm-up (QP {qp})")
+            warm_up(codec, video, qp)
         report(1, f"{label}: encoding and decoding {video.num_frames} frames, then metrics")
 
         reported = [0.0]  # of the 3 steps of encode + decode + metrics, those the codec's frames reported
@@ -421,7 +445,7 @@ def _run(
             report(1 / frames, f"{label}: {phase}d frame {frame} of {frames}")
 
         with frame_progress(per_frame):
-            result = measure(codec, video, qp, metrics, settings.device, spec=label)
+            result = measure(codec, video, qp, metrics, settings.device, spec=label, encoded=searched.get(qp))
         report(3 - reported[0], f"{label}: done, {result.row['bpp']:.4f} bpp")
         if role == "diffvc":
             target = result.row["bpp"]
@@ -432,9 +456,9 @@ def _run(
             )
         row = result.row
         row.update(
-            source=source,
-            start=start,
-            clip_hash=video.content_hash(),
+            source=clip["source"],
+            start=clip["start"],
+            clip_hash=clip["hash"],
             label=label,
             role=role,
             sha256=hashlib.sha256(result.encoded.bitstream).hexdigest(),
@@ -456,16 +480,9 @@ def _run(
             )
         )
 
-    clip = {
-        "source": source,
-        "start": start,
-        "frames": video.num_frames,
-        "width": video.width,
-        "height": video.height,
-        "fps": str(Fraction(video.fps)),
-        "hash": video.content_hash(),
-    }
-    comparison = Comparison(key, folder, clip, _jsonable(asdict(settings)), runs, notes, time.perf_counter() - began)
+    comparison = Comparison(
+        key, folder, clip, _jsonable(asdict(settings)), runs, notes, time.perf_counter() - began, decoded=decoded
+    )
     results_frame(comparison.rows).to_csv(folder / "results.csv", index=False)
     (folder / "results.json").write_text(json.dumps(comparison.rows, indent=1, default=str))
     np.savez_compressed(folder / FRAMES_FILE, **decoded)
@@ -484,8 +501,10 @@ def _pick_qp(
     label: str,
     report: Callable[[float, str], None],
     stop: StopCheck | None,
+    encodes: dict[int, TimedEncode],
 ) -> tuple[int, BitrateMatch | None]:
-    """The QP a codec runs at: DiffVC's own; an anchor's matched to DiffVC's rate, or `settings.qp` clipped."""
+    """The QP a codec runs at: DiffVC's own; an anchor's matched to DiffVC's rate (its encodes go to `encodes`),
+    or `settings.qp` clipped."""
     lo, hi = codec.qp_range
     if role != "anchor" or not settings.match_bitrate or target is None:
         return min(hi, max(lo, settings.qp)), None
@@ -496,6 +515,7 @@ def _pick_qp(
         target,
         stop,
         on_try=lambda qp, bpp: report(0, f"{label}: QP {qp} gives {bpp:.4f} bpp (target {target:.4f})"),
+        encodes=encodes,
     )
     return match.qp, match
 

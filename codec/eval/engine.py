@@ -116,6 +116,15 @@ def _job_key(request: EvalRequest, job: _Job, clip_hash: str) -> str:
     )
 
 
+TimedEncode = tuple[Encoded, float]  # an encode and its wall time in seconds
+
+
+def timed_encode(codec: VideoCodec, video: Video, qp: int) -> TimedEncode:
+    t0 = time.perf_counter()
+    encoded = codec.encode(video, qp)
+    return encoded, time.perf_counter() - t0
+
+
 def warm_up(codec: VideoCodec, video: Video, qp: int) -> None:
     """Encode and decode the first frames once, untimed: loads models, fills caches, compiles kernels."""
     head = Video(video.frames[:WARMUP_FRAMES], video.fps)
@@ -123,16 +132,21 @@ def warm_up(codec: VideoCodec, video: Video, qp: int) -> None:
 
 
 def measure(
-    codec: VideoCodec, video: Video, qp: int, metrics: Sequence[str] | None = None, device: str = "cpu", spec: str = ""
+    codec: VideoCodec,
+    video: Video,
+    qp: int,
+    metrics: Sequence[str] | None = None,
+    device: str = "cpu",
+    spec: str = "",
+    encoded: TimedEncode | None = None,
 ) -> Measurement:
     """Encode, decode from the bytes, compare with the original; return the row and the live frames.
 
     enc_s is the codec's own encoder time where it reports one (`timings['encode']`: anchors decode their
-    stream after encoding only to hand back a reconstruction), else the wall time of `encode`.
+    stream after encoding only to hand back a reconstruction), else the wall time of `encode`. `encoded`: this
+    very encode, done and timed before (a bitrate search's), so it is not run again.
     """
-    t0 = time.perf_counter()
-    encoded = codec.encode(video, qp)
-    enc_wall = time.perf_counter() - t0
+    encoded, enc_wall = encoded or timed_encode(codec, video, qp)
     t0 = time.perf_counter()
     decoded = codec.decode(encoded.bitstream)
     dec_s = time.perf_counter() - t0
