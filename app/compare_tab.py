@@ -56,6 +56,7 @@ class ClipInputs:
 
 def build_compare_tab(
     compare: Callable,
+    clip_preview: Callable,
     stop: Callable,
     frame_view: Callable,
     per_frame_figure: Callable,
@@ -63,7 +64,8 @@ def build_compare_tab(
     example_clip: Path,
     max_jobs: int,
 ) -> ClipInputs:
-    """compare(CompareRequest, SessionState, session, progress) -> CompareView; stop(session) -> str;
+    """compare(CompareRequest, SessionState, session, progress) -> CompareView; clip_preview(path) -> (first
+    frame or None, note) for uploads a browser cannot play; stop(session) -> str;
     frame_view(FrameRequest, SessionState) -> FrameView; per_frame_figure(key, metric, SessionState) -> figure."""
     key = gr.State("")  # the comparison on show
     count = gr.State(DEFAULT_FRAMES)  # its number of frames
@@ -77,6 +79,8 @@ def build_compare_tab(
                 height=220,
                 elem_id="clip",
             )
+            preview = gr.Image(label="first frame", visible=False, interactive=False, height=220, elem_id="preview")
+            preview_note = gr.Markdown(elem_id="preview-note")
             if example_clip.is_file():
                 gr.Examples([[str(example_clip)]], inputs=[video], label="Example clip (Big Buck Bunny, CC-BY 3.0)")
             with gr.Row():
@@ -270,6 +274,12 @@ def build_compare_tab(
         cx,
         cy,
     ]
+
+    def on_upload(path):
+        frame, note = clip_preview(path)
+        return gr.Image(value=frame, visible=frame is not None), note
+
+    video.change(on_upload, inputs=[video], outputs=[preview, preview_note], api_visibility="private")
     run_event = run.click(
         on_run,
         inputs=settings,

@@ -26,6 +26,7 @@ import pandas as pd
 
 from app import views
 from app.blind import BlindPair, BlindStore, Candidate, draw_pair
+from app.feedback import error_message
 from codec.metrics import metric_names, perceptual_metrics
 
 if TYPE_CHECKING:
@@ -371,6 +372,26 @@ class Studio:
             DEFAULT_LIMITS,
             max_total_pixels=min(DEFAULT_LIMITS.max_total_pixels, self.config.max_pixels),
             max_decode_s=min(DEFAULT_LIMITS.max_decode_s, self.config.time_limit_s),
+        )
+
+    def clip_preview(self, path: str | None) -> tuple[np.ndarray | None, str]:
+        """(the first frame, a note) for an upload a browser cannot play (AVI, MJPEG, 10-bit HEVC...), whose
+        video element would stay blank although the codecs read it; (None, "") for one it plays."""
+        from codec.errors import VideoError
+        from codec.video import browser_playback_problem, read_video
+
+        if not path:
+            return None, ""
+        problem = browser_playback_problem(path)
+        if problem is None:
+            return None, ""
+        try:
+            first = read_video(path, frames=1, limits=self._limits()).frames[0]
+        except VideoError as e:
+            return None, error_message(e)
+        return first, (
+            f"Your browser cannot play this file ({_escape(problem)}), so its first frame is shown here. "
+            "The comparison reads the file itself."
         )
 
     def _load_clip(self, clip: ClipRequest):

@@ -28,6 +28,7 @@ def build_app(studio: Studio, max_jobs: int = 1) -> gr.Blocks:
         with gr.Tab("Compare", id="compare"):
             clip = build_compare_tab(
                 studio.compare,
+                studio.clip_preview,
                 studio.stop,
                 studio.frame_view,
                 studio.per_frame_figure,

@@ -239,6 +239,32 @@ def read_video(
     return Video(np.stack(rgb), fps)
 
 
+BROWSER_CODECS = frozenset({"h264", "vp8", "vp9", "av1"})  # what Chromium, Firefox and Safari all play ...
+BROWSER_CONTAINERS = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"})  # ... in these containers
+BROWSER_PIXEL_FORMATS = frozenset({"yuv420p", "yuvj420p"})  # 8-bit 4:2:0
+
+
+def browser_playback_problem(path: str | Path) -> str | None:
+    """None when a browser's <video> can play the file (H.264, VP8/9 or AV1, 8-bit 4:2:0, in MP4 or WebM), else
+    why not, e.g. "mjpeg in avi" or "hevc yuv420p10le"; a file that does not open is left to `read_video`."""
+    try:
+        with av.open(str(path), mode="r", options={"max_pixels": str(DEFAULT_LIMITS.max_source_side**2)}) as c:
+            if not c.streams.video:
+                return None
+            context = c.streams.video[0].codec_context
+            codec, pixels, container = context.name, context.format.name if context.format else "", c.format.name
+    except (av.FFmpegError, ValueError, OSError, UnicodeDecodeError):
+        return None
+    problems = []
+    if codec not in BROWSER_CODECS:
+        problems.append(codec)
+    if pixels and pixels not in BROWSER_PIXEL_FORMATS:
+        problems.append(pixels)
+    if container not in BROWSER_CONTAINERS:
+        problems.append(f"in {container.split(',')[0]}")
+    return " ".join(problems) or None
+
+
 def _decode_frames(container, stream, path, start, frames, size, limits) -> list[np.ndarray]:
     out: list[np.ndarray] = []
     index = 0

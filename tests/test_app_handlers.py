@@ -200,3 +200,26 @@ def test_the_zoom_first_looks_where_the_texture_is():
     frame[90:130, 180:240] = np.random.default_rng(0).integers(0, 255, (40, 60, 3))  # texture, bottom right
     cx, cy = textured_zoom_centre(frame, 4.0)
     assert 180 / 256 <= cx <= 240 / 256 and 90 / 144 <= cy <= 130 / 144
+
+
+def test_an_upload_the_browser_cannot_play_gets_a_first_frame_preview(tmp_path):
+    import av
+
+    studio = make_studio(tmp_path)
+    clip = moving_clip(frames=3, height=48, width=64)
+    playable = write_video(clip, tmp_path / "clip.mp4", crf=4)
+    assert studio.clip_preview(str(playable)) == (None, "")
+    mjpeg = tmp_path / "clip.avi"
+    with av.open(str(mjpeg), "w", format="avi") as container:
+        stream = container.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p"
+        for frame in clip.frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    frame, note = studio.clip_preview(str(mjpeg))
+    assert frame.shape == (48, 64, 3) and "mjpeg in avi" in note and "first frame" in note
+    junk = tmp_path / "junk.avi"
+    junk.write_bytes(b"RIFF" + bytes(100))
+    assert studio.clip_preview(str(junk)) == (None, "")  # not a video: the run says so, with its reason
