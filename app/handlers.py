@@ -141,6 +141,7 @@ class CompareView:
     frames: int
     codecs: list[tuple[str, str]]  # (label, slug) of the viewer's choices, 'original' first
     per_frame_figure: Any
+    cached: bool = False  # answered from the comparison store
     wipe: tuple[str, str] = ("original", "original")  # the viewer's first wipe (left, right)
     zoom_centre: tuple[float, float] = (0.5, 0.5)  # where the viewer's zoom first looks
 
@@ -351,6 +352,7 @@ class Studio:
             frames=int(clip["frames"]),
             codecs=codecs,
             per_frame_figure=views.per_frame_figure(runs, _first_metric(runs)),
+            cached=comparison.cached,
             wipe=_first_wipe(runs),
             zoom_centre=views.textured_zoom_centre(comparison.frames()["original"][0], ZOOM),
         )
@@ -475,12 +477,15 @@ class Studio:
         returns the results rows (one per codec, rates from the bitstreams' bytes)."""
         state = SessionState()
         request = CompareRequest(
-            ClipRequest(video, 0, int(frames), DEFAULT_MAX_SIDE), qp=int(qp), tdir=bool(tdir), tdir_contrast=False
+            ClipRequest(video, 0, int(frames), DEFAULT_MAX_SIDE),
+            qp=int(qp),
+            tdir=bool(tdir),
+            anchors=("x265",),
+            tdir_contrast=False,
         )
         view = self.compare(request, state, session=f"api-{threading.get_ident()}")
         comparison = _load_comparison(self.config.results_dir, view.key)
-        cached = "from the cache" in view.status
-        return [{**_api_row(run), "cached": cached} for run in comparison.runs]
+        return [{**_api_row(run), "cached": view.cached} for run in comparison.runs]
 
     # -- rate-distortion ---------------------------------------------------------------------------------------
 
