@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from codec.diffvc.latent_codec import ResidualBlock, SubpelUpsample, act, config_from_dict, conv
+from codec.diffvc.layers import ResidualBlock, SubpelUpsample, act, config_from_dict, conv
 from codec.diffvc.warp import resize_flow, warp
 
 __all__ = ["Contexts", "TemporalContext", "TemporalContextConfig", "add_prediction"]

@@ -37,7 +37,6 @@ Shapes (H, W: the frame size, a multiple of 64; h = H / 8, w = W / 8: the latent
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +55,15 @@ from codec.diffvc.entropy import (
     encode_segments,
     get_scale_table,
 )
+from codec.diffvc.layers import (
+    ResidualBlock,
+    SubpelUpsample,
+    act,
+    config_from_dict,
+    conv,
+    init_variance_preserving,
+    zero_last_convolution,
+)
 from codec.diffvc.qp import QPScales, QPScalesConfig, qp_tensor
 from codec.errors import BitstreamError
 
@@ -73,18 +81,11 @@ __all__ = [
     "LatentAnalysis",
     "LatentCodingOutput",
     "LatentSynthesis",
-    "ResidualBlock",
-    "SubpelUpsample",
-    "config_from_dict",
     "estimated_bits",
-    "init_variance_preserving",
     "qp_batch",
     "real_bits",
     "start_prior_flat",
-    "zero_last_convolution",
 ]
-
-NEGATIVE_SLOPE = 0.1  # LeakyReLU slope used throughout (DCVC-DC's choice)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -140,63 +141,6 @@ class LatentCodingOutput:
     def estimated_bits(self) -> Tensor:
         """sum(-log2 p) over y and z: the estimated rate in bits (labelled as such), differentiable."""
         return estimated_bits(self.likelihoods)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Building blocks (also used by `motion` and `context`)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def conv(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Conv2d:
-    """A 'same' convolution (padding k // 2); stride 2 halves H and W (even sizes)."""
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
-
-
-def act() -> nn.LeakyReLU:
-    return nn.LeakyReLU(NEGATIVE_SLOPE)
-
-
-class ResidualBlock(nn.Module):
-    """x + conv(act(conv(act(x)))): two 3x3 convolutions, [N, C, H, W] -> [N, C, H, W] (He et al. 2016)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(act(), conv(channels, channels), act(), conv(channels, channels))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x)
-
-
-class SubpelUpsample(nn.Sequential):
-    """x2 upsampling by sub-pixel convolution (Shi et al. 2016; DCVC's `subpel_conv3x3`):
-    [N, C_in, H, W] -> [N, C_out, 2H, 2W]."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
-        super().__init__(conv(in_channels, out_channels * 4, kernel_size), nn.PixelShuffle(2))
-
-
-def init_variance_preserving(module: nn.Module) -> None:
-    """He-normal weights (fan-in, LeakyReLU slope 0.1) and zero biases for every convolution of `module`.
-
-    PyTorch's default initialization shrinks activations by about 3x per layer, so a randomly initialized codec's y
-    would be far below the quantization step (every symbol 0, whatever the QP); with this one, y starts at about
-    the input's magnitude and the QP scales act from the first step (He et al. 2015).
-    """
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, a=NEGATIVE_SLOPE, nonlinearity="leaky_relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-
-def config_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
-    """Inverse of `dataclasses.asdict` for the flat configs of this package (a JSON round trip turns tuples into
-    lists). Unknown fields raise ValueError."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s): {sorted(unknown)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -547,14 +491,6 @@ class BlockTransformSynthesis(nn.Module):
             raise ValueError("the block transform codes the residual: contexts.prediction is needed")
         feature = self.body(torch.cat((y, contexts.c1), dim=1))
         return contexts.prediction + linear + self.head(feature), feature
-
-
-def zero_last_convolution(module: nn.Module) -> None:
-    """Zero the weights and bias of the last convolution in `module` (its output starts at exactly 0)."""
-    last = [m for m in module.modules() if isinstance(m, nn.Conv2d)][-1]
-    nn.init.zeros_(last.weight)
-    if last.bias is not None:
-        nn.init.zeros_(last.bias)
 
 
 def _split_params(params: Tensor) -> tuple[Tensor, Tensor]:

@@ -25,17 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from codec.diffvc.latent_codec import (
-    CodingOutput,
-    HyperpriorCodec,
+from codec.diffvc.latent_codec import CodingOutput, HyperpriorCodec, qp_batch, start_prior_flat
+from codec.diffvc.layers import (
     ResidualBlock,
     SubpelUpsample,
     act,
     config_from_dict,
     conv,
     init_variance_preserving,
-    qp_batch,
-    start_prior_flat,
     zero_last_convolution,
 )
 from codec.diffvc.warp import resize_flow, warp
