@@ -505,9 +505,11 @@ def _split_params(params: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @dataclass(frozen=True)
-class IntraLatentCodecConfig:
-    """Widths of the intra latent codec. channels: hidden widths at 1/8 and 1/16 of the frame; y_channels (M) at
-    1/32; z_channels (Z) at 1/64; hyper_channels: the hyperprior's width; feature_channels (F): the DPB feature."""
+class LatentCodecConfig:
+    """What the intra and contextual latent codecs share. channels: hidden widths at 1/8 and 1/16 of the frame;
+    y_channels (M) at 1/32 (deep) or 1/8 (block); z_channels (Z) at 1/64; hyper_channels: the hyperprior's width;
+    feature_channels (F): the DPB feature; qp_*: the per-QP quantization steps (`codec.diffvc.qp`); transform:
+    "deep" (learned) or "block" (the block-transform skeleton, docs/DESIGN-NOTES.md) with its gain."""
 
     latent_channels: int = 192
     channels: tuple[int, int] = (64, 96)
@@ -522,20 +524,13 @@ class IntraLatentCodecConfig:
     block_gain: float = 8.0
 
     def __post_init__(self) -> None:
-        if (
-            len(self.channels) != 2
-            or min(
-                self.latent_channels,
-                *self.channels,
-                self.y_channels,
-                self.z_channels,
-                self.hyper_channels,
-                self.feature_channels,
-            )
-            < 1
-        ):
-            raise ValueError(f"IntraLatentCodecConfig needs two positive hidden widths and positive sizes: {self}")
+        if len(self.channels) != 2 or min(self._sizes()) < 1:
+            raise ValueError(f"{type(self).__name__} needs two hidden widths and positive sizes: {self}")
         _check_transform(self.transform, self.y_channels, self.latent_channels, self.block_gain)
+
+    def _sizes(self) -> tuple[int, ...]:
+        return (self.latent_channels, *self.channels, self.y_channels, self.z_channels, self.hyper_channels,
+                self.feature_channels)  # fmt: skip
 
     @property
     def y_stride(self) -> int:
@@ -543,9 +538,10 @@ class IntraLatentCodecConfig:
         return 1 if self.transform == "block" else 4
 
     @classmethod
-    def tiny(cls, latent_channels: int = 192) -> IntraLatentCodecConfig:
-        """[I] For a 2-core CPU: PixelUnshuffle(8) latent coded by the block-transform skeleton (y = 192 channels at
-        1/8 of the frame, hidden width 64, z at 1/32), docs/DESIGN-NOTES.md."""
+    def tiny(cls, latent_channels: int = 192):
+        """[I] For a 2-core CPU: the PixelUnshuffle(8) latent coded by the block-transform skeleton (y = 192
+        channels at 1/8 of the frame, hidden width 64, z at 1/32; the contextual codec against the
+        motion-compensated prediction, contexts 64/64/96), one quantization step per QP; docs/DESIGN-NOTES.md."""
         return cls(
             latent_channels=latent_channels,
             y_channels=latent_channels,
@@ -555,7 +551,7 @@ class IntraLatentCodecConfig:
         )
 
     @classmethod
-    def full(cls, latent_channels: int = 4) -> IntraLatentCodecConfig:
+    def full(cls, latent_channels: int = 4, **widths: Any):
         """[I] The SD-VAE latent (4 channels), DCVC-DC-like widths."""
         return cls(
             latent_channels=latent_channels,
@@ -564,11 +560,17 @@ class IntraLatentCodecConfig:
             z_channels=128,
             hyper_channels=192,
             feature_channels=64,
+            **widths,
         )
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> IntraLatentCodecConfig:
+    def from_dict(cls, data: Mapping[str, Any]):
         return config_from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class IntraLatentCodecConfig(LatentCodecConfig):
+    """The intra latent codec's widths (`LatentCodecConfig`)."""
 
 
 class IntraLatentCodec(HyperpriorCodec):
@@ -659,44 +661,20 @@ class IntraLatentCodec(HyperpriorCodec):
 
 
 @dataclass(frozen=True)
-class ContextualLatentCodecConfig:
-    """Widths of the contextual latent codec. context_channels: C1, C2, C3 (must match `TemporalContextConfig`);
-    channels: hidden widths at 1/8 and 1/16; y_channels (M) at 1/32; z_channels (Z) at 1/64; hyper_channels;
-    temporal_channels: the temporal prior's width; feature_channels (F): the DPB feature."""
+class ContextualLatentCodecConfig(LatentCodecConfig):
+    """The contextual latent codec's widths: `LatentCodecConfig`, plus context_channels: C1, C2, C3 (must match
+    `TemporalContextConfig`) and temporal_channels: the temporal prior's width."""
 
-    latent_channels: int = 192
     context_channels: tuple[int, int, int] = (64, 64, 96)
-    channels: tuple[int, int] = (64, 96)
-    y_channels: int = 128
-    z_channels: int = 64
-    hyper_channels: int = 96
     temporal_channels: int = 96
-    feature_channels: int = 64
-    qp_anchors: int = 4
-    qp_init_range: float = 16.0
-    qp_per_channel: bool = True  # False: a flat quantization matrix (one step per QP), codec.diffvc.qp
-    transform: Literal["deep", "block"] = "deep"
-    block_gain: float = 8.0
 
     def __post_init__(self) -> None:
-        sizes = (
-            self.latent_channels,
-            *self.context_channels,
-            *self.channels,
-            self.y_channels,
-            self.z_channels,
-            self.hyper_channels,
-            self.temporal_channels,
-            self.feature_channels,
-        )
-        if len(self.context_channels) != 3 or len(self.channels) != 2 or min(sizes) < 1:
-            raise ValueError(f"ContextualLatentCodecConfig needs 3 context and 2 hidden widths, all positive: {self}")
-        _check_transform(self.transform, self.y_channels, self.latent_channels, self.block_gain)
+        if len(self.context_channels) != 3:
+            raise ValueError(f"ContextualLatentCodecConfig needs 3 context widths: {self}")
+        super().__post_init__()
 
-    @property
-    def y_stride(self) -> int:
-        """y's downsampling relative to the latent: 4 (y at 1/32 of the frame) deep, 1 (1/8) block."""
-        return 1 if self.transform == "block" else 4
+    def _sizes(self) -> tuple[int, ...]:
+        return (*super()._sizes(), *self.context_channels, self.temporal_channels)
 
     @property
     def codes_residual(self) -> bool:
@@ -704,34 +682,9 @@ class ContextualLatentCodecConfig:
         return self.transform == "block"
 
     @classmethod
-    def tiny(cls, latent_channels: int = 192) -> ContextualLatentCodecConfig:
-        """[I] For a 2-core CPU: PixelUnshuffle(8) latent coded by the block-transform skeleton against the
-        motion-compensated prediction (y = 192 channels at 1/8, contexts 64/64/96), docs/DESIGN-NOTES.md."""
-        return cls(
-            latent_channels=latent_channels,
-            y_channels=latent_channels,
-            transform="block",
-            qp_init_range=64.0,
-            qp_per_channel=False,
-        )
-
-    @classmethod
-    def full(cls, latent_channels: int = 4) -> ContextualLatentCodecConfig:
-        """[I] The SD-VAE latent (4 channels), DCVC-DC-like widths; C1 = 64 to match the diffusion condition."""
-        return cls(
-            latent_channels=latent_channels,
-            context_channels=(64, 128, 192),
-            channels=(128, 192),
-            y_channels=192,
-            z_channels=128,
-            hyper_channels=192,
-            temporal_channels=192,
-            feature_channels=64,
-        )
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ContextualLatentCodecConfig:
-        return config_from_dict(cls, data)
+    def full(cls, latent_channels: int = 4, **widths: Any) -> ContextualLatentCodecConfig:
+        """[I] As `LatentCodecConfig.full`, with contexts 64/128/192 (C1 = 64 to match the diffusion condition)."""
+        return super().full(latent_channels, context_channels=(64, 128, 192), temporal_channels=192, **widths)
 
 
 @dataclass
