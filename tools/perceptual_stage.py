@@ -173,11 +173,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pack", default="", help="the model pack (default: the embedded one)")
     parser.add_argument("--out", type=Path, default=Path("out/perceptual-stage"))
     parser.add_argument("--no-crop", action="store_true", help="skip the crop figure")
+    parser.add_argument(
+        "--clips",
+        nargs="+",
+        choices=sorted(CLIPS),
+        default=sorted(CLIPS),
+        help="which evaluation clips (default both; one per process runs them side by side)",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     figures: dict = {
         "pack": args.pack or "default",
-        "clips": [clip_figures(name, args.pack) for name in CLIPS if CLIPS[name][0].is_file()],
+        "clips": [clip_figures(name, args.pack) for name in args.clips if CLIPS[name][0].is_file()],
     }
     if not args.no_crop:
         figures["crop"] = crop_figure(args.pack, args.out)
