@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     fz = sub.add_parser("fuzz", help="feed every decoder damaged streams: each must fail cleanly or decode validly")
     fz.add_argument("--mutations", type=int, default=10_000, help="damaged streams, spread over codecs and kinds")
     fz.add_argument("--seed", type=int, default=0)
-    fz.add_argument("--codecs", nargs="+", metavar="NAME", help="subset of x265 x264 av1 diffvc condlc")
+    fz.add_argument("--codecs", nargs="+", metavar="NAME", help="subset of the registered codecs (default: all)")
     fz.add_argument("--workers", type=int, default=2, help="decoding processes")
     fz.add_argument(
         "--timeout",
@@ -255,7 +255,10 @@ def _cmd_speed(args: argparse.Namespace) -> int:
         raise CodecError("give --pack for the full preset, or --random-init")
     size = parse_size(args.size)
     extra = f":steps={args.steps}" if args.steps else ""
-    rows = measure_speed(pack, size, args.frames, args.device, extra=extra)
+    from codec.progress import frame_bar
+
+    with frame_bar("speed"):
+        rows = measure_speed(pack, size, args.frames, args.device, extra=extra)
     print(
         format_rows(
             rows,

@@ -27,6 +27,28 @@ def frame_progress(listener: FrameListener) -> Iterator[None]:
         _LISTENER.reset(token)
 
 
+@contextlib.contextmanager
+def frame_bar(description: str) -> Iterator[None]:
+    """A progress bar on stderr (tqdm: frames done, rate, ETA) over the frames the codecs report in the block."""
+    import sys
+
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit="frame", file=sys.stderr, leave=False)
+
+    def listener(phase: str, done: int, total: int) -> None:
+        if done == 1:
+            bar.reset(total=total)
+        bar.set_postfix_str(phase, refresh=False)
+        bar.update(1)
+
+    try:
+        with frame_progress(listener):
+            yield
+    finally:
+        bar.close()
+
+
 def report_frame(phase: str, done: int, total: int) -> None:
     """Called by a codec after each frame; does nothing when nobody listens."""
     listener = _LISTENER.get()

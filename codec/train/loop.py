@@ -449,7 +449,11 @@ def _write_log_line(
 
 def _progress_line(stage: str, step: int, total: int, row: dict[str, float]) -> str:
     values = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("step", "seconds", "s_per_it", "lr"))
-    return f"{stage} {step}/{total}  {row['seconds'] / 60:.1f} min  {row['s_per_it']:.2f} s/it  {values}"
+    eta = (total - step) * row["s_per_it"] / 60
+    return (
+        f"{stage} {step}/{total}  {row['seconds'] / 60:.1f} min  {row['s_per_it']:.2f} s/it  ETA {eta:.0f} min  "
+        f"{values}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
