@@ -416,3 +416,18 @@ def test_noise_seed_takes_every_seed_the_format_allows_and_kept_its_old_values()
     old = int.from_bytes(hashlib.blake2b(struct.pack("<qq", 7, 3), digest_size=8).digest(), "little") & (2**63 - 1)
     assert noise_seed(7, 3) == old  # streams written before the unsigned packing decode the same
     assert 0 <= noise_seed(2**64 - 1, 65535) < 2**63
+
+
+def test_the_noise_prediction_loss_reports_the_identity_baseline() -> None:
+    """with_identity: the loss of a stage that returns l^_t on the same draw; an untrained anchored stage is that
+    stage, so the two are equal."""
+    latent, condition, qp = inputs(batch=2)
+    target = latent + 0.1  # the original differs from the reconstruction
+    untrained = small_stage(trained=False)
+    loss, identity = untrained.noise_prediction_loss(target, condition, qp, torch.Generator().manual_seed(3),
+                                                     with_identity=True)  # fmt: skip
+    assert float(identity) > 0 and float(loss) == pytest.approx(float(identity), rel=1e-4)
+    trained_loss, same = small_stage().noise_prediction_loss(
+        target, condition, qp, torch.Generator().manual_seed(3), with_identity=True
+    )
+    assert float(same) == pytest.approx(float(identity)) and float(trained_loss) != pytest.approx(float(identity))

@@ -459,13 +459,15 @@ class DiffusionStage(nn.Module):
         qp: Tensor,
         generator: torch.Generator | None = None,
         timestep_range: Literal["sampling", "full"] = "sampling",
-    ) -> Tensor:
+        with_identity: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """The epsilon-prediction objective (Ho et al. 2020): MSE between the drawn and the predicted noise.
 
         x0: clean latent [N, C, h, w] (the original frame's latent l_t); condition: [N, condition_channels, h, w];
         qp: int [N]. t is drawn uniformly from 0 .. t_start (the timesteps that sampling at the config's steps and
         strength visits, `timestep_range="sampling"`) or from the whole schedule ("full"). Noise and t come from
-        `generator` (on its device) when given. Returns a float32 scalar.
+        `generator` (on its device) when given. Returns a float32 scalar, or with `with_identity` (loss, the loss of
+        a stage that returns l^_t on the same draw).
         """
         t_max = self.config.num_train_timesteps - 1
         if timestep_range == "sampling":
@@ -476,7 +478,16 @@ class DiffusionStage(nn.Module):
         noise = torch.randn(x0.shape, generator=generator, device=draw_device, dtype=torch.float32).to(x0.device)
         z_t = self.make_scheduler().add_noise(x0.float(), noise, t)
         eps = self.predict_noise(z_t, t, condition, self.qp_prompt(qp))
-        return F.mse_loss(eps.float(), noise)
+        loss = F.mse_loss(eps.float(), noise)
+        return (loss, self._identity_loss(z_t, t, condition, noise)) if with_identity else loss
+
+    @torch.no_grad()
+    def _identity_loss(self, z_t: Tensor, t: Tensor, condition: Tensor, noise: Tensor) -> Tensor:
+        """The noise-prediction loss of a stage that returns the reconstruction l^_t (an anchored stage at step 0,
+        diffvc = condlc) on the same draw: the baseline a trained stage must beat."""
+        alpha_bar = self._alphas_on(z_t.device)[t].reshape(-1, 1, 1, 1)
+        latent_hat = condition[:, : self.config.latent_channels].float()
+        return F.mse_loss((z_t.float() - alpha_bar.sqrt() * latent_hat) / (1.0 - alpha_bar).sqrt(), noise)
 
 
 def _parameter_dtype(module: nn.Module) -> torch.dtype:

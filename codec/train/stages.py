@@ -477,7 +477,7 @@ class DiffusionTrainingStage(_OnFrozenCodec):
     visits. All N * T frames of the batch are one denoiser batch; one QP per sequence, uniform in 0..63."""
 
     name = "diffusion"
-    log_columns = ("psnr_codec", "qp")
+    log_columns = ("loss_codec", "psnr_codec", "qp")
     defaults = StageDefaults(batch=4, lr_tiny=2e-4, lr_full=1e-5, steps=2000)
 
     def forward(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
@@ -485,11 +485,16 @@ class DiffusionTrainingStage(_OnFrozenCodec):
         generator = self.generator(step)
         qp = self.draw_qp(frames.shape[0], generator, frames.device)
         x0, condition, qps, originals, recon = self._coded(frames, qp)
-        loss = self.model.diffusion.noise_prediction_loss(
-            x0, condition, qps, generator=generator, timestep_range="sampling"
+        loss, baseline = self.model.diffusion.noise_prediction_loss(
+            x0, condition, qps, generator=generator, timestep_range="sampling", with_identity=True
         )
         mse = (recon.float() - originals).square().flatten(1).mean(1)
-        return {"loss": loss, "psnr_codec": psnr_db(mse).mean(), "qp": qp.float().mean()}
+        return {
+            "loss": loss,
+            "loss_codec": baseline,
+            "psnr_codec": psnr_db(mse).mean(),
+            "qp": qp.float().mean(),
+        }
 
 
 class FinetuneStage(_OnFrozenCodec):
