@@ -190,12 +190,16 @@ def main(argv: list[str] | None = None) -> int:
         "still": still_figures(args.spec),
         "rates": rate_range(args.spec),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "figures.json").write_text(json.dumps(figures, indent=1))
-    text = markdown(figures)
-    (args.out / "figures.md").write_text(text + "\n")
-    print(text)
+    write_figures(args.out, figures, markdown(figures))
     return 0
+
+
+def write_figures(out: Path, figures: dict, text: str) -> None:
+    """figures.json and figures.md (the Markdown `text`) into `out`; the Markdown is printed too."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "figures.json").write_text(json.dumps(figures, indent=1))
+    (out / "figures.md").write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

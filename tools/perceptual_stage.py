@@ -15,7 +15,6 @@ and, on Big Buck Bunny, the same zoomed crop of one frame from x265, `condlc` an
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from app.views import most_textured_window
 from codec.eval.report import bd_rate, rate_ratio_at_equal_quality
 from codec.registry import get_codec
 from codec.video import read_video
-from tools.coding_efficiency import ANCHOR, ANCHOR_QPS, CLIPS, FRAMES, rd
+from tools.coding_efficiency import ANCHOR, ANCHOR_QPS, CLIPS, FRAMES, rd, write_figures
 
 CODEC_QPS = (8, 16, 24, 32, 40, 48, 56)
 METRICS = ("psnr", "lpips", "dists", "vmaf", "tlp")
@@ -188,10 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.no_crop:
         figures["crop"] = crop_figure(args.pack, args.out)
-    (args.out / "figures.json").write_text(json.dumps(figures, indent=1))
-    text = markdown(figures)
-    (args.out / "figures.md").write_text(text + "\n")
-    print(text)
+    write_figures(args.out, figures, markdown(figures))
     return 0
 
 

@@ -583,15 +583,7 @@ class IntraLatentCodec(HyperpriorCodec):
     """
 
     def __init__(self, config: IntraLatentCodecConfig) -> None:
-        super().__init__(
-            config.y_channels,
-            config.z_channels,
-            config.hyper_channels,
-            _hyper_downsamples(config),
-            config.qp_anchors,
-            config.qp_init_range,
-            config.qp_per_channel,
-        )
+        super().__init__(*_hyperprior_args(config))
         self.config = config
         self.encoder, self.decoder = _transforms(config, (0, 0, 0))
         self.prior_head = nn.Sequential(act(), conv(config.hyper_channels, 2 * config.y_channels, 1))
@@ -702,15 +694,7 @@ class ContextualLatentCodec(HyperpriorCodec):
     """
 
     def __init__(self, config: ContextualLatentCodecConfig) -> None:
-        super().__init__(
-            config.y_channels,
-            config.z_channels,
-            config.hyper_channels,
-            _hyper_downsamples(config),
-            config.qp_anchors,
-            config.qp_init_range,
-            config.qp_per_channel,
-        )
+        super().__init__(*_hyperprior_args(config))
         self.config = config
         m, t, hyper = config.y_channels, config.temporal_channels, config.hyper_channels
         self.encoder, self.decoder = _transforms(config, config.context_channels)
@@ -836,6 +820,19 @@ def _check_transform(transform: str, y_channels: int, latent_channels: int, gain
             f"the block transform needs y_channels == latent_channels ({y_channels} != "
             f"{latent_channels}) and a positive gain"
         )
+
+
+def _hyperprior_args(config: LatentCodecConfig) -> tuple:
+    """`HyperpriorCodec`'s arguments from a latent codec's config."""
+    return (
+        config.y_channels,
+        config.z_channels,
+        config.hyper_channels,
+        _hyper_downsamples(config),
+        config.qp_anchors,
+        config.qp_init_range,
+        config.qp_per_channel,
+    )
 
 
 def _hyper_downsamples(config: IntraLatentCodecConfig | ContextualLatentCodecConfig) -> int:
