@@ -11,10 +11,11 @@ from collections.abc import Callable
 import gradio as gr
 
 from app.feedback import error_message
+from app.handlers import VoteRequest
 
 
 def build_blind_tab(new_pair: Callable, vote: Callable, results: Callable, export: Callable, state: gr.State) -> None:
-    """new_pair(SessionState, show_reference) -> PairView; vote(SessionState, choice, rater, comment, session) ->
+    """new_pair(SessionState, show_reference) -> PairView; vote(VoteRequest, SessionState, session) ->
     markdown; results() -> DataFrame; export(session) -> CSV path."""
     gr.Markdown(
         "Spot checks without bias: two versions of the same frame that cost about the same bits, in random "
@@ -64,7 +65,7 @@ def build_blind_tab(new_pair: Callable, vote: Callable, results: Callable, expor
     def voter(choice: str):
         def on_vote(session_state, who: str, note: str, request: gr.Request):
             try:
-                reveal = vote(session_state, choice, who, note, request.session_hash)
+                reveal = vote(VoteRequest(choice, who, note), session_state, request.session_hash)
             except Exception as e:
                 return {prompt: error_message(e)}
             return {

@@ -187,6 +187,15 @@ class SweepView:
     metrics: list[str]
 
 
+@dataclass(frozen=True)
+class VoteRequest:
+    """A blind-test vote on the session's current pair: "A", "B" or "tie", who voted (free text), a comment."""
+
+    choice: str
+    rater: str = ""
+    comment: str = ""
+
+
 @dataclass
 class PairView:
     status: str
@@ -585,13 +594,13 @@ class Studio:
             reference=views.enlarged(frames["original"][pair.frame], PAIR_WIDTH) if show_reference else None,
         )
 
-    def vote(self, state: SessionState, choice: str, rater: str, comment: str, session: str) -> str:
+    def vote(self, request: VoteRequest, state: SessionState, session: str) -> str:
         pair = state.pair
         if pair is None:
             raise UserError("Draw a pair first (New pair); each pair takes one vote.")
-        vote_id = self.blind.record(pair, choice, rater, session, state.pair_reference, comment)
+        vote_id = self.blind.record(pair, request.choice, request.rater, session, state.pair_reference, request.comment)
         state.pair = None
-        picked = {"A": f"A ({pair.label_a})", "B": f"B ({pair.label_b})", "tie": "a tie"}[choice]
+        picked = {"A": f"A ({pair.label_a})", "B": f"B ({pair.label_b})", "tie": "a tie"}[request.choice]
         return (
             f"Vote {vote_id} counted: you chose {_escape(picked)}. **A was {_escape(pair.label_a)}** "
             f"({pair.bpp_a:.4f} bpp), **B was {_escape(pair.label_b)}** ({pair.bpp_b:.4f} bpp). "

@@ -16,6 +16,7 @@ from app.handlers import (
     StudioConfig,
     SweepRequest,
     UserError,
+    VoteRequest,
 )
 from codec.video import write_video
 
@@ -108,11 +109,11 @@ def test_blind_pair_hides_names_until_the_vote(ran):
     assert view.a.shape == view.b.shape == view.reference.shape
     assert "DiffVC" not in view.status and "x265" not in view.status
     pair = state.pair
-    reveal = studio.vote(state, "A", "tester", "sharper", "session-1")
+    reveal = studio.vote(VoteRequest("A", "tester", "sharper"), state, "session-1")
     assert pair.label_a.replace("(", "\\(") in reveal or pair.label_a in reveal
     assert state.pair is None
     with pytest.raises(UserError):
-        studio.vote(state, "A", "tester", "", "session-1")  # one vote per pair
+        studio.vote(VoteRequest("A", "tester"), state, "session-1")  # one vote per pair
     table = studio.blind_results()
     assert table["votes"].sum() >= 1
     assert studio.export_votes("session-1").endswith("blind-votes.csv")
