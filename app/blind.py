@@ -83,7 +83,8 @@ class BlindPair:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One decoded version a pair can be drawn from: comparison key, clip hash, slug, label, bpp, frame count."""
+    """One decoded version a pair can be drawn from: comparison key, clip hash, slug, label, bpp, frame count, and
+    whether it is DiffVC (the codec under test: every pair has it on one side when a comparison has it)."""
 
     comparison: str
     clip_hash: str
@@ -91,6 +92,7 @@ class Candidate:
     label: str
     bpp: float
     frames: int
+    under_test: bool = False
 
 
 def matched_pairs(
@@ -113,9 +115,12 @@ def matched_pairs(
 def draw_pair(
     candidates: Sequence[Candidate], rng: random.Random | None = None, tolerance: float = PAIR_TOLERANCE
 ) -> BlindPair | None:
-    """A random matched pair in random order at a random frame; None when no two versions match in rate."""
+    """A random matched pair in random order at a random frame, with DiffVC on one side where such a pair exists
+    (the blind test judges the codec under test; condlc against x265 is not its question); None when no two
+    versions match in rate."""
     rng = rng or random.SystemRandom()
     pairs = matched_pairs(candidates, tolerance)
+    pairs = [p for p in pairs if p[0].under_test or p[1].under_test] or pairs
     if not pairs:
         return None
     a, b = rng.choice(pairs)

@@ -573,7 +573,15 @@ class Studio:
             if comparison is None:
                 continue
             candidates += [
-                Candidate(key, comparison.clip["hash"], run.slug, run.label, run.row["bpp"], run.row["frames"])
+                Candidate(
+                    key,
+                    comparison.clip["hash"],
+                    run.slug,
+                    run.label,
+                    run.row["bpp"],
+                    run.row["frames"],
+                    under_test=run.role in ("diffvc", "contrast"),
+                )
                 for run in comparison.runs
             ]
         if not state.comparisons:

@@ -84,3 +84,17 @@ def test_pairs_are_matched_in_rate_and_drawn_in_both_orders():
     assert {p.slug_a for p in drawn} == {"diffvc", "x265"}  # order is random
     assert all(0 <= p.frame < 8 for p in drawn)
     assert draw_pair(candidates[2:], rng) is None
+
+
+def test_pairs_put_diffvc_on_one_side_when_a_comparison_has_it():
+    candidates = [
+        Candidate("k", "h", "diffvc", "DiffVC", 0.100, 8, under_test=True),
+        Candidate("k", "h", "x265", "x265", 0.105, 8),
+        Candidate("k", "h", "condlc", "condlc", 0.100, 8),
+    ]
+    assert len(matched_pairs(candidates)) == 3  # condlc against x265 matches in rate too
+    rng = random.Random(1)
+    drawn = {tuple(sorted((p.slug_a, p.slug_b))) for p in (draw_pair(candidates, rng) for _ in range(60))}
+    assert drawn == {("diffvc", "x265"), ("condlc", "diffvc")}
+    anchors_only = [c for c in candidates if not c.under_test]
+    assert {draw_pair(anchors_only, rng).slug_a for _ in range(20)} == {"x265", "condlc"}  # without DiffVC: any pair
