@@ -25,9 +25,15 @@ from app.handlers import (
     anchor_choices,
 )
 from app.views import LABEL_BAR
-from codec.metrics import get_metric, metric_names, perceptual_metrics
+from codec.metrics import METRIC_TABLE, get_metric, metric_names, perceptual_metrics
 
 HEAVY = "heavy"  # the concurrency group of the jobs that load the CPU (comparison, sweep, API)
+
+
+def _joined(words) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    words = list(words)
+    return " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
 
 
 def metric_choices(names=None) -> list[tuple[str, str]]:
@@ -100,7 +106,8 @@ def build_compare_tab(
                 metrics = gr.CheckboxGroup(
                     metric_choices(),
                     value=list(metric_names()),
-                    label="metrics (LPIPS and DISTS cost the most time on a CPU)",
+                    label=f"metrics ({_joined(m.label for m in METRIC_TABLE.values() if m.cost == 'deep')} cost the "
+                    "most time on a CPU)",
                 )
             anchors = gr.CheckboxGroup(
                 list(anchor_choices()), value=list(DEFAULT_ANCHORS), label="anchors", elem_id="anchors"

@@ -680,21 +680,11 @@ def _first_metric(runs) -> str:
 
 
 def _api_row(run) -> dict[str, Any]:
+    from codec.eval.report import csv_first_columns
+
     row = run.row
     keep = (
-        "codec",
-        "spec",
-        "qp",
-        "frames",
-        "width",
-        "height",
-        "bytes",
-        "bpp",
-        *metric_names(),
-        "enc_s",
-        "dec_s",
-        "enc_fps",
-        "dec_fps",
+        *csv_first_columns(),
         "unet_evals",
         "frame_types",
         "timings",

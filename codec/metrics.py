@@ -195,10 +195,11 @@ def _consecutive_lpips(frames: np.ndarray, device: str) -> np.ndarray:
     with torch.inference_mode():
         for start in range(0, frames.shape[0], _BATCH):
             features = model.get_features(frames_to_tensor(frames[start : start + _BATCH], device))
-            before = [f[:-1] if last is None else torch.cat([p, f[:-1]]) for f, p in zip(features, last or features)]
-            now = [f[1:] if last is None else f for f in features]
-            if now[0].shape[0]:
-                out.extend(_feature_distance(model, now, before).double().cpu().tolist())
+            run = features if last is None else [torch.cat([p, f]) for p, f in zip(last, features)]
+            if run[0].shape[0] > 1:
+                out.extend(
+                    _feature_distance(model, [f[1:] for f in run], [f[:-1] for f in run]).double().cpu().tolist()
+                )
             last = [f[-1:] for f in features]
     return np.asarray(out, dtype=np.float64)
 
@@ -255,8 +256,8 @@ class Metric:
     needs) or in torch batches of frames (True: fn(x, y, device), [N, 3, H, W] in [0, 1] -> [N]);
     reference_features: for a batched metric that compares features, reference_features(y, device) -> the
     reference's features, and then fn(x, those features, device) (computed once per clip:
-    `ReferenceFeatureCache`); perceptual: a learned
-    perceptual distance, what a generative codec is judged by first (views lead with these).
+    `ReferenceFeatureCache`); perceptual: a learned perceptual distance, what a generative codec is judged by first
+    (views lead with these).
     """
 
     name: str
@@ -274,16 +275,17 @@ class Metric:
     @property
     def axis_label(self) -> str:
         """'PSNR-RGB (dB)', 'LPIPS (lower is better)', 'MS-SSIM'."""
-        return self._with_notes(self.unit or ("" if self.higher_is_better else "lower is better"))
+        return self._with_notes()
 
     @property
     def title(self) -> str:
         """The axis label with the definition, as a report titles its plot: 'PSNR-Y (dB, BT.601 luma ...)'."""
-        return self._with_notes(self.unit or ("" if self.higher_is_better else "lower is better"), self.definition)
+        return self._with_notes(self.definition)
 
-    def _with_notes(self, *notes: str) -> str:
-        kept = [n for n in notes if n]
-        return f"{self.label} ({', '.join(kept)})" if kept else self.label
+    def _with_notes(self, *more: str) -> str:
+        """The label with its unit (or, without one, its direction when lower is better) and `more`, if any."""
+        notes = [n for n in (self.unit or ("" if self.higher_is_better else "lower is better"), *more) if n]
+        return f"{self.label} ({', '.join(notes)})" if notes else self.label
 
     @property
     def sign(self) -> float:

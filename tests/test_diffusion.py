@@ -352,22 +352,26 @@ def test_an_untrained_anchored_stage_returns_the_reconstruction(anchor: str) -> 
     torch.testing.assert_close(result.latent, latent, atol=1e-4, rtol=0)
 
 
-def test_the_anchor_adds_the_noise_the_reconstruction_implies(stage: DiffusionStage) -> None:
-    """anchor="reconstruction": eps = eps_from_x0(z_t, l^_t, a_t) + the networks' output, per item's timestep."""
-    eps_stage = DiffusionStage(
-        dataclasses.replace(stage.config, anchor="reconstruction"), stage.unet, stage.controlnet, stage.qp_prompt
-    ).eval()
-    plain = DiffusionStage(
-        dataclasses.replace(stage.config, anchor="none"), stage.unet, stage.controlnet, stage.qp_prompt
-    ).eval()
+def anchored_and_plain_noise(stage: DiffusionStage, anchor: str, t: list[int]):
+    """(latent, z_t, t, the stage's eps with `anchor`, the same networks' eps unanchored, alphas_cumprod)."""
+    anchored, plain = (
+        DiffusionStage(
+            dataclasses.replace(stage.config, anchor=a), stage.unet, stage.controlnet, stage.qp_prompt
+        ).eval()
+        for a in (anchor, "none")
+    )
     latent, condition, qp = inputs(batch=2)
     z_t = torch.randn(latent.shape, generator=torch.Generator().manual_seed(5))
-    t = torch.tensor([101, 401])
+    t = torch.tensor(t)
     tokens = stage.qp_prompt(qp)
     with torch.no_grad():
-        anchored = eps_stage.predict_noise(z_t, t, condition, tokens)
-        net = plain.predict_noise(z_t, t, condition, tokens)
-    alphas = stage.make_scheduler().alphas_cumprod
+        eps, net = (s.predict_noise(z_t, t, condition, tokens) for s in (anchored, plain))
+    return latent, z_t, t, eps, net, stage.make_scheduler().alphas_cumprod
+
+
+def test_the_anchor_adds_the_noise_the_reconstruction_implies(stage: DiffusionStage) -> None:
+    """anchor="reconstruction": eps = eps_from_x0(z_t, l^_t, a_t) + the networks' output, per item's timestep."""
+    latent, z_t, t, anchored, net, alphas = anchored_and_plain_noise(stage, "reconstruction", [101, 401])
     for i in range(2):
         expected = eps_from_x0(z_t[i], latent[i], float(alphas[t[i]])) + net[i]
         torch.testing.assert_close(anchored[i], expected, atol=1e-4, rtol=1e-4)
@@ -375,20 +379,7 @@ def test_the_anchor_adds_the_noise_the_reconstruction_implies(stage: DiffusionSt
 
 def test_the_x0_anchor_predicts_the_reconstructions_correction(stage: DiffusionStage) -> None:
     """anchor="reconstruction_x0": x0 = l^_t + the networks' output, and eps is the noise that x0 implies."""
-    x0_stage = DiffusionStage(
-        dataclasses.replace(stage.config, anchor="reconstruction_x0"), stage.unet, stage.controlnet, stage.qp_prompt
-    ).eval()
-    plain = DiffusionStage(
-        dataclasses.replace(stage.config, anchor="none"), stage.unet, stage.controlnet, stage.qp_prompt
-    ).eval()
-    latent, condition, qp = inputs(batch=2)
-    z_t = torch.randn(latent.shape, generator=torch.Generator().manual_seed(5))
-    t = torch.tensor([1, 301])
-    tokens = stage.qp_prompt(qp)
-    with torch.no_grad():
-        eps = x0_stage.predict_noise(z_t, t, condition, tokens)
-        net = plain.predict_noise(z_t, t, condition, tokens)
-    alphas = stage.make_scheduler().alphas_cumprod
+    latent, z_t, t, eps, net, alphas = anchored_and_plain_noise(stage, "reconstruction_x0", [1, 301])
     for i in range(2):
         expected = eps_from_x0(z_t[i], latent[i] + net[i], float(alphas[t[i]]))
         torch.testing.assert_close(eps[i], expected, atol=1e-3, rtol=1e-4)
