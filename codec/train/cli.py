@@ -3,7 +3,8 @@
     python -m codec train flow      --data DIR --out runs/flow                       (SpyNet presets only)
     python -m codec train codec     --data DIR --out runs/codec     [--pack-from runs/flow]
     python -m codec train diffusion --data DIR --out runs/diffusion --pack-from runs/codec
-    python -m codec train finetune  --data DIR --out runs/finetune  --pack-from runs/diffusion
+    python -m codec train distill   --data DIR --out runs/distill   --pack-from runs/codec --fresh-diffusion
+    python -m codec train finetune  --data DIR --out runs/finetune  --pack-from runs/distill (or runs/diffusion)
 
 Every stage resumes from RUN_DIR/checkpoint.pt when it exists, logs to RUN_DIR/log.csv, draws RUN_DIR/loss.png and
 writes RUN_DIR/pack/; `--time-budget MIN` stops it cleanly after MIN minutes. Nothing heavy is imported until the
@@ -16,16 +17,16 @@ import argparse
 import sys
 from pathlib import Path
 
-STAGE_NAMES = ("flow", "codec", "diffusion", "finetune")
+STAGE_NAMES = ("flow", "codec", "diffusion", "distill", "finetune")
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `train` subcommand to the CLI's subparsers; it runs `run_train(args)` (via `args.run`)."""
     p = subparsers.add_parser(
         "train",
-        help="train a DiffVC stage (flow, codec, diffusion, finetune) into a model pack",
-        description="Train one stage of DiffVC. Stages chain through packs: flow -> codec -> diffusion -> finetune "
-        "(--pack-from the previous run). Resumes from OUT/checkpoint.pt.",
+        help="train a DiffVC stage (flow, codec, diffusion, distill, finetune) into a model pack",
+        description="Train one stage of DiffVC. Stages chain through packs: flow -> codec -> diffusion or "
+        "distill -> finetune (--pack-from the previous run). Resumes from OUT/checkpoint.pt.",
     )
     p.add_argument("stage", choices=STAGE_NAMES)
     p.add_argument("--data", type=Path, required=True, help="training data folder (photos, videos, Vimeo-90k)")
@@ -66,7 +67,16 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="finetune: perceptual distance (default dists)",
     )
     p.add_argument("--mse-weight", type=float, default=1.0, help="finetune: weight of the MSE term (default 1)")
-    p.add_argument("--grad-steps", type=int, help="finetune: backpropagate through the last K sampler steps only")
+    p.add_argument(
+        "--grad-steps", type=int, help="finetune/distill: backpropagate through the last K sampler steps only"
+    )
+    p.add_argument(
+        "--unsharp",
+        type=float,
+        default=0.5,
+        metavar="AMOUNT",
+        help="distill: the teacher's unsharp-mask amount on the codec's reconstruction (default 0.5)",
+    )
     p.add_argument(
         "--intra",
         choices=("learned", "hevc"),
@@ -146,6 +156,7 @@ def run_train(args: argparse.Namespace) -> int:
         perceptual=args.perceptual,
         mse_weight=args.mse_weight,
         grad_steps=args.grad_steps,
+        unsharp=args.unsharp,
         intra=args.intra,
         intra_qp_offset=args.intra_qp_offset,
     )
@@ -157,6 +168,7 @@ def run_train(args: argparse.Namespace) -> int:
         "intra": args.intra,
         "intra_qp_offset": args.intra_qp_offset,
         "fresh_diffusion": args.fresh_diffusion,
+        **({"unsharp": args.unsharp} if args.stage == "distill" else {}),
     }
     from codec.train import data
 
