@@ -70,6 +70,26 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu", help="metric and neural-codec device (cpu, cuda)")
     ev.set_defaults(run=_cmd_eval)
 
+    bench = sub.add_parser(
+        "bench",
+        help="every sequence of a folder under one set of test conditions: BD-rates per sequence, class and overall",
+    )
+    bench.add_argument("folder", type=Path, help="sequences (y4m, raw .yuv named with their size, mp4, ...)")
+    bench.add_argument(
+        "--codecs", nargs="+", required=True, metavar="SPEC", help="codec specs; the first is the anchor"
+    )
+    bench.add_argument("--qps", nargs="+", type=int, required=True, metavar="Q")
+    bench.add_argument("--qps-for", action="append", default=[], metavar="SPEC=Q,Q,...", help="one spec's own QPs")
+    bench.add_argument("--frames", type=int, default=96, help="the first N frames of each sequence (default 96)")
+    bench.add_argument("--intra-period", type=int, default=32, help="every codec's intra period (default 32)")
+    bench.add_argument("--size", help="resize every sequence to WIDTHxHEIGHT (default: native size)")
+    bench.add_argument("--metrics", nargs="+", metavar="M", help="metrics by name (default: every metric)")
+    bench.add_argument("--out", type=Path, help="output folder (default out/bench-<folder>)")
+    bench.add_argument("--cache", type=Path, help="result cache folder (default under ~/.cache/diffvc-studio)")
+    bench.add_argument("--force", action="store_true", help="recompute cached results")
+    bench.add_argument("--device", default="cpu", help="metric and neural-codec device (cpu, cuda)")
+    bench.set_defaults(run=_cmd_bench)
+
     enc = sub.add_parser("encode", help="encode a clip to a bitstream file")
     enc.add_argument("input", type=Path)
     enc.add_argument("-o", "--output", type=Path, required=True)
@@ -187,6 +207,45 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         for _, r in table.iterrows():
             print(f"  {r['test']} / {r['metric']}: {r['bits_vs_anchor_note']}")
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from codec.eval.bench import BenchConditions, find_sequences, run_bench, write_bench
+    from codec.metrics import get_metric
+    from codec.video import parse_size
+    from codec.weights import cache_root
+
+    for name in args.metrics or []:
+        get_metric(name)  # a wrong name fails before any job runs
+    sequences = find_sequences(args.folder)
+    conditions = BenchConditions(frames=args.frames, intra_period=args.intra_period, size=parse_size(args.size))
+    print(f"{len(sequences)} sequences: {', '.join(s.name for s in sequences)}", file=sys.stderr)
+    with tqdm(total=1, file=sys.stderr, unit="job") as bar:
+
+        def progress(done: int, total: int, label: str) -> None:
+            bar.total = total
+            bar.set_postfix_str(label[-60:])
+            bar.update(done - bar.n)
+
+        result = run_bench(
+            sequences,
+            args.codecs,
+            sorted(set(args.qps)),
+            _qps_by_spec(args.qps_for, args.codecs),
+            conditions,
+            args.metrics,
+            args.cache or cache_root() / "eval-cache",
+            progress,
+            args.device,
+            args.force,
+        )
+    out = args.out or Path("out") / f"bench-{args.folder.resolve().name}"
+    paths = write_bench(result, out, args.codecs[0], conditions)
+    print(paths["report"].read_text())
+    print(f"wrote {out}/: one folder per sequence, {', '.join(p.name for p in paths.values())}")
     return 0
 
 

@@ -191,6 +191,59 @@ def tensor_to_frames(x) -> np.ndarray:
 
 # --- reading ---------------------------------------------------------------------------------------------
 
+RAW_SUFFIX = ".yuv"
+_RAW_SIZE = re.compile(
+    r"(?<![0-9])([0-9]{2,5})x([0-9]{2,5})(?![0-9])(?:_(?!4[24][024]_|4[24][024]$)([0-9]{1,3}(?:\.[0-9]+)?)(?:fps|hz)?(?![0-9a-z.]))?",
+    re.I,
+)
+
+
+@dataclass(frozen=True)
+class RawFormat:
+    """What a headerless .yuv file does not say about itself: frame size, frame rate and pixel format.
+
+    `from_name` reads them from the file name as the test sets name their sequences (JCT-VC's
+    `BasketballPass_416x240_50.yuv`, UVG's `Beauty_1920x1080_120fps_420_8bit_YUV.yuv`): WIDTHxHEIGHT, then an
+    optional _RATE (fps or Hz); 10-bit when the name says `10bit` or `10b`, 4:4:4 / 4:2:2 when it says `444` /
+    `422`; else 8-bit 4:2:0 at 25 fps."""
+
+    width: int
+    height: int
+    fps: Fraction = DEFAULT_FPS
+    pixel_format: str = "yuv420p"
+
+    @classmethod
+    def from_name(cls, path: Path) -> RawFormat:
+        match = _RAW_SIZE.search(path.stem)
+        if match is None:
+            raise VideoError(
+                f"{path.name}: a raw YUV file carries no header, so its name must give its size, as the test sets "
+                "name them (e.g. BasketballPass_416x240_50.yuv)"
+            )
+        width, height, rate = int(match[1]), int(match[2]), match[3]
+        name = path.stem.lower()
+        chroma = "444" if "444" in name else "422" if "422" in name else "420"
+        depth = "10le" if re.search(r"10-?b(it)?(?![a-z])", name) else ""
+        return cls(width, height, _named_rate(rate), f"yuv{chroma}p{depth}")
+
+    def demuxer_options(self) -> dict[str, str]:
+        """FFmpeg's rawvideo demuxer options."""
+        return {
+            "video_size": f"{self.width}x{self.height}",
+            "pixel_format": self.pixel_format,
+            "framerate": str(self.fps),
+        }
+
+
+def _named_rate(text: str | None) -> Fraction:
+    """'50' -> 50, '29.97' -> 30000/1001 (NTSC rates are written rounded), None or out of range -> DEFAULT_FPS."""
+    if not text or not 0 < float(text) <= 1000:
+        return DEFAULT_FPS
+    ntsc = float(text) * 1.001
+    if float(text) != round(float(text)) and abs(ntsc - round(ntsc)) < 0.01:
+        return Fraction(round(ntsc) * 1000, 1001)
+    return Fraction(text)
+
 
 def read_video(
     path: str | Path,
@@ -201,7 +254,8 @@ def read_video(
 ) -> Video:
     """Decode `frames` frames (all if None) of the first video stream, from frame index `start`.
 
-    size=(W, H) resizes every frame; otherwise every frame takes the size of the first one.
+    size=(W, H) resizes every frame; otherwise every frame takes the size of the first one. A raw `.yuv` file's
+    geometry comes from its name (`RawFormat.from_name`).
     Raises VideoError when the file is missing, not a video, has no video stream or no frames, or exceeds `limits`.
     """
     path = Path(path)
@@ -215,10 +269,15 @@ def read_video(
         raise VideoError(f"start frame {start} is beyond the limit of {limits.max_frames} frames")
     if size is not None:
         limits.check_size(*size)
+    # max_pixels bounds the frames FFmpeg allocates while probing the stream (it decodes to find its
+    # parameters): a 1 KB file declaring 16000x16000 otherwise costs 2 GB before we see its size
+    options, demuxer = {"max_pixels": str(limits.max_source_side**2)}, None
+    if path.suffix.lower() == RAW_SUFFIX:
+        raw = RawFormat.from_name(path)
+        limits.check_declared(raw.width, raw.height)
+        options, demuxer = {**options, **raw.demuxer_options()}, "rawvideo"
     try:
-        # max_pixels bounds the frames FFmpeg allocates while probing the stream (it decodes to find its
-        # parameters): a 1 KB file declaring 16000x16000 otherwise costs 2 GB before we see its size
-        container = av.open(str(path), mode="r", options={"max_pixels": str(limits.max_source_side**2)})
+        container = av.open(str(path), mode="r", format=demuxer, options=options)
     except (av.FFmpegError, ValueError, OSError, UnicodeDecodeError) as e:
         raise VideoError(f"{path.name}: not a video file that can be read ({_reason(e, path)})") from None
     with container:

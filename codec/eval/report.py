@@ -74,8 +74,8 @@ def curves(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 def bd_rate(anchor: list[dict], test: list[dict], metric: str) -> tuple[float | None, str]:
     """BD-rate (%) of `test` against `anchor` on `metric`, and a note ('' when fine, else why it is missing)."""
-    a = [(r["bpp"], r[metric]) for r in anchor if _finite(r.get(metric))]
-    t = [(r["bpp"], r[metric]) for r in test if _finite(r.get(metric))]
+    a = [(r["bpp"], r[metric]) for r in anchor if is_number(r.get(metric))]
+    t = [(r["bpp"], r[metric]) for r in test if is_number(r.get(metric))]
     if min(len(a), len(t)) < MIN_BD_POINTS:
         return None, f"needs {MIN_BD_POINTS} points per curve"
     sign = get_metric(metric).sign
@@ -93,7 +93,7 @@ def bd_rate(anchor: list[dict], test: list[dict], metric: str) -> tuple[float | 
         except (ValueError, ZeroDivisionError, np.linalg.LinAlgError) as e:
             return None, f"not computable: {e}"
     note = "; ".join(sorted({str(w.message).splitlines()[0] for w in caught}))[:200]
-    return (float(value) if _finite(value) else None), note
+    return (float(value) if is_number(value) else None), note
 
 
 def rate_ratio_at_equal_quality(anchor: list[dict], test: list[dict], metric: str) -> tuple[float | None, str]:
@@ -113,8 +113,8 @@ def rate_ratio_at_equal_quality(anchor: list[dict], test: list[dict], metric: st
     `MIN_ANCHOR_POINTS` points on its curve. Rates (bpp) must be > 0; points without `metric` are skipped.
     """
     sign = get_metric(metric).sign
-    a = [(r["bpp"], sign * r[metric]) for r in anchor if _finite(r.get(metric)) and r["bpp"] > 0]
-    t = [(r["bpp"], sign * r[metric]) for r in test if _finite(r.get(metric)) and r["bpp"] > 0]
+    a = [(r["bpp"], sign * r[metric]) for r in anchor if is_number(r.get(metric)) and r["bpp"] > 0]
+    t = [(r["bpp"], sign * r[metric]) for r in test if is_number(r.get(metric)) and r["bpp"] > 0]
     curve = _monotone_curve(a)
     dropped = f"; {len(a) - len(curve)} anchor point(s) off its monotone curve ignored" if len(curve) < len(a) else ""
     if len(curve) < MIN_ANCHOR_POINTS:
@@ -193,12 +193,13 @@ def bd_rate_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None 
     return table.astype({"bd_rate_pct": float, "bits_vs_anchor": float})
 
 
-def _finite(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float (a missing or NaN metric is not)."""
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def metrics_present(rows: Sequence[dict[str, Any]]) -> list[str]:
-    return [m for m in metric_names() if any(_finite(r.get(m)) for r in rows)]
+    return [m for m in metric_names() if any(is_number(r.get(m)) for r in rows)]
 
 
 # --- writing ----------------------------------------------------------------------------------------------
