@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--cache", type=Path, help="result cache folder (default under ~/.cache/diffvc-studio)")
     ev.add_argument("--force", action="store_true", help="recompute cached results")
     ev.add_argument("--device", default="cpu", help="metric and neural-codec device (cpu, cuda)")
+    ev.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run the jobs on a Ray cluster: an address, auto (the running one) or local (start one here)",
+    )
     ev.set_defaults(run=_cmd_eval)
 
     bench = sub.add_parser(
@@ -88,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--cache", type=Path, help="result cache folder (default under ~/.cache/diffvc-studio)")
     bench.add_argument("--force", action="store_true", help="recompute cached results")
     bench.add_argument("--device", default="cpu", help="metric and neural-codec device (cpu, cuda)")
+    bench.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run the jobs on a Ray cluster: an address, auto (the running one) or local (start one here)",
+    )
     bench.set_defaults(run=_cmd_bench)
 
     enc = sub.add_parser("encode", help="encode a clip to a bitstream file")
@@ -185,7 +195,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             bar.set_postfix_str(label)
             bar.update(1)
 
-        rows = evaluate(request, progress)
+        rows = evaluate(request, progress, _runner(args))
     out = args.out or Path("out") / f"eval-{args.input.stem}"
     paths = write_results(rows, out)
     frame = results_frame(rows)
@@ -241,12 +251,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             progress,
             args.device,
             args.force,
+            _runner(args),
         )
     out = args.out or Path("out") / f"bench-{args.folder.resolve().name}"
     paths = write_bench(result, out, args.codecs[0], conditions)
     print(paths["report"].read_text())
     print(f"wrote {out}/: one folder per sequence, {', '.join(p.name for p in paths.values())}")
     return 0
+
+
+def _runner(args: argparse.Namespace):
+    """Where evaluation jobs run: here (None: `codec.eval.engine.LocalRunner`) or on Ray (`--ray`)."""
+    if not args.ray:
+        return None
+    from codec.eval.cluster import RayRunner
+
+    return RayRunner(args.ray)
 
 
 def _check_metric_sizes(metrics, video) -> None:

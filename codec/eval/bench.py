@@ -11,7 +11,8 @@ delay (every registered codec codes without B-frames). The first spec is the anc
 Written to OUT: one folder per sequence with the evaluation's own files (`write_results`: results, BD-rates, RD
 plots, HTML report), `bench.csv` (per sequence, test codec and metric: BD-rate and bits relative to the anchor at
 equal quality), `summary.csv` (the mean BD-rate per class and over all sequences) and `report.md` (both tables, as
-papers print them). Every job goes through the evaluation cache, so a stopped benchmark resumes where it was.
+papers print them). Every job goes through the evaluation cache, so a stopped benchmark resumes where it was; with
+`--ray` the jobs run on a Ray cluster (`codec.eval.cluster`), with the same cache and rows.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from codec.errors import CodecError
-from codec.eval.engine import EvalRequest, evaluate
+from codec.eval.engine import EvalRequest, JobRunner, evaluate
 from codec.eval.report import bd_rate_table, is_number, metrics_present, write_results
 from codec.metrics import metric_names, metrics_for_size
 from codec.registry import get_entry, parse_spec
@@ -99,9 +100,10 @@ def run_bench(
     progress: Callable[[int, int, str], None] | None = None,
     device: str = "cpu",
     force: bool = False,
+    runner: JobRunner | None = None,
 ) -> BenchResult:
     """Evaluate every spec at its QPs on every sequence under `conditions`; rows keep the specs as given.
-    progress(done, total, label) counts jobs over the whole benchmark."""
+    progress(done, total, label) counts jobs over the whole benchmark; runner: where the jobs run (`evaluate`)."""
     if len(specs) < 2:
         raise CodecError("a benchmark needs an anchor and at least one codec to test against it")
     qps_by_spec = dict(qps_by_spec or {})
@@ -124,7 +126,7 @@ def run_bench(
             force=force,
         )
 
-        rows = evaluate(request, _offset_progress(progress, n * jobs_per_sequence, total, sequence.name))
+        rows = evaluate(request, _offset_progress(progress, n * jobs_per_sequence, total, sequence.name), runner)
         result.rows[sequence.name] = [{**row, "spec": conditioned[row["spec"]]} for row in rows]
     result.per_sequence = per_sequence_table(sequences, result.rows)
     result.summary = summary_table(result.per_sequence)

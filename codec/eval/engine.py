@@ -8,11 +8,11 @@ warm-up run of each codec.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -53,7 +53,9 @@ class Measurement:
 
 
 @dataclass
-class _Job:
+class Job:
+    """One (spec, QP) of a request, with its codec built once (a remote runner rebuilds it from `spec`)."""
+
     spec: str
     qp: int
     codec: VideoCodec = field(repr=False)
@@ -65,35 +67,65 @@ def canonical_spec(codec: VideoCodec) -> str:
     return ":".join([codec.name, *(f"{k}={v}" for k, v in sorted(opts.items()))])
 
 
-def evaluate(request: EvalRequest, progress: Callable[[int, int, str], None] | None = None) -> list[dict[str, Any]]:
+def evaluate(
+    request: EvalRequest,
+    progress: Callable[[int, int, str], None] | None = None,
+    runner: JobRunner | None = None,
+) -> list[dict[str, Any]]:
     """Run every (spec, qp) job of `request`; return the rows in spec, then QP order.
 
-    Cached rows are reused unless `request.force`. `progress(done, total, label)` is called after each job.
+    Cached rows are reused unless `request.force`; the others run on `runner` (default `LocalRunner`: one after
+    the other, here; `codec.eval.cluster.RayRunner` spreads them over a Ray cluster) and are cached as they come.
+    `progress(done, total, label)` is called after each job.
     """
     jobs = [
-        _Job(spec, qp, codec)
+        Job(spec, qp, codec)
         for spec, codec in _build_codecs(request.specs)
         for qp in request.qps_by_spec.get(spec, request.qps)
     ]
     cache = ResultCache(request.cache_dir) if request.cache_dir else None
     clip_hash = request.video.content_hash()
-    warmed: set[str] = set()
-    rows = []
-    for i, job in enumerate(jobs):
-        key = _job_key(request, job, clip_hash)
-        row = None if (request.force or cache is None) else cache.get(key)
-        if row is None:
+    keys = [_job_key(request, job, clip_hash) for job in jobs]
+    rows: list[dict[str, Any] | None] = [None if (request.force or cache is None) else cache.get(key) for key in keys]
+    done = 0
+    for i, row in enumerate(rows):
+        if row is not None:
+            done += 1
+            if progress:
+                progress(done, len(jobs), f"{jobs[i].spec} qp={jobs[i].qp} (cached)")
+    pending = [(i, jobs[i]) for i, row in enumerate(rows) if row is None]
+    for i, row in (runner or LocalRunner()).run(request, pending):
+        row.update(source=request.source, start=request.start, clip_hash=clip_hash)
+        if cache is not None:
+            cache.put(keys[i], row)
+        rows[i] = row
+        done += 1
+        if progress:
+            progress(done, len(jobs), f"{jobs[i].spec} qp={jobs[i].qp}")
+    return [row for row in rows if row is not None]
+
+
+class JobRunner(Protocol):
+    """Runs jobs of a request, yielding (the job's index, its row) in any order as each finishes."""
+
+    def run(self, request: EvalRequest, jobs: Sequence[tuple[int, Job]]) -> Iterator[tuple[int, dict]]: ...
+
+
+class LocalRunner:
+    """The jobs one after the other in this process, each codec warmed up before its first job."""
+
+    def run(self, request: EvalRequest, jobs: Sequence[tuple[int, Job]]) -> Iterator[tuple[int, dict]]:
+        warmed: set[str] = set()
+        for index, job in jobs:
             if request.warmup and job.spec not in warmed:
                 warm_up(job.codec, request.video, job.qp)
                 warmed.add(job.spec)
-            row = measure(job.codec, request.video, job.qp, request.metrics, request.device, spec=job.spec).row
-            row.update(source=request.source, start=request.start, clip_hash=clip_hash)
-            if cache is not None:
-                cache.put(key, row)
-        rows.append(row)
-        if progress:
-            progress(i + 1, len(jobs), f"{job.spec} qp={job.qp}")
-    return rows
+            yield index, run_job(job.codec, request, job)
+
+
+def run_job(codec: VideoCodec, request: EvalRequest, job: Job) -> dict[str, Any]:
+    """One job's row, measured here (the part of a job every runner shares)."""
+    return measure(codec, request.video, job.qp, request.metrics, request.device, spec=job.spec).row
 
 
 def _build_codecs(specs: Sequence[str]) -> list[tuple[str, VideoCodec]]:
@@ -103,7 +135,7 @@ def _build_codecs(specs: Sequence[str]) -> list[tuple[str, VideoCodec]]:
     return [(spec, get_codec(spec)) for spec in specs]
 
 
-def _job_key(request: EvalRequest, job: _Job, clip_hash: str) -> str:
+def _job_key(request: EvalRequest, job: Job, clip_hash: str) -> str:
     return cache_key(
         clip=clip_hash,
         spec=canonical_spec(job.codec),
