@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from codec.diffvc.config import tiny_config
 from codec.diffvc.diffusion import TDIRSampler, seeded_noise
+from codec.diffvc.latent import unsharp_mask
 from codec.diffvc.model import DiffVCModel
 from codec.diffvc.warp import warp
 from codec.registry import get_codec
@@ -36,7 +37,6 @@ from codec.train.stages import (
     code_sequence,
     frame_weight,
     rd_lambda,
-    unsharp_mask,
     with_fresh_diffusion,
     with_spynet,
 )
@@ -225,8 +225,28 @@ def test_unsharp_mask_keeps_flat_areas_and_steepens_edges():
     edge = torch.zeros(1, 3, 16, 16)
     edge[..., 8:] = 0.5
     sharp = unsharp_mask(edge, 0.5)
-    assert sharp[..., 7].max() == 0.0 and sharp[..., 8].min() > 0.5  # undershoot clamps at 0, overshoot above
+    assert sharp[..., 7].max() < 0.0 and sharp[..., 8].min() > 0.5  # an undershoot and an overshoot
     assert torch.equal(sharp[..., :5], edge[..., :5]) and torch.allclose(sharp[..., 12:], edge[..., 12:])
+
+
+def test_an_unsharp_anchor_filter_makes_a_fresh_stage_the_unsharp_mask_of_the_codec():
+    """--unsharp-init: the anchor filter's latent kernel applies the pixel-space mask exactly, frame edges
+    included, so at step 0 the sampled stage returns the unsharp mask of condlc's frames."""
+    model, _ = DiffVCModel.random(tiny_config(), seed=0)
+    fresh = with_fresh_diffusion(model, 0.5)
+    frames = torch.rand(2, 3, 48, 64)
+    anchored = fresh.diffusion.reconstruction_anchor(fresh.latent_space.encode(frames))
+    assert torch.allclose((F.pixel_shuffle(anchored, 8) + 1) / 2, unsharp_mask(frames, 0.5), atol=1e-5)
+    stage = FinetuneStage(fresh)
+    qp = torch.tensor([30])
+    with torch.no_grad():
+        coded = stage._code(collate_clips([TranslatingTextures()[0]])["frames"], qp)
+        latents = stage.sample_sequence(coded, qp, lambda i, shape: seeded_noise(shape, 1, i))
+    for f, latent in zip(coded, latents, strict=True):
+        unclamped = (F.pixel_shuffle(f.latent_hat, 8) + 1) / 2  # the codec's latent may leave [-1, 1] a little
+        shown = fresh.latent_space.decode(latent)
+        assert torch.allclose(shown, unsharp_mask(unclamped, 0.5).clamp(0, 1), atol=1e-5)
+        assert (shown - f.recon).abs().max() > 0.01  # and it is not the reconstruction
 
 
 def test_distill_stage_starts_at_the_codec_and_learns_the_teacher():
@@ -235,6 +255,7 @@ def test_distill_stage_starts_at_the_codec_and_learns_the_teacher():
     torch.manual_seed(0)
     model, _ = DiffVCModel.random(tiny_config(), seed=0)
     stage = DistillStage(with_fresh_diffusion(model), StageOptions(qp=30, unsharp=1.0), seed=0)
+    stage.model.diffusion.anchor_filter.requires_grad_(False)  # the U-Net alone learns the teacher here
     batch = collate_clips([TranslatingTextures()[i] for i in range(BATCH)])
     first = stage(batch, 0)
     assert float(first["distill"]) == pytest.approx(float(first["distill_codec"]), rel=1e-5)

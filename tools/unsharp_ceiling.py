@@ -3,7 +3,7 @@
     python -m tools.unsharp_ceiling [--spec condlc] [--amounts 0.25 0.5 0.75 1.0] [--qps 8 24 40 56]
 
 For each evaluation clip (Big Buck Bunny 256x144 and carphone, 32 frames, intra period 32): the spec's frames at
-each QP, then the same frames through `codec.train.stages.unsharp_mask` at each amount (rounded to 8 bits, as a
+each QP, then the same frames through `codec.diffvc.latent.unsharp_mask` at each amount (rounded to 8 bits, as a
 decoder would show them), with LPIPS and DISTS against the source. Prints the per-QP values and the BD-rate of
 each amount against the frames as coded, at the same rates (a postfilter spends no bits). This is the teacher of
 the `distill` training stage and the ceiling it is measured against.
@@ -16,10 +16,10 @@ import sys
 
 import torch
 
+from codec.diffvc.latent import unsharp_mask
 from codec.eval.report import bd_rate
 from codec.metrics import compute_metrics
 from codec.registry import get_codec
-from codec.train.stages import unsharp_mask
 from codec.video import Video, frames_to_tensor, read_video, tensor_to_frames
 from tools.coding_efficiency import CLIPS, FRAMES
 

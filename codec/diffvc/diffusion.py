@@ -107,6 +107,12 @@ class DiffusionConfig:
       fine-tuning could barely move it (docs/DESIGN-NOTES.md, "A diffusion stage that moves the picture").
     In both anchored forms the U-Net's output convolution starts at zero: an untrained stage returns l^_t exactly
     (diffvc = condlc), and training learns only what the codec lost instead of first learning to reproduce it.
+
+    `anchor_filter` ([I], "reconstruction_x0" on a PixelUnshuffle latent): x0 = l^_t + A(l^_t) + net(...), A a
+    learned linear 3x3 convolution of the reconstruction's latent (edges replicated in pixels), zero at random
+    init. A linear restoration of the reconstruction (sharpening, deblocking) that every step's x0 carries and
+    the networks' correction adds to; `codec.diffvc.latent.pixel_unshuffle_kernel` gives the latent form of a
+    pixel-space filter to start it from (docs/DESIGN-NOTES.md, "A linear anchor").
     """
 
     # Latent and condition (channels at latent resolution).
@@ -142,6 +148,7 @@ class DiffusionConfig:
     reuse_source: ReuseSource = "final"
     reuse_warp: bool = True
     anchor: Anchor = "none"
+    anchor_filter: bool = False
 
     def __post_init__(self) -> None:
         levels = len(self.block_out_channels)
@@ -161,6 +168,16 @@ class DiffusionConfig:
             raise CodecError(f"reuse_source must be one of {REUSE_SOURCES}, got {self.reuse_source!r}")
         if self.anchor not in ANCHORS:
             raise CodecError(f"anchor must be one of {ANCHORS}, got {self.anchor!r}")
+        if self.anchor_filter and (self.anchor != "reconstruction_x0" or not self.unshuffle_factor):
+            raise CodecError(
+                "anchor_filter needs anchor reconstruction_x0 and a PixelUnshuffle latent (3 f^2 channels)"
+            )
+
+    @property
+    def unshuffle_factor(self) -> int:
+        """f when the latent has 3 f^2 channels (a PixelUnshuffle(f) latent of RGB, f >= 2), else 0."""
+        f = math.isqrt(self.latent_channels // 3)
+        return f if f >= 2 and 3 * f * f == self.latent_channels else 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiffusionConfig:
@@ -232,6 +249,7 @@ def tiny_diffusion_config(
     steps: int = 10,
     strength: float = 0.4,
     anchor: Anchor = "reconstruction_x0",
+    anchor_filter: bool = True,
 ) -> DiffusionConfig:
     """A small U-Net + ControlNet for a 2-core CPU (the `tiny` preset; [I] sized here, not from the paper).
 
@@ -240,8 +258,8 @@ def tiny_diffusion_config(
     made a step 5x slower on this CPU). 5.8 M U-Net, 2.7 M ControlNet and 0.15 M QP-prompt parameters; one
     U-Net + ControlNet evaluation takes about 21-25 ms for a 1x192x16x16 latent (a 128x128 frame) and 36-55 ms
     for 1x192x32x32 on the 2-core CPU of docs/DESIGN.md. Sampling: a 10-step schedule at strength 0.4, i.e.
-    T_s = 4 denoising steps per frame. Anchored at the reconstruction, predicting x0's correction
-    (`DiffusionConfig.anchor`).
+    T_s = 4 denoising steps per frame. Anchored at the reconstruction and its learned linear filter, predicting
+    x0's correction (`DiffusionConfig.anchor`, `anchor_filter`).
     """
     down, up = _coarsest_attention_blocks(len(block_out_channels))
     return DiffusionConfig(
@@ -263,6 +281,7 @@ def tiny_diffusion_config(
         steps=steps,
         strength=strength,
         anchor=anchor,
+        anchor_filter=anchor_filter,
     )
 
 
@@ -368,6 +387,10 @@ class DiffusionStage(nn.Module):
         self.unet = unet
         self.controlnet = controlnet
         self.qp_prompt = qp_prompt
+        self.anchor_filter = None
+        if config.anchor_filter:
+            self.anchor_filter = nn.Conv2d(config.latent_channels, config.latent_channels, 3, padding=0, bias=False)
+            nn.init.zeros_(self.anchor_filter.weight)
         # float32 whatever dtype the networks run in (not a buffer, which `.to(dtype)` would round); one copy per device
         self._alphas_cumprod = {"cpu": self.make_scheduler().alphas_cumprod.float()}
 
@@ -419,9 +442,19 @@ class DiffusionStage(nn.Module):
         alpha_bar = self._alphas_on(z_t.device)[torch.as_tensor(t, device=z_t.device)].reshape(-1, 1, 1, 1)
         x0 = condition[:, : self.config.latent_channels].float()
         if self.config.anchor == "reconstruction_x0":
-            x0 = x0 + net.float()
+            x0 = self.reconstruction_anchor(x0) + net.float()
         eps = (z_t.float() - alpha_bar.sqrt() * x0) / (1.0 - alpha_bar).sqrt()
         return eps + net.float() if self.config.anchor == "reconstruction" else eps
+
+    def reconstruction_anchor(self, latent_hat: Tensor) -> Tensor:
+        """l^ + A(l^) in float32 (`DiffusionConfig.anchor_filter`; l^ itself without the filter). The latent is
+        padded by one block of pixels replicated at the frame's edges, so A sees the picture an image filter
+        would, edges included."""
+        if self.anchor_filter is None:
+            return latent_hat
+        f = self.config.unshuffle_factor
+        padded = F.pixel_unshuffle(F.pad(F.pixel_shuffle(latent_hat, f), (f, f, f, f), mode="replicate"), f)
+        return latent_hat + F.conv2d(padded, self.anchor_filter.weight.float())
 
     def _alphas_on(self, device: torch.device) -> Tensor:
         key = str(device)

@@ -105,5 +105,28 @@ class VAELatent(LatentSpace):
         return ((self.vae.decode(latents / self.config.scaling_factor).sample + 1) / 2).clamp(0, 1)
 
 
+def unsharp_mask(frames: torch.Tensor, amount: float) -> torch.Tensor:
+    """frames + amount * (frames - blur(frames)), unclamped; frames [N, C, H, W]. The blur is the 5-tap binomial
+    filter [1 4 6 4 1] / 16 in each direction, edges replicated."""
+    taps = frames.new_tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+    kernel = (taps[:, None] * taps[None, :]).expand(frames.shape[1], 1, 5, 5)
+    blurred = F.conv2d(F.pad(frames, (2, 2, 2, 2), mode="replicate"), kernel, groups=frames.shape[1])
+    return frames + amount * (frames - blurred)
+
+
+def pixel_unshuffle_kernel(pixel_filter, factor: int = 8, channels: int = 3) -> torch.Tensor:
+    """The 3x3 convolution [C*f*f, C*f*f, 3, 3] over a PixelUnshuffle(f) latent that applies the linear, shift-
+    invariant pixel-space `pixel_filter` (frames [N, C, H, W] -> same), when that filter reaches at most f pixels
+    out. Found by filtering each latent impulse: column (c, 1, 1) of the kernel is the latent of the filtered
+    picture of a one-hot latent at the centre of a 3x3 grid of blocks."""
+    size = channels * factor * factor
+    impulses = torch.zeros(size, size, 3, 3, dtype=torch.float64)
+    impulses[torch.arange(size), torch.arange(size), 1, 1] = 1.0
+    response = F.pixel_unshuffle(pixel_filter(F.pixel_shuffle(impulses, factor)), factor)  # [in, out, 3, 3]
+    # conv2d is a cross-correlation: out[o, y, x] = sum W[o, c, i, j] in[c, y + i - 1, x + j - 1], so an impulse
+    # at (c, 1, 1) gives out[o, y, x] = W[o, c, 2 - y, 2 - x]
+    return response.flip(-1, -2).transpose(0, 1).float().contiguous()
+
+
 def build_latent_space(config: LatentSpaceConfig) -> LatentSpace:
     return PixelUnshuffleLatent(config) if config.kind == "pixel_unshuffle" else VAELatent(config)

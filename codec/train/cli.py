@@ -96,6 +96,13 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="diffusion/finetune: keep the pack's codec, start the diffusion stage from random init at the "
         "preset's current configuration (anchored at the reconstruction: diffvc = condlc at step 0)",
     )
+    p.add_argument(
+        "--unsharp-init",
+        type=float,
+        default=0.0,
+        metavar="AMOUNT",
+        help="with --fresh-diffusion: start the stage's anchor filter as an unsharp mask of AMOUNT (default 0: zero)",
+    )
     p.add_argument("--force", action="store_true", help="flow: train a SpyNet even for a DIS preset (tiny)")
     p.add_argument("--log-every", type=int, default=10, metavar="K")
     p.add_argument("--checkpoint-every", type=int, default=100, metavar="N")
@@ -127,6 +134,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise CodecError(f"--crop must be a positive multiple of 64 (the motion codec works at 1/64), got {args.crop}")
     if args.frames < 2:
         raise CodecError(f"--frames must be >= 2 (an I-frame and at least one P-frame), got {args.frames}")
+    if args.unsharp_init and not args.fresh_diffusion:
+        raise CodecError("--unsharp-init sets the start of a new diffusion stage: it needs --fresh-diffusion")
     defaults = STAGES[args.stage].defaults
     start_config = checkpoint_config(args.out / CHECKPOINT_FILE) or start_model_config(args)
     if args.stage == "flow" and not uses_spynet(start_config) and not args.force:
@@ -168,6 +177,7 @@ def run_train(args: argparse.Namespace) -> int:
         "intra": args.intra,
         "intra_qp_offset": args.intra_qp_offset,
         "fresh_diffusion": args.fresh_diffusion,
+        **({"unsharp_init": args.unsharp_init} if args.unsharp_init else {}),
         **({"unsharp": args.unsharp} if args.stage == "distill" else {}),
     }
     from codec.train import data
@@ -245,7 +255,7 @@ def start_model(args: argparse.Namespace):
         if args.flat_quantizer:
             model = with_flat_quantizer(model)
         if args.fresh_diffusion:
-            model = with_fresh_diffusion(model)
+            model = with_fresh_diffusion(model, args.unsharp_init)
     else:
         model = DiffVCModel(start_model_config(args))
         if args.preset == "full" and args.sd_path:

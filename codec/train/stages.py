@@ -34,7 +34,6 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from codec.diffvc.config import DiffVCConfig
@@ -47,6 +46,7 @@ from codec.diffvc.diffusion import (
 )
 from codec.diffvc.entropy import FactorizedPrior
 from codec.diffvc.hevc_intra import encode_intra
+from codec.diffvc.latent import pixel_unshuffle_kernel, unsharp_mask
 from codec.diffvc.model import DiffVCModel, code_p_frame, diffusion_condition, reused_x0
 from codec.diffvc.motion import DISFlow, endpoint_error
 from codec.diffvc.qp import (
@@ -76,7 +76,6 @@ __all__ = [
     "frame_weight",
     "item_bits",
     "make_stage",
-    "unsharp_mask",
     "rd_lambda",
     "uses_spynet",
     "with_spynet",
@@ -367,11 +366,19 @@ def preset_diffusion(config: DiffVCConfig) -> DiffVCConfig:
     return replace(config, diffusion=make(context_channels=config.context.channels[0], **kwargs))
 
 
-def with_fresh_diffusion(model: DiffVCModel) -> DiffVCModel:
+def with_fresh_diffusion(model: DiffVCModel, unsharp_init: float = 0.0) -> DiffVCModel:
     """The same codec with a randomly initialised diffusion stage at the preset's current configuration (anchored:
     it starts as the identity, diffvc = condlc): `train diffusion|finetune --fresh-diffusion`, for a pack whose
-    diffusion stage was trained with another parametrization. Every codec weight is kept."""
+    diffusion stage was trained with another parametrization. Every codec weight is kept. `unsharp_init` > 0 starts
+    the anchor filter as an unsharp mask of that amount (`--unsharp-init`): then diffvc = that mask of condlc."""
     new = DiffVCModel(preset_diffusion(model.config))
+    if unsharp_init:
+        stage = new.diffusion
+        if stage.anchor_filter is None:
+            raise CodecError("--unsharp-init needs a diffusion stage with an anchor filter (the tiny preset's)")
+        kernel = pixel_unshuffle_kernel(lambda x: unsharp_mask(x, unsharp_init) - x, stage.config.unshuffle_factor)
+        with torch.no_grad():
+            stage.anchor_filter.weight.copy_(kernel)
     codec_state = {k: v for k, v in model.state_dict().items() if not k.startswith("diffusion.")}
     missing, unexpected = new.load_state_dict(codec_state, strict=False)
     if unexpected or any(not k.startswith("diffusion.") for k in missing):
@@ -600,15 +607,6 @@ class FinetuneStage(_OnFrozenCodec):
         }
 
 
-def unsharp_mask(frames: Tensor, amount: float) -> Tensor:
-    """frames + amount * (frames - blur(frames)), clamped to [0, 1]; frames [N, 3, H, W] in [0, 1]. The blur is the
-    5-tap binomial filter [1 4 6 4 1] / 16 in each direction, edges replicated."""
-    taps = frames.new_tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
-    kernel = (taps[:, None] * taps[None, :]).expand(frames.shape[1], 1, 5, 5)
-    blurred = F.conv2d(F.pad(frames, (2, 2, 2, 2), mode="replicate"), kernel, groups=frames.shape[1])
-    return (frames + amount * (frames - blurred)).clamp(0.0, 1.0)
-
-
 class DistillStage(FinetuneStage):
     """The fine-tuning stage's sampling with a cheap teacher: loss = MSE between the decoded frame and an unsharp
     mask of the codec's reconstruction (`unsharp_mask`, amount `StageOptions.unsharp`), RGB in [0, 1].
@@ -626,7 +624,7 @@ class DistillStage(FinetuneStage):
 
     def forward(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         qp, decoded, originals, recon = self.sampled(batch, step)
-        target = unsharp_mask(recon, self.options.unsharp)
+        target = unsharp_mask(recon, self.options.unsharp).clamp(0.0, 1.0)
         loss = (decoded - target).square().mean()
         mse = (decoded.detach() - originals).square().flatten(1).mean(1)
         codec_mse = (recon - originals).square().flatten(1).mean(1)
