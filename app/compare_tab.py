@@ -60,6 +60,15 @@ class ClipInputs:
         return {self.video, self.start, self.frames, self.max_side}
 
 
+@dataclass(frozen=True)
+class PackPicker:
+    """The model pack dropdown: (label, name) choices, the name chosen first, and summary(name) -> markdown."""
+
+    choices: list[tuple[str, str]]
+    first: str
+    summary: Callable[[str], str]
+
+
 def build_compare_tab(
     compare: Callable,
     clip_preview: Callable,
@@ -69,6 +78,7 @@ def build_compare_tab(
     state: gr.State,
     example_clip: Path,
     max_jobs: int,
+    packs: PackPicker,
 ) -> ClipInputs:
     """compare(CompareRequest, SessionState, session, progress) -> CompareView; clip_preview(path) -> (first
     frame or None, note) for uploads a browser cannot play; stop(session) -> str;
@@ -95,6 +105,8 @@ def build_compare_tab(
             max_side = gr.Slider(
                 64, 1280, value=DEFAULT_MAX_SIDE, step=16, label="size cap (longer side, pixels)", elem_id="max-side"
             )
+            pack = gr.Dropdown(packs.choices, value=packs.first, label="DiffVC model pack", elem_id="pack")
+            pack_note = gr.Markdown(packs.summary(packs.first), elem_id="pack-note")
             qp = gr.Slider(0, 63, value=32, step=1, label="DiffVC QP (larger = fewer bits)", elem_id="qp")
             tdir = gr.Checkbox(
                 True, label="TDIR (reuse the previous frame's diffusion result for the first steps)", elem_id="tdir"
@@ -179,7 +191,7 @@ def build_compare_tab(
                 )
 
     clip = ClipInputs(video, start, frames, max_side)
-    settings = {*clip.components, qp, tdir, steps, strength, tdir_ratio, metrics, anchors, match, contrast, state}
+    settings = {*clip.components, pack, qp, tdir, steps, strength, tdir_ratio, metrics, anchors, match, contrast, state}
     viewer = {key, frame, left, right, heat_codec, zoom, cx, cy, state}
     viewer_outputs = [side, wipe, zoomed, heat, caption, status]
 
@@ -197,6 +209,7 @@ def build_compare_tab(
                 match_bitrate=bool(values[match]),
                 tdir_contrast=bool(values[contrast]),
                 metrics=tuple(values[metrics]),
+                pack=str(values[pack] or ""),
             )
             view = compare(req, session_state, request.session_hash, progress)
         except Exception as e:  # every failure becomes one line in the page
@@ -287,6 +300,7 @@ def build_compare_tab(
         return gr.Image(value=frame, visible=frame is not None), note
 
     video.change(on_upload, inputs=[video], outputs=[preview, preview_note], api_visibility="private")
+    pack.change(_pack_note(packs.summary), inputs=[pack], outputs=[pack_note], api_visibility="private")
     run_event = run.click(
         on_run,
         inputs=settings,
@@ -325,6 +339,16 @@ def build_compare_tab(
     )
     metric.change(on_chart, inputs={key, metric, state}, outputs=[chart, status], api_visibility="private")
     return clip
+
+
+def _pack_note(summary: Callable[[str], str]) -> Callable[[str], str]:
+    def note(name: str) -> str:
+        try:
+            return summary(name)
+        except Exception as e:  # an unknown name: one line, never a traceback
+            return error_message(e)
+
+    return note
 
 
 def _stopper(stop: Callable):

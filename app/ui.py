@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.blind_tab import build_blind_tab
-from app.compare_tab import HEAVY, build_compare_tab
+from app.compare_tab import HEAVY, PackPicker, build_compare_tab
 from app.handlers import SessionState, Studio
 from app.rd_tab import build_rd_tab
 
@@ -35,6 +35,7 @@ def build_app(studio: Studio, max_jobs: int = 1) -> gr.Blocks:
                 state,
                 studio.config.example_clip,
                 max_jobs,
+                PackPicker(*studio.pack_choices(), studio.pack_summary),
             )
         with gr.Tab("Rate-distortion", id="rd"):
             build_rd_tab(studio.sweep, studio.sweep_figure, clip, state, max_jobs)

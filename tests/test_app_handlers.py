@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import EXAMPLE_CLIP, moving_clip
@@ -224,3 +227,45 @@ def test_an_upload_the_browser_cannot_play_gets_a_first_frame_preview(tmp_path):
     junk = tmp_path / "junk.avi"
     junk.write_bytes(b"RIFF" + bytes(100))
     assert studio.clip_preview(str(junk)) == (None, "")  # not a video: the run says so, with its reason
+
+
+def test_the_pack_picker_lists_installed_packs_and_runs_the_one_chosen(tmp_path, monkeypatch):
+    """A pack dropped into the packs directory is offered with its preset, size and provenance; the comparison runs
+    the chosen one; a name the picker did not offer (a path, say) is refused; a `full` pack on a CPU says what a
+    frame costs before anything runs."""
+    import json
+
+    import torch
+
+    from codec.diffvc.config import tiny_config
+    from codec.diffvc.model import DiffVCModel
+    from codec.diffvc.pack import write_pack
+
+    model, _ = DiffVCModel.random(tiny_config(), seed=1)
+    packs = tmp_path / "packs"
+    write_pack(packs / "my-pack", model.config.to_dict(), model.trainable_state(), "# my-pack\n\nTrained on X. More.\n")
+    (packs / "big").mkdir()
+    (packs / "big" / "config.json").write_text(
+        json.dumps({"preset": "full", "diffusion": {"steps": 50, "strength": 0.5, "tdir_ratio": 0.5}})
+    )
+    (packs / "big" / "model.safetensors").write_bytes(b"")
+    monkeypatch.setenv("DIFFVC_PACKS", str(packs))
+    studio = make_studio(tmp_path)
+    choices, first = studio.pack_choices()
+    assert [name for _, name in choices] == ["big", "my-pack", "diffvc-tiny", "random-tiny"] and first == "random-tiny"
+    summary = studio.pack_summary("my-pack")
+    assert "tiny preset" in summary and "Trained on X" in summary and " MB" in summary
+    if not torch.cuda.is_available():
+        assert "No GPU here" in studio.pack_summary("big") and "13 U-Net" in studio.pack_summary("big")
+        assert "No GPU" not in summary
+    with pytest.raises(UserError, match="no installed model pack"):
+        studio.pack_summary(str(packs / "my-pack"))
+
+    clip = write_video(moving_clip(frames=3, height=48, width=64), tmp_path / "clip.mp4", crf=4)
+    request = CompareRequest(ClipRequest(str(clip), 0, 2, 256), anchors=(), metrics=("psnr",), pack="my-pack")
+    view = studio.compare(request, SessionState(), "s")
+    results = next(p for p in view.files if p.endswith("results.json"))
+    rows = json.loads(Path(results).read_text())
+    assert {row["options"]["pack"] for row in rows if row["codec"] == "diffvc"} == {"my-pack"}
+    with pytest.raises(UserError):
+        studio.compare(replace(request, pack="../packs/my-pack"), SessionState(), "s")

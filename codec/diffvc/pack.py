@@ -55,6 +55,48 @@ def find_packs() -> list[Path]:
     return found
 
 
+@dataclass(frozen=True)
+class InstalledPack:
+    """A pack a user can choose: its name (what `pack=` takes), folder, preset, size and where it came from."""
+
+    name: str
+    path: Path | None  # None for a random-init model
+    preset: str
+    size_mb: float
+    provenance: str  # the first sentence of its README; "random init" for a random-init model
+
+
+RANDOM_TINY = InstalledPack("random-tiny", None, "tiny", 0.0, "random init (real bitstreams and timings, no quality)")
+
+
+def installed_packs() -> list[InstalledPack]:
+    """Every pack on the search path (the first of each name, as `resolve_pack` finds it), then `random-tiny`.
+    A folder whose config cannot be read is left out: the picker lists what can run."""
+    packs: dict[str, InstalledPack] = {}
+    for folder in find_packs():
+        if folder.name in packs:
+            continue
+        try:
+            preset = json.loads((folder / CONFIG_FILE).read_text()).get("preset", "?")
+            size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) / 2**20
+        except (OSError, ValueError, AttributeError):
+            continue
+        packs[folder.name] = InstalledPack(folder.name, folder, str(preset), round(size, 1), _provenance(folder))
+    return [*packs.values(), RANDOM_TINY]
+
+
+def _provenance(folder: Path) -> str:
+    """The README's first paragraph of prose, cut at its first sentence (at most 200 characters)."""
+    try:
+        text = (folder / "README.md").read_text(errors="replace")
+    except OSError:
+        return "no README"
+    paragraphs = [" ".join(p.split()) for p in text.split("\n\n")]
+    prose = next((p for p in paragraphs if p and not p.startswith(("#", "|", "```"))), "")
+    first = prose.split(". ")[0].rstrip(".")
+    return (first[:197] + "...") if len(first) > 200 else first or "no description"
+
+
 def resolve_pack(name_or_path: str | None) -> Path | None:
     """A pack folder from a name (found on the search path) or a path; None when no name is given and none exists."""
     if name_or_path is None:
