@@ -74,8 +74,10 @@ def tiny_config() -> DiffVCConfig:
     )
 
 
-def full_config(vae_path: str | None = None) -> DiffVCConfig:
-    latent = LatentSpaceConfig(kind="sd_vae", vae_path=vae_path)
+def full_config(base_model: str | None = None, vae_sha256: str | None = None) -> DiffVCConfig:
+    """The paper's scale. base_model: the Stable Diffusion base whose VAE it uses (`codec.diffvc.sd_base`; None: a
+    random-init VAE of SD-2.1's shape), vae_sha256: the weights that base must have."""
+    latent = LatentSpaceConfig(kind="sd_vae", base_model=base_model, vae_sha256=vae_sha256)
     context = TemporalContextConfig.full()
     return DiffVCConfig(
         preset="full",

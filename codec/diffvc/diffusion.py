@@ -404,20 +404,23 @@ class DiffusionStage(nn.Module):
             nn.init.zeros_(unet.conv_out.bias)
         return cls(config, unet, controlnet_from_unet(unet, config), QPPrompt(config.qp_prompt))
 
-    def load_sd_unet(self, local_dir: str | Path) -> DiffusionStage:
-        """Load SD 2.1-base's U-Net from a local diffusers folder (`<dir>/unet`), and re-copy the ControlNet from it.
+    def load_sd_unet(self, base: str | Path) -> DiffusionStage:
+        """Load a Stable Diffusion U-Net (SD 2.1-base's for the `full` preset) and re-copy the ControlNet from it.
 
-        No network access (`local_files_only`). The folder's U-Net must match this config's U-Net fields (use
-        `full_diffusion_config`). The QP prompt is kept. Returns self.
+        base: a diffusers folder or a base name, found as `codec.diffvc.sd_base.find_base` finds it (no download
+        when offline). Strict on the settings that change the computation (every field of `unet_kwargs` but the
+        inert ones, `sd_base.INERT_UNET_KEYS`), tolerant of the rest. The QP prompt is kept. Returns self.
         """
+        from codec.diffvc.sd_base import computation_mismatches, find_base
+
+        folder = find_base(base)
         try:
-            unet = UNet2DConditionModel.from_pretrained(local_dir, subfolder="unet", local_files_only=True)
+            unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
         except (OSError, ValueError) as exc:
-            raise CodecError(f"cannot load a Stable Diffusion U-Net from {local_dir}/unet: {exc}") from exc
-        ours = self.config.unet_kwargs()
-        mismatched = {k: (v, unet.config[k]) for k, v in ours.items() if _differs(v, unet.config[k])}
+            raise CodecError(f"cannot load a Stable Diffusion U-Net from {folder}/unet: {exc}") from exc
+        mismatched = computation_mismatches(self.config.unet_kwargs(), dict(unet.config))
         if mismatched:
-            raise CodecError(f"the U-Net in {local_dir} does not match this config (ours, theirs): {mismatched}")
+            raise CodecError(f"the U-Net in {folder} does not match this config (ours, theirs): {mismatched}")
         self.unet = unet.to(self.qp_prompt.position.device)
         self.controlnet = controlnet_from_unet(self.unet, self.config).to(self.unet.device)
         return self
@@ -525,11 +528,6 @@ class DiffusionStage(nn.Module):
 
 def _parameter_dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
-
-
-def _differs(ours: Any, theirs: Any) -> bool:
-    normalise = lambda v: tuple(v) if isinstance(v, list | tuple) else v  # noqa: E731
-    return normalise(ours) != normalise(theirs)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -32,12 +33,19 @@ SD21_VAE_CONFIG = {  # stabilityai/stable-diffusion-2-1-base, vae/config.json
 
 @dataclass(frozen=True)
 class LatentSpaceConfig:
-    """kind: 'pixel_unshuffle' (tiny) or 'sd_vae' (full). vae_path: a local diffusers folder (or hub id online)."""
+    """kind: 'pixel_unshuffle' (tiny) or 'sd_vae' (full).
+
+    For 'sd_vae': base_model names the Stable Diffusion base whose VAE this is (a Hugging Face id, found on each
+    machine by `codec.diffvc.sd_base.find_base`), vae_sha256 the hash of the VAE weights the pack was trained with
+    (a pack refuses a base with other weights). vae_path is the first packs' explicit folder, still read; packs
+    written now leave it None, so they carry no machine's path. None of the three: a random-init VAE (tests)."""
 
     kind: Literal["pixel_unshuffle", "sd_vae"] = "pixel_unshuffle"
     factor: int = 8
     vae_path: str | None = None
     scaling_factor: float = 0.18215
+    base_model: str | None = None
+    vae_sha256: str | None = None
 
     @property
     def channels(self) -> int:
@@ -90,19 +98,44 @@ class VAELatent(LatentSpace):
 
         self.config = config
         if vae is None:
-            vae = (
-                AutoencoderKL.from_pretrained(config.vae_path, subfolder="vae")
-                if config.vae_path
-                else AutoencoderKL(**{k: v for k, v in SD21_VAE_CONFIG.items()})
-            )
+            folder = self.base_folder(config)
+            if folder is None:
+                vae = AutoencoderKL(**{k: v for k, v in SD21_VAE_CONFIG.items()})
+            else:
+                vae = _load_vae(folder)
+                from codec.diffvc.sd_base import check_base_hash, state_sha256
+
+                check_base_hash("VAE", state_sha256(vae), config.vae_sha256, folder)
         self.vae = vae
         self.vae.requires_grad_(False)
+
+    @staticmethod
+    def base_folder(config: LatentSpaceConfig) -> Path | None:
+        """The diffusers folder the VAE loads from: the legacy explicit path, else the named base found here."""
+        if config.vae_path:
+            return Path(config.vae_path)
+        if config.base_model:
+            from codec.diffvc.sd_base import find_base
+
+            return find_base(config.base_model)
+        return None
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(frames * 2 - 1).latent_dist.mean * self.config.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return ((self.vae.decode(latents / self.config.scaling_factor).sample + 1) / 2).clamp(0, 1)
+
+
+def _load_vae(folder: Path) -> nn.Module:
+    from diffusers import AutoencoderKL
+
+    from codec.errors import CodecError
+
+    try:
+        return AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise CodecError(f"cannot load a Stable Diffusion VAE from {folder}/vae: {str(e).splitlines()[0]}") from None
 
 
 def unsharp_mask(frames: torch.Tensor, amount: float) -> torch.Tensor:

@@ -40,9 +40,13 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "--preset", choices=("tiny", "full"), help="model preset when starting without --pack-from (default tiny)"
     )
     p.add_argument(
+        "--sd-base",
         "--sd-path",
-        help="full preset without --pack-from: local diffusers folder of SD-2.1-base, "
-        "whose vae/ and unet/ (also copied into the ControlNet) are the starting point",
+        dest="sd_path",
+        metavar="DIR_OR_ID",
+        help="full preset without --pack-from: SD-2.1-base, whose vae/ and unet/ (also copied into the ControlNet) "
+        "are the starting point: a diffusers folder, or found in $DIFFVC_SD_BASE or the Hugging Face cache; the pack "
+        "records its name and VAE hash, never the path",
     )
     p.add_argument("--steps", type=int, help="total steps to reach, across resumes (default: per stage)")
     p.add_argument("--batch", type=int, help="sequences per step and process (default: per stage)")
@@ -230,7 +234,11 @@ def start_model_config(args: argparse.Namespace):
         if args.preset and args.preset != config.preset:
             raise CodecError(f"--preset {args.preset} contradicts the pack's preset {config.preset}")
         return preset_diffusion(config) if args.fresh_diffusion else config
-    return full_config(args.sd_path) if args.preset == "full" else tiny_config()
+    if args.preset == "full":
+        from codec.diffvc.sd_base import SD21_BASE
+
+        return full_config(SD21_BASE if args.sd_path else None)
+    return tiny_config()
 
 
 def start_source(args: argparse.Namespace) -> str:
@@ -256,11 +264,30 @@ def start_model(args: argparse.Namespace):
             model = with_flat_quantizer(model)
         if args.fresh_diffusion:
             model = with_fresh_diffusion(model, args.unsharp_init)
+    elif args.preset == "full" and args.sd_path:
+        model = full_model_from_base(args.sd_path)
     else:
         model = DiffVCModel(start_model_config(args))
-        if args.preset == "full" and args.sd_path:
-            model.diffusion.load_sd_unet(args.sd_path)
     return with_spynet(model) if args.stage == "flow" else model
+
+
+def full_model_from_base(base: str):
+    """A `full` model on SD-2.1-base: its VAE and U-Net (and the ControlNet copied from it) from `base` (a folder
+    or a name `find_base` resolves), the rest random; the config names the base and records its VAE's hash."""
+    import os
+    from dataclasses import replace
+
+    from codec.diffvc.config import full_config
+    from codec.diffvc.model import DiffVCModel
+    from codec.diffvc.sd_base import BASE_ENV, SD21_BASE, find_base, state_sha256
+
+    os.environ[BASE_ENV] = str(find_base(base))  # this process finds the base the run names by its name
+    model = DiffVCModel(full_config(SD21_BASE))
+    model.diffusion.load_sd_unet(os.environ[BASE_ENV])
+    latent = replace(model.config.latent_space, vae_sha256=state_sha256(model.latent_space.vae))
+    model.config = replace(model.config, latent_space=latent)
+    model.latent_space.config = latent
+    return model
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,93 @@
+"""Stable Diffusion bases found where users keep them, loaded strictly where it matters, named (not pathed) in packs.
+
+A scaled-down base of the same classes (diffusers' AutoencoderKL and UNet2DConditionModel, written by
+`save_pretrained` with random weights) stands in for SD-2.1-base, which is 3.5 GB.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from codec.diffvc.config import full_config
+from codec.diffvc.diffusion import DiffusionStage, tiny_diffusion_config
+from codec.diffvc.latent import LatentSpaceConfig, VAELatent
+from codec.diffvc.sd_base import BASE_ENV, SD21_BASE, find_base, state_sha256
+from codec.errors import CodecError
+
+SMALL_UNET = tiny_diffusion_config(
+    latent_channels=4, context_channels=8, block_out_channels=(32, 32), cross_attention_dim=32, anchor="none",
+    anchor_filter=False, norm_num_groups=8, head_channels=8,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A diffusers folder as `save_pretrained` writes SD-2.1-base's, at a small size and with random weights; its
+    U-Net's nominal sample size differs from the config's (an inert setting)."""
+    folder = tmp_path_factory.mktemp("sd") / "stable-diffusion-2-1-base"
+    torch.manual_seed(0)
+    AutoencoderKL(
+        block_out_channels=(32,),
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4,
+        norm_num_groups=32,
+    ).save_pretrained(folder / "vae")
+    UNet2DConditionModel(**{**SMALL_UNET.unet_kwargs(), "sample_size": 96}).save_pretrained(folder / "unet")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return folder
+
+
+@pytest.fixture
+def no_base_around(tmp_path, monkeypatch):
+    """Nothing in the environment or the caches: only what a test puts there is found."""
+    monkeypatch.delenv(BASE_ENV, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(Path, "home", lambda: tmp_path / "home")
+
+
+def test_a_base_is_found_as_a_folder_by_its_variable_and_in_the_hub_cache(base, tmp_path, monkeypatch, no_base_around):
+    assert find_base(base) == base
+    with pytest.raises(CodecError, match=f"not found.*{BASE_ENV}"):
+        find_base(SD21_BASE)
+    snapshot = tmp_path / "hub" / "models--stabilityai--stable-diffusion-2-1-base" / "snapshots" / "0123abcd"
+    snapshot.parent.mkdir(parents=True)
+    snapshot.symlink_to(base, target_is_directory=True)
+    assert find_base(SD21_BASE) == snapshot
+    monkeypatch.setenv(BASE_ENV, str(base))
+    assert find_base(SD21_BASE) == base  # the variable comes before the cache
+
+
+def test_a_pack_names_its_base_and_refuses_one_with_other_weights(base, monkeypatch, no_base_around):
+    monkeypatch.setenv(BASE_ENV, str(base))
+    expected = AutoencoderKL.from_pretrained(base, subfolder="vae")
+    digest = state_sha256(expected)
+    config = LatentSpaceConfig(kind="sd_vae", base_model=SD21_BASE, vae_sha256=digest)
+    latent = VAELatent(config)
+    assert state_sha256(latent.vae) == digest
+    frames = torch.rand(1, 3, 16, 16)
+    assert torch.equal(latent.encode(frames), VAELatent(config, vae=expected).encode(frames))
+    with pytest.raises(CodecError, match="would not decode"):
+        VAELatent(replace(config, vae_sha256="0" * 64))
+    written = json.dumps(full_config(SD21_BASE, digest).to_dict()["latent_space"])
+    assert str(base) not in written and SD21_BASE in written and digest in written  # a name and a hash, no path
+
+
+def test_the_unet_loads_tolerating_inert_settings_and_refusing_real_differences(base, tmp_path):
+    stage = DiffusionStage.from_config(SMALL_UNET).load_sd_unet(base)
+    saved = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    assert all(torch.equal(v, saved.state_dict()[k]) for k, v in stage.unet.state_dict().items())
+    assert torch.equal(stage.controlnet.conv_in.weight, saved.conv_in.weight)  # the ControlNet copies the U-Net
+    other = tmp_path / "other"
+    UNet2DConditionModel(**{**SMALL_UNET.unet_kwargs(), "cross_attention_dim": 16}).save_pretrained(other / "unet")
+    (other / "model_index.json").write_text("{}")
+    with pytest.raises(CodecError, match="cross_attention_dim"):
+        DiffusionStage.from_config(SMALL_UNET).load_sd_unet(other)
