@@ -9,7 +9,7 @@ sha256 of the VAE weights they were trained with, and every machine finds its ow
 A pack whose recorded VAE hash differs from the base found refuses to load: its streams would decode to garbage.
 
 Loading is strict on what changes the computation and tolerant of what does not (`INERT_UNET_KEYS`: the
-nominal sample size, diffusers' bookkeeping).
+nominal sample size, attention upcasting, diffusers' bookkeeping).
 """
 
 from __future__ import annotations
