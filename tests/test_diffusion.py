@@ -335,8 +335,12 @@ def test_load_sd_unet_reads_a_local_folder_and_recopies_the_controlnet(tmp_path)
     )
     with pytest.raises(CodecError, match="does not match"):
         DiffusionStage.from_config(small_config(block_out_channels=(16, 16))).load_sd_unet(tmp_path)
-    with pytest.raises(CodecError, match="cannot load"):
+    with pytest.raises(CodecError, match="not found"):
         small_stage().load_sd_unet(tmp_path / "missing")
+    (tmp_path / "vae-only" / "vae").mkdir(parents=True)
+    (tmp_path / "vae-only" / "vae" / "config.json").write_text("{}")
+    with pytest.raises(CodecError, match="cannot load"):
+        small_stage().load_sd_unet(tmp_path / "vae-only")
 
 
 # ---------------------------------------------------------------- anchoring at the reconstruction

@@ -175,9 +175,7 @@ class DiffusionConfig:
 
     @property
     def unshuffle_factor(self) -> int:
-        """f when the latent has 3 f^2 channels (a PixelUnshuffle(f) latent of RGB, f >= 2), else 0."""
-        f = math.isqrt(self.latent_channels // 3)
-        return f if f >= 2 and 3 * f * f == self.latent_channels else 0
+        return unshuffle_factor(self.latent_channels)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiffusionConfig:
@@ -230,6 +228,12 @@ class DiffusionConfig:
         )
 
 
+def unshuffle_factor(latent_channels: int) -> int:
+    """f when a latent of that many channels is a PixelUnshuffle(f) latent of RGB (3 f^2 channels, f >= 2), else 0."""
+    f = math.isqrt(latent_channels // 3)
+    return f if f >= 2 and 3 * f * f == latent_channels else 0
+
+
 def _coarsest_attention_blocks(levels: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Down/up block types with (self- and cross-) attention only at the coarsest level."""
     down = ("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",)
@@ -259,8 +263,10 @@ def tiny_diffusion_config(
     U-Net + ControlNet evaluation takes about 21-25 ms for a 1x192x16x16 latent (a 128x128 frame) and 36-55 ms
     for 1x192x32x32 on the 2-core CPU of docs/DESIGN.md. Sampling: a 10-step schedule at strength 0.4, i.e.
     T_s = 4 denoising steps per frame. Anchored at the reconstruction and its learned linear filter, predicting
-    x0's correction (`DiffusionConfig.anchor`, `anchor_filter`).
+    x0's correction (`DiffusionConfig.anchor`, `anchor_filter`; the filter only where it applies: anchor
+    reconstruction_x0 on a PixelUnshuffle latent of 3 f^2 channels).
     """
+    anchor_filter = anchor_filter and anchor == "reconstruction_x0" and unshuffle_factor(latent_channels) > 0
     down, up = _coarsest_attention_blocks(len(block_out_channels))
     return DiffusionConfig(
         latent_channels=latent_channels,

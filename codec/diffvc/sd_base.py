@@ -34,7 +34,8 @@ INERT_UNET_KEYS = frozenset(
 
 
 def is_diffusers_folder(path: Path) -> bool:
-    return (path / "model_index.json").is_file() or (path / "vae" / "config.json").is_file()
+    """A pipeline folder, or one holding at least a VAE or a U-Net as `save_pretrained` writes them."""
+    return any((path / part).is_file() for part in ("model_index.json", "vae/config.json", "unet/config.json"))
 
 
 def hub_cache_dirs() -> list[Path]:
