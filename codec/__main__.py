@@ -65,14 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         "of codec.metrics.METRIC_TABLE; a wrong name lists them)",
     )
     ev.add_argument("--out", type=Path, help="output folder (default out/eval-<clip>)")
-    ev.add_argument("--cache", type=Path, help="result cache folder (default under ~/.cache/diffvc-studio)")
-    ev.add_argument("--force", action="store_true", help="recompute cached results")
-    ev.add_argument("--device", default="cpu", help="metric and neural-codec device (cpu, cuda)")
-    ev.add_argument(
-        "--ray",
-        metavar="ADDRESS",
-        help="run the jobs on a Ray cluster: an address, auto (the running one) or local (start one here)",
-    )
+    _add_job_args(ev)
     ev.set_defaults(run=_cmd_eval)
 
     bench = sub.add_parser(
@@ -90,14 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", help="resize every sequence to WIDTHxHEIGHT (default: native size)")
     bench.add_argument("--metrics", nargs="+", metavar="M", help="metrics by name (default: every metric)")
     bench.add_argument("--out", type=Path, help="output folder (default out/bench-<folder>)")
-    bench.add_argument("--cache", type=Path, help="result cache folder (default under ~/.cache/diffvc-studio)")
-    bench.add_argument("--force", action="store_true", help="recompute cached results")
-    bench.add_argument("--device", default="cpu", help="metric and neural-codec device (cpu, cuda)")
-    bench.add_argument(
-        "--ray",
-        metavar="ADDRESS",
-        help="run the jobs on a Ray cluster: an address, auto (the running one) or local (start one here)",
-    )
+    _add_job_args(bench)
     bench.set_defaults(run=_cmd_bench)
 
     enc = sub.add_parser("encode", help="encode a clip to a bitstream file")
@@ -151,6 +137,18 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="codecs usable here, model packs, metric weights, device")
     info.set_defaults(run=_cmd_info)
     return parser
+
+
+def _add_job_args(p: argparse.ArgumentParser) -> None:
+    """Where evaluation jobs run and what they reuse (eval and bench)."""
+    p.add_argument("--cache", type=Path, help="result cache folder (default under ~/.cache/diffvc-studio)")
+    p.add_argument("--force", action="store_true", help="recompute cached results")
+    p.add_argument("--device", default="cpu", help="metric and neural-codec device (cpu, cuda)")
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run the jobs on a Ray cluster: an address, auto (the running one) or local (start one here)",
+    )
 
 
 def _add_clip_args(p: argparse.ArgumentParser) -> None:
