@@ -91,3 +91,50 @@ def test_the_unet_loads_tolerating_inert_settings_and_refusing_real_differences(
     (other / "model_index.json").write_text("{}")
     with pytest.raises(CodecError, match="cross_attention_dim"):
         DiffusionStage.from_config(SMALL_UNET).load_sd_unet(other)
+
+
+@pytest.fixture(scope="module")
+def sd21_shaped_vae(tmp_path_factory) -> tuple[Path, Path]:
+    """Two bases holding a VAE of SD-2.1-base's own configuration (random weights, two seeds)."""
+    from codec.diffvc.latent import SD21_VAE_CONFIG
+
+    folders = []
+    for seed in (0, 1):
+        folder = tmp_path_factory.mktemp(f"sd21-{seed}")
+        torch.manual_seed(seed)
+        AutoencoderKL(**SD21_VAE_CONFIG).save_pretrained(folder / "vae")
+        (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+        folders.append(folder)
+    return folders[0], folders[1]
+
+
+def test_a_full_pack_codes_exactly_on_its_base_and_refuses_another(sd21_shaped_vae, tmp_path, monkeypatch):
+    """The `full` preset end to end on the CPU: SD-2.1's VAE found through $DIFFVC_SD_BASE, the paper's codec parts
+    and a scaled-down SD-style U-Net; the decoder reproduces the encoder's frames to the bit; the same stream on a
+    machine whose base has other weights is refused, not decoded to garbage."""
+    import numpy as np
+
+    from codec.diffvc.codec import load_model
+    from codec.diffvc.model import DiffVCModel
+    from codec.diffvc.pack import write_pack
+    from codec.registry import get_codec
+    from codec.video import synthetic_clip
+
+    ours, other = sd21_shaped_vae
+    monkeypatch.setenv(BASE_ENV, str(ours))
+    digest = state_sha256(AutoencoderKL.from_pretrained(ours, subfolder="vae"))
+    config = full_config(SD21_BASE, digest)
+    diffusion = tiny_diffusion_config(
+        latent_channels=4, context_channels=config.context.channels[0], block_out_channels=(32, 64),
+        cross_attention_dim=32, anchor="none", norm_num_groups=8, head_channels=8, steps=10, strength=0.4,
+    )  # fmt: skip
+    model, _ = DiffVCModel.random(replace(config, diffusion=diffusion), seed=0)
+    pack = write_pack(tmp_path / "full-pack", model.config.to_dict(), model.trainable_state(), "# test\n").path
+    assert str(ours) not in (pack / "config.json").read_text()
+    codec = get_codec(f"diffvc:pack={pack}:intra=learned")
+    encoded = codec.encode(synthetic_clip(frames=2, height=64, width=64, seed=1), 32)
+    assert np.array_equal(codec.decode(encoded.bitstream).frames, encoded.reconstruction.frames)
+    monkeypatch.setenv(BASE_ENV, str(other))
+    load_model.cache_clear()  # as another process (another machine) would load the pack
+    with pytest.raises(CodecError, match="would not decode"):
+        get_codec(f"diffvc:pack={pack}:intra=learned").decode(encoded.bitstream)
