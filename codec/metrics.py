@@ -46,8 +46,11 @@ def compute_metrics(
         n: METRIC_TABLE[n].fn(reference.frames, distorted.frames, device) for n in names if not METRIC_TABLE[n].batched
     }
     batched = [n for n in names if METRIC_TABLE[n].batched]
-    if batched:
-        out.update(_batched_torch_metrics(reference.frames, distorted.frames, batched, device))
+    try:
+        if batched:
+            out.update(_batched_torch_metrics(reference.frames, distorted.frames, batched, device))
+    finally:
+        DISTORTED_FEATURES.clear()  # kept only while one coding is measured
     return {n: out[n] for n in names}
 
 
@@ -66,8 +69,10 @@ def luma(frames: np.ndarray) -> np.ndarray:
 
 
 def _batched_torch_metrics(ref: np.ndarray, dist: np.ndarray, names: list[str], device: str) -> dict[str, np.ndarray]:
-    """Deep metrics in batches of _BATCH frames; a metric with reference features reuses the reference's
-    (`REFERENCE_FEATURES`), computed on the same batches, so the values are those of a full run to the bit."""
+    """Deep metrics in batches of _BATCH frames. A metric with a features function reuses the reference's features
+    across codings (`REFERENCE_FEATURES`) and the distorted frames' within this measurement (`DISTORTED_FEATURES`:
+    tLP measured first ran LPIPS's VGG16 on them already), all computed on the same batches, so the values are those
+    of a full run to the bit."""
     results: dict[str, list[float]] = {n: [] for n in names}
     with torch.inference_mode():
         for start in range(0, ref.shape[0], _BATCH):
@@ -78,10 +83,12 @@ def _batched_torch_metrics(ref: np.ndarray, dist: np.ndarray, names: list[str], 
                 if metric.reference_features is None:
                     values = metric.fn(x, y, device)
                 else:
-                    features = REFERENCE_FEATURES.get(
-                        ref, (name, device, start), lambda m=metric, y=y: m.reference_features(y, device)
+                    key = (name, device, start)
+                    y_features = REFERENCE_FEATURES.get(ref, key, lambda m=metric, y=y: m.reference_features(y, device))
+                    x_features = DISTORTED_FEATURES.get(
+                        dist, key, lambda m=metric, x=x: m.reference_features(x, device)
                     )
-                    values = metric.fn(x, features, device)
+                    values = metric.fn(x_features, y_features, device)
                 results[name].extend(values.double().cpu().tolist())
     return {n: np.asarray(v, dtype=np.float64) for n, v in results.items()}
 
@@ -122,6 +129,7 @@ class ReferenceFeatureCache:
 
 
 REFERENCE_FEATURES = ReferenceFeatureCache(max_bytes=int(os.environ.get("DIFFVC_FEATURE_CACHE_MB", "2048")) << 20)
+DISTORTED_FEATURES = ReferenceFeatureCache(max_bytes=int(os.environ.get("DIFFVC_FEATURE_CACHE_MB", "2048")) << 19)
 
 
 def _ms_ssim(x: torch.Tensor, y: torch.Tensor, device: str) -> torch.Tensor:
@@ -142,12 +150,12 @@ def _ms_ssim(x: torch.Tensor, y: torch.Tensor, device: str) -> torch.Tensor:
     )
 
 
-def _lpips(x: torch.Tensor, y_features: list[torch.Tensor], device: str) -> torch.Tensor:
-    return _content_distance(perceptual_model("lpips", device), x, y_features)
+def _lpips(x_features: list[torch.Tensor], y_features: list[torch.Tensor], device: str) -> torch.Tensor:
+    return _feature_distance(perceptual_model("lpips", device), x_features, y_features)
 
 
-def _dists(x: torch.Tensor, y_features: list[torch.Tensor], device: str) -> torch.Tensor:
-    return 1 - _content_distance(perceptual_model("dists", device), _dists_resize(x), y_features)
+def _dists(x_features: list[torch.Tensor], y_features: list[torch.Tensor], device: str) -> torch.Tensor:
+    return 1 - _feature_distance(perceptual_model("dists", device), x_features, y_features)
 
 
 def _lpips_features(y: torch.Tensor, device: str) -> list[torch.Tensor]:
@@ -166,12 +174,8 @@ def _dists_resize(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.interpolate(x, scale_factor=256 / side, recompute_scale_factor=False, mode="bilinear")
 
 
-def _content_distance(model: ContentLoss, x: torch.Tensor, y_features: list[torch.Tensor]) -> torch.Tensor:
-    """piq's `ContentLoss.forward` (LPIPS, DISTS before its 1 - ...) with the reference's features given."""
-    return _feature_distance(model, model.get_features(x), y_features)
-
-
 def _feature_distance(model: ContentLoss, x_features: list[torch.Tensor], y_features: list[torch.Tensor]):
+    """piq's `ContentLoss.forward` (LPIPS, DISTS before its 1 - ...) on features already computed."""
     distances = model.compute_distance(x_features, y_features)
     return torch.cat([(d * w.to(d)).mean(dim=[2, 3]) for d, w in zip(distances, model.weights)], dim=1).sum(dim=1)
 
@@ -180,21 +184,24 @@ def _tlp(reference: np.ndarray, distorted: np.ndarray, device: str) -> np.ndarra
     """tLP (Chu et al., "Learning Temporal Coherence via Self-Supervision for GAN-based Video Generation" (TecoGAN),
     2020): for each frame t >= 1, |LPIPS(d_t, d_t-1) - LPIPS(s_t, s_t-1)|, how far the perceptual change between
     consecutive decoded frames d is from the source's own change s; 0 for frame 0. Lower is better: flicker that
-    the source does not have (or motion a codec froze) raises it. The source's part is computed once per clip."""
-    source = REFERENCE_FEATURES.get(
-        reference, ("tlp", device), lambda: [torch.from_numpy(_consecutive_lpips(reference, device))]
-    )[0].numpy()
-    return np.concatenate([[0.0], np.abs(_consecutive_lpips(distorted, device) - source)])
+    the source does not have (or motion a codec froze) raises it. The VGG16 features are LPIPS's own, on the same
+    batches: the source's kept across codings, the decoded frames' for the LPIPS of the same measurement."""
+    source = _consecutive_lpips(reference, device, REFERENCE_FEATURES)
+    return np.concatenate([[0.0], np.abs(_consecutive_lpips(distorted, device, DISTORTED_FEATURES) - source)])
 
 
-def _consecutive_lpips(frames: np.ndarray, device: str) -> np.ndarray:
-    """LPIPS between each frame and the one before it: float64 [T - 1], VGG16 run once per frame."""
+def _consecutive_lpips(frames: np.ndarray, device: str, cache: ReferenceFeatureCache) -> np.ndarray:
+    """LPIPS between each frame and the one before it: float64 [T - 1], VGG16 run once per frame (or its features
+    taken from `cache`, under the keys LPIPS itself uses)."""
     model = perceptual_model("lpips", device)
     out: list[float] = []
     last: list[torch.Tensor] | None = None  # the features of the previous batch's last frame
     with torch.inference_mode():
         for start in range(0, frames.shape[0], _BATCH):
-            features = model.get_features(frames_to_tensor(frames[start : start + _BATCH], device))
+            batch = frames[start : start + _BATCH]
+            features = cache.get(
+                frames, ("lpips", device, start), lambda b=batch: _lpips_features(frames_to_tensor(b, device), device)
+            )
             run = features if last is None else [torch.cat([p, f]) for p, f in zip(last, features)]
             if run[0].shape[0] > 1:
                 out.extend(

@@ -101,6 +101,10 @@ class CodecEntry:
         return self.cls.under_test
 
     @property
+    def rate_of_under_test(self) -> bool:
+        return self.cls.rate_of_under_test
+
+    @property
     def qp_range(self) -> tuple[int, int]:
         return self.cls.qp_range
 
@@ -258,7 +262,7 @@ def options_dict(options: Any) -> dict[str, Any]:
 
 
 KINDS = ("anchor", "neural")
-DECLARED = ("qp_range", "kind", "suffix", "bitstream_syntax", "takes_pack", "under_test")
+DECLARED = ("qp_range", "kind", "suffix", "bitstream_syntax", "takes_pack", "under_test", "rate_of_under_test")
 
 
 class CodecBase:
@@ -269,7 +273,9 @@ class CodecBase:
     suffix: the file suffix of its bitstream (".hevc"). bitstream_syntax: how the fuzzer reads its streams
     ("hevc", "h264", "av1", "dvc1"; "opaque": damaged bytes only, no structure-aware mutation). takes_pack: whether
     its options name a model pack (`pack`). under_test: the codec the studio exists to show (DiffVC); every other
-    codec is an anchor of its comparisons.
+    codec is an anchor of its comparisons. rate_of_under_test: at a QP its stream spends what the codec under test
+    spends at that QP with the same pack (condlc: DiffVC's latent codec with the diffusion stage off, DiffVC's own
+    reference chain), so a comparison matches its rate by taking DiffVC's QP instead of searching for one.
     """
 
     name: ClassVar[str]
@@ -280,6 +286,7 @@ class CodecBase:
     bitstream_syntax: ClassVar[str] = "opaque"
     takes_pack: ClassVar[bool] = False
     under_test: ClassVar[bool] = False
+    rate_of_under_test: ClassVar[bool] = False
 
     def __init__(self, options: Any | None = None) -> None:
         self.options = options if options is not None else self.Options()

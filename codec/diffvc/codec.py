@@ -412,6 +412,7 @@ class DiffVC(NeuralCodecBase):
 @register_codec("condlc", "baseline neural codec: DiffVC's conditional latent codec, diffusion stage off in the loop")
 class CondLC(NeuralCodecBase):
     Options = NeuralOptions
+    rate_of_under_test = True  # DiffVC's own stream without the diffusion stage (reference=codec, the default)
 
 
 def pack_summary() -> list[tuple[str, Path, str]]:

@@ -504,9 +504,11 @@ def _pick_qp(
     encodes: dict[int, TimedEncode],
 ) -> tuple[int, BitrateMatch | None]:
     """The QP a codec runs at: DiffVC's own; an anchor's matched to DiffVC's rate (its encodes go to `encodes`),
-    or `settings.qp` clipped."""
+    or `settings.qp` clipped. An anchor that spends DiffVC's rate at DiffVC's QP (`rate_of_under_test`: condlc with
+    the same pack) takes that QP: the same bits, found without a search."""
     lo, hi = codec.qp_range
-    if role != "anchor" or not settings.match_bitrate or target is None:
+    shares_rate = get_entry(codec.name).rate_of_under_test
+    if role != "anchor" or not settings.match_bitrate or target is None or shares_rate:
         return min(hi, max(lo, settings.qp)), None
     report(0, f"{label}: searching the QP for {target:.4f} bpp")
     match = match_bitrate(
