@@ -37,6 +37,7 @@ from codec.train.stages import (
     code_sequence,
     frame_weight,
     rd_lambda,
+    with_anchor_gain,
     with_fresh_diffusion,
     with_spynet,
 )
@@ -247,6 +248,31 @@ def test_an_unsharp_anchor_filter_makes_a_fresh_stage_the_unsharp_mask_of_the_co
         shown = fresh.latent_space.decode(latent)
         assert torch.allclose(shown, unsharp_mask(unclamped, 0.5).clamp(0, 1), atol=1e-5)
         assert (shown - f.recon).abs().max() > 0.01  # and it is not the reconstruction
+
+
+def test_the_anchor_gain_starts_at_zero_and_makes_the_restoration_depend_on_the_qp_prompt():
+    """--anchor-gain adds a zero-initialised QP gain to a stage that has a filter: every weight and the output are
+    kept; once the gain is non-zero, the QP prompt sets how strongly the filter restores."""
+    from dataclasses import replace
+
+    config = tiny_config()
+    without = DiffVCModel(replace(config, diffusion=replace(config.diffusion, anchor_gain=False)))
+    as_if_trained(without.diffusion, scale=0.05)
+    model = with_anchor_gain(without)
+    assert model.config.diffusion.anchor_gain and not without.config.diffusion.anchor_gain
+    kept = without.state_dict()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in kept.items())
+    stage = model.diffusion.eval()
+    latent = torch.randn(1, 192, 4, 6)
+    low, high = (stage.qp_prompt(torch.tensor([qp])) for qp in (0, 63))
+    with torch.no_grad():
+        assert torch.equal(stage.reconstruction_anchor(latent, low), without.diffusion.reconstruction_anchor(latent))
+        assert torch.equal(stage.reconstruction_anchor(latent, low), stage.reconstruction_anchor(latent, high))
+        stage.anchor_gain.weight.normal_(0.0, 0.1)
+        assert not torch.allclose(stage.reconstruction_anchor(latent, low), stage.reconstruction_anchor(latent, high))
+    groups = FinetuneStage(model).parameter_groups(1e-5)
+    fast = next(g for g in groups if g["lr_scale"] > 1)["params"]
+    assert all(any(p is q for q in fast) for p in stage.anchor_gain.parameters())  # the gain learns fast
 
 
 def test_distill_stage_starts_at_the_codec_and_learns_the_teacher():

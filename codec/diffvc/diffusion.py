@@ -112,7 +112,9 @@ class DiffusionConfig:
     learned linear 3x3 convolution of the reconstruction's latent (edges replicated in pixels), zero at random
     init. A linear restoration of the reconstruction (sharpening, deblocking) that every step's x0 carries and
     the networks' correction adds to; `codec.diffvc.latent.pixel_unshuffle_kernel` gives the latent form of a
-    pixel-space filter to start it from (docs/DESIGN-NOTES.md, "A linear anchor").
+    pixel-space filter to start it from (docs/DESIGN-NOTES.md, "A linear anchor"). `anchor_gain` ([I], with the
+    filter): x0 = l^_t + (1 + g) A(l^_t) + net(...), g a linear map of the QP prompt's mean token, zero at init: how
+    strongly to restore, by QP.
     """
 
     # Latent and condition (channels at latent resolution).
@@ -149,6 +151,7 @@ class DiffusionConfig:
     reuse_warp: bool = True
     anchor: Anchor = "none"
     anchor_filter: bool = False
+    anchor_gain: bool = False
 
     def __post_init__(self) -> None:
         levels = len(self.block_out_channels)
@@ -172,6 +175,8 @@ class DiffusionConfig:
             raise CodecError(
                 "anchor_filter needs anchor reconstruction_x0 and a PixelUnshuffle latent (3 f^2 channels)"
             )
+        if self.anchor_gain and not self.anchor_filter:
+            raise CodecError("anchor_gain scales the anchor filter: it needs anchor_filter")
 
     @property
     def unshuffle_factor(self) -> int:
@@ -254,6 +259,7 @@ def tiny_diffusion_config(
     strength: float = 0.4,
     anchor: Anchor = "reconstruction_x0",
     anchor_filter: bool = True,
+    anchor_gain: bool = True,
 ) -> DiffusionConfig:
     """A small U-Net + ControlNet for a 2-core CPU (the `tiny` preset; [I] sized here, not from the paper).
 
@@ -263,10 +269,11 @@ def tiny_diffusion_config(
     U-Net + ControlNet evaluation takes about 21-25 ms for a 1x192x16x16 latent (a 128x128 frame) and 36-55 ms
     for 1x192x32x32 on the 2-core CPU of docs/DESIGN.md. Sampling: a 10-step schedule at strength 0.4, i.e.
     T_s = 4 denoising steps per frame. Anchored at the reconstruction and its learned linear filter, predicting
-    x0's correction (`DiffusionConfig.anchor`, `anchor_filter`; the filter only where it applies: anchor
-    reconstruction_x0 on a PixelUnshuffle latent of 3 f^2 channels).
+    x0's correction (`DiffusionConfig.anchor`, `anchor_filter` and its QP gain `anchor_gain`; the filter only where
+    it applies: anchor reconstruction_x0 on a PixelUnshuffle latent of 3 f^2 channels).
     """
     anchor_filter = anchor_filter and anchor == "reconstruction_x0" and unshuffle_factor(latent_channels) > 0
+    anchor_gain = anchor_gain and anchor_filter
     down, up = _coarsest_attention_blocks(len(block_out_channels))
     return DiffusionConfig(
         latent_channels=latent_channels,
@@ -288,6 +295,7 @@ def tiny_diffusion_config(
         strength=strength,
         anchor=anchor,
         anchor_filter=anchor_filter,
+        anchor_gain=anchor_gain,
     )
 
 
@@ -397,6 +405,11 @@ class DiffusionStage(nn.Module):
         if config.anchor_filter:
             self.anchor_filter = nn.Conv2d(config.latent_channels, config.latent_channels, 3, padding=0, bias=False)
             nn.init.zeros_(self.anchor_filter.weight)
+        self.anchor_gain = None
+        if config.anchor_gain:
+            self.anchor_gain = nn.Linear(config.cross_attention_dim, 1)
+            nn.init.zeros_(self.anchor_gain.weight)
+            nn.init.zeros_(self.anchor_gain.bias)
         # float32 whatever dtype the networks run in (not a buffer, which `.to(dtype)` would round); one copy per device
         self._alphas_cumprod = {"cpu": self.make_scheduler().alphas_cumprod.float()}
 
@@ -451,19 +464,24 @@ class DiffusionStage(nn.Module):
         alpha_bar = self._alphas_on(z_t.device)[torch.as_tensor(t, device=z_t.device)].reshape(-1, 1, 1, 1)
         x0 = condition[:, : self.config.latent_channels].float()
         if self.config.anchor == "reconstruction_x0":
-            x0 = self.reconstruction_anchor(x0) + net.float()
+            x0 = self.reconstruction_anchor(x0, tokens) + net.float()
         eps = (z_t.float() - alpha_bar.sqrt() * x0) / (1.0 - alpha_bar).sqrt()
         return eps + net.float() if self.config.anchor == "reconstruction" else eps
 
-    def reconstruction_anchor(self, latent_hat: Tensor) -> Tensor:
-        """l^ + A(l^) in float32 (`DiffusionConfig.anchor_filter`; l^ itself without the filter). The latent is
-        padded by one block of pixels replicated at the frame's edges, so A sees the picture an image filter
-        would, edges included."""
+    def reconstruction_anchor(self, latent_hat: Tensor, tokens: Tensor | None = None) -> Tensor:
+        """l^ + (1 + g) A(l^) in float32 (`DiffusionConfig.anchor_filter`, `anchor_gain`; l^ itself without the
+        filter, g = 0 without the gain or the QP prompt's tokens [N, num_tokens, dim]). The latent is padded by one
+        block of pixels replicated at the frame's edges, so A sees the picture an image filter would, edges
+        included."""
         if self.anchor_filter is None:
             return latent_hat
         f = self.config.unshuffle_factor
         padded = F.pixel_unshuffle(F.pad(F.pixel_shuffle(latent_hat, f), (f, f, f, f), mode="replicate"), f)
-        return latent_hat + F.conv2d(padded, self.anchor_filter.weight.float())
+        restoration = F.conv2d(padded, self.anchor_filter.weight.float())
+        if self.anchor_gain is not None and tokens is not None:
+            gain = self.anchor_gain(tokens.to(self.anchor_gain.weight.dtype).mean(1)).float()  # [N, 1]
+            restoration = restoration * (1.0 + gain)[:, :, None, None]
+        return latent_hat + restoration
 
     def _alphas_on(self, device: torch.device) -> Tensor:
         key = str(device)

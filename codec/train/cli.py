@@ -107,6 +107,11 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         metavar="AMOUNT",
         help="with --fresh-diffusion: start the stage's anchor filter as an unsharp mask of AMOUNT (default 0: zero)",
     )
+    p.add_argument(
+        "--anchor-gain",
+        action="store_true",
+        help="finetune from a pack whose stage has an anchor filter but no QP gain: add the gain (zero at start)",
+    )
     p.add_argument("--force", action="store_true", help="flow: train a SpyNet even for a DIS preset (tiny)")
     p.add_argument("--log-every", type=int, default=10, metavar="K")
     p.add_argument("--checkpoint-every", type=int, default=100, metavar="N")
@@ -256,7 +261,7 @@ def start_source(args: argparse.Namespace) -> str:
 def start_model(args: argparse.Namespace):
     """The model the stage starts from when there is no checkpoint (a SpyNet is added for `flow --force`)."""
     from codec.diffvc.model import DiffVCModel
-    from codec.train.stages import with_flat_quantizer, with_fresh_diffusion, with_spynet
+    from codec.train.stages import with_anchor_gain, with_flat_quantizer, with_fresh_diffusion, with_spynet
 
     if args.pack_from:
         model, _ = DiffVCModel.from_pack(resolve_start_pack(args.pack_from))
@@ -264,6 +269,8 @@ def start_model(args: argparse.Namespace):
             model = with_flat_quantizer(model)
         if args.fresh_diffusion:
             model = with_fresh_diffusion(model, args.unsharp_init)
+        if args.anchor_gain:
+            model = with_anchor_gain(model)
     elif args.preset == "full" and args.sd_path:
         model = full_model_from_base(args.sd_path)
     else:

@@ -86,6 +86,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------------------
 
 RATE_LR_SCALE = 20.0  # learning-rate factor of the rate-control parameters (`TrainingStage.parameter_groups`)
+GAIN_LR_SCALE = 100.0  # and of the anchor filter's QP gain
 P_FRAME_WEIGHTS = (0.5, 1.2, 0.5, 0.9)  # DCVC-DC's hierarchical quality weights, cycling over the P-frames
 I_FRAME_WEIGHT = 1.0
 
@@ -286,15 +287,19 @@ class TrainingStage(nn.Module):
     def parameter_groups(self, lr: float) -> list[dict]:
         """Adam's parameter groups: the rate-control parameters (per-QP quantization scales, factorized priors: a
         few thousand numbers that set the step sizes and the hyper-latents' cost) learn RATE_LR_SCALE times faster
-        than the networks; at the networks' rate they moved by about 1.35x in 600 steps, too slow to find the
-        rates. Each group keeps its `lr_scale`, so a resumed run can set a new base rate."""
-        fast_ids = {
+        than the networks (at the networks' rate they moved by about 1.35x in 600 steps, too slow to find the
+        rates), the anchor filter's QP gain (129 numbers, a scale around 1) GAIN_LR_SCALE times. Each group keeps
+        its `lr_scale`, so a resumed run can set a new base rate."""
+        rate_ids = {
             id(p) for m in self.model.modules() if isinstance(m, (QPScales, FactorizedPrior)) for p in m.parameters()
         }
+        gain = getattr(self.model.diffusion, "anchor_gain", None)
+        gain_ids = {id(p) for p in (gain.parameters() if gain is not None else ())}
         params = self.trainable_parameters()
         groups = [
-            {"params": [p for p in params if id(p) not in fast_ids], "lr_scale": 1.0},
-            {"params": [p for p in params if id(p) in fast_ids], "lr_scale": RATE_LR_SCALE},
+            {"params": [p for p in params if id(p) not in rate_ids | gain_ids], "lr_scale": 1.0},
+            {"params": [p for p in params if id(p) in rate_ids], "lr_scale": RATE_LR_SCALE},
+            {"params": [p for p in params if id(p) in gain_ids], "lr_scale": GAIN_LR_SCALE},
         ]
         groups = [g for g in groups if g["params"]]
         for group in groups:
@@ -383,6 +388,22 @@ def with_fresh_diffusion(model: DiffVCModel, unsharp_init: float = 0.0) -> DiffV
     missing, unexpected = new.load_state_dict(codec_state, strict=False)
     if unexpected or any(not k.startswith("diffusion.") for k in missing):
         raise CodecError(f"cannot keep the codec: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return new
+
+
+def with_anchor_gain(model: DiffVCModel) -> DiffVCModel:
+    """The same model with a zero-initialised QP gain on its anchor filter (`DiffusionConfig.anchor_gain`): a stage
+    trained without one keeps every weight and its output, and can learn how strongly to restore at each QP
+    (`train finetune --anchor-gain`)."""
+    diffusion = model.config.diffusion
+    if not diffusion.anchor_filter:
+        raise CodecError("--anchor-gain scales the anchor filter: the pack's diffusion stage has none")
+    if diffusion.anchor_gain:
+        return model
+    new = DiffVCModel(replace(model.config, diffusion=replace(diffusion, anchor_gain=True)))
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("diffusion.anchor_gain.") for k in missing):
+        raise CodecError(f"cannot keep the stage: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return new
 
 
