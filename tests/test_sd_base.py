@@ -164,6 +164,7 @@ def test_full_codes_exactly_from_an_sd21_shaped_folder(tmp_path, monkeypatch):
     monkeypatch.delenv(BASE_ENV, raising=False)
     model = full_model_from_base(str(base))
     assert model.config.latent_space.base_model == SD21_BASE and model.config.latent_space.vae_sha256
+    model.update_entropy_models()  # as a training run does before it writes a pack
     pack = write_pack(tmp_path / "full", model.config.to_dict(), model.trainable_state(), "# test\n").path
     del model
     load_model.cache_clear()
