@@ -93,12 +93,13 @@ def _batched_torch_metrics(ref: np.ndarray, dist: np.ndarray, names: list[str], 
     return {n: np.asarray(v, dtype=np.float64) for n, v in results.items()}
 
 
-class ReferenceFeatureCache:
-    """The deep features of one reference clip (the last one measured), kept while the same frames array is
-    measured against: a comparison or an RD sweep runs every codec, QP and TDIR setting against one clip, so
-    LPIPS and DISTS run VGG16 on the reference once instead of once per codec and QP. Keyed by the array's
-    identity (held, so it cannot be reused for another clip) and (metric, device, first frame of the batch).
-    At most `max_bytes` of features; a clip whose features do not fit is measured as before, uncached."""
+class FeatureCache:
+    """The deep features of one clip (the last one asked for), kept while the same frames array comes back. Two
+    of them: `REFERENCE_FEATURES` holds the source's across codings (a comparison or an RD sweep runs every codec,
+    QP and TDIR setting against one clip, so LPIPS, DISTS and tLP run VGG16 on the source once instead of once per
+    codec and QP); `DISTORTED_FEATURES` holds one decoded clip's for one measurement (tLP and LPIPS share them).
+    Keyed by the array's identity (held, so it cannot be reused for another clip) and (metric, device, first frame
+    of the batch). At most `max_bytes` of features; a clip whose features do not fit is measured uncached."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -128,8 +129,9 @@ class ReferenceFeatureCache:
             self._frames, self._store, self._bytes = None, {}, 0
 
 
-REFERENCE_FEATURES = ReferenceFeatureCache(max_bytes=int(os.environ.get("DIFFVC_FEATURE_CACHE_MB", "2048")) << 20)
-DISTORTED_FEATURES = ReferenceFeatureCache(max_bytes=int(os.environ.get("DIFFVC_FEATURE_CACHE_MB", "2048")) << 19)
+FEATURE_CACHE_MB = int(os.environ.get("DIFFVC_FEATURE_CACHE_MB", "2048"))  # the source's; half that for a decoded clip
+REFERENCE_FEATURES = FeatureCache(max_bytes=FEATURE_CACHE_MB << 20)
+DISTORTED_FEATURES = FeatureCache(max_bytes=FEATURE_CACHE_MB << 19)
 
 
 def _ms_ssim(x: torch.Tensor, y: torch.Tensor, device: str) -> torch.Tensor:
@@ -190,7 +192,7 @@ def _tlp(reference: np.ndarray, distorted: np.ndarray, device: str) -> np.ndarra
     return np.concatenate([[0.0], np.abs(_consecutive_lpips(distorted, device, DISTORTED_FEATURES) - source)])
 
 
-def _consecutive_lpips(frames: np.ndarray, device: str, cache: ReferenceFeatureCache) -> np.ndarray:
+def _consecutive_lpips(frames: np.ndarray, device: str, cache: FeatureCache) -> np.ndarray:
     """LPIPS between each frame and the one before it: float64 [T - 1], VGG16 run once per frame (or its features
     taken from `cache`, under the keys LPIPS itself uses)."""
     model = perceptual_model("lpips", device)
@@ -263,7 +265,7 @@ class Metric:
     needs) or in torch batches of frames (True: fn(x, y, device), [N, 3, H, W] in [0, 1] -> [N]);
     reference_features: for a batched metric that compares features, reference_features(y, device) -> the
     reference's features, and then fn(x, those features, device) (computed once per clip:
-    `ReferenceFeatureCache`); perceptual: a learned perceptual distance, what a generative codec is judged by first
+    `FeatureCache`); perceptual: a learned perceptual distance, what a generative codec is judged by first
     (views lead with these).
     """
 
