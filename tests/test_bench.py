@@ -183,3 +183,16 @@ def test_a_sweep_on_a_local_ray_cluster_gives_the_local_rows(local_ray, tmp_path
     on_ray = evaluate(cached, runner=RayRunner())
     assert [comparable(r) for r in on_ray] == [comparable(r) for r in local]
     assert evaluate(cached) == on_ray  # a later local run reads the cluster's rows from the same cache
+
+
+def test_an_unreadable_sequence_is_skipped_and_named_the_rest_is_measured(bench_folder, tmp_path):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    (folder / "square.y4m").symlink_to(bench_folder / "ClassB" / "square.y4m")
+    (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a movie")
+    (folder / "nameless.yuv").write_bytes(bytes(96 * 64 * 3 // 2 * 2))  # a raw file whose name gives no size
+    result = run_bench(find_sequences(folder), SPECS, [], QPS_BY_SPEC, CONDITIONS, ["ms_ssim"], tmp_path / "cache")
+    assert list(result.rows) == ["square"] and set(result.skipped) == {"broken", "nameless"}
+    assert "must give its size" in result.skipped["nameless"]
+    report = write_bench(result, tmp_path / "out", "x265", CONDITIONS)["report"].read_text()
+    assert "Skipped: broken" in report and "Skipped: nameless" in report and "| - | square |" in report

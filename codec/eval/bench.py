@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from codec.errors import CodecError
+from codec.errors import CodecError, VideoError
 from codec.eval.engine import EvalRequest, JobRunner, evaluate
 from codec.eval.report import bd_rate_table, is_number, metrics_present, write_results
 from codec.metrics import metric_names, metrics_for_size
@@ -67,6 +67,7 @@ class BenchResult:
     """Every sequence's rows, and the tables built from them."""
 
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # sequence name -> its evaluation rows
+    skipped: dict[str, str] = field(default_factory=dict)  # sequence name -> why it could not be read
     per_sequence: pd.DataFrame = field(default_factory=pd.DataFrame)
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)
 
@@ -112,8 +113,12 @@ def run_bench(
     total = jobs_per_sequence * len(sequences)
     result = BenchResult()
     for n, sequence in enumerate(sequences):
-        video = read_video(sequence.path, frames=conditions.frames, size=conditions.size)
-        kept = _metrics_for(video, metrics, sequence)
+        try:
+            video = read_video(sequence.path, frames=conditions.frames, size=conditions.size)
+            kept = _metrics_for(video, metrics, sequence)
+        except VideoError as e:  # one unreadable or too small file does not cost the rest of the benchmark
+            result.skipped[sequence.name] = str(e)
+            continue
         request = EvalRequest(
             video=video,
             specs=list(conditioned),
@@ -128,7 +133,7 @@ def run_bench(
 
         rows = evaluate(request, _offset_progress(progress, n * jobs_per_sequence, total, sequence.name), runner)
         result.rows[sequence.name] = [{**row, "spec": conditioned[row["spec"]]} for row in rows]
-    result.per_sequence = per_sequence_table(sequences, result.rows)
+    result.per_sequence = per_sequence_table([s for s in sequences if s.name in result.rows], result.rows)
     result.summary = summary_table(result.per_sequence)
     return result
 
@@ -145,7 +150,7 @@ def _offset_progress(
 def _metrics_for(video: Video, metrics: Sequence[str] | None, sequence: BenchSequence) -> tuple[str, ...]:
     kept, notes = metrics_for_size(metrics or metric_names(), video.width, video.height)
     if not kept:
-        raise CodecError(f"{sequence.name}: {notes[0]}")
+        raise VideoError(f"{sequence.name}: {notes[0]}")
     return tuple(kept)
 
 
@@ -212,6 +217,8 @@ def markdown_report(result: BenchResult, anchor: str, conditions: BenchCondition
         "those out and say over how many.",
         "",
     ]
+    lines += [f"Skipped: {name} ({why})" for name, why in result.skipped.items()]
+    lines += [""] if result.skipped else []
     if result.per_sequence.empty:
         return "\n".join(lines + ["No BD-rate: every sequence failed or there is one codec."]) + "\n"
     lines += [f"## BD-rate (%): negative is fewer bits than {anchor} for the same quality", ""]
