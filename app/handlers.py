@@ -303,11 +303,11 @@ class Studio:
     def _unet_evals_per_frame(pack) -> int:
         import json
 
-        from codec.diffvc.diffusion import num_reuse_steps
+        from codec.diffvc.diffusion import num_reuse_steps, num_sampling_steps
         from codec.diffvc.pack import CONFIG_FILE
 
         diffusion = json.loads((pack.path / CONFIG_FILE).read_text())["diffusion"]
-        steps = round(diffusion["steps"] * diffusion["strength"])
+        steps = num_sampling_steps(diffusion["steps"], diffusion["strength"])
         return steps - num_reuse_steps(steps, diffusion["tdir_ratio"])
 
     @staticmethod

@@ -395,15 +395,14 @@ class DiffVC(NeuralCodecBase):
     defined_flags = FLAG_REUSE_STEP | FLAG_REUSE_WARP | FLAG_CODEC_REFERENCE | FLAG_HEVC_INTRA
 
     def sampling_plan(self, model: DiffVCModel) -> SamplingPlan:
-        from codec.diffvc.diffusion import num_reuse_steps
+        from codec.diffvc.diffusion import num_reuse_steps, num_sampling_steps
         from codec.diffvc.model import SamplingPlan
 
         opts, cfg = self.options, model.config.diffusion
         steps = opts.steps or cfg.steps
         strength = opts.strength if opts.strength >= 0 else cfg.strength
         ratio = opts.tdir_ratio if opts.tdir_ratio >= 0 else cfg.tdir_ratio
-        sampling_steps = min(steps, round(steps * strength))
-        k = num_reuse_steps(sampling_steps, ratio) if opts.tdir else 0
+        k = num_reuse_steps(num_sampling_steps(steps, strength), ratio) if opts.tdir else 0
         return SamplingPlan(
             steps, strength, k, opts.reuse, opts.reuse_warp, opts.seed, opts.reference == "codec", opts.intra == "hevc"
         )

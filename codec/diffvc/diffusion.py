@@ -566,8 +566,13 @@ def sampling_timesteps(scheduler: DDIMScheduler, steps: int, strength: float) ->
     from the scheduler's CPU tensor (no device sync).
     """
     scheduler.set_timesteps(steps)
-    kept = min(steps, round(steps * strength))
+    kept = num_sampling_steps(steps, strength)
     return [int(t) for t in scheduler.timesteps.tolist()[steps - kept :]] if kept else []
+
+
+def num_sampling_steps(steps: int, strength: float) -> int:
+    """T_s = round(steps * strength), at most `steps`: the denoising steps a frame runs."""
+    return min(steps, round(steps * strength))
 
 
 def num_reuse_steps(sampling_steps: int, tdir_ratio: float) -> int:

@@ -42,6 +42,7 @@ from codec.diffvc.diffusion import (
     full_diffusion_config,
     noise_seed,
     num_reuse_steps,
+    num_sampling_steps,
     tiny_diffusion_config,
 )
 from codec.diffvc.entropy import FactorizedPrior
@@ -572,7 +573,7 @@ class FinetuneStage(_OnFrozenCodec):
         samples; noise(i, shape): frame i's starting noise (the decoder's is `seeded_noise(shape, seed, i)`)."""
         cfg = self.model.diffusion.config
         sampler = TDIRSampler(self.model.diffusion)
-        reuse_steps = num_reuse_steps(round(cfg.steps * cfg.strength), cfg.tdir_ratio)
+        reuse_steps = num_reuse_steps(num_sampling_steps(cfg.steps, cfg.strength), cfg.tdir_ratio)
         c1 = self.model.config.context.channels[0]
         latents: list[Tensor] = []
         for i, f in enumerate(coded):
