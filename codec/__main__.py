@@ -164,11 +164,10 @@ def _read_clip(args: argparse.Namespace):
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from codec.eval import EvalRequest, evaluate
     from codec.eval.report import bd_rate_table, results_frame, write_results
     from codec.metrics import metric_names
+    from codec.progress import job_bar
     from codec.weights import cache_root
 
     video = _read_clip(args)
@@ -186,13 +185,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         cache_dir=args.cache or cache_root() / "eval-cache",
         force=args.force,
     )
-    total = sum(len(qps_by_spec.get(spec, request.qps)) for spec in args.codecs)
-    with tqdm(total=total, file=sys.stderr, unit="job") as bar:
-
-        def progress(done: int, total: int, label: str) -> None:
-            bar.set_postfix_str(label)
-            bar.update(1)
-
+    with job_bar() as progress:
         rows = evaluate(request, progress, _runner(args))
     out = args.out or Path("out") / f"eval-{args.input.stem}"
     paths = write_results(rows, out)
@@ -219,10 +212,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from codec.eval.bench import BenchConditions, find_sequences, run_bench, write_bench
     from codec.metrics import get_metric
+    from codec.progress import job_bar
     from codec.video import parse_size
     from codec.weights import cache_root
 
@@ -231,13 +223,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     sequences = find_sequences(args.folder)
     conditions = BenchConditions(frames=args.frames, intra_period=args.intra_period, size=parse_size(args.size))
     print(f"{len(sequences)} sequences: {', '.join(s.name for s in sequences)}", file=sys.stderr)
-    with tqdm(total=1, file=sys.stderr, unit="job") as bar:
-
-        def progress(done: int, total: int, label: str) -> None:
-            bar.total = total
-            bar.set_postfix_str(label[-60:])
-            bar.update(done - bar.n)
-
+    with job_bar() as progress:
         result = run_bench(
             sequences,
             args.codecs,

@@ -49,6 +49,24 @@ def frame_bar(description: str) -> Iterator[None]:
         bar.close()
 
 
+@contextlib.contextmanager
+def job_bar() -> Iterator[Callable[[int, int, str], None]]:
+    """A progress bar on stderr (tqdm: jobs done, rate, ETA) and the `progress(done, total, label)` callback that
+    moves it, as `codec.eval.evaluate` and `codec.eval.bench.run_bench` call theirs."""
+    import sys
+
+    from tqdm import tqdm
+
+    with tqdm(total=0, file=sys.stderr, unit="job") as bar:
+
+        def progress(done: int, total: int, label: str) -> None:
+            bar.total = total
+            bar.set_postfix_str(label[-60:])
+            bar.update(done - bar.n)
+
+        yield progress
+
+
 def report_frame(phase: str, done: int, total: int) -> None:
     """Called by a codec after each frame; does nothing when nobody listens."""
     listener = _LISTENER.get()
