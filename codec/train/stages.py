@@ -386,10 +386,7 @@ def with_fresh_diffusion(model: DiffVCModel, unsharp_init: float = 0.0) -> DiffV
         with torch.no_grad():
             stage.anchor_filter.weight.copy_(kernel)
     codec_state = {k: v for k, v in model.state_dict().items() if not k.startswith("diffusion.")}
-    missing, unexpected = new.load_state_dict(codec_state, strict=False)
-    if unexpected or any(not k.startswith("diffusion.") for k in missing):
-        raise CodecError(f"cannot keep the codec: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    return new
+    return _keeping(new, codec_state, new_prefix="diffusion.", what="the codec")
 
 
 def with_anchor_gain(model: DiffVCModel) -> DiffVCModel:
@@ -402,9 +399,15 @@ def with_anchor_gain(model: DiffVCModel) -> DiffVCModel:
     if diffusion.anchor_gain:
         return model
     new = DiffVCModel(replace(model.config, diffusion=replace(diffusion, anchor_gain=True)))
-    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("diffusion.anchor_gain.") for k in missing):
-        raise CodecError(f"cannot keep the stage: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return _keeping(new, model.state_dict(), new_prefix="diffusion.anchor_gain.", what="the stage")
+
+
+def _keeping(new: DiffVCModel, state: dict[str, Tensor], new_prefix: str, what: str) -> DiffVCModel:
+    """`new` with `state` loaded into it: only parameters under `new_prefix` may be left at their initial values,
+    and `state` may hold nothing `new` lacks."""
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith(new_prefix) for k in missing):
+        raise CodecError(f"cannot keep {what}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return new
 
 
@@ -618,14 +621,11 @@ class FinetuneStage(_OnFrozenCodec):
         loss = perceptual + self.options.mse_weight * mse.mean()
         with torch.no_grad():
             perceptual_codec = self.perceptual_loss(recon, originals)
-        codec_mse = (recon - originals).square().flatten(1).mean(1)
         return {
             "loss": loss,
             "perceptual": perceptual.detach(),
             "perceptual_codec": perceptual_codec,
-            "psnr": psnr_db(mse.detach()).mean(),
-            "psnr_codec": psnr_db(codec_mse).mean(),
-            "qp": qp.float().mean(),
+            **_fidelity_logs(qp, decoded, originals, recon),
         }
 
 
@@ -648,16 +648,21 @@ class DistillStage(FinetuneStage):
         qp, decoded, originals, recon = self.sampled(batch, step)
         target = unsharp_mask(recon, self.options.unsharp).clamp(0.0, 1.0)
         loss = (decoded - target).square().mean()
-        mse = (decoded.detach() - originals).square().flatten(1).mean(1)
-        codec_mse = (recon - originals).square().flatten(1).mean(1)
         return {
             "loss": loss,
             "distill": loss.detach(),
             "distill_codec": (recon - target).square().mean(),
-            "psnr": psnr_db(mse).mean(),
-            "psnr_codec": psnr_db(codec_mse).mean(),
-            "qp": qp.float().mean(),
+            **_fidelity_logs(qp, decoded, originals, recon),
         }
+
+
+def _fidelity_logs(qp: Tensor, decoded: Tensor, originals: Tensor, recon: Tensor) -> dict[str, Tensor]:
+    """What the sampling stages log beside their loss: PSNR of the stage's frames and of the codec's, and the QP."""
+
+    def psnr(x: Tensor) -> Tensor:
+        return psnr_db((x.detach() - originals).square().flatten(1).mean(1)).mean()
+
+    return {"psnr": psnr(decoded), "psnr_codec": psnr(recon), "qp": qp.float().mean()}
 
 
 STAGES: dict[str, type[TrainingStage]] = {
