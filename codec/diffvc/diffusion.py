@@ -430,13 +430,10 @@ class DiffusionStage(nn.Module):
         when offline). Strict on the settings that change the computation (every field of `unet_kwargs` but the
         inert ones, `sd_base.INERT_UNET_KEYS`), tolerant of the rest. The QP prompt is kept. Returns self.
         """
-        from codec.diffvc.sd_base import computation_mismatches, find_base
+        from codec.diffvc.sd_base import computation_mismatches, find_base, load_part
 
         folder = find_base(base)
-        try:
-            unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise CodecError(f"cannot load a Stable Diffusion U-Net from {folder}/unet: {exc}") from exc
+        unet = load_part(folder, UNet2DConditionModel, "unet")
         mismatched = computation_mismatches(self.config.unet_kwargs(), dict(unet.config))
         if mismatched:
             raise CodecError(f"the U-Net in {folder} does not match this config (ours, theirs): {mismatched}")

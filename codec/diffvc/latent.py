@@ -102,10 +102,10 @@ class VAELatent(LatentSpace):
             if folder is None:
                 vae = AutoencoderKL(**{k: v for k, v in SD21_VAE_CONFIG.items()})
             else:
-                vae = _load_vae(folder)
-                from codec.diffvc.sd_base import check_base_hash, state_sha256
+                from codec.diffvc.sd_base import check_base_weights, load_part
 
-                check_base_hash("VAE", state_sha256(vae), config.vae_sha256, folder)
+                vae = load_part(folder, AutoencoderKL, "vae")
+                check_base_weights(vae, config.vae_sha256, folder)
         self.vae = vae
         self.vae.requires_grad_(False)
 
@@ -125,17 +125,6 @@ class VAELatent(LatentSpace):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return ((self.vae.decode(latents / self.config.scaling_factor).sample + 1) / 2).clamp(0, 1)
-
-
-def _load_vae(folder: Path) -> nn.Module:
-    from diffusers import AutoencoderKL
-
-    from codec.errors import CodecError
-
-    try:
-        return AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise CodecError(f"cannot load a Stable Diffusion VAE from {folder}/vae: {str(e).splitlines()[0]}") from None
 
 
 def unsharp_mask(frames: torch.Tensor, amount: float) -> torch.Tensor:

@@ -102,11 +102,23 @@ def state_sha256(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def check_base_hash(what: str, found: str, recorded: str | None, where: Path) -> None:
-    """CodecError when a pack recorded another base than the one found."""
+def load_part(folder: Path, model_class: type, subfolder: str) -> torch.nn.Module:
+    """One part of a base (`vae`, `unet`) from its diffusers folder, never from the network; CodecError if absent."""
+    try:
+        return model_class.from_pretrained(folder, subfolder=subfolder, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise CodecError(
+            f"cannot load a Stable Diffusion {subfolder} from {folder}/{subfolder}: {str(e).splitlines()[0]}"
+        ) from None
+
+
+def check_base_weights(part: torch.nn.Module, recorded: str | None, where: Path) -> None:
+    """CodecError when a pack recorded other weights for this part of its base than the ones found (hashed only
+    when the pack recorded a hash)."""
+    found = state_sha256(part) if recorded else None
     if recorded and found != recorded:
         raise CodecError(
-            f"the model pack was trained on a {what} with weights sha256 {recorded[:16]}..., but the one at {where} "
+            f"the model pack was trained on a base with weights sha256 {recorded[:16]}..., but the one at {where} "
             f"has {found[:16]}...: its streams would not decode. Install the base the pack names."
         )
 
