@@ -63,9 +63,10 @@ class RayRunner:
             ready, _ = ray.wait(list(pending), num_returns=1)
             index = pending.pop(ready[0])
             try:
-                yield index, ray.get(ready[0])
+                row = ray.get(ready[0])
             except ray.exceptions.RayTaskError as e:
                 raise CodecError(f"a job failed on the cluster: {str(e.cause or e).splitlines()[0]}") from None
+            yield index, row
 
 
 def worker_environment() -> dict[str, str]:
