@@ -1,0 +1,86 @@
+"""Where the app's default comparison spends its time, in one process, without a browser (issue [2.4]).
+
+    python -m tools.compare_time [--threads 1] [--frames 16] [--max-side 256]
+
+Runs `Studio.compare` at the app's defaults (the example clip, the embedded pack, every metric) in a fresh results
+folder, with `--threads` torch threads, and prints the total and each codec's share from the comparison's own
+progress messages; then each metric's time on 16 frames of the clip against a lightly changed copy, the reference
+features already kept (as for every coding after the first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.handlers import ClipRequest, CompareRequest, SessionState, Studio, StudioConfig
+from codec.metrics import compute_metrics, metric_names
+from codec.video import Video, read_video
+
+CLIP = Path(__file__).resolve().parents[1] / "assets" / "clips" / "bigbuckbunny.mp4"
+
+
+def comparison_time(frames: int, max_side: int) -> tuple[float, list[tuple[float, str]]]:
+    """(total seconds, [(seconds since the previous message, message)] of the 'done' and 'warm-up' messages)."""
+    folder = Path(tempfile.mkdtemp(prefix="compare-time-"))
+    studio = Studio(StudioConfig("", folder / "c", folder / "s", folder / "e", folder / "b.sqlite", CLIP))
+    studio.preload()
+    marks: list[tuple[float, str]] = []
+    began = time.perf_counter()
+    studio.compare(
+        CompareRequest(ClipRequest(str(CLIP), 0, frames, max_side)),
+        SessionState(),
+        "timing",
+        lambda fraction, desc="": marks.append((time.perf_counter(), desc)),
+    )
+    total = time.perf_counter() - began
+    shares, last = [], began
+    for at, what in marks:
+        if "done" in what or "warm-up" in what:
+            shares.append((at - last, what))
+            last = at
+    return total, shares
+
+
+def metric_times(frames: int) -> dict[str, float]:
+    """Seconds per metric for `frames` frames of the clip at 256x144, reference features warm."""
+    video = read_video(CLIP, frames=frames, size=(256, 144))
+    shifted = [Video(np.clip(video.frames.astype(int) + d, 0, 255).astype(np.uint8), video.fps) for d in (3, -3)]
+    times = {}
+    for name in metric_names():
+        compute_metrics(video, shifted[0], [name])
+        began = time.perf_counter()
+        compute_metrics(video, shifted[1], [name])
+        times[name] = time.perf_counter() - began
+    compute_metrics(video, shifted[0], list(metric_names()))
+    began = time.perf_counter()
+    compute_metrics(video, shifted[1], list(metric_names()))
+    times["all together"] = time.perf_counter() - began
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.compare_time", description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--max-side", type=int, default=256)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    total, shares = comparison_time(args.frames, args.max_side)
+    print(f"default comparison, {args.threads} torch thread(s): {total:.1f} s")
+    for seconds, what in shares:
+        print(f"  {seconds:6.2f} s  {what}")
+    print(f"metrics, {args.frames} frames at 256x144 (seconds):")
+    for name, seconds in metric_times(args.frames).items():
+        print(f"  {name}: {seconds:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
