@@ -42,7 +42,7 @@ from codec.weights import sha256_file
 
 log = logging.getLogger(__name__)
 
-MAX_SYNTHETIC_FRAMES = 7
+MAX_SYNTHETIC_FRAMES = 16  # a camera path this long still fits a 720-px photo at 128-px crops
 CROP_MULTIPLE = 64
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".y4m", ".mpg", ".mpeg", ".ts", ".flv")
 PHOTO_LIMITS = VideoLimits(max_width=16384, max_height=16384, max_frames=1)
