@@ -10,7 +10,7 @@ from conftest import EXAMPLE_CLIP, as_if_trained, moving_clip
 
 from codec.bitstream import FORMAT_VERSION, read_stream
 from codec.diffvc.config import tiny_config
-from codec.diffvc.entropy import FactorizedPrior, GaussianConditional
+from codec.diffvc.entropy import FactorizedPrior, GaussianConditional, SegmentReader
 from codec.diffvc.latent_codec import IntraLatentCodec, IntraLatentCodecConfig
 from codec.diffvc.model import DiffVCModel
 from codec.diffvc.qp import QPScales, QPScalesConfig, flatten_log_scales
@@ -85,11 +85,14 @@ def test_a_144_row_picture_costs_less_than_its_192_row_padding(bbb_frame: Video)
     assert np.array_equal(codec.decode(picture.bitstream).frames, picture.reconstruction.frames)
 
 
-def test_format_version_1_is_refused_with_its_reason(bbb_frame: Video) -> None:
+@pytest.mark.parametrize(
+    ("version", "reason"), [(1, "padding"), (2, "motion and latent as two strings")], ids=["v1", "v2"]
+)
+def test_retired_format_versions_are_refused_with_their_reason(bbb_frame: Video, version: int, reason: str) -> None:
     stream = bytearray(get_codec(f"condlc:{RANDOM}").encode(bbb_frame, 40).bitstream)
-    assert stream[4] == FORMAT_VERSION == 2
-    stream[4] = 1
-    with pytest.raises(BitstreamError, match="format version 1 is no longer decoded.*padding.*re-encode"):
+    assert stream[4] == FORMAT_VERSION == 3
+    stream[4] = version
+    with pytest.raises(BitstreamError, match=f"format version {version} is no longer decoded.*{reason}.*re-encode"):
         read_stream(bytes(stream))
 
 
@@ -101,8 +104,14 @@ def test_a_still_clip_codes_zero_motion_p_frames_that_decode_exactly(bbb_frame: 
     codec = get_codec("condlc")
     encoded = codec.encode(still, 32)
     _, units = read_stream(encoded.bitstream)
-    assert [len(u.strings) for u in units] == [1, 1, 1, 1]  # every P-frame without a motion string
+    assert [len(u.strings) for u in units] == [1, 1, 1, 1]
+    assert motion_flags(units) == [False, False, False]  # every P-frame without motion
     assert np.array_equal(codec.decode(encoded.bitstream).frames, encoded.reconstruction.frames)
+
+
+def motion_flags(units) -> list[bool]:
+    """The motion flag that opens each P-frame's one string (docs/FORMAT.md)."""
+    return [SegmentReader(u.strings[0]).read_flag() for u in units if u.frame_type == "P"]
 
 
 def test_moving_and_zero_motion_p_frames_mix_in_one_exact_stream() -> None:
@@ -111,18 +120,20 @@ def test_moving_and_zero_motion_p_frames_mix_in_one_exact_stream() -> None:
     clip = Video(frames, 25)
     codec = get_codec(f"diffvc:{RANDOM}")
     encoded = codec.encode(clip, 20)
-    counts = [len(u.strings) for u in read_stream(encoded.bitstream)[1]]
-    assert counts[0] == 1 and set(counts[1:]) <= {1, 2}
+    units = read_stream(encoded.bitstream)[1]
+    assert [len(u.strings) for u in units] == [1] * 5
+    assert set(motion_flags(units)) == {False, True}
     assert np.array_equal(codec.decode(encoded.bitstream).frames, encoded.reconstruction.frames)
 
 
-def test_a_p_frame_with_three_strings_is_refused() -> None:  # one per codec: motion, latent
+@pytest.mark.parametrize("count", [0, 2])
+def test_a_p_frame_of_other_than_one_string_is_refused(count: int) -> None:  # one string: flag, motion, latent
     from codec.bitstream import FrameUnit, write_stream
 
     encoded = get_codec(f"condlc:{RANDOM}").encode(moving_clip(frames=2, height=32, width=32, seed=1), 30)
     header, units = read_stream(encoded.bitstream)
-    broken = write_stream(header, [units[0], FrameUnit("P", units[1].qp, (b"", b"", b""))])
-    with pytest.raises(BitstreamError, match="P-frame with 3 strings"):
+    broken = write_stream(header, [units[0], FrameUnit("P", units[1].qp, units[1].strings * count)])
+    with pytest.raises(BitstreamError, match=f"P-frame with {count} strings"):
         get_codec(f"condlc:{RANDOM}").decode(broken)
 
 

@@ -46,7 +46,7 @@ FLAG_HEVC_INTRA = 8  # I-frames are HEVC-intra pictures (codec.diffvc.hevc_intra
 ENCODER_REVISION = 2  # bump when the encoder's choices change what a stream holds (then cached results are redone)
 INTRA_QP_OFFSET = -16  # the default I-frame QP offset (docs/RESULTS.md, "I-frames")
 INTRA_CODER = "hevc"  # the default I-frame coder (docs/RESULTS.md, "I-frames")
-STRINGS_PER_TYPE = {"I": (1,), "P": (1, 2)}  # one string per codec; a P-frame of 1 string has zero motion
+STRINGS_PER_TYPE = {"I": (1,), "P": (1,)}  # one string per frame (a P-frame's: motion flag, MVs, latent)
 
 
 @dataclass(frozen=True)

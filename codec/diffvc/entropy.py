@@ -36,13 +36,15 @@ value codes exactly, at a cost that only matters if it is frequent. Values are f
 +-MAX_ABS_SYMBOL (2**30) around the mean or median, in `forward` as well, so `decompress(compress(x))` always
 equals the evaluation-mode `forward`; non-finite inputs raise `ValueError`.
 
-**String layout.** One string holds one or more *segments* (a tensor each, e.g. a codec's z then its y:
-`encode_segments`, `SegmentReader`): the 32-bit words of one ANS stack, little-endian. Decoding order: for each
-segment in turn, its symbols grouped by model index (ascending; inside a group, in C order of the tensor), then
-its escapes' payloads in the same order; after the last segment a 16-bit end marker (0xD1A5). The string leaves
-out the zero high bytes of its last word (constriction's last word is never zero, so the decoder restores them by
-padding to a whole word): rates count whole bytes, not words. A string with no symbols is empty. One string per
-codec and frame spends the marker once, not once per tensor (a few per cent of a P-frame at low rates).
+**String layout.** One string holds optional one-bit *flags* (uniform), then one or more *segments* (a tensor
+each, e.g. a codec's z then its y: `encode_segments`, `SegmentReader`): the 32-bit words of one ANS stack,
+little-endian. Decoding order: the flags, then for each segment in turn, its symbols grouped by model index
+(ascending; inside a group, in C order of the tensor), then its escapes' payloads in the same order; after the
+last segment a 16-bit end marker (0xD1A5). The string leaves out the zero high bytes of its last word
+(constriction's last word is never zero, so the decoder restores them by padding to a whole word): rates count
+whole bytes, not words. A string with no symbols is empty. One string per frame spends the marker and the ANS
+coder's final state once, not once per tensor or codec (about 3.5 bytes each: 5-10 % of a P-frame at the lowest
+rates).
 `decompress` raises `BitstreamError` when constriction rejects the words, a decoded value is out of range, the
 end marker is wrong (an ANS decoder that runs out of words silently returns zeros, so this is how a short
 string shows) or words are left over after it. Damage is caught with high probability, not certainty: the
@@ -337,19 +339,21 @@ def _push_segment(
             coder.encode_reverse(symbols[group], tables.models[t])
 
 
-def encode_segments(segments: Sequence[Segment]) -> bytes:
-    """ANS-code segments (values, indexes, tables) into one string, decoded in the given order by
-    `SegmentReader`; the module docstring gives the layout. Each value is coded with the categorical model
-    tables.models[indexes[i]]; values within +-MAX_ABS_SYMBOL (those outside a table's support are escaped).
-    Returns bytes (without the last word's zero high bytes); empty iff there is no value at all."""
+def encode_segments(segments: Sequence[Segment], flags: Sequence[bool] = ()) -> bytes:
+    """ANS-code flags (one bit each, uniform) and segments (values, indexes, tables) into one string, decoded in
+    that order by `SegmentReader`; the module docstring gives the layout. Each value is coded with the categorical
+    model tables.models[indexes[i]]; values within +-MAX_ABS_SYMBOL (those outside a table's support are escaped).
+    Returns bytes (without the last word's zero high bytes); empty iff there is no flag and no value at all."""
     checked = [(*_check_segment(v, i, t), t) for v, i, t in segments]
-    if not any(values.size for values, _, _ in checked):
+    if not flags and not any(values.size for values, _, _ in checked):
         return b""
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(END_MARKER, constriction.stream.model.Uniform(1 << 16))
     for values, indexes, tables in reversed(checked):
         if values.size:
             _push_segment(coder, values, indexes, tables)
+    if flags:
+        coder.encode_reverse(np.array(flags, np.int32), constriction.stream.model.Uniform(2))
     return coder.get_compressed().astype("<u4").tobytes().rstrip(b"\0")  # the last word's zero high bytes
 
 
@@ -372,6 +376,16 @@ class SegmentReader:
             except Exception as err:  # constriction rejects the words (e.g. a trailing zero word)
                 raise BitstreamError(f"entropy-coded string is damaged ({err})") from err
         self._symbols = 0
+
+    def read_flag(self) -> bool:
+        """The next flag (written by `encode_segments(..., flags)`, decoded before the segments)."""
+        if self._coder is None:
+            raise BitstreamError("entropy-coded string is empty where a flag was expected")
+        self._symbols += 1
+        try:
+            return bool(self._coder.decode(constriction.stream.model.Uniform(2)))
+        except Exception as err:
+            raise BitstreamError(f"entropy-coded string is damaged ({err})") from err
 
     def read(self, indexes: np.ndarray, tables: CodingTables) -> np.ndarray:
         """The int64 [N] values of the next segment, given its model indexes (int64 [N]) and tables."""

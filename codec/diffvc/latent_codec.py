@@ -21,7 +21,9 @@ same pipeline, written once:
 4. ``y_hat`` from the Gaussian conditional (noise in training; round(y - mean_q) + mean_q otherwise);
 5. ``out = synthesis(y_hat * q_dec, cond)``.
 
-`compress` writes one string per frame: z's symbols, then y's (`entropy.encode_segments`).
+`compress` writes one string: z's symbols, then y's (`entropy.encode_segments`); `segments` gives them to a caller
+that codes more than one codec's symbols in one string (a P-frame: its motion, then its latent), `read` takes them
+back from a shared `SegmentReader`.
 
 `forward` (training and evaluation) and `compress` run steps 1-5 through `HyperpriorCodec._run`; `decompress`
 decodes z_hat, runs step 3 with *the same function*, decodes y_hat and runs step 5 with *the same function*. In
@@ -38,7 +40,7 @@ Shapes (H, W: the frame size, a multiple of 64; h = H / 8, w = W / 8: the latent
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -298,23 +300,32 @@ class HyperpriorCodec(nn.Module):
         y_deq, out = self.synthesize(y_hat, cond, q_dec)
         return _Coded(y, z, y_hat, y_deq, out, {"y": y_likelihoods, "z": z_likelihoods}, means, scales)
 
-    def _compress(
+    def _segments(
         self, x: Tensor, cond: Any, qp: Tensor, valid_hw: Sequence[int] | None = None
-    ) -> tuple[list[bytes], _Coded]:
-        """[one string: z's symbols, then y's] and the evaluation-mode pass whose reconstruction `decompress`
-        reproduces bit for bit."""
+    ) -> tuple[list[Segment], _Coded]:
+        """[z's symbols, y's] as segments of an ANS string, and the evaluation-mode pass whose reconstruction
+        `_read` reproduces bit for bit."""
         y_region, z_region = self.coded_regions(valid_hw)
         coded = self._run(x, cond, qp, training=False, valid_hw=valid_hw)
         segments = [
             self.hyperprior.prior.segment(coded.z, z_region),
             self.gaussian.segment(coded.y, coded.means, coded.scales, y_region),
         ]
+        return segments, coded
+
+    def _compress(
+        self, x: Tensor, cond: Any, qp: Tensor, valid_hw: Sequence[int] | None = None
+    ) -> tuple[list[bytes], _Coded]:
+        """[one string: z's symbols, then y's] and the evaluation-mode pass whose reconstruction `decompress`
+        reproduces bit for bit."""
+        segments, coded = self._segments(x, cond, qp, valid_hw)
         return [self.entropy_encode(segments)], coded
 
     @staticmethod
-    def entropy_encode(segments: Sequence[Segment]) -> bytes:
-        """The ANS coding of a frame's segments (a method, so that the timer can count it as 'entropy')."""
-        return encode_segments(segments)
+    def entropy_encode(segments: Sequence[Segment], flags: Sequence[bool] = ()) -> bytes:
+        """The ANS coding of a frame's flags and segments (a method, so that the timer can count it as
+        'entropy')."""
+        return encode_segments(segments, flags)
 
     def _decompress(
         self,
@@ -325,18 +336,37 @@ class HyperpriorCodec(nn.Module):
         valid_hw: Sequence[int] | None = None,
     ) -> tuple[Tensor, Any]:
         """Invert `_compress` given y's shape: (y_deq, out). BitstreamError if the string is damaged."""
-        if len(strings) != 1 or not isinstance(strings[0], bytes | bytearray):
-            raise BitstreamError(f"a {type(self).__name__} frame needs 1 string, got {len(strings)}")
+        return read_one_string(strings, type(self).__name__, self._read, cond, qp, y_shape, valid_hw)
+
+    def _read(
+        self,
+        reader: SegmentReader,
+        cond: Any,
+        qp: Tensor,
+        y_shape: Sequence[int],
+        valid_hw: Sequence[int] | None = None,
+    ) -> tuple[Tensor, Any]:
+        """Invert `_segments`: read z then y from `reader` (which may hold more after them), given y's shape:
+        (y_deq, out). BitstreamError if the string is damaged."""
         y_region, z_region = self.coded_regions(valid_hw)
         q_enc, q_dec = self.qp_scales(qp)
-        reader = SegmentReader(bytes(strings[0]))
         z_hat = self.hyperprior.prior.read(reader, self.hyperprior.z_shape(y_shape), z_region)
         means, scales = self.entropy_params(z_hat, cond, q_enc)
         if not (bool(torch.isfinite(means).all()) and bool(torch.isfinite(scales).all())):
             raise BitstreamError("the decoded hyper-latent gives non-finite entropy parameters; the stream is damaged")
         y_hat = self.gaussian.read(reader, means, scales, y_region)
-        reader.finish()
         return self.synthesize(y_hat, cond, q_dec)
+
+
+def read_one_string(strings: Sequence[bytes], what: str, read: Callable[..., Any], *args: Any) -> Any:
+    """read(reader, *args) over the one string of `strings`, checking that it ends there (`SegmentReader.finish`).
+    BitstreamError unless there is exactly one string and `read` consumes all of it."""
+    if len(strings) != 1 or not isinstance(strings[0], bytes | bytearray):
+        raise BitstreamError(f"a {what} frame needs 1 string, got {len(strings)}")
+    reader = SegmentReader(bytes(strings[0]))
+    decoded = read(reader, *args)
+    reader.finish()
+    return decoded
 
 
 def _check_latent_size(size_hw: Sequence[int], multiple: int, what: str) -> tuple[int, int]:
@@ -772,6 +802,22 @@ class ContextualLatentCodec(HyperpriorCodec):
         return self._output(coded.y_deq, coded.out, coded.likelihoods)
 
     @torch.no_grad()
+    def segments(
+        self,
+        latent: Tensor,
+        contexts: Contexts,
+        prev_y_hat: Tensor | None,
+        qp: int | Sequence[int] | Tensor,
+        valid_hw: Sequence[int] | None = None,
+    ) -> tuple[list[Segment], LatentCodingOutput]:
+        """-> ([z, y]: segments of the frame's string, `entropy.encode_segments`), the decoder's
+        LatentCodingOutput, with evaluation-mode likelihoods)."""
+        n = latent.shape[0]
+        cond = self._condition(contexts, prev_y_hat, latent.shape[-2:], n)
+        segments, coded = self._segments(latent, cond, qp_batch(qp, n, latent.device), valid_hw)
+        return segments, self._output(coded.y_deq, coded.out, coded.likelihoods)
+
+    @torch.no_grad()
     def compress(
         self,
         latent: Tensor,
@@ -781,10 +827,28 @@ class ContextualLatentCodec(HyperpriorCodec):
         valid_hw: Sequence[int] | None = None,
     ) -> tuple[list[bytes], LatentCodingOutput]:
         """-> ([one string: z then y], the decoder's LatentCodingOutput, with evaluation-mode likelihoods)."""
-        n = latent.shape[0]
-        cond = self._condition(contexts, prev_y_hat, latent.shape[-2:], n)
-        strings, coded = self._compress(latent, cond, qp_batch(qp, n, latent.device), valid_hw)
-        return strings, self._output(coded.y_deq, coded.out, coded.likelihoods)
+        segments, out = self.segments(latent, contexts, prev_y_hat, qp, valid_hw)
+        return [self.entropy_encode(segments)], out
+
+    @torch.no_grad()
+    def read(
+        self,
+        reader: SegmentReader,
+        contexts: Contexts,
+        prev_y_hat: Tensor | None,
+        qp: int | Sequence[int] | Tensor,
+        latent_size_hw: Sequence[int],
+        valid_hw: Sequence[int] | None = None,
+    ) -> LatentCodingOutput:
+        """Invert `segments`, reading z and y from `reader`, given the same contexts and prev_y_hat (batch size:
+        the contexts'); likelihoods are not recomputed (empty dict). BitstreamError if the string is damaged."""
+        h, w = _check_latent_size(latent_size_hw, 8, "latent size")
+        n = contexts.c1.shape[0]
+        cond = self._condition(contexts, prev_y_hat, (h, w), n)
+        qp = qp_batch(qp, n, contexts.c1.device)
+        stride = self.config.y_stride
+        y_deq, out = self._read(reader, cond, qp, (n, self.y_channels, h // stride, w // stride), valid_hw)
+        return self._output(y_deq, out, {})
 
     @torch.no_grad()
     def decompress(
@@ -796,15 +860,10 @@ class ContextualLatentCodec(HyperpriorCodec):
         latent_size_hw: Sequence[int],
         valid_hw: Sequence[int] | None = None,
     ) -> LatentCodingOutput:
-        """Invert `compress` given the same contexts and prev_y_hat (batch size: the contexts'); likelihoods are
-        not recomputed (empty dict). BitstreamError if the strings are damaged."""
-        h, w = _check_latent_size(latent_size_hw, 8, "latent size")
-        n = contexts.c1.shape[0]
-        cond = self._condition(contexts, prev_y_hat, (h, w), n)
-        qp = qp_batch(qp, n, contexts.c1.device)
-        stride = self.config.y_stride
-        y_deq, out = self._decompress(strings, cond, qp, (n, self.y_channels, h // stride, w // stride), valid_hw)
-        return self._output(y_deq, out, {})
+        """Invert `compress` (one string), as `read`. BitstreamError if the strings are damaged."""
+        return read_one_string(
+            strings, type(self).__name__, self.read, contexts, prev_y_hat, qp, latent_size_hw, valid_hw
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from codec.diffvc.config import DiffVCConfig
 from codec.diffvc.context import Contexts, TemporalContext, add_prediction
 from codec.diffvc.diffusion import DiffusionStage, TDIRSampler
 from codec.diffvc.dpb import DecodedPictureBuffer
-from codec.diffvc.entropy import FactorizedPrior, GaussianConditional
+from codec.diffvc.entropy import FactorizedPrior, GaussianConditional, SegmentReader
 from codec.diffvc.hevc_intra import decode_intra, encode_intra
 from codec.diffvc.latent import build_latent_space
 from codec.diffvc.latent_codec import (
@@ -137,10 +137,10 @@ def instrument_entropy_timing(model: DiffVCModel) -> None:
 class PFrameCoding:
     """Steps 1-3 of one P-frame (module docstring), batched over N items.
 
-    strings: the entropy-coded [motion, latent] (one string per codec), or [latent] for a zero-motion frame
-    (empty in training form); flow_hat: the decoded flow [N, 2, H, W] in pixels; contexts: C1..C3 (and the
-    prediction) built from it; latent: the contextual codec's output; motion_likelihoods: the MV codec's {"y", "z"}
-    likelihoods ({} for a zero-motion frame).
+    strings: [the frame's one entropy-coded string]: a flag (the frame has motion), then the MV codec's z and y if
+    it has, then the latent codec's z and y (empty in training form); flow_hat: the decoded flow [N, 2, H, W] in
+    pixels; contexts: C1..C3 (and the prediction) built from it; latent: the contextual codec's output;
+    motion_likelihoods: the MV codec's {"y", "z"} likelihoods ({} for a zero-motion frame).
     """
 
     strings: list[bytes]
@@ -179,7 +179,7 @@ def code_p_frame(
     x: the frame [N, 3, H, W] in [0, 1]; latent: its latent [N, C, H/8, W/8]; reference, feature, prev_y_hat: from
     the decoded-picture buffer (the previous reconstruction [N, 3, H, W], its DPB feature, the last P-frame's y^).
     entropy_code=True: `compress` (real strings, rounding; what the encoder does, and what `decompress` rebuilds),
-    and the frame is also coded with zero motion and no MV strings, kept when its rate-distortion cost is lower
+    and the frame is also coded with zero motion and no MV symbols, kept when its rate-distortion cost is lower
     (`prefers_zero_motion`); picture_hw: the picture's size when x is padded (padding is not coded). False: the
     codecs' `forward` (training form: noise in training mode, rounding in evaluation mode, where it equals the
     coded result). The flow is estimated without gradient, on the reference as the decoder has it.
@@ -190,21 +190,23 @@ def code_p_frame(
         with torch.no_grad():
             flow = model.flow_estimator(x, reference.detach())
         if entropy_code:
-            strings, motion = model.motion.compress(flow, qp, picture_hw)
+            mv_segments, motion = model.motion.segments(flow, qp, picture_hw)
         else:
-            strings, motion = [], model.motion(flow, qp)
+            mv_segments, motion = [], model.motion(flow, qp)
         flow_hat = motion.hat
     with timer.stage("latent"):
         contexts = model.temporal_contexts(reference, feature, flow_hat)
         if not entropy_code:
             out = model.inter(latent, contexts, prev_y_hat, qp)
-            return PFrameCoding(strings, flow_hat, contexts, out, motion.likelihoods)
-        y_strings, out = model.inter.compress(latent, contexts, prev_y_hat, qp, valid)
-        coded = PFrameCoding(strings + y_strings, flow_hat, contexts, out, motion.likelihoods)
+            return PFrameCoding([], flow_hat, contexts, out, motion.likelihoods)
+        y_segments, out = model.inter.segments(latent, contexts, prev_y_hat, qp, valid)
+        string = model.inter.entropy_encode(mv_segments + y_segments, flags=(True,))
+        coded = PFrameCoding([string], flow_hat, contexts, out, motion.likelihoods)
         zero_flow = torch.zeros_like(flow_hat)
         zero_contexts = model.temporal_contexts(reference, feature, zero_flow)
-        zero_strings, zero_out = model.inter.compress(latent, zero_contexts, prev_y_hat, qp, valid)
-        still = PFrameCoding(zero_strings, zero_flow, zero_contexts, zero_out, {})
+        zero_segments, zero_out = model.inter.segments(latent, zero_contexts, prev_y_hat, qp, valid)
+        zero_string = model.inter.entropy_encode(zero_segments, flags=(False,))
+        still = PFrameCoding([zero_string], zero_flow, zero_contexts, zero_out, {})
     return still if prefers_zero_motion(latent, coded, still, qp, valid, model.latent_space.factor) else coded
 
 
@@ -216,7 +218,7 @@ def prefers_zero_motion(
     valid_hw: tuple[int, int] | None,
     factor: int,
 ) -> bool:
-    """The encoder's mode decision: True when coding the frame with zero motion (no MV strings) costs no more than
+    """The encoder's mode decision: True when coding the frame with zero motion (no MV symbols) costs no more than
     with its coded motion, in J = bits + lambda(QP) * pixels * MSE, the trade-off the codec was trained on
     (`codec.diffvc.qp.rd_lambda`). MSE over the picture's latent (the tiny preset's latent holds the pixels
     themselves; `factor` x `factor` pixels per latent element)."""
@@ -330,7 +332,8 @@ class FrameCoder:
         picture_hw: tuple[int, int] | None = None,
     ) -> FrameResult:
         """Entropy-coded strings of one frame -> the reconstruction; updates the DPB. size_hw: the coded (padded)
-        size; picture_hw: the picture's, as the encoder had it. A P-frame of 1 string has zero motion."""
+        size; picture_hw: the picture's, as the encoder had it. A P-frame is one string whose first flag says
+        whether it codes motion."""
         m, t = self.model, self.timer
         latent_hw = (size_hw[0] // m.latent_space.factor, size_hw[1] // m.latent_space.factor)
         valid = latent_valid_hw(m, picture_hw)
@@ -346,14 +349,18 @@ class FrameCoder:
             return self._finish(coded, None, None, frame_type, qp, index)
         if self.dpb.empty:
             raise BitstreamError(f"frame {index}: a P-frame with no reference")
+        if len(strings) != 1:
+            raise BitstreamError(f"frame {index}: a P-frame needs 1 string, got {len(strings)}")
+        reader = SegmentReader(strings[0])
         with t.stage("motion"):
-            if len(strings) == 1:
-                flow_hat = self.dpb.frame.new_zeros((1, 2, *size_hw))
+            if reader.read_flag():
+                flow_hat = m.motion.read(reader, size_hw, qp, picture_hw)
             else:
-                flow_hat = m.motion.decompress(strings[:1], size_hw, qp, picture_hw)
+                flow_hat = self.dpb.frame.new_zeros((1, 2, *size_hw))
         with t.stage("latent"):
             contexts = m.temporal_contexts(self.dpb.frame, self.dpb.feature, flow_hat)
-            coded = m.inter.decompress(strings[-1:], contexts, self.dpb.y_hat, qp, latent_hw, valid)
+            coded = m.inter.read(reader, contexts, self.dpb.y_hat, qp, latent_hw, valid)
+            reader.finish()
         return self._finish(coded, contexts, flow_hat, frame_type, qp, index)
 
     # --- shared: everything after the entropy decoding ------------------------------------------------

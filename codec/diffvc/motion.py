@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from codec.diffvc.latent_codec import CodingOutput, HyperpriorCodec, qp_batch, start_prior_flat
+from codec.diffvc.entropy import Segment, SegmentReader
+from codec.diffvc.latent_codec import CodingOutput, HyperpriorCodec, qp_batch, read_one_string, start_prior_flat
 from codec.diffvc.layers import (
     ResidualBlock,
     SubpelUpsample,
@@ -332,14 +333,39 @@ class MotionCodec(HyperpriorCodec):
         return CodingOutput(coded.out, coded.likelihoods)
 
     @torch.no_grad()
+    def segments(
+        self, flow: Tensor, qp: int | Sequence[int] | Tensor, valid_hw: Sequence[int] | None = None
+    ) -> tuple[list[Segment], CodingOutput]:
+        """-> ([z, y]: segments of the frame's string, `entropy.encode_segments`), CodingOutput(hat=flow_hat
+        [N, 2, H, W] float32, evaluation-mode likelihoods)): flow_hat is the flow the decoder will have, bit for
+        bit."""
+        self._check_size(flow.shape[-2:])
+        segments, coded = self._segments(flow, None, qp_batch(qp, flow.shape[0], flow.device), valid_hw)
+        return segments, CodingOutput(coded.out, coded.likelihoods)
+
+    @torch.no_grad()
     def compress(
         self, flow: Tensor, qp: int | Sequence[int] | Tensor, valid_hw: Sequence[int] | None = None
     ) -> tuple[list[bytes], CodingOutput]:
-        """-> ([one string: z then y], CodingOutput(hat=flow_hat [N, 2, H, W] float32, evaluation-mode likelihoods)):
-        flow_hat is the flow the decoder will have, bit for bit."""
-        self._check_size(flow.shape[-2:])
-        strings, coded = self._compress(flow, None, qp_batch(qp, flow.shape[0], flow.device), valid_hw)
-        return strings, CodingOutput(coded.out, coded.likelihoods)
+        """-> ([one string: z then y], CodingOutput as `segments`)."""
+        segments, out = self.segments(flow, qp, valid_hw)
+        return [self.entropy_encode(segments)], out
+
+    @torch.no_grad()
+    def read(
+        self,
+        reader: SegmentReader,
+        size_hw: Sequence[int],
+        qp: int | Sequence[int] | Tensor,
+        valid_hw: Sequence[int] | None = None,
+    ) -> Tensor:
+        """Invert `segments`, reading z and y from `reader`, for frames of size_hw (batch size = number of QPs):
+        flow_hat [N, 2, H, W] float32. BitstreamError if the string is damaged."""
+        h, w = self._check_size(size_hw)
+        qp = qp_batch(qp, 1 if isinstance(qp, int) else len(qp), self.qp_scales.log_enc.device)
+        y_shape = (qp.numel(), self.y_channels, h // MOTION_STRIDE, w // MOTION_STRIDE)
+        _, flow_hat = self._read(reader, None, qp, y_shape, valid_hw)
+        return flow_hat
 
     @torch.no_grad()
     def decompress(
@@ -349,10 +375,5 @@ class MotionCodec(HyperpriorCodec):
         qp: int | Sequence[int] | Tensor,
         valid_hw: Sequence[int] | None = None,
     ) -> Tensor:
-        """Invert `compress` for frames of size_hw (batch size = number of QPs): flow_hat [N, 2, H, W] float32.
-        BitstreamError if the strings are damaged."""
-        h, w = self._check_size(size_hw)
-        qp = qp_batch(qp, 1 if isinstance(qp, int) else len(qp), self.qp_scales.log_enc.device)
-        y_shape = (qp.numel(), self.y_channels, h // MOTION_STRIDE, w // MOTION_STRIDE)
-        _, flow_hat = self._decompress(strings, None, qp, y_shape, valid_hw)
-        return flow_hat
+        """Invert `compress` (one string), as `read`. BitstreamError if the strings are damaged."""
+        return read_one_string(strings, type(self).__name__, self.read, size_hw, qp, valid_hw)
