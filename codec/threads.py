@@ -1,0 +1,76 @@
+"""How many torch threads a heavy job gets: the cores nobody else is using, measured when the job starts.
+
+On this project's 2-core machine (docs/RESULTS.md, "Metrics people trust, fast"):
+* alone, a comparison takes 42.8 s on one thread and 27.5 s on two (`tools.compare_time`);
+* beside another busy process, two threads stall: a DiffVC encode took 61 s on two threads, 9 s on one. PyTorch's
+  intra-op threads wait for each other at every operator, and one of them keeps losing its core.
+
+So a fixed count is wrong one way or the other. `job_threads` reads the CPU time the other processes used over a
+short window (Linux: /proc/stat minus this process's own share from /proc/self/stat) and gives the job the idle
+cores, at least one, shared between the heavy jobs that may run at once. Where /proc is missing it leaves one core
+to the rest of the machine (cores - 1), the previous fixed default.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["busy_cores_elsewhere", "job_threads", "threads_for_job"]
+
+PROBE_S = 0.25  # how long the other processes' CPU use is watched before a job starts
+BUSY_MARGIN = 0.3  # a core counts as taken when another process used more than this share of it
+
+
+def _machine_busy_ticks() -> int:
+    """Busy clock ticks of the whole machine since boot: /proc/stat's first line less idle and iowait."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)
+
+
+def _own_ticks() -> int:
+    """Clock ticks this process (all its threads) ran: utime + stime of /proc/self/stat."""
+    after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return int(after_name[11]) + int(after_name[12])  # fields 14 and 15 of proc(5), counted from the state (3)
+
+
+def busy_cores_elsewhere(window_s: float = PROBE_S) -> float | None:
+    """Cores' worth of CPU the *other* processes used over the next `window_s` seconds (e.g. 1.0: one core busy);
+    None where /proc is not there to tell."""
+    try:
+        machine, own = _machine_busy_ticks(), _own_ticks()
+        time.sleep(window_s)
+        machine, own = _machine_busy_ticks() - machine, _own_ticks() - own
+    except (OSError, ValueError, IndexError):
+        return None
+    ticks_per_s = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return max(0.0, (machine - own) / ticks_per_s / window_s)
+
+
+def threads_for_job(cores: int, busy_elsewhere: float | None, jobs: int = 1) -> int:
+    """Torch threads for one of `jobs` heavy jobs on `cores` cores of which `busy_elsewhere` are in use by other
+    processes (None: unknown, then one core is left free); at least 1."""
+    if busy_elsewhere is None:
+        free = cores - 1
+    else:
+        free = cores - math.ceil(max(0.0, busy_elsewhere - BUSY_MARGIN))
+    return max(1, free // max(1, jobs))
+
+
+@contextmanager
+def job_threads(fixed: int | None = None, jobs: int = 1) -> Iterator[int]:
+    """Run a heavy job on `fixed` torch threads, or (None) on the cores idle when it starts (`threads_for_job`);
+    yields the count and restores the previous one afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    count = fixed or threads_for_job(os.cpu_count() or 1, busy_cores_elsewhere(), jobs)
+    torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(previous)
