@@ -504,9 +504,9 @@ class Studio:
             if slug == "original":
                 return f"original, frame {t}"
             row = rows[slug]
-            psnr = row["per_frame"].get("psnr", [None] * (t + 1))[t]
+            psnr = row.per_frame.get("psnr", [None] * (t + 1))[t]
             extra = f", {psnr:.2f} dB" if psnr is not None else ""
-            return f"{labels[slug]}: {row['bpp']:.4f} bpp, {row['per_frame']['bits'][t]} bits{extra}"
+            return f"{labels[slug]}: {row.bpp:.4f} bpp, {row.frame_bits[t]} bits{extra}"
 
         tiles = [(caption(slug), frames[slug][t]) for slug in labels]
         zoom_tiles = [
@@ -519,7 +519,7 @@ class Studio:
         zoom_tiles.insert(
             1, ("original, zoomed", views.zoomed(frames["original"][t], request.cx, request.cy, request.zoom))
         )
-        types = next(iter(rows.values())).get("frame_types", "") if rows else ""
+        types = next(iter(rows.values())).frame_types if rows else ""
         ftype = types[t] if t < len(types) else "?"
         return FrameView(
             side_by_side=views.grid(tiles, columns=3),
@@ -600,13 +600,15 @@ class Studio:
         )
 
     def sweep_figure(self, metric: str, state: SessionState):
-        import json
-
-        from codec.eval.report import rd_figure
+        from codec.errors import RowSchemaError
+        from codec.eval.report import rd_figure, read_results_json
 
         if not state.sweep_dir:
             raise UserError("Run a sweep first.")
-        rows = json.loads((Path(state.sweep_dir) / "results.json").read_text())
+        try:
+            rows = read_results_json(Path(state.sweep_dir) / "results.json")
+        except RowSchemaError:
+            raise UserError("This sweep was written by an older version of the studio; run it again.") from None
         return rd_figure(rows, metric)
 
     def _session_dir(self, session: str) -> Path:
@@ -630,8 +632,8 @@ class Studio:
                     comparison.clip["hash"],
                     run.slug,
                     run.label,
-                    run.row["bpp"],
-                    run.row["frames"],
+                    run.row.bpp,
+                    run.row.frames,
                     under_test=run.role in ("diffvc", "contrast"),
                 )
                 for run in comparison.runs
@@ -726,7 +728,7 @@ def _first_wipe(runs) -> tuple[str, str]:
 
 def _first_metric(runs) -> str:
     for metric in (*perceptual_metrics(), *metric_names()):
-        if all(run.row.get(metric) is not None for run in runs):
+        if all(run.row.metrics.get(metric) is not None for run in runs):
             return metric
     return "psnr"
 
@@ -734,7 +736,7 @@ def _first_metric(runs) -> str:
 def _api_row(run) -> dict[str, Any]:
     from codec.eval.report import csv_first_columns
 
-    row = run.row
+    row = run.row.to_dict()  # the API's rows are the JSON form, cut down
     keep = (
         *csv_first_columns(),
         "unet_evals",

@@ -1,7 +1,8 @@
 """What the page shows, computed from a comparison: labelled frame grids, zoomed crops, error heatmaps, tables and
 plotly figures. Plain numpy / PIL / pandas / plotly: no Gradio, no model.
 
-Frames are uint8 RGB [H, W, 3]; a comparison's runs carry `engine.measure` rows (rates from bitstream bytes).
+Frames are uint8 RGB [H, W, 3]; a comparison's runs carry `engine.measure`'s `ResultRow`s (rates from bitstream
+bytes).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from codec.eval.rows import ResultRow
 from codec.metrics import get_metric, metric_names, perceptual_metrics
 
 PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692")
@@ -126,9 +128,9 @@ def _num(value: Any, digits: int) -> Any:
     return round(float(value), digits) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def kbps(row: dict[str, Any], fps: str | float) -> float | None:
-    seconds = row["frames"] / float(Fraction(str(fps)))
-    return 8 * row["bytes"] / seconds / 1000 if seconds > 0 else None
+def kbps(row: ResultRow, fps: str | float) -> float | None:
+    seconds = row.frames / float(Fraction(str(fps)))
+    return 8 * row.bytes / seconds / 1000 if seconds > 0 else None
 
 
 def metrics_table(runs: Sequence[Any], fps: str) -> pd.DataFrame:
@@ -149,22 +151,26 @@ def metrics_table(runs: Sequence[Any], fps: str) -> pd.DataFrame:
         records.append(
             {
                 "codec": run.label,
-                "QP": row["qp"],
+                "QP": row.qp,
                 "QP from": how,
-                "bytes": row["bytes"],
-                "bpp": _num(row["bpp"], 4),
+                "bytes": row.bytes,
+                "bpp": _num(row.bpp, 4),
                 "kbps": _num(kbps(row, _fps_of(row, fps)), 1),
-                **{get_metric(m).label: _num(row.get(m), 4) for m in metric_names()},
-                "enc fps": _num(row.get("enc_fps"), 2),
-                "dec fps": _num(row.get("dec_fps"), 2),
-                "U-Net evals": "" if row.get("unet_evals") is None else str(row["unet_evals"]),
+                **{get_metric(m).label: _num(row.metrics.get(m), 4) for m in metric_names()},
+                "enc fps": _num(row.enc_fps, 2),
+                "dec fps": _num(row.dec_fps, 2),
+                "U-Net evals": _unet_evals(row),
             }
         )
     return pd.DataFrame(records)
 
 
-def _fps_of(row: dict[str, Any], fps: str) -> str:
-    return str(row.get("params", {}).get("fps") or fps)
+def _fps_of(row: ResultRow, fps: str) -> str:
+    return str(row.params.get("fps") or fps)
+
+
+def _unet_evals(row: ResultRow) -> str:
+    return "" if row.unet_evals is None else str(row.unet_evals)
 
 
 def bd_rate_view(table: pd.DataFrame) -> pd.DataFrame:
@@ -192,17 +198,17 @@ def timing_table(runs: Sequence[Any]) -> pd.DataFrame:
     records = []
     for run in runs:
         row = run.row
-        stages = {k: v for k, v in row.get("timings", {}).items() if k not in ("encode", "decode")}
+        stages = {k: v for k, v in row.timings.items() if k not in ("encode", "decode")}
         records.append(
             {
                 "codec": run.label,
-                "frames": row["frames"],
-                "encode s": _num(row["enc_s"], 3),
-                "decode s": _num(row["dec_s"], 3),
-                "enc fps": _num(row.get("enc_fps"), 2),
-                "dec fps": _num(row.get("dec_fps"), 2),
+                "frames": row.frames,
+                "encode s": _num(row.enc_s, 3),
+                "decode s": _num(row.dec_s, 3),
+                "enc fps": _num(row.enc_fps, 2),
+                "dec fps": _num(row.dec_fps, 2),
                 **{f"{k} s": _num(v, 3) for k, v in stages.items()},
-                "U-Net evals": "" if row.get("unet_evals") is None else str(row["unet_evals"]),
+                "U-Net evals": _unet_evals(row),
             }
         )
     return pd.DataFrame(records)
@@ -210,18 +216,19 @@ def timing_table(runs: Sequence[Any]) -> pd.DataFrame:
 
 def tdir_summary(runs: Sequence[Any]) -> str:
     """One markdown line: DiffVC's time and quality with TDIR on against off, when both ran."""
-    on = next((r for r in runs if r.role in ("diffvc", "contrast") and r.row["options"].get("tdir")), None)
-    off = next((r for r in runs if r.role in ("diffvc", "contrast") and not r.row["options"].get("tdir")), None)
+    on = next((r for r in runs if r.role in ("diffvc", "contrast") and r.row.options.get("tdir")), None)
+    off = next((r for r in runs if r.role in ("diffvc", "contrast") and not r.row.options.get("tdir")), None)
     if on is None or off is None:
         return "TDIR on against off: run with *Also run DiffVC with TDIR flipped* to see it."
-    t_on, t_off = on.row["timings"].get("diffusion", 0.0), off.row["timings"].get("diffusion", 0.0)
-    parts = [f"**TDIR on against off**: encode {on.row['enc_s']:.2f} s vs {off.row['enc_s']:.2f} s"]
+    t_on, t_off = on.row.timings.get("diffusion", 0.0), off.row.timings.get("diffusion", 0.0)
+    parts = [f"**TDIR on against off**: encode {on.row.enc_s:.2f} s vs {off.row.enc_s:.2f} s"]
     if t_off > 0:
         parts.append(f"diffusion stage {t_on:.2f} s vs {t_off:.2f} s ({t_on / t_off:.0%} of TDIR off)")
-    parts.append(f"U-Net evaluations {on.row.get('unet_evals')} vs {off.row.get('unet_evals')}")
+    parts.append(f"U-Net evaluations {on.row.unet_evals} vs {off.row.unet_evals}")
     for metric in perceptual_metrics():
-        if on.row.get(metric) is not None and off.row.get(metric) is not None:
-            parts.append(f"{get_metric(metric).label} {on.row[metric]:.4f} vs {off.row[metric]:.4f}")
+        value_on, value_off = on.row.metrics.get(metric), off.row.metrics.get(metric)
+        if value_on is not None and value_off is not None:
+            parts.append(f"{get_metric(metric).label} {value_on:.4f} vs {value_off:.4f}")
     return "; ".join(parts) + "."
 
 
@@ -243,17 +250,16 @@ def per_frame_figure(runs: Sequence[Any], metric: str):
     )
     for i, run in enumerate(runs):
         colour = PALETTE[i % len(PALETTE)]
-        per_frame = run.row["per_frame"]
-        types = run.row.get("frame_types", "")
-        values = per_frame.get(metric)
-        x = list(range(len(per_frame["bits"])))
+        types = run.row.frame_types
+        values = run.row.per_frame.get(metric)
+        x = list(range(len(run.row.frame_bits)))
         symbols = ["diamond" if t == "I" else "circle" for t in types] or None
         sizes = [10 if t == "I" else 5 for t in types] or None
         if values is not None:
             fig.add_trace(
                 go.Scatter(
                     x=x,
-                    y=values,
+                    y=list(values),
                     mode="lines+markers",
                     name=run.label,
                     legendgroup=run.label,
@@ -268,7 +274,7 @@ def per_frame_figure(runs: Sequence[Any], metric: str):
         fig.add_trace(
             go.Bar(
                 x=x,
-                y=per_frame["bits"],
+                y=list(run.row.frame_bits),
                 name=run.label,
                 legendgroup=run.label,
                 showlegend=False,
@@ -300,8 +306,8 @@ def timing_figure(runs: Sequence[Any]):
     labels = [r.label for r in runs]
     fig = go.Figure(
         [
-            go.Bar(x=labels, y=[r.row["enc_s"] for r in runs], name="encode"),
-            go.Bar(x=labels, y=[r.row["dec_s"] for r in runs], name="decode"),
+            go.Bar(x=labels, y=[r.row.enc_s for r in runs], name="encode"),
+            go.Bar(x=labels, y=[r.row.dec_s for r in runs], name="decode"),
         ]
     )
     fig.update_layout(
@@ -318,10 +324,10 @@ def stage_figure(runs: Sequence[Any]):
     """DiffVC's encoder time per stage (stacked bars), for each DiffVC run (TDIR on and off)."""
     import plotly.graph_objects as go
 
-    neural = [r for r in runs if r.row.get("timings", {}).get("diffusion") is not None]
+    neural = [r for r in runs if r.row.timings.get("diffusion") is not None]
     fig = go.Figure(
         [
-            go.Bar(x=[r.label for r in neural], y=[r.row["timings"].get(stage, 0.0) for r in neural], name=stage)
+            go.Bar(x=[r.label for r in neural], y=[r.row.timings.get(stage, 0.0) for r in neural], name=stage)
             for stage in ("motion", "latent", "entropy", "diffusion", "vae")
         ]
     )

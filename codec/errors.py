@@ -19,3 +19,7 @@ class CodecUnavailableError(CodecError):
 
 class SpecError(CodecError):
     """A codec spec such as ``x265:preset=veryslow`` names an unknown codec or option, or a bad value."""
+
+
+class RowSchemaError(CodecError):
+    """A stored evaluation result row is of another schema version (`codec.eval.rows`), or not a result row."""

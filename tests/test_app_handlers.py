@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -163,9 +164,15 @@ def test_sweep_writes_report_and_bd_rate(tmp_path):
     bits = view.bd_table["bits vs x265 at equal quality (x)"]
     assert 0.5 < bits.iloc[0] < 2 and "test points within the anchor's quality range" in view.bd_table["note"][0]
     assert any(p.endswith("report.html") for p in view.files) and len(view.results) == 8
-    assert studio.sweep_figure("psnr", state) is not None
+    figure = studio.sweep_figure("psnr", state)
+    assert [len(trace.x) for trace in figure.data] == [4, 4]  # the rows read back from results.json
     with pytest.raises(UserError):
         studio.sweep(SweepRequest(request.clip, anchor_qps="a, b"), state, "s")
+    results = Path(state.sweep_dir) / "results.json"
+    untyped = [{k: v for k, v in row.items() if k != "schema"} for row in json.loads(results.read_text())]
+    results.write_text(json.dumps(untyped))  # a sweep written before the rows had a schema
+    with pytest.raises(UserError, match="older version"):
+        studio.sweep_figure("psnr", state)
 
 
 def test_default_anchor_qps_span_the_neural_codecs_quality(tmp_path):
@@ -233,7 +240,6 @@ def test_the_pack_picker_lists_installed_packs_and_runs_the_one_chosen(tmp_path,
     """A pack dropped into the packs directory is offered with its preset, size and provenance; the comparison runs
     the chosen one; a name the picker did not offer (a path, say) is refused; a `full` pack on a CPU says what a
     frame costs before anything runs."""
-    import json
 
     import torch
 

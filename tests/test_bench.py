@@ -15,6 +15,7 @@ from test_cli import _one_clear_line, run_cli
 from codec.errors import CodecError, VideoError
 from codec.eval.bench import BenchConditions, find_sequences, run_bench, write_bench
 from codec.eval.report import bd_rate
+from codec.eval.rows import ResultRow
 from codec.video import RawFormat, Video, read_video, rgb_to_av_frame, write_video
 
 SPECS = ["x265", "condlc"]
@@ -98,12 +99,12 @@ def test_bench_writes_the_paper_table_and_resumes_from_the_cache(bench_folder, t
     result = run_bench(sequences, SPECS, [], QPS_BY_SPEC, CONDITIONS, ["psnr"], tmp_path / "cache")
     assert list(result.rows) == ["bigbuckbunny", "pan_64x64_25", "square"]
     for rows in result.rows.values():
-        assert {r["spec"] for r in rows} == set(SPECS)  # the specs as given, not the conditioned ones
-        assert {r["options"]["intra_period"] for r in rows} == {2} and {r["frames"] for r in rows} == {4}
+        assert {r.spec for r in rows} == set(SPECS)  # the specs as given, not the conditioned ones
+        assert {r.options["intra_period"] for r in rows} == {2} and {r.frames for r in rows} == {4}
     per = result.per_sequence.set_index(["sequence", "metric"])
     for name, rows in result.rows.items():
-        anchor = [r for r in rows if r["spec"] == "x265"]
-        test = [r for r in rows if r["spec"] == "condlc"]
+        anchor = [r for r in rows if r.spec == "x265"]
+        test = [r for r in rows if r.spec == "condlc"]
         expected = bd_rate(anchor, test, "psnr")[0]
         assert per.loc[(name, "psnr"), "bd_rate_pct"] == pytest.approx(expected)
     summary = result.summary.set_index("class")
@@ -120,8 +121,8 @@ def test_bench_writes_the_paper_table_and_resumes_from_the_cache(bench_folder, t
     assert len(pd.read_csv(paths["per_sequence"])) == 3
 
     again = run_bench(sequences, SPECS, [], QPS_BY_SPEC, CONDITIONS, ["psnr"], tmp_path / "cache")
-    created = [[r["created"] for r in rows] for rows in result.rows.values()]
-    assert [[r["created"] for r in rows] for rows in again.rows.values()] == created  # every row from the cache
+    created = [[r.created for r in rows] for rows in result.rows.values()]
+    assert [[r.created for r in rows] for rows in again.rows.values()] == created  # every row from the cache
 
 
 def test_the_bench_command_prints_the_table_and_refuses_a_folder_without_videos(bench_folder, tmp_path):
@@ -142,9 +143,9 @@ def test_the_bench_command_prints_the_table_and_refuses_a_folder_without_videos(
 TIMING_KEYS = {"enc_s", "dec_s", "enc_fps", "dec_fps", "created", "timings"}
 
 
-def comparable(row: dict) -> dict:
-    """A row without what differs between any two runs (wall times, creation time)."""
-    return {k: v for k, v in row.items() if k not in TIMING_KEYS}
+def comparable(row: ResultRow) -> dict:
+    """A row's JSON without what differs between any two runs (wall times, creation time)."""
+    return {k: v for k, v in row.to_dict().items() if k not in TIMING_KEYS}
 
 
 @pytest.fixture(scope="module")

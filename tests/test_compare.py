@@ -61,13 +61,13 @@ def test_comparison_writes_its_folder_and_is_answered_from_disk(tmp_path):
     for path in first.files():
         assert path.is_file() and path.parent == first.folder
     diffvc = first.run("diffvc")
-    assert (first.folder / diffvc.bitstream_file).stat().st_size == diffvc.row["bytes"]
-    assert first.run("x265").match["target_bpp"] == pytest.approx(diffvc.row["bpp"])
+    assert (first.folder / diffvc.bitstream_file).stat().st_size == diffvc.row.bytes
+    assert first.run("x265").match["target_bpp"] == pytest.approx(diffvc.row.bpp)
     frames = first.frames()
     assert frames["original"].shape == video.frames.shape and set(frames) == {"original", *(r.slug for r in first.runs)}
     assert json.loads((first.folder / "results.json").read_text())[0]["label"] == "DiffVC (TDIR on)"
     again = store.run(video, settings, source="clip.mp4")
-    assert again.cached and again.key == first.key and again.rows[0]["bpp"] == diffvc.row["bpp"]
+    assert again.cached and again.key == first.key and again.rows[0].bpp == diffvc.row.bpp
     other = store.run(video, CompareSettings(qp=41, anchors=(), tdir_contrast=False, **FAST))
     assert other.key != first.key and not other.cached
 
@@ -110,7 +110,7 @@ def test_without_a_pack_the_anchors_still_run(tmp_path):
     settings = CompareSettings(pack="no-such-pack", qp=60, anchors=("x265",), metrics=("psnr",))
     comparison = ComparisonStore(tmp_path).run(moving_clip(frames=2), settings)
     assert [r.slug for r in comparison.runs] == ["x265"]
-    assert comparison.runs[0].row["qp"] == 51  # the slider's QP, clipped to x265's range
+    assert comparison.runs[0].row.qp == 51  # the slider's QP, clipped to x265's range
     assert "DiffVC did not run" in comparison.notes[0]
 
 

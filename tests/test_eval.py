@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,19 @@ from codec.eval.report import (
 )
 
 QPS = (22, 28, 34, 40)
+
+
+@dataclass(frozen=True)
+class Point:
+    """A point of an RD curve for the BD-rate functions (a `report.RatePoint`), with a spec for the tables."""
+
+    bpp: float
+    metrics: dict = field(default_factory=dict)
+    spec: str = ""
+
+
+def point(bpp: float, spec: str = "", **metrics: float | None) -> Point:
+    return Point(bpp, metrics, spec)
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +58,18 @@ def rows(video, tmp_path_factory):
 
 
 def test_rows_are_real_measurements(rows, video):
-    assert [(r["spec"], r["qp"]) for r in rows] == [(s, q) for s in ("x265", "x264:preset=fast") for q in QPS]
+    assert [(r.spec, r.qp) for r in rows] == [(s, q) for s in ("x265", "x264:preset=fast") for q in QPS]
     for r in rows:
-        assert r["bytes"] > 0 and r["bpp"] == pytest.approx(8 * r["bytes"] / (6 * 64 * 96))
-        assert r["recon_match"] and r["frames"] == 6 and (r["width"], r["height"]) == (96, 64)
-        assert r["enc_s"] > 0 and r["dec_s"] > 0 and r["enc_fps"] == pytest.approx(6 / r["enc_s"])
-        assert sum(r["per_frame"]["bits"]) <= 8 * r["bytes"] and len(r["per_frame"]["psnr"]) == 6
-        assert r["lpips"] is None and r["dists"] is None  # not asked for
-        assert r["options"]["intra_period"] == 32 and r["params"]
+        assert r.bytes > 0 and r.bpp == pytest.approx(8 * r.bytes / (6 * 64 * 96))
+        assert r.recon_match and r.frames == 6 and (r.width, r.height) == (96, 64)
+        assert r.enc_s > 0 and r.dec_s > 0 and r.enc_fps == pytest.approx(6 / r.enc_s)
+        assert sum(r.frame_bits) <= 8 * r.bytes and len(r.per_frame["psnr"]) == 6
+        assert r.metrics["lpips"] is None and r.metrics["dists"] is None  # not asked for
+        assert r.options["intra_period"] == 32 and r.params
     for spec in ("x265", "x264:preset=fast"):
-        curve = [r for r in rows if r["spec"] == spec]
-        assert all(a["bpp"] > b["bpp"] for a, b in zip(curve, curve[1:]))
-        assert all(a["psnr"] > b["psnr"] for a, b in zip(curve, curve[1:]))
+        curve = [r for r in rows if r.spec == spec]
+        assert all(a.bpp > b.bpp for a, b in zip(curve, curve[1:]))
+        assert all(a.metrics["psnr"] > b.metrics["psnr"] for a, b in zip(curve, curve[1:]))
 
 
 def test_cache_makes_a_rerun_free_and_force_recomputes(video, tmp_path, monkeypatch):
@@ -82,7 +96,7 @@ def test_a_damaged_cache_entry_is_recomputed(video, tmp_path):
     first = evaluate(request)
     for path in tmp_path.glob("*.json"):
         path.write_text("{not json")
-    assert evaluate(request)[0]["bytes"] == first[0]["bytes"]
+    assert evaluate(request)[0].bytes == first[0].bytes
 
 
 def test_bad_spec_fails_before_any_job(video):
@@ -91,16 +105,16 @@ def test_bad_spec_fails_before_any_job(video):
 
 
 def test_bd_rate_sign_and_identity(rows):
-    x265 = [r for r in rows if r["spec"] == "x265"]
+    x265 = [r for r in rows if r.spec == "x265"]
     same, note = bd_rate(x265, x265, "psnr")
     assert same == pytest.approx(0.0, abs=1e-6)
     # the same curve shifted to 20 % more bits costs about +20 %
-    costly = [{**r, "bpp": r["bpp"] * 1.2} for r in x265]
+    costly = [replace(r, bpp=r.bpp * 1.2) for r in x265]
     value, _ = bd_rate(x265, costly, "psnr")
     assert value == pytest.approx(20.0, abs=0.5)
     # lower-is-better metrics are negated: a curve with lower LPIPS at every rate saves bits
-    a = [{"bpp": b, "lpips": 0.5 - b} for b in (0.1, 0.2, 0.3, 0.4)]
-    better = [{"bpp": b, "lpips": 0.45 - b} for b in (0.1, 0.2, 0.3, 0.4)]
+    a = [point(b, lpips=0.5 - b) for b in (0.1, 0.2, 0.3, 0.4)]
+    better = [point(b, lpips=0.45 - b) for b in (0.1, 0.2, 0.3, 0.4)]
     assert bd_rate(a, better, "lpips")[0] < 0
     assert bd_rate(a[:3], better, "lpips") == (None, "needs 4 points per curve")
 
@@ -124,31 +138,29 @@ def test_written_results(rows, tmp_path):
     assert paths["png"].stat().st_size > 10_000
 
 
-ANCHOR = [
-    {"bpp": b, "psnr": q, "lpips": 0.5 - q / 100} for b, q in ((0.05, 28.0), (0.1, 30.0), (0.2, 32.0), (0.4, 34.0))
-]
+ANCHOR = [point(b, psnr=q, lpips=0.5 - q / 100) for b, q in ((0.05, 28.0), (0.1, 30.0), (0.2, 32.0), (0.4, 34.0))]
 
 
 def test_bits_at_equal_quality_of_a_scaled_curve():
     """The anchor's curve at 3x the bits costs exactly 3x, at the anchor's points and between them."""
-    tripled = [{**r, "bpp": 3 * r["bpp"]} for r in ANCHOR]
+    tripled = [replace(r, bpp=3 * r.bpp) for r in ANCHOR]
     value, note = rate_ratio_at_equal_quality(ANCHOR, tripled, "psnr")
     assert value == pytest.approx(3.0, rel=1e-12) and note == "all 4 test points within the anchor's quality range"
     assert rate_ratio_at_equal_quality(ANCHOR, ANCHOR, "psnr")[0] == pytest.approx(1.0, rel=1e-12)
     # 31 dB lies halfway between (0.1, 30) and (0.2, 32): log bpp is interpolated, so the anchor's bpp there is
     # sqrt(0.1 * 0.2); 0.3 * sqrt(2) bpp is 3x that, and 0.1 bpp at 33 dB is 0.1 / sqrt(0.08) of the anchor's
-    between = [{"bpp": 0.3 * np.sqrt(2), "psnr": 31.0}, {"bpp": 0.1, "psnr": 33.0}]
+    between = [point(0.3 * np.sqrt(2), psnr=31.0), point(0.1, psnr=33.0)]
     value, _ = rate_ratio_at_equal_quality(ANCHOR, between, "psnr")
     assert value == pytest.approx(np.sqrt(3 * 0.1 / np.sqrt(0.08)), rel=1e-12)  # geometric mean of the two ratios
 
 
 def test_bits_at_equal_quality_lower_is_better():
     """LPIPS falls as bits rise: negated, as in BD-rate. Unnegated, the anchor would have a one-point 'curve'."""
-    halved = [{**r, "bpp": r["bpp"] / 2} for r in ANCHOR]
+    halved = [replace(r, bpp=r.bpp / 2) for r in ANCHOR]
     value, note = rate_ratio_at_equal_quality(ANCHOR, halved, "lpips")
     assert value == pytest.approx(0.5, rel=1e-12) and note.startswith("all 4")
     # lower LPIPS than the anchor's best: better than its best, even at more bits
-    better = [{"bpp": 1.0, "lpips": 0.1}]
+    better = [point(1.0, lpips=0.1)]
     assert rate_ratio_at_equal_quality(ANCHOR, better, "lpips") == (
         None,
         "no test point within the anchor's quality range (0.16 to 0.22): all 1 are better than its best; "
@@ -157,18 +169,18 @@ def test_bits_at_equal_quality_lower_is_better():
 
 
 def test_bits_at_equal_quality_without_overlap_is_none_with_a_reason():
-    above = [{"bpp": b, "psnr": q} for b, q in ((0.5, 36.0), (1.0, 38.0))]
+    above = [point(b, psnr=q) for b, q in ((0.5, 36.0), (1.0, 38.0))]
     value, note = rate_ratio_at_equal_quality(ANCHOR, above, "psnr")
     assert value is None and "all 2 are better than its best" in note and "not extrapolated" in note
-    below = [{"bpp": b, "psnr": q} for b, q in ((0.2, 24.0), (0.4, 26.0))]
+    below = [point(b, psnr=q) for b, q in ((0.2, 24.0), (0.4, 26.0))]
     value, note = rate_ratio_at_equal_quality(ANCHOR, below, "psnr")
     assert value is None and "all 2 are worse than its worst" in note and "28 to 34" in note
     assert rate_ratio_at_equal_quality(ANCHOR[:1], above, "psnr") == (None, "needs 2 anchor points on its curve")
-    assert rate_ratio_at_equal_quality(ANCHOR, [{"bpp": 0.1, "psnr": None}], "psnr") == (None, "no test point has psnr")
+    assert rate_ratio_at_equal_quality(ANCHOR, [point(0.1, psnr=None)], "psnr") == (None, "no test point has psnr")
 
 
 def test_bits_at_equal_quality_partial_overlap_uses_the_points_in_range():
-    test = [{"bpp": 0.2, "psnr": 26.0}, {"bpp": 0.6, "psnr": 32.0}, {"bpp": 2.0, "psnr": 36.0}]
+    test = [point(0.2, psnr=26.0), point(0.6, psnr=32.0), point(2.0, psnr=36.0)]
     value, note = rate_ratio_at_equal_quality(ANCHOR, test, "psnr")
     assert value == pytest.approx(3.0, rel=1e-12)  # only the 32 dB point: 0.6 against the anchor's 0.2
     assert note == (
@@ -179,16 +191,16 @@ def test_bits_at_equal_quality_partial_overlap_uses_the_points_in_range():
 
 def test_bits_at_equal_quality_ignores_anchor_points_off_its_monotone_curve():
     """An anchor point that spends more bits than another for less quality is not on its curve."""
-    wasteful = [*ANCHOR, {"bpp": 0.3, "psnr": 29.0}]
-    tripled = [{**r, "bpp": 3 * r["bpp"]} for r in ANCHOR]
+    wasteful = [*ANCHOR, point(0.3, psnr=29.0)]
+    tripled = [replace(r, bpp=3 * r.bpp) for r in ANCHOR]
     value, note = rate_ratio_at_equal_quality(wasteful, tripled, "psnr")
     assert value == pytest.approx(3.0, rel=1e-12) and note.endswith("1 anchor point(s) off its monotone curve ignored")
 
 
 def test_bd_table_has_bits_at_equal_quality_where_bd_rate_has_none():
     """Three test points are too few for BD-rate, not for bits at equal quality."""
-    rows = [{**r, "spec": "anchor"} for r in ANCHOR]
-    rows += [{**r, "bpp": 6 * r["bpp"], "spec": "neural"} for r in ANCHOR[1:]]
+    rows = [replace(r, spec="anchor") for r in ANCHOR]
+    rows += [replace(r, bpp=6 * r.bpp, spec="neural") for r in ANCHOR[1:]]
     table = bd_rate_table(rows, ["psnr", "lpips"])
     assert list(table.columns) == BD_TABLE_COLUMNS and list(table["metric"]) == ["psnr", "lpips"]
     assert table["bd_rate_pct"].isna().all() and (table["note"] == "needs 4 points per curve").all()
@@ -197,7 +209,7 @@ def test_bd_table_has_bits_at_equal_quality_where_bd_rate_has_none():
 
 
 def test_bd_table_needs_two_codecs(rows):
-    assert len(bd_rate_table([r for r in rows if r["spec"] == "x265"])) == 0
+    assert len(bd_rate_table([r for r in rows if r.spec == "x265"])) == 0
 
 
 def test_each_spec_can_have_its_own_qps(video, tmp_path):
@@ -210,7 +222,7 @@ def test_each_spec_can_have_its_own_qps(video, tmp_path):
         metrics=("psnr",),
         cache_dir=tmp_path,
     )
-    assert [(r["spec"], r["qp"]) for r in evaluate(request)] == [("x265", 30), ("x264", 26), ("x264", 38)]
+    assert [(r.spec, r.qp) for r in evaluate(request)] == [("x265", 30), ("x264", 26), ("x264", 38)]
 
 
 def test_the_cli_reads_per_spec_qps():

@@ -216,7 +216,7 @@ def test_frames_too_small_for_a_metric_leave_it_out(tmp_path, capsys):
     )
     comparison = ComparisonStore(tmp_path / "store").run(video, settings)
     row = comparison.runs[0].row
-    assert row["psnr"] is not None and row["ms_ssim"] is not None and row["lpips"] is None
+    assert row.metrics["psnr"] is not None and row.metrics["ms_ssim"] is not None and row.metrics["lpips"] is None
     assert any("lpips left out" in note for note in comparison.notes)
     clip = write_video(video, tmp_path / "small.mp4", crf=4)
     assert (

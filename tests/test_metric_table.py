@@ -51,9 +51,10 @@ def test_a_metric_added_to_the_table_shows_up_everywhere(with_mae, tmp_path):
         video=video, specs=["x265", "x264"], qps=(22, 28, 34, 40), metrics=("psnr", "mae"), cache_dir=tmp_path / "cache"
     )
     rows = evaluate(request)
-    assert all(r["mae"] > 0 and len(r["per_frame"]["mae"]) == 4 for r in rows)
-    x265, x264 = ([r for r in rows if r["spec"] == s] for s in ("x265", "x264"))
-    assert all(a["mae"] < b["mae"] for a, b in zip(x265, x265[1:]))  # stronger QP, larger error
+    assert all(r.metrics["mae"] > 0 and len(r.per_frame["mae"]) == 4 for r in rows)
+    assert all(r.to_dict()["mae"] == r.metrics["mae"] for r in rows)  # a column of its own in JSON
+    x265, x264 = ([r for r in rows if r.spec == s] for s in ("x265", "x264"))
+    assert all(a.metrics["mae"] < b.metrics["mae"] for a, b in zip(x265, x265[1:]))  # stronger QP, larger error
 
     # BD-rate reads the direction from the table: MAE and PSNR agree on which codec needs fewer bits
     mae_bd, psnr_bd = bd_rate(x265, x264, "mae")[0], bd_rate(x265, x264, "psnr")[0]
@@ -66,7 +67,7 @@ def test_a_metric_added_to_the_table_shows_up_everywhere(with_mae, tmp_path):
     assert "mae" in (tmp_path / "out" / "results.csv").read_text().splitlines()[0] and paths
     assert rd_figure(rows, "mae").layout.yaxis.title.text == "MAE (grey levels)"
     runs = [
-        CodecRun(slug=f"run{i}", label=r["spec"], role="anchor", row=r, bitstream_file="", decoded_file="")
+        CodecRun(slug=f"run{i}", label=r.spec, role="anchor", row=r, bitstream_file="", decoded_file="")
         for i, r in enumerate(rows[:2])
     ]
     assert "MAE" in metrics_table(runs, "25").columns

@@ -24,6 +24,7 @@ import numpy as np
 
 from codec.eval.engine import EvalRequest, evaluate
 from codec.eval.report import rate_ratio_at_equal_quality
+from codec.eval.rows import ResultRow
 from codec.registry import get_codec
 from codec.video import Video, read_video
 
@@ -41,7 +42,7 @@ FRAMES = 32
 
 def rd(
     video: Video, specs: dict[str, tuple[int, ...]], name: str, metrics: tuple[str, ...] = ("psnr",)
-) -> dict[str, list[dict]]:
+) -> dict[str, list[ResultRow]]:
     """spec -> its rows (PSNR only unless asked), through the evaluation cache."""
     from codec.weights import cache_root
 
@@ -55,18 +56,18 @@ def rd(
         cache_dir=cache_root() / "eval-cache",
     )
     rows = evaluate(request, lambda done, total, label: print(f"  {name}: {done}/{total} {label}", file=sys.stderr))
-    out: dict[str, list[dict]] = {}
+    out: dict[str, list[ResultRow]] = {}
     for row in rows:
-        out.setdefault(row["spec"], []).append(row)
+        out.setdefault(row.spec, []).append(row)
     return out
 
 
-def drift(row: dict) -> dict:
+def drift(row: ResultRow) -> dict:
     """First 8 against last 8 P-frames of a 32-frame GOP: mean PSNR and bytes."""
-    bits = np.array(row["per_frame"]["bits"]) / 8
-    psnr = np.array(row["per_frame"]["psnr"])
+    bits = np.array(row.frame_bits) / 8
+    psnr = np.array(row.per_frame["psnr"])
     return {
-        "qp": row["qp"],
+        "qp": row.qp,
         "first_psnr": float(psnr[1:9].mean()),
         "last_psnr": float(psnr[-8:].mean()),
         "first_bytes": float(bits[1:9].mean()),
@@ -81,17 +82,17 @@ def clip_figures(name: str, spec: str) -> dict:
     video = read_video(path, frames=FRAMES, size=size)
     curves = rd(video, {ANCHOR: ANCHOR_QPS, spec: CODEC_QPS}, name)
     ratio, note = rate_ratio_at_equal_quality(curves[ANCHOR], curves[spec], "psnr")
-    rows = {r["qp"]: r for r in curves[spec]}
+    rows = {r.qp: r for r in curves[spec]}
     return {
         "clip": name,
         "size": f"{video.width}x{video.height}",
         "bits_vs_x265": ratio,
         "note": note,
         "points": [
-            {"qp": r["qp"], "bpp": r["bpp"], "psnr": r["psnr"], "real_over_estimated": r.get("real_over_estimated")}
+            {"qp": r.qp, "bpp": r.bpp, "psnr": r.metrics["psnr"], "real_over_estimated": r.real_over_estimated}
             for r in curves[spec]
         ],
-        "anchor": [{"qp": r["qp"], "bpp": r["bpp"], "psnr": r["psnr"]} for r in curves[ANCHOR]],
+        "anchor": [{"qp": r.qp, "bpp": r.bpp, "psnr": r.metrics["psnr"]} for r in curves[ANCHOR]],
         "drift": [drift(rows[q]) for q in DRIFT_QPS],
     }
 

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 
 from app.views import most_textured_window
 from codec.eval.report import bd_rate, rate_ratio_at_equal_quality
+from codec.eval.rows import ResultRow
 from codec.registry import get_codec
 from codec.video import read_video
 from tools.coding_efficiency import ANCHOR, ANCHOR_QPS, CLIPS, FRAMES, rd, write_figures
@@ -52,23 +53,27 @@ def clip_figures(name: str, pack: str) -> dict:
             for k in ("diffvc", "condlc")
         },
         "tdir": tdir_figures(diffvc, tdir_off),
-        "points": {k: [{m: r[m] for m in ("qp", "bpp", *METRICS)} for r in curves[s]] for k, s in named.items()},
-        "anchor": [{m: r[m] for m in ("qp", "bpp", *METRICS)} for r in curves[ANCHOR]],
+        "points": {k: [point(r) for r in curves[s]] for k, s in named.items()},
+        "anchor": [point(r) for r in curves[ANCHOR]],
     }
 
 
-def tdir_figures(on: list[dict], off: list[dict]) -> dict:
+def point(row: ResultRow) -> dict:
+    """A point of the JSON this writes: QP, bpp and the METRICS."""
+    return {"qp": row.qp, "bpp": row.bpp, **{m: row.metrics[m] for m in METRICS}}
+
+
+def tdir_figures(on: list[ResultRow], off: list[ResultRow]) -> dict:
     """TDIR on against off at the same QPs: U-Net evaluations, diffusion seconds, DISTS."""
 
-    def total(rows: list[dict], key) -> float:
+    def total(rows: list[ResultRow], key) -> float:
         return float(sum(key(r) for r in rows))
 
-    by_qp = {r["qp"]: r for r in off}
+    by_qp = {r.qp: r for r in off}
     return {
-        "evals_ratio": total(on, lambda r: r["unet_evals"]) / total(off, lambda r: r["unet_evals"]),
-        "diffusion_s_ratio": total(on, lambda r: r["timings"]["diffusion"])
-        / total(off, lambda r: r["timings"]["diffusion"]),
-        "dists_change": {r["qp"]: r["dists"] / by_qp[r["qp"]]["dists"] - 1 for r in on},
+        "evals_ratio": total(on, lambda r: r.unet_evals) / total(off, lambda r: r.unet_evals),
+        "diffusion_s_ratio": total(on, lambda r: r.timings["diffusion"]) / total(off, lambda r: r.timings["diffusion"]),
+        "dists_change": {r.qp: r.metrics["dists"] / by_qp[r.qp].metrics["dists"] - 1 for r in on},
         "dists_bd_rate": bd_rate(off, on, "dists"),
     }
 

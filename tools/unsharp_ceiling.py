@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 
 import torch
 
@@ -26,6 +27,15 @@ from tools.coding_efficiency import CLIPS, FRAMES
 METRICS = ("lpips", "dists")
 
 
+@dataclass(frozen=True)
+class SharpenedPoint:
+    """One QP's coded stream, its frames sharpened: the stream's rate and the metrics (a `report.RatePoint`)."""
+
+    qp: int
+    bpp: float
+    metrics: dict[str, float]
+
+
 def sharpened(video: Video, amount: float) -> Video:
     if amount == 0:
         return video
@@ -34,17 +44,17 @@ def sharpened(video: Video, amount: float) -> Video:
     return Video(frames, video.fps)
 
 
-def clip_rows(name: str, spec: str, qps: list[int], amounts: list[float]) -> dict[float, list[dict]]:
-    """amount -> one row per QP: bpp (of the coded stream) and the metrics of the sharpened frames."""
+def clip_rows(name: str, spec: str, qps: list[int], amounts: list[float]) -> dict[float, list[SharpenedPoint]]:
+    """amount -> one point per QP: bpp (of the coded stream) and the metrics of the sharpened frames."""
     path, size = CLIPS[name]
     video = read_video(path, frames=FRAMES, size=size)
-    rows: dict[float, list[dict]] = {a: [] for a in [0.0, *amounts]}
+    rows: dict[float, list[SharpenedPoint]] = {a: [] for a in [0.0, *amounts]}
     for qp in qps:
         encoded = get_codec(spec).encode(video, qp)
         bpp = 8 * len(encoded.bitstream) / (video.frames.shape[0] * video.width * video.height)
         for amount, out in rows.items():
             values = compute_metrics(video, sharpened(encoded.reconstruction, amount), list(METRICS))
-            out.append({"qp": qp, "bpp": bpp, **{m: float(values[m].mean()) for m in METRICS}})
+            out.append(SharpenedPoint(qp, bpp, {m: float(values[m].mean()) for m in METRICS}))
     return rows
 
 
@@ -61,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.clips:
         rows = clip_rows(name, args.spec, args.qps, args.amounts)
         for amount, points in rows.items():
-            cells = " | ".join(f"{p['dists']:.4f} / {p['lpips']:.4f}" for p in points)
+            cells = " | ".join(f"{p.metrics['dists']:.4f} / {p.metrics['lpips']:.4f}" for p in points)
             bd = [bd_rate(rows[0.0], points, m)[0] if amount else 0.0 for m in ("dists", "lpips")]
             print(f"| {name} | {amount:g} | {cells} | {bd[0]:+.1f} % | {bd[1]:+.1f} % |", flush=True)
     return 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import pandas as pd
 from codec.errors import CodecError, VideoError
 from codec.eval.engine import EvalRequest, JobRunner, evaluate
 from codec.eval.report import bd_rate_table, is_number, metrics_present, write_results
+from codec.eval.rows import ResultRow
 from codec.metrics import metric_names, metrics_for_size
 from codec.registry import get_entry, parse_spec
 from codec.video import RAW_SUFFIX, Video, read_video
@@ -66,7 +67,7 @@ class BenchConditions:
 class BenchResult:
     """Every sequence's rows, and the tables built from them."""
 
-    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # sequence name -> its evaluation rows
+    rows: dict[str, list[ResultRow]] = field(default_factory=dict)  # sequence name -> its evaluation rows
     skipped: dict[str, str] = field(default_factory=dict)  # sequence name -> why it could not be read
     per_sequence: pd.DataFrame = field(default_factory=pd.DataFrame)
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -132,7 +133,7 @@ def run_bench(
         )
 
         rows = evaluate(request, _offset_progress(progress, n * jobs_per_sequence, total, sequence.name), runner)
-        result.rows[sequence.name] = [{**row, "spec": conditioned[row["spec"]]} for row in rows]
+        result.rows[sequence.name] = [replace(row, spec=conditioned[row.spec]) for row in rows]
     result.per_sequence = per_sequence_table([s for s in sequences if s.name in result.rows], result.rows)
     result.summary = summary_table(result.per_sequence)
     return result
@@ -154,7 +155,7 @@ def _metrics_for(video: Video, metrics: Sequence[str] | None, sequence: BenchSeq
     return tuple(kept)
 
 
-def per_sequence_table(sequences: Sequence[BenchSequence], rows: Mapping[str, list[dict]]) -> pd.DataFrame:
+def per_sequence_table(sequences: Sequence[BenchSequence], rows: Mapping[str, list[ResultRow]]) -> pd.DataFrame:
     """One row per (sequence, test spec, metric): class, BD-rate (%) against the first spec and its note, bits
     relative to it at equal quality."""
     frames = []

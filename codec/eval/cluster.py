@@ -20,6 +20,7 @@ from typing import Any
 
 from codec.errors import CodecError
 from codec.eval.engine import EvalRequest, Job, run_job, warm_up
+from codec.eval.rows import ResultRow
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,7 +53,7 @@ class RayRunner:
                 raise CodecError(f"cannot reach a Ray cluster at {self.address!r}: {str(e).splitlines()[0]}") from None
         return ray
 
-    def run(self, request: EvalRequest, jobs: Sequence[tuple[int, Job]]) -> Iterator[tuple[int, dict]]:
+    def run(self, request: EvalRequest, jobs: Sequence[tuple[int, Job]]) -> Iterator[tuple[int, ResultRow]]:
         if not jobs:
             return
         ray = self.connect()
@@ -77,7 +78,7 @@ def worker_environment() -> dict[str, str]:
     return {**kept, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
-def _remote_job(request: EvalRequest, spec: str, qp: int) -> dict:
+def _remote_job(request: EvalRequest, spec: str, qp: int) -> ResultRow:
     """One job on a worker: build the codec, warm it up, measure (`codec.eval.engine.run_job`)."""
     import torch
 

@@ -5,7 +5,7 @@ This is what the app's Compare tab runs, as a library:
     video = load_clip(path, start=0, frames=16, max_side=256)
     store = ComparisonStore(cache_root() / "studio" / "comparisons")
     comparison = store.run(video, CompareSettings(qp=32, anchors=("x265",)), source="clip.mp4")
-    comparison.runs[0].row["bpp"], comparison.files()          # rows as engine.measure makes them; downloads
+    comparison.runs[0].row.bpp, comparison.files()          # ResultRows as engine.measure makes them; downloads
 
 * Every codec goes through `engine.measure` (rate from the bitstream's bytes, quality from the decoder's output,
   encode and decode timed apart after `engine.warm_up`).
@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ import numpy as np
 from codec.errors import CodecError, VideoError
 from codec.eval.cache import cache_key
 from codec.eval.engine import TimedEncode, measure, timed_encode, warm_up
+from codec.eval.rows import ResultRow
 from codec.metrics import metric_names, metrics_for_size
 from codec.progress import frame_progress
 from codec.registry import comparison_anchors, get_entry
@@ -48,7 +49,7 @@ MAX_FRAMES = 128
 MAX_SIDE_RANGE = (32, 1920)
 COMPARISON_FILE = "comparison.json"
 FRAMES_FILE = "frames.npz"
-SCHEMA = 1
+SCHEMA = 2  # 2: each run's row is a `ResultRow.to_dict`
 
 Progress = Callable[[float, str], None]  # (fraction done 0..1, what is running)
 StopCheck = Callable[[], bool]  # True when the user asked to stop
@@ -205,10 +206,17 @@ class CodecRun:
     slug: str
     label: str
     role: str  # "diffvc", "contrast" (DiffVC with TDIR flipped) or "anchor"
-    row: dict[str, Any]
+    row: ResultRow
     bitstream_file: str
     decoded_file: str
     match: dict[str, Any] | None = None  # asdict(BitrateMatch) plus "reached"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "row": self.row.to_dict()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CodecRun:
+        return cls(**{**data, "row": ResultRow.from_dict(data["row"])})
 
 
 @dataclass
@@ -226,7 +234,7 @@ class Comparison:
     decoded: dict[str, np.ndarray] | None = field(default=None, repr=False)  # the frames, while in memory
 
     @property
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[ResultRow]:
         return [run.row for run in self.runs]
 
     def run(self, slug: str) -> CodecRun:
@@ -254,7 +262,7 @@ class Comparison:
             "key": self.key,
             "clip": self.clip,
             "settings": self.settings,
-            "runs": [asdict(r) for r in self.runs],
+            "runs": [r.to_json() for r in self.runs],
             "notes": self.notes,
             "elapsed_s": self.elapsed_s,
         }
@@ -269,7 +277,7 @@ class Comparison:
             folder,
             data["clip"],
             data["settings"],
-            [CodecRun(**r) for r in data["runs"]],
+            [CodecRun.from_json(r) for r in data["runs"]],
             data["notes"],
             data["elapsed_s"],
             cached=True,
@@ -380,7 +388,7 @@ def _run(
     progress: Progress | None,
     stop: StopCheck | None,
 ) -> Comparison:
-    from codec.eval.report import results_frame
+    from codec.eval.report import results_frame, results_json
     from codec.video import write_video
 
     began = time.perf_counter()
@@ -446,16 +454,16 @@ def _run(
 
         with frame_progress(per_frame):
             result = measure(codec, video, qp, metrics, settings.device, spec=label, encoded=searched.get(qp))
-        report(3 - reported[0], f"{label}: done, {result.row['bpp']:.4f} bpp")
+        report(3 - reported[0], f"{label}: done, {result.row.bpp:.4f} bpp")
         if role == "diffvc":
-            target = result.row["bpp"]
+            target = result.row.bpp
         if match is not None and not match.reached:
             notes.append(
                 f"{label} cannot reach DiffVC's {match.target_bpp:.4f} bpp within its QP range "
                 f"{codec.qp_range[0]}..{codec.qp_range[1]}: closest is QP {match.qp} at {match.bpp:.4f} bpp."
             )
-        row = result.row
-        row.update(
+        row = replace(
+            result.row,
             source=clip["source"],
             start=clip["start"],
             clip_hash=clip["hash"],
@@ -484,7 +492,7 @@ def _run(
         key, folder, clip, _jsonable(asdict(settings)), runs, notes, time.perf_counter() - began, decoded=decoded
     )
     results_frame(comparison.rows).to_csv(folder / "results.csv", index=False)
-    (folder / "results.json").write_text(json.dumps(comparison.rows, indent=1, default=str))
+    (folder / "results.json").write_text(results_json(comparison.rows))
     np.savez_compressed(folder / FRAMES_FILE, **decoded)
     (folder / COMPARISON_FILE).write_text(json.dumps(comparison.to_json(), indent=1, default=str))
     if progress:
@@ -556,7 +564,7 @@ def run_sweep(
     metrics: Sequence[str] | None = None,
     device: str = "cpu",
     progress: Progress | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+) -> tuple[list[ResultRow], dict[str, Path]]:
     """Every (codec, QP) of `plans` through the evaluation engine (cached: a rerun is instant), then the results
     table, BD-rate against the first plan, the HTML report and the RD plot written into `out_dir`."""
     from codec.eval.engine import EvalRequest, evaluate
@@ -565,7 +573,7 @@ def run_sweep(
     total = sum(len(p.qps) for p in plans)
     if not total:
         raise CodecError("no QP to run")
-    rows: list[dict[str, Any]] = []
+    rows: list[ResultRow] = []
     for plan in plans:
         offset = len(rows)
 

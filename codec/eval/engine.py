@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from codec.errors import CodecError
 from codec.eval.cache import ResultCache, cache_key
+from codec.eval.rows import ResultRow
 from codec.metrics import compute_metrics, metric_names
 from codec.registry import Encoded, VideoCodec, get_codec, options_dict
 from codec.video import Video
@@ -46,7 +47,7 @@ class EvalRequest:
 class Measurement:
     """One job's results: the row of the results table, plus what only a live run has (the frames)."""
 
-    row: dict[str, Any]
+    row: ResultRow
     encoded: Encoded | None = None
     decoded: Video | None = None
     cached: bool = False
@@ -71,7 +72,7 @@ def evaluate(
     request: EvalRequest,
     progress: Callable[[int, int, str], None] | None = None,
     runner: JobRunner | None = None,
-) -> list[dict[str, Any]]:
+) -> list[ResultRow]:
     """Run every (spec, qp) job of `request`; return the rows in spec, then QP order.
 
     Cached rows are reused unless `request.force`; the others run on `runner` (default `LocalRunner`: one after
@@ -86,7 +87,7 @@ def evaluate(
     cache = ResultCache(request.cache_dir) if request.cache_dir else None
     clip_hash = request.video.content_hash()
     keys = [_job_key(request, job, clip_hash) for job in jobs]
-    rows: list[dict[str, Any] | None] = [None if (request.force or cache is None) else cache.get(key) for key in keys]
+    rows: list[ResultRow | None] = [None if (request.force or cache is None) else cache.get(key) for key in keys]
     done = 0
     for i, row in enumerate(rows):
         if row is not None:
@@ -95,7 +96,7 @@ def evaluate(
                 progress(done, len(jobs), f"{jobs[i].spec} qp={jobs[i].qp} (cached)")
     pending = [(i, jobs[i]) for i, row in enumerate(rows) if row is None]
     for i, row in (runner or LocalRunner()).run(request, pending):
-        row.update(source=request.source, start=request.start, clip_hash=clip_hash)
+        row = replace(row, source=request.source, start=request.start, clip_hash=clip_hash)
         if cache is not None:
             cache.put(keys[i], row)
         rows[i] = row
@@ -108,13 +109,13 @@ def evaluate(
 class JobRunner(Protocol):
     """Runs jobs of a request, yielding (the job's index, its row) in any order as each finishes."""
 
-    def run(self, request: EvalRequest, jobs: Sequence[tuple[int, Job]]) -> Iterator[tuple[int, dict]]: ...
+    def run(self, request: EvalRequest, jobs: Sequence[tuple[int, Job]]) -> Iterator[tuple[int, ResultRow]]: ...
 
 
 class LocalRunner:
     """The jobs one after the other in this process, each codec warmed up before its first job."""
 
-    def run(self, request: EvalRequest, jobs: Sequence[tuple[int, Job]]) -> Iterator[tuple[int, dict]]:
+    def run(self, request: EvalRequest, jobs: Sequence[tuple[int, Job]]) -> Iterator[tuple[int, ResultRow]]:
         warmed: set[str] = set()
         for index, job in jobs:
             if request.warmup and job.spec not in warmed:
@@ -123,7 +124,7 @@ class LocalRunner:
             yield index, run_job(job.codec, request, job)
 
 
-def run_job(codec: VideoCodec, request: EvalRequest, job: Job) -> dict[str, Any]:
+def run_job(codec: VideoCodec, request: EvalRequest, job: Job) -> ResultRow:
     """One job's row, measured here (the part of a job every runner shares)."""
     return measure(codec, request.video, job.qp, request.metrics, request.device, spec=job.spec).row
 
@@ -186,34 +187,35 @@ def measure(
         raise CodecError(f"{codec.name} decoded {decoded.frames.shape}, expected {video.frames.shape}")
     per_frame = compute_metrics(video, decoded, metrics, device)
     enc_s = float(encoded.timings.get("encode", enc_wall))
-    row: dict[str, Any] = {
-        "codec": codec.name,
-        "spec": spec or codec.name,
-        "canonical_spec": canonical_spec(codec),
-        "qp": qp,
-        "frames": video.num_frames,
-        "width": video.width,
-        "height": video.height,
-        "bytes": encoded.num_bytes,
-        "bpp": encoded.bpp(video),
-        **{m: (float(np.mean(per_frame[m])) if m in per_frame else None) for m in metric_names()},
-        "enc_s": enc_s,
-        "dec_s": dec_s,
-        "enc_fps": video.num_frames / enc_s if enc_s > 0 else None,
-        "dec_fps": video.num_frames / dec_s if dec_s > 0 else None,
-        "recon_match": bool(np.array_equal(decoded.frames, encoded.reconstruction.frames)),
-        "frame_types": "".join(encoded.frame_types),
-        "options": options_dict(codec.options),  # type: ignore[attr-defined]
-        "params": encoded.params,
-        "timings": encoded.timings,
-        "unet_evals": encoded.stats.get("unet_evals"),
-        "real_over_estimated": _real_over_estimated(encoded),
-        "stats": encoded.stats,
-        "identity": codec.identity(),  # type: ignore[attr-defined]
-        "device": device,
-        "per_frame": {"bits": list(map(int, encoded.frame_bits)), **{m: v.tolist() for m, v in per_frame.items()}},
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    row = ResultRow(
+        codec=codec.name,
+        spec=spec or codec.name,
+        canonical_spec=canonical_spec(codec),
+        qp=qp,
+        frames=video.num_frames,
+        width=video.width,
+        height=video.height,
+        bytes=encoded.num_bytes,
+        bpp=encoded.bpp(video),
+        metrics={m: (float(np.mean(per_frame[m])) if m in per_frame else None) for m in metric_names()},
+        enc_s=enc_s,
+        dec_s=dec_s,
+        enc_fps=video.num_frames / enc_s if enc_s > 0 else None,
+        dec_fps=video.num_frames / dec_s if dec_s > 0 else None,
+        recon_match=bool(np.array_equal(decoded.frames, encoded.reconstruction.frames)),
+        frame_types="".join(encoded.frame_types),
+        options=options_dict(codec.options),  # type: ignore[attr-defined]
+        params=encoded.params,
+        timings=encoded.timings,
+        unet_evals=encoded.stats.get("unet_evals"),
+        real_over_estimated=_real_over_estimated(encoded),
+        stats=encoded.stats,
+        identity=codec.identity(),  # type: ignore[attr-defined]
+        device=device,
+        frame_bits=tuple(map(int, encoded.frame_bits)),
+        per_frame={m: tuple(v.tolist()) for m, v in per_frame.items()},
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
     return Measurement(row=row, encoded=encoded, decoded=decoded)
 
 

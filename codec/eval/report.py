@@ -12,35 +12,16 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import bjontegaard
 import numpy as np
 import pandas as pd
 
+from codec.eval.rows import ResultRow, csv_first_columns
 from codec.metrics import get_metric, metric_names
-
-
-def csv_first_columns() -> list[str]:
-    """The results table's leading columns, every metric of the table among them."""
-    return [
-        "codec",
-        "spec",
-        "qp",
-        "frames",
-        "width",
-        "height",
-        "bytes",
-        "bpp",
-        *metric_names(),
-        "enc_s",
-        "dec_s",
-        "enc_fps",
-        "dec_fps",
-    ]
-
 
 BD_METHOD = "akima"
 MIN_BD_POINTS = 4
@@ -48,34 +29,50 @@ MIN_ANCHOR_POINTS = 2  # rate_ratio_at_equal_quality: a line needs two points
 BD_TABLE_COLUMNS = ["anchor", "test", "metric", "bd_rate_pct", "note", "bits_vs_anchor", "bits_vs_anchor_note"]
 
 
-def results_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """Rows -> a flat table: the fixed columns first, then `opt_*` options and `t_*` stage timings."""
-    flat = []
-    for row in rows:
-        record = {k: v for k, v in row.items() if not isinstance(v, (dict, list))}
-        record.update({f"opt_{k}": v for k, v in row.get("options", {}).items()})
-        record.update({f"t_{k}": v for k, v in row.get("timings", {}).items()})
-        record.update(
-            {k: v for k, v in row.get("stats", {}).items() if k not in record and not isinstance(v, (dict, list))}
-        )
-        flat.append(record)
-    frame = pd.DataFrame(flat)
+class RatePoint(Protocol):
+    """A point of a rate-distortion curve: a `ResultRow`, or anything else with a rate and metric values."""
+
+    @property
+    def bpp(self) -> float: ...
+
+    @property
+    def metrics(self) -> Mapping[str, float | None]: ...
+
+
+def results_frame(rows: Sequence[ResultRow]) -> pd.DataFrame:
+    """Rows -> a flat table (`ResultRow.csv_record`): the fixed columns first, then the others as they come."""
+    frame = pd.DataFrame([row.csv_record() for row in rows])
     first = [c for c in csv_first_columns() if c in frame.columns]
     return frame[first + [c for c in frame.columns if c not in first]]
 
 
-def curves(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def results_json(rows: Sequence[ResultRow]) -> str:
+    """results.json: the rows' `ResultRow.to_dict`, in order."""
+    return json.dumps([row.to_dict() for row in rows], indent=1, default=str)
+
+
+def read_results_json(path: Path) -> list[ResultRow]:
+    """The rows of a results.json `results_json` wrote; RowSchemaError when they are of another schema."""
+    return [ResultRow.from_dict(data) for data in json.loads(path.read_text())]
+
+
+def curves(rows: Sequence[ResultRow]) -> dict[str, list[ResultRow]]:
     """spec -> its rows sorted by bpp, in the order the specs first appear."""
-    out: dict[str, list[dict[str, Any]]] = {}
+    out: dict[str, list[ResultRow]] = {}
     for row in rows:
-        out.setdefault(row["spec"], []).append(row)
-    return {spec: sorted(points, key=lambda r: r["bpp"]) for spec, points in out.items()}
+        out.setdefault(row.spec, []).append(row)
+    return {spec: sorted(points, key=lambda r: r.bpp) for spec, points in out.items()}
 
 
-def bd_rate(anchor: list[dict], test: list[dict], metric: str) -> tuple[float | None, str]:
+def rate_quality(points: Sequence[RatePoint], metric: str, sign: float = 1.0) -> list[tuple[float, float]]:
+    """(bpp, sign * metric) of the points that have `metric`, in order."""
+    pairs = [(p.bpp, p.metrics.get(metric)) for p in points]
+    return [(bpp, sign * value) for bpp, value in pairs if is_number(value)]  # type: ignore[operator]
+
+
+def bd_rate(anchor: Sequence[RatePoint], test: Sequence[RatePoint], metric: str) -> tuple[float | None, str]:
     """BD-rate (%) of `test` against `anchor` on `metric`, and a note ('' when fine, else why it is missing)."""
-    a = [(r["bpp"], r[metric]) for r in anchor if is_number(r.get(metric))]
-    t = [(r["bpp"], r[metric]) for r in test if is_number(r.get(metric))]
+    a, t = rate_quality(anchor, metric), rate_quality(test, metric)
     if min(len(a), len(t)) < MIN_BD_POINTS:
         return None, f"needs {MIN_BD_POINTS} points per curve"
     sign = get_metric(metric).sign
@@ -96,7 +93,9 @@ def bd_rate(anchor: list[dict], test: list[dict], metric: str) -> tuple[float | 
     return (float(value) if is_number(value) else None), note
 
 
-def rate_ratio_at_equal_quality(anchor: list[dict], test: list[dict], metric: str) -> tuple[float | None, str]:
+def rate_ratio_at_equal_quality(
+    anchor: Sequence[RatePoint], test: Sequence[RatePoint], metric: str
+) -> tuple[float | None, str]:
     """Bits of `test` relative to `anchor` at equal quality on `metric`, read off the anchor's curve, and a note.
 
     Definition. The anchor's curve is its points (quality q, log bpp), sorted by quality and kept only where
@@ -113,8 +112,8 @@ def rate_ratio_at_equal_quality(anchor: list[dict], test: list[dict], metric: st
     `MIN_ANCHOR_POINTS` points on its curve. Rates (bpp) must be > 0; points without `metric` are skipped.
     """
     sign = get_metric(metric).sign
-    a = [(r["bpp"], sign * r[metric]) for r in anchor if is_number(r.get(metric)) and r["bpp"] > 0]
-    t = [(r["bpp"], sign * r[metric]) for r in test if is_number(r.get(metric)) and r["bpp"] > 0]
+    a = [(bpp, quality) for bpp, quality in rate_quality(anchor, metric, sign) if bpp > 0]
+    t = [(bpp, quality) for bpp, quality in rate_quality(test, metric, sign) if bpp > 0]
     curve = _monotone_curve(a)
     dropped = f"; {len(a) - len(curve)} anchor point(s) off its monotone curve ignored" if len(curve) < len(a) else ""
     if len(curve) < MIN_ANCHOR_POINTS:
@@ -167,7 +166,7 @@ def _monotone_curve(points: list[tuple[float, float]]) -> list[tuple[float, floa
     return curve
 
 
-def bd_rate_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = None) -> pd.DataFrame:
+def bd_rate_table(rows: Sequence[ResultRow], metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per (test spec, metric), against the first spec: BD-rate (%) and its note, and the bits relative
     to the anchor at equal quality (`rate_ratio_at_equal_quality`, x) and its note."""
     by_spec = curves(rows)
@@ -198,14 +197,14 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def metrics_present(rows: Sequence[dict[str, Any]]) -> list[str]:
-    return [m for m in metric_names() if any(is_number(r.get(m)) for r in rows)]
+def metrics_present(rows: Sequence[RatePoint]) -> list[str]:
+    return [m for m in metric_names() if any(is_number(r.metrics.get(m)) for r in rows)]
 
 
 # --- writing ----------------------------------------------------------------------------------------------
 
 
-def write_results(rows: Sequence[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
+def write_results(rows: Sequence[ResultRow], out_dir: Path) -> dict[str, Path]:
     """Write results.json, results.csv, bdrate.csv, report.html and rd.png into `out_dir`; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = metrics_present(rows)
@@ -216,7 +215,7 @@ def write_results(rows: Sequence[dict[str, Any]], out_dir: Path) -> dict[str, Pa
         "html": out_dir / "report.html",
         "png": out_dir / "rd.png",
     }
-    paths["json"].write_text(json.dumps(list(rows), indent=1, default=str))
+    paths["json"].write_text(results_json(rows))
     results_frame(rows).to_csv(paths["csv"], index=False)
     table = bd_rate_table(rows, metrics)
     table.to_csv(paths["bdrate"], index=False)
@@ -225,7 +224,7 @@ def write_results(rows: Sequence[dict[str, Any]], out_dir: Path) -> dict[str, Pa
     return paths
 
 
-def rd_figure(rows: Sequence[dict[str, Any]], metric: str):
+def rd_figure(rows: Sequence[ResultRow], metric: str):
     """A plotly figure: bpp (from real bytes) against `metric`, one line per codec spec, hover shows QP and time."""
     import plotly.graph_objects as go
 
@@ -233,11 +232,11 @@ def rd_figure(rows: Sequence[dict[str, Any]], metric: str):
     for spec, points in curves(rows).items():
         fig.add_trace(
             go.Scatter(
-                x=[p["bpp"] for p in points],
-                y=[p[metric] for p in points],
+                x=[p.bpp for p in points],
+                y=[p.metrics.get(metric) for p in points],
                 mode="lines+markers",
                 name=spec,
-                customdata=[[p["qp"], p["enc_fps"], p["dec_fps"]] for p in points],
+                customdata=[[p.qp, p.enc_fps, p.dec_fps] for p in points],
                 hovertemplate="QP %{customdata[0]}<br>bpp %{x:.4f}<br>%{y:.4f}<br>"
                 "enc %{customdata[1]:.2f} fps, dec %{customdata[2]:.2f} fps<extra>%{fullData.name}</extra>",
             )
@@ -253,15 +252,13 @@ def rd_figure(rows: Sequence[dict[str, Any]], metric: str):
     return fig
 
 
-def html_report(rows: Sequence[dict[str, Any]], table: pd.DataFrame, metrics: Sequence[str]) -> str:
+def html_report(rows: Sequence[ResultRow], table: pd.DataFrame, metrics: Sequence[str]) -> str:
     """A self-contained HTML page (plotly.js embedded once, so it opens offline)."""
-    clip = rows[0] if rows else {}
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>RD report</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>",
-        f"<h1>Rate-distortion report</h1><p>Clip: {_esc(clip.get('source', ''))}, "
-        f"{clip.get('width')}x{clip.get('height')}, {clip.get('frames')} frames from frame {clip.get('start', 0)}. "
+        f"<h1>Rate-distortion report</h1><p>{_clip_sentence(rows[0] if rows else None)} "
         "Rates are from the bitstreams' bytes; quality from the decoded frames.</p>",
     ]
     for i, metric in enumerate(metrics):
@@ -297,13 +294,19 @@ def html_report(rows: Sequence[dict[str, Any]], table: pd.DataFrame, metrics: Se
     return "\n".join(parts)
 
 
+def _clip_sentence(row: ResultRow | None) -> str:
+    if row is None:
+        return "No results."
+    return f"Clip: {_esc(row.source)}, {row.width}x{row.height}, {row.frames} frames from frame {row.start}."
+
+
 def _esc(text: Any) -> str:
     import html
 
     return html.escape(str(text))
 
 
-def plot_rd_png(rows: Sequence[dict[str, Any]], path: Path, metrics: Sequence[str]) -> Path:
+def plot_rd_png(rows: Sequence[ResultRow], path: Path, metrics: Sequence[str]) -> Path:
     """Matplotlib RD curves, one panel per metric, for docs/RESULTS.md."""
     import matplotlib
 
@@ -315,7 +318,7 @@ def plot_rd_png(rows: Sequence[dict[str, Any]], path: Path, metrics: Sequence[st
     fig, axes = plt.subplots(n_rows, cols, figsize=(5 * cols, 3.8 * n_rows), squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
         for spec, points in curves(rows).items():
-            ax.plot([p["bpp"] for p in points], [p[metric] for p in points], marker="o", label=spec)
+            ax.plot([p.bpp for p in points], [p.metrics.get(metric) for p in points], marker="o", label=spec)
         ax.set_xlabel("bpp")
         ax.set_title(get_metric(metric).title, fontsize=9)
         ax.grid(alpha=0.3)
