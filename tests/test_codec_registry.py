@@ -82,7 +82,7 @@ def test_a_codec_in_one_file_is_everywhere(zq, tmp_path, capsys):
         tmp_path / "cache",
         metrics=("psnr",),
     )
-    assert sorted({r["spec"] for r in rows}) == ["x264", "zq"] and all(r["recon_match"] for r in rows)
+    assert sorted({r.spec for r in rows}) == ["x264", "zq"] and all(r.recon_match for r in rows)
 
     # a comparison's anchor, its bitstream written with its own suffix
     settings = CompareSettings(pack="no-such-pack", qp=40, anchors=("zq",), metrics=("psnr",))
