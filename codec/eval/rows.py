@@ -59,9 +59,9 @@ class ResultRow:
     source: str = ""  # the clip's name in reports (file name)
     start: int = 0  # the first frame's index in the source
     clip_hash: str = ""  # `Video.content_hash` of the clip
-    label: str | None = None  # a comparison's: the run's label, role ("diffvc", "contrast", "anchor") and
-    role: str | None = None  # the bitstream's SHA-256
-    sha256: str | None = None
+    label: str | None = None  # a comparison's run: its label,
+    role: str | None = None  # its role ("diffvc", "contrast" or "anchor")
+    sha256: str | None = None  # and its bitstream's SHA-256
 
     def to_dict(self) -> dict[str, Any]:
         """The row as JSON: "schema" first, then the fields in order, the metrics spread after `bpp`, frame bits
