@@ -3,7 +3,7 @@
 python app.py        # http://127.0.0.1:7860; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT to change host and port
 DIFFVC_STUDIO_PACK=random-tiny python app.py     # a model pack by name or folder ("" = the embedded default)
 DIFFVC_STUDIO_DATA=<folder>, DIFFVC_STUDIO_JOBS=<heavy jobs at once, default 1>,
-DIFFVC_STUDIO_THREADS=<torch threads, default: cores - 1, leaving one to the server and the encoders>
+DIFFVC_STUDIO_THREADS=<torch threads per heavy job, default: the cores idle when the job starts (codec.threads)>
 DIFFVC_STUDIO_MAX_UPLOAD=<largest upload, default 500mb>, DIFFVC_STUDIO_TIME_LIMIT=<seconds per heavy job,
 default 900>, DIFFVC_STUDIO_MAX_PIXELS=<frames x width x height per job, default 4e7>; the reader's own limits:
 DIFFVC_MAX_WIDTH / _HEIGHT (4096), DIFFVC_MAX_SOURCE_SIDE (8192), DIFFVC_MAX_FRAMES (10000),
@@ -26,14 +26,15 @@ from app.ui import CSS  # noqa: E402
 def create(environ=os.environ):
     """(the Blocks, the launch options) for an environment."""
     config = StudioConfig.from_env(environ, Path(__file__).resolve().parent)
-    jobs = max(1, int(environ.get("DIFFVC_STUDIO_JOBS", "1")))
-    import torch  # measured: on 2 cores shared with another job, a DiffVC encode took 61 s on 2 threads, 9 s on 1
+    import torch
 
-    torch.set_num_threads(int(environ.get("DIFFVC_STUDIO_THREADS") or max(1, (os.cpu_count() or 2) - 1)))
+    # between heavy jobs (model loading, previews, blind pairs) one core stays with the server; each heavy job
+    # takes the cores idle when it starts (codec.threads: two threads stall beside another busy process)
+    torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 2) - 1))
     studio = Studio(config)
     if environ.get("DIFFVC_STUDIO_PRELOAD", "1") != "0":
         studio.preload()  # the model pack, once, before requests can race to build it
-    demo = build_app(studio, max_jobs=jobs).queue(max_size=16, default_concurrency_limit=4)
+    demo = build_app(studio, max_jobs=config.heavy_jobs).queue(max_size=16, default_concurrency_limit=4)
     return demo, {
         "allowed_paths": [str(config.results_dir), str(config.sessions_dir)],
         "show_error": False,

@@ -28,6 +28,7 @@ from app import views
 from app.blind import BlindPair, BlindStore, Candidate, draw_pair
 from app.feedback import error_message
 from codec.metrics import metric_names, perceptual_metrics
+from codec.threads import job_threads
 
 if TYPE_CHECKING:
     from codec.eval.compare import Comparison
@@ -73,11 +74,15 @@ class StudioConfig:
     example_clip: Path
     time_limit_s: float = DEFAULT_TIME_LIMIT_S  # a heavy job is stopped at its first step after this
     max_pixels: int = DEFAULT_MAX_PIXELS  # frames x W x H of a job's clip (after the size cap)
+    heavy_jobs: int = 1  # heavy jobs (comparison, sweep, API) at once
+    threads: int | None = None  # torch threads per heavy job; None: the cores idle when it starts (codec.threads)
 
     @classmethod
     def from_env(cls, environ: dict[str, str], repo: Path) -> StudioConfig:
         """DIFFVC_STUDIO_PACK, DIFFVC_STUDIO_DATA (default: <cache root>/studio), DIFFVC_STUDIO_TIME_LIMIT (seconds
-        per heavy job, default 900), DIFFVC_STUDIO_MAX_PIXELS (frames x width x height per job, default 4e7)."""
+        per heavy job, default 900), DIFFVC_STUDIO_MAX_PIXELS (frames x width x height per job, default 4e7),
+        DIFFVC_STUDIO_JOBS (heavy jobs at once, default 1), DIFFVC_STUDIO_THREADS (torch threads per heavy job,
+        default: the cores idle when it starts)."""
         from codec.weights import cache_root
 
         data = Path(environ.get("DIFFVC_STUDIO_DATA") or cache_root() / "studio")
@@ -90,6 +95,8 @@ class StudioConfig:
             example_clip=repo / "assets" / "clips" / "bigbuckbunny.mp4",
             time_limit_s=_positive(environ, "DIFFVC_STUDIO_TIME_LIMIT", DEFAULT_TIME_LIMIT_S, float),
             max_pixels=_positive(environ, "DIFFVC_STUDIO_MAX_PIXELS", DEFAULT_MAX_PIXELS, int),
+            heavy_jobs=_positive(environ, "DIFFVC_STUDIO_JOBS", 1, int),
+            threads=_positive(environ, "DIFFVC_STUDIO_THREADS", None, int),
         )
 
 
@@ -371,14 +378,15 @@ class Studio:
         with self._lock:
             self._stops[session] = stop
         try:
-            comparison = ComparisonStore(self.config.results_dir).run(
-                video,
-                settings,
-                source=source,
-                start=int(request.clip.start),
-                progress=(lambda f, d: progress(f, desc=d)) if progress else None,
-                stop=lambda: self._past(deadline) or stop.is_set(),
-            )
+            with job_threads(self.config.threads, self.config.heavy_jobs):
+                comparison = ComparisonStore(self.config.results_dir).run(
+                    video,
+                    settings,
+                    source=source,
+                    start=int(request.clip.start),
+                    progress=(lambda f, d: progress(f, desc=d)) if progress else None,
+                    stop=lambda: self._past(deadline) or stop.is_set(),
+                )
         finally:
             with self._lock:
                 self._stops.pop(session, None)
@@ -564,17 +572,18 @@ class Studio:
         ]
         out = self._session_dir(session) / f"sweep-{len(list(self._session_dir(session).glob('sweep-*'))) + 1}"
         metrics = tuple(m for m in metric_names() if m in request.metrics) or metric_names()
-        rows, paths = run_sweep(
-            video,
-            plans,
-            out,
-            self.config.eval_cache,
-            source=source,
-            start=int(request.clip.start),
-            metrics=metrics,
-            device=_metric_device(),
-            progress=lambda f, d: (self._past(deadline), progress and progress(f, desc=d)),
-        )
+        with job_threads(self.config.threads, self.config.heavy_jobs):
+            rows, paths = run_sweep(
+                video,
+                plans,
+                out,
+                self.config.eval_cache,
+                source=source,
+                start=int(request.clip.start),
+                metrics=metrics,
+                device=_metric_device(),
+                progress=lambda f, d: (self._past(deadline), progress and progress(f, desc=d)),
+            )
         state.sweep_dir = str(out)
         present = metrics_present(rows)
         table = bd_rate_table(rows, present)

@@ -7,6 +7,7 @@ import time
 
 import av
 import pytest
+import torch
 from conftest import EXAMPLE_CLIP, REPO
 
 from app.feedback import error_message
@@ -189,6 +190,20 @@ def test_pixel_budget_and_time_limit_of_a_job(tmp_path):
     assert not any((tmp_path / "comparisons").glob(".run-*"))  # nothing kept
     config = StudioConfig.from_env({"DIFFVC_STUDIO_TIME_LIMIT": "30", "DIFFVC_STUDIO_MAX_PIXELS": "1e6"}, REPO)
     assert (config.time_limit_s, config.max_pixels) == (30.0, 1_000_000)
+
+
+def test_a_heavy_job_runs_on_its_threads_and_gives_them_back(tmp_path):
+    config = StudioConfig.from_env({"DIFFVC_STUDIO_THREADS": "3", "DIFFVC_STUDIO_JOBS": "2"}, REPO)
+    assert (config.threads, config.heavy_jobs) == (3, 2)
+    assert StudioConfig.from_env({}, REPO).threads is None  # measured per job (codec.threads)
+    before, seen = torch.get_num_threads(), set()
+
+    def progress(fraction, desc=""):
+        seen.add(torch.get_num_threads())
+
+    request = CompareRequest(ClipRequest(str(EXAMPLE_CLIP), 0, 2, 64), anchors=("x265",), metrics=("psnr",))
+    make_studio(tmp_path, threads=3).compare(request, SessionState(), "s", progress=progress)
+    assert seen == {3} and torch.get_num_threads() == before
 
 
 @pytest.mark.slow
