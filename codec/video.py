@@ -11,8 +11,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -89,6 +89,10 @@ class VideoLimits:
                 f"the file declares frames of {width}x{height}: larger than the limit of "
                 f"{self.max_source_side} pixels a side that this reader decodes"
             )
+
+    def for_source(self) -> VideoLimits:
+        """These limits for frames at the source's size, before they are resized: up to `max_source_side` a side."""
+        return replace(self, max_width=self.max_source_side, max_height=self.max_source_side)
 
     def check_count(self, frames: int, width: int, height: int) -> None:
         if frames > self.max_frames:
@@ -252,16 +256,21 @@ def read_video(
     frames: int | None = None,
     size: tuple[int, int] | None = None,
     limits: VideoLimits = DEFAULT_LIMITS,
+    fit: Callable[[int, int], tuple[int, int]] | None = None,
 ) -> Video:
     """Decode `frames` frames (all if None) of the first video stream, from frame index `start`.
 
-    size=(W, H) resizes every frame; otherwise every frame takes the size of the first one. A raw `.yuv` file's
-    geometry comes from its name (`RawFormat.from_name`).
+    size=(W, H) resizes every frame; fit(source W, source H) -> (W, H) sizes them from the first frame read, in
+    the same pass (a size cap: the source may then be up to `limits.max_source_side` a side, and the frames asked
+    for are checked against the pixel budget before the second is decoded); otherwise every frame takes the size
+    of the first one. A raw `.yuv` file's geometry comes from its name (`RawFormat.from_name`).
     Raises VideoError when the file is missing, not a video, has no video stream or no frames, or exceeds `limits`.
     """
     path = Path(path)
     if start < 0 or (frames is not None and frames <= 0):
         raise VideoError(f"start must be >= 0 and frames > 0 (got start={start}, frames={frames})")
+    if size is not None and fit is not None:
+        raise ValueError("give a size or a fit, not both")
     if not path.is_file():
         raise VideoError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -290,9 +299,10 @@ def read_video(
         if all(declared):  # checked even when resizing: the decoder allocates frames of the declared size
             limits.check_declared(*declared)
             if size is None:
-                limits.check_size(*declared)
+                (limits if fit is None else limits.for_source()).check_size(*declared)
         fps = _stream_fps(stream)
-        rgb = _decode_frames(container, stream, path, start, frames, size, limits)
+        sizing = size if fit is None else _Fit(fit, frames)
+        rgb = _decode_frames(container, stream, path, start, frames, sizing, limits)
     if not rgb:
         where = f" at or after frame {start}" if start else ""
         raise VideoError(f"{path.name}: the video stream has no decodable frames{where}")
@@ -325,6 +335,25 @@ def browser_playback_problem(path: str | Path) -> str | None:
     return " ".join(problems) or None
 
 
+@dataclass(frozen=True)
+class _Fit:
+    """`read_video`'s fit: the frames' size worked out from the first frame read."""
+
+    fit: Callable[[int, int], tuple[int, int]]
+    frames: int | None
+
+    def first_frame(self, width: int, height: int, limits: VideoLimits) -> tuple[int, int]:
+        """The size of every frame, from the first one's (W, H): that frame within the limits at the source's size,
+        the fitted size within the output limits, and the frames asked for within the pixel budget."""
+        source = limits.for_source()
+        source.check_size(width, height)
+        source.check_count(1, width, height)
+        size = self.fit(width, height)
+        limits.check_size(*size)
+        limits.check_count(self.frames or 1, *size)  # the budget, before decoding the rest
+        return size
+
+
 def _decode_frames(container, stream, path, start, frames, size, limits) -> list[np.ndarray]:
     out: list[np.ndarray] = []
     index = 0
@@ -339,6 +368,8 @@ def _decode_frames(container, stream, path, start, frames, size, limits) -> list
                 )
             limits.check_declared(frame.width, frame.height)  # a stream may change size after its header
             if index >= start:
+                if isinstance(size, _Fit):
+                    size = size.first_frame(frame.width, frame.height, limits)
                 if size is None:
                     size = (frame.width, frame.height)
                     limits.check_size(*size)

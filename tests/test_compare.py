@@ -18,7 +18,7 @@ from codec.eval.compare import (
     match_bitrate,
 )
 from codec.registry import get_codec
-from codec.video import write_video
+from codec.video import read_video, write_video
 
 FAST = {"pack": "random-tiny", "metrics": ("psnr",)}
 
@@ -133,22 +133,38 @@ def test_load_clip_caps_size_and_rejects_what_is_not_a_video(tmp_path):
         load_clip(path, start=50)
 
 
+def test_load_clip_decodes_the_file_once_to_the_frames_of_two_reads(tmp_path, monkeypatch):
+    """The size cap is worked out from the first frame in the same pass: one open of the file, and the frames of
+    reading the first frame for its size and then the clip at the capped size."""
+    import av
+
+    path = write_video(moving_clip(frames=6, height=48, width=64), tmp_path / "clip.mp4", crf=4)
+    two_reads = read_video(path, start=2, frames=3, size=capped_size(64, 48, 32))
+    opened, open_file = [], av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: opened.append(a[0]) or open_file(*a, **k))
+    video = load_clip(path, start=2, frames=3, max_side=32)
+    assert len(opened) == 1 and video.fps == two_reads.fps and np.array_equal(video.frames, two_reads.frames)
+
+
 def test_a_comparison_runs_each_step_once(tmp_path, monkeypatch):
-    """The clip is hashed once, an anchor's matched QP is not encoded again after the bitrate search (nor warmed
-    up: the search did that), and the view's frames come from memory, not from the folder just written."""
+    """The clip is hashed once, DiffVC is built once (its identity names the folder; the same codec then runs),
+    an anchor's matched QP is not encoded again after the bitrate search (nor warmed up: the search did that), and
+    the view's frames come from memory, not from the folder just written."""
     from codec.baselines.ffmpeg import X265
+    from codec.diffvc.codec import DiffVC
     from codec.video import Video
 
     video = moving_clip(frames=4)
-    encodes, hashes = [], []
-    encode, content_hash = X265.encode, Video.content_hash
+    encodes, hashes, builds = [], [], []
+    encode, content_hash, build = X265.encode, Video.content_hash, DiffVC.__init__
     monkeypatch.setattr(
         X265, "encode", lambda self, v, qp, **kw: encodes.append((v.num_frames, qp)) or encode(self, v, qp, **kw)
     )
     monkeypatch.setattr(Video, "content_hash", lambda self: hashes.append(1) or content_hash(self))
+    monkeypatch.setattr(DiffVC, "__init__", lambda self, *a, **kw: builds.append(1) or build(self, *a, **kw))
     settings = CompareSettings(qp=40, anchors=("x265",), tdir_contrast=False, **FAST)
     comparison = ComparisonStore(tmp_path).run(video, settings)
-    assert len(hashes) == 1
+    assert len(hashes) == 1 and len(builds) == 1
     clip_encodes = sorted(qp for frames, qp in encodes if frames > 1)  # DiffVC's HEVC I-frames are single frames
     assert clip_encodes == sorted(qp for qp, _ in comparison.run("x265").match["tried"])
     monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("the frames were read back from disk"))

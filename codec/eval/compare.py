@@ -37,11 +37,11 @@ import numpy as np
 
 from codec.errors import CodecError, VideoError
 from codec.eval.cache import cache_key
-from codec.eval.engine import TimedEncode, measure, timed_encode, warm_up
+from codec.eval.engine import Measurement, TimedEncode, measure, timed_encode, warm_up
 from codec.eval.rows import ResultRow
 from codec.metrics import metric_names, metrics_for_size
 from codec.progress import frame_progress
-from codec.registry import comparison_anchors, get_entry
+from codec.registry import VideoCodec, comparison_anchors, get_entry
 from codec.video import DEFAULT_LIMITS, Video, VideoLimits, read_video
 
 MATCH_TOLERANCE = 0.25  # a match within +-25 % of the target rate counts as reached
@@ -79,11 +79,8 @@ def load_clip(
         raise VideoError(f"number of frames must be 1..{MAX_FRAMES}, got {frames}")
     if not MAX_SIDE_RANGE[0] <= max_side <= MAX_SIDE_RANGE[1]:
         raise VideoError(f"size cap must be {MAX_SIDE_RANGE[0]}..{MAX_SIDE_RANGE[1]} pixels, got {max_side}")
-    side = limits.max_source_side  # one frame at the source's size (up to 8K) to learn it; the rest come resized
-    first = read_video(path, start=start, frames=1, limits=replace(limits, max_width=side, max_height=side))
-    size = capped_size(first.width, first.height, max_side)
-    limits.check_count(frames, *size)  # the budget, before decoding the rest
-    return read_video(path, start=start, frames=frames, size=size, limits=limits)
+    # one pass: the first frame's size (the source's, up to 8K) sets the size cap's, then every frame is resized
+    return read_video(path, start=start, frames=frames, limits=limits, fit=lambda w, h: capped_size(w, h, max_side))
 
 
 # --- settings -------------------------------------------------------------------------------------------------
@@ -311,26 +308,22 @@ class ComparisonStore:
         stop: StopCheck | None = None,
     ) -> Comparison:
         """The comparison of `video` under `settings`: from disk when done before, else run and stored."""
-        diffvc_reason, identity = diffvc_identity(settings)
-        clip_hash = video.content_hash()
-        key = cache_key(
-            kind="comparison",
-            clip=clip_hash,
-            start=start,
-            settings=asdict(settings),
-            identity=identity,
-            diffvc_unavailable=diffvc_reason,
-        )[:32]
+        under_test = build_under_test(settings)
+        clip = _clip_record(video, source, start, video.content_hash())
+        key = _comparison_key(clip, settings, under_test)
         done = self.get(key)
         if done is not None:
             done.clip["source"] = source or done.clip.get("source", "")
             return done
+        return self._run_and_keep(ComparisonJob(video, clip, settings, under_test, key), _Steps(progress, stop))
+
+    def _run_and_keep(self, job: ComparisonJob, steps: _Steps) -> Comparison:
+        """Run `job` in a work folder, then rename it to the key's: a folder appears whole or not at all."""
         self.root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".run-", dir=self.root))
         try:
-            clip = _clip_record(video, source, start, clip_hash)
-            comparison = _run(video, clip, settings, key, work, diffvc_reason, progress, stop)
-            target = self.folder(key)
+            comparison = _run(job, work, steps)
+            target = self.folder(job.key)
             try:
                 work.rename(target)
             except OSError:  # another session finished the same comparison first: keep theirs
@@ -341,17 +334,78 @@ class ComparisonStore:
             shutil.rmtree(work, ignore_errors=True)
 
 
+# --- what a comparison runs -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnderTest:
+    """DiffVC as a comparison runs it, built once: the codec and its identity (model pack, format, encoder), or
+    None and why it cannot run here."""
+
+    codec: VideoCodec | None
+    identity: str = ""
+    reason: str | None = None
+
+
 _MODEL_BUILD = threading.Lock()
 
 
-def diffvc_identity(settings: CompareSettings) -> tuple[str | None, str]:
-    """(why DiffVC cannot run, or None; its identity: pack hash and options). Loads the model pack on first use,
-    one thread at a time: a random-init pack draws its weights from torch's global generator, and two threads
-    building it at once interleave their draws into two different models (measured: three builds, three hashes),
-    whose bitstreams then differ and name a pack no other process has."""
+def build_under_test(settings: CompareSettings) -> UnderTest:
+    """DiffVC with the comparison's options. Loads the model pack on first use, one thread at a time: a random-init
+    pack draws its weights from torch's global generator, and two threads building it at once interleave their
+    draws into two different models (measured: three builds, three hashes), whose bitstreams then differ and name a
+    pack no other process has."""
     with _MODEL_BUILD:
-        reason = get_entry("diffvc").unavailable_reason(_options("diffvc", settings.diffvc_options()))
-        return reason, ("" if reason else _codec("diffvc", settings.diffvc_options()).identity())
+        codec, reason = _build("diffvc", settings.diffvc_options())
+        return UnderTest(codec, codec.identity() if codec else "", reason)  # type: ignore[attr-defined]
+
+
+def diffvc_identity(settings: CompareSettings) -> tuple[str | None, str]:
+    """(why DiffVC cannot run, or None; its identity: pack hash and options); loads the model pack on first use."""
+    under_test = build_under_test(settings)
+    return under_test.reason, under_test.identity
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One codec of a comparison, built. slug: a fixed file-name-safe id; role: "diffvc", "contrast" (DiffVC with
+    TDIR flipped) or "anchor"."""
+
+    slug: str
+    label: str
+    role: str
+    codec: VideoCodec
+
+
+@dataclass(frozen=True)
+class ComparisonJob:
+    """One comparison to run: the clip and its record (`_clip_record`), the settings, DiffVC built, the key."""
+
+    video: Video
+    clip: dict[str, Any]
+    settings: CompareSettings
+    under_test: UnderTest
+    key: str
+
+
+class _Steps:
+    """A comparison's progress, in steps of about equal time (each codec: warm-up, encode, decode, metrics), and
+    the stop check made at each step."""
+
+    def __init__(self, progress: Progress | None, stop: StopCheck | None) -> None:
+        self.progress, self.stop = progress, stop
+        self.total, self.done = 1.0, 0.0
+
+    def report(self, advance: float, what: str) -> None:
+        if self.stop and self.stop():
+            raise ComparisonCancelled("stopped")
+        self.done += advance
+        if self.progress:
+            self.progress(min(self.done / self.total, 0.999), what)
+
+    def finish(self) -> None:
+        if self.progress:
+            self.progress(1.0, "done")
 
 
 def _options(name: str, values: dict[str, Any]):
@@ -360,10 +414,18 @@ def _options(name: str, values: dict[str, Any]):
     return parse_options(get_entry(name).options_type, values, name)
 
 
-def _codec(name: str, values: dict[str, Any]):
+def _codec(name: str, values: dict[str, Any]) -> VideoCodec:
     from codec.registry import get_codec
 
     return get_codec(name, **values)
+
+
+def _build(name: str, values: dict[str, Any]) -> tuple[VideoCodec | None, str | None]:
+    """(the codec, None), or (None, why it cannot run here): its options parsed and checked once."""
+    entry = get_entry(name)
+    options = _options(name, values)
+    reason = entry.unavailable_reason(options)
+    return (None, reason) if reason else (entry.cls(options), None)
 
 
 def _clip_record(video: Video, source: str, start: int, clip_hash: str) -> dict[str, Any]:
@@ -378,156 +440,167 @@ def _clip_record(video: Video, source: str, start: int, clip_hash: str) -> dict[
     }
 
 
-def _run(
-    video: Video,
-    clip: dict[str, Any],
-    settings: CompareSettings,
-    key: str,
-    folder: Path,
-    diffvc_reason: str | None,
-    progress: Progress | None,
-    stop: StopCheck | None,
-) -> Comparison:
-    from codec.eval.report import results_frame, results_json
-    from codec.video import write_video
+def _comparison_key(clip: dict[str, Any], settings: CompareSettings, under_test: UnderTest) -> str:
+    """The comparison's folder name: the clip's content, where it starts, the settings and DiffVC's identity."""
+    return cache_key(
+        kind="comparison",
+        clip=clip["hash"],
+        start=clip["start"],
+        settings=asdict(settings),
+        identity=under_test.identity,
+        diffvc_unavailable=under_test.reason,
+    )[:32]
 
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+# --- running it -----------------------------------------------------------------------------------------------
+
+
+def _run(job: ComparisonJob, folder: Path, steps: _Steps) -> Comparison:
+    """Every codec of the comparison in turn, DiffVC first (the anchors match its rate); files into `folder`."""
     began = time.perf_counter()
-    metrics, notes = metrics_for_size(settings.metrics, video.width, video.height)
-    plan: list[tuple[str, str, str, dict[str, Any]]] = []  # (slug, label, role/name, options)
-    if diffvc_reason:
-        notes.append(
-            f"DiffVC did not run: {diffvc_reason}. The anchors ran at QP {settings.qp} (clipped to each codec's range)."
-        )
-    else:
-        plan.append(
-            ("diffvc", f"DiffVC (TDIR {'on' if settings.tdir else 'off'})", "diffvc", settings.diffvc_options())
-        )
-        if settings.tdir_contrast:
-            flipped = not settings.tdir
-            plan.append(
-                (
-                    f"diffvc-tdir-{'on' if flipped else 'off'}",
-                    f"DiffVC (TDIR {'on' if flipped else 'off'})",
-                    "contrast",
-                    settings.diffvc_options(tdir=flipped),
-                )
-            )
-    for name in settings.anchors:
-        options = settings.anchor_options(name)
-        reason = get_entry(name).unavailable_reason(_options(name, options))
-        if reason:
-            notes.append(f"{name} did not run: {reason}.")
-        else:
-            plan.append((name, name, "anchor", options))
-    if not plan:
-        raise CodecError("nothing to run: DiffVC cannot run here and no anchor is chosen")
-
-    steps = len(plan) * 4.0  # warm-up + encode + decode + metrics, about equal shares per codec
-    done = 0.0
-
-    def report(advance: float, what: str) -> None:
-        nonlocal done
-        if stop and stop():
-            raise ComparisonCancelled("stopped")
-        done += advance
-        if progress:
-            progress(min(done / steps, 0.999), what)
-
+    metrics, notes = metrics_for_size(job.settings.metrics, job.video.width, job.video.height)
+    lineup = _lineup(job, notes)
+    steps.total = len(lineup) * 4.0  # warm-up + encode + decode + metrics, about equal shares per codec
     runs: list[CodecRun] = []
-    decoded: dict[str, np.ndarray] = {"original": video.frames}
-    target = None
-    for slug, label, role, options in plan:
-        name = "diffvc" if role in ("diffvc", "contrast") else slug
-        codec = _codec(name, options)
-        searched: dict[int, TimedEncode] = {}
-        qp, match = _pick_qp(codec, settings, target, role, video, label, report, stop, searched)
-        if match is None:  # a bitrate search has warmed the codec up already
-            report(0, f"{label}: warm-up (QP {qp})")
-            warm_up(codec, video, qp)
-        report(1, f"{label}: encoding and decoding {video.num_frames} frames, then metrics")
-
-        reported = [0.0]  # of the 3 steps of encode + decode + metrics, those the codec's frames reported
-
-        def per_frame(phase: str, frame: int, frames: int, label: str = label, reported: list = reported) -> None:
-            reported[0] += 1 / frames  # encode and decode: one step each (codecs that report frames: DiffVC)
-            report(1 / frames, f"{label}: {phase}d frame {frame} of {frames}")
-
-        with frame_progress(per_frame):
-            result = measure(codec, video, qp, metrics, settings.device, spec=label, encoded=searched.get(qp))
-        report(3 - reported[0], f"{label}: done, {result.row.bpp:.4f} bpp")
-        if role == "diffvc":
+    decoded: dict[str, np.ndarray] = {"original": job.video.frames}
+    target = None  # DiffVC's rate, once it has run
+    for planned in lineup:
+        result, match = _measure(job, planned, target, metrics, steps)
+        if planned.role == "diffvc":
             target = result.row.bpp
-        if match is not None and not match.reached:
-            notes.append(
-                f"{label} cannot reach DiffVC's {match.target_bpp:.4f} bpp within its QP range "
-                f"{codec.qp_range[0]}..{codec.qp_range[1]}: closest is QP {match.qp} at {match.bpp:.4f} bpp."
-            )
-        row = replace(
-            result.row,
-            source=clip["source"],
-            start=clip["start"],
-            clip_hash=clip["hash"],
-            label=label,
-            role=role,
-            sha256=hashlib.sha256(result.encoded.bitstream).hexdigest(),
-        )
-        bitstream_file = f"{slug}{get_entry(name).suffix}"
-        decoded_file = f"{slug}.mp4"
-        (folder / bitstream_file).write_bytes(result.encoded.bitstream)
-        write_video(result.decoded, folder / decoded_file)
-        decoded[slug] = result.decoded.frames
-        runs.append(
-            CodecRun(
-                slug,
-                label,
-                role,
-                row,
-                bitstream_file,
-                decoded_file,
-                {**asdict(match), "reached": match.reached} if match else None,
-            )
-        )
-
-    comparison = Comparison(
-        key, folder, clip, _jsonable(asdict(settings)), runs, notes, time.perf_counter() - began, decoded=decoded
-    )
-    results_frame(comparison.rows).to_csv(folder / "results.csv", index=False)
-    (folder / "results.json").write_text(results_json(comparison.rows))
-    np.savez_compressed(folder / FRAMES_FILE, **decoded)
-    (folder / COMPARISON_FILE).write_text(json.dumps(comparison.to_json(), indent=1, default=str))
-    if progress:
-        progress(1.0, "done")
+        notes += _match_notes(planned, match)
+        runs.append(_write_run(job, planned, result, match, folder))
+        decoded[planned.slug] = result.decoded.frames
+    elapsed = time.perf_counter() - began
+    settings = _jsonable(asdict(job.settings))
+    comparison = Comparison(job.key, folder, job.clip, settings, runs, notes, elapsed, decoded=decoded)
+    _write_results(comparison)
+    steps.finish()
     return comparison
 
 
+def _lineup(job: ComparisonJob, notes: list[str]) -> list[PlannedRun]:
+    """The codecs to run, built: DiffVC (and DiffVC with TDIR flipped) where it can run, then each anchor that can;
+    a note for each that cannot."""
+    settings, under_test = job.settings, job.under_test
+    lineup: list[PlannedRun] = []
+    if under_test.codec is None:
+        notes.append(
+            f"DiffVC did not run: {under_test.reason}. The anchors ran at QP {settings.qp} (clipped to each "
+            "codec's range)."
+        )
+    else:
+        lineup.append(PlannedRun("diffvc", f"DiffVC (TDIR {_on(settings.tdir)})", "diffvc", under_test.codec))
+        if settings.tdir_contrast:
+            flipped = not settings.tdir
+            codec = _codec("diffvc", settings.diffvc_options(tdir=flipped))
+            lineup.append(PlannedRun(f"diffvc-tdir-{_on(flipped)}", f"DiffVC (TDIR {_on(flipped)})", "contrast", codec))
+    for name in settings.anchors:
+        codec, reason = _build(name, settings.anchor_options(name))
+        if codec is None:
+            notes.append(f"{name} did not run: {reason}.")
+        else:
+            lineup.append(PlannedRun(name, name, "anchor", codec))
+    if not lineup:
+        raise CodecError("nothing to run: DiffVC cannot run here and no anchor is chosen")
+    return lineup
+
+
+def _measure(
+    job: ComparisonJob, planned: PlannedRun, target: float | None, metrics: Sequence[str], steps: _Steps
+) -> tuple[Measurement, BitrateMatch | None]:
+    """One codec: its QP (searched for DiffVC's rate `target` where it should match it), warmed up, then
+    `engine.measure` (the search's own encode of that QP, when there was one)."""
+    label, video = planned.label, job.video
+    searched: dict[int, TimedEncode] = {}
+    qp, match = _pick_qp(job, planned, target, steps, searched)
+    if match is None:  # a bitrate search has warmed the codec up already
+        steps.report(0, f"{label}: warm-up (QP {qp})")
+        warm_up(planned.codec, video, qp)
+    steps.report(1, f"{label}: encoding and decoding {video.num_frames} frames, then metrics")
+    reported = 0.0  # of the 3 steps of encode + decode + metrics, those the codec's frames reported
+
+    def per_frame(phase: str, frame: int, frames: int) -> None:
+        nonlocal reported
+        reported += 1 / frames  # encode and decode: one step each (codecs that report frames: DiffVC)
+        steps.report(1 / frames, f"{label}: {phase}d frame {frame} of {frames}")
+
+    with frame_progress(per_frame):
+        result = measure(planned.codec, video, qp, metrics, job.settings.device, spec=label, encoded=searched.get(qp))
+    steps.report(3 - reported, f"{label}: done, {result.row.bpp:.4f} bpp")
+    return result, match
+
+
 def _pick_qp(
-    codec,
-    settings: CompareSettings,
-    target: float | None,
-    role: str,
-    video: Video,
-    label: str,
-    report: Callable[[float, str], None],
-    stop: StopCheck | None,
-    encodes: dict[int, TimedEncode],
+    job: ComparisonJob, planned: PlannedRun, target: float | None, steps: _Steps, encodes: dict[int, TimedEncode]
 ) -> tuple[int, BitrateMatch | None]:
     """The QP a codec runs at: DiffVC's own; an anchor's matched to DiffVC's rate (its encodes go to `encodes`),
     or `settings.qp` clipped. An anchor that spends DiffVC's rate at DiffVC's QP (`rate_of_under_test`: condlc with
     the same pack) takes that QP: the same bits, found without a search."""
+    codec, settings, label = planned.codec, job.settings, planned.label
     lo, hi = codec.qp_range
     shares_rate = get_entry(codec.name).rate_of_under_test
-    if role != "anchor" or not settings.match_bitrate or target is None or shares_rate:
+    if planned.role != "anchor" or not settings.match_bitrate or target is None or shares_rate:
         return min(hi, max(lo, settings.qp)), None
-    report(0, f"{label}: searching the QP for {target:.4f} bpp")
+    steps.report(0, f"{label}: searching the QP for {target:.4f} bpp")
     match = match_bitrate(
         codec,
-        video,
+        job.video,
         target,
-        stop,
-        on_try=lambda qp, bpp: report(0, f"{label}: QP {qp} gives {bpp:.4f} bpp (target {target:.4f})"),
+        steps.stop,
+        on_try=lambda qp, bpp: steps.report(0, f"{label}: QP {qp} gives {bpp:.4f} bpp (target {target:.4f})"),
         encodes=encodes,
     )
     return match.qp, match
+
+
+def _match_notes(planned: PlannedRun, match: BitrateMatch | None) -> list[str]:
+    if match is None or match.reached:
+        return []
+    lo, hi = planned.codec.qp_range
+    return [
+        f"{planned.label} cannot reach DiffVC's {match.target_bpp:.4f} bpp within its QP range {lo}..{hi}: "
+        f"closest is QP {match.qp} at {match.bpp:.4f} bpp."
+    ]
+
+
+def _write_run(
+    job: ComparisonJob, planned: PlannedRun, result: Measurement, match: BitrateMatch | None, folder: Path
+) -> CodecRun:
+    """The codec's bitstream and decoded mp4 into `folder`; its row labelled with the clip and its role."""
+    from codec.video import write_video
+
+    clip, encoded = job.clip, result.encoded
+    row = replace(
+        result.row,
+        source=clip["source"],
+        start=clip["start"],
+        clip_hash=clip["hash"],
+        label=planned.label,
+        role=planned.role,
+        sha256=hashlib.sha256(encoded.bitstream).hexdigest(),
+    )
+    bitstream_file = f"{planned.slug}{get_entry(planned.codec.name).suffix}"
+    decoded_file = f"{planned.slug}.mp4"
+    (folder / bitstream_file).write_bytes(encoded.bitstream)
+    write_video(result.decoded, folder / decoded_file)
+    matched = {**asdict(match), "reached": match.reached} if match else None
+    return CodecRun(planned.slug, planned.label, planned.role, row, bitstream_file, decoded_file, matched)
+
+
+def _write_results(comparison: Comparison) -> None:
+    """results.csv and .json (the rows), frames.npz (the original and every decoded clip), comparison.json."""
+    from codec.eval.report import results_frame, results_json
+
+    folder = comparison.folder
+    results_frame(comparison.rows).to_csv(folder / "results.csv", index=False)
+    (folder / "results.json").write_text(results_json(comparison.rows))
+    np.savez_compressed(folder / FRAMES_FILE, **comparison.frames())
+    (folder / COMPARISON_FILE).write_text(json.dumps(comparison.to_json(), indent=1, default=str))
 
 
 def _jsonable(value: Any) -> Any:
