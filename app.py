@@ -31,9 +31,9 @@ def create(environ=os.environ):
     # between heavy jobs (model loading, previews, blind pairs) one core stays with the server; each heavy job
     # takes the cores idle when it starts (codec.threads: two threads stall beside another busy process)
     torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 2) - 1))
-    studio = Studio(config)
+    studio = Studio.open(config)
     if environ.get("DIFFVC_STUDIO_PRELOAD", "1") != "0":
-        studio.preload()  # the model pack, once, before requests can race to build it
+        studio.codecs.preload()  # the model pack, once, before requests can race to build it
     demo = build_app(studio, max_jobs=config.heavy_jobs).queue(max_size=16, default_concurrency_limit=4)
     return demo, {
         "allowed_paths": [str(config.results_dir), str(config.sessions_dir)],

@@ -6,17 +6,14 @@ Which codec is A and which is B is kept in the server-side session state and sho
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import gradio as gr
 
 from app.feedback import error_message
-from app.handlers import VoteRequest
+from app.handlers import BlindHandler, PairRequest, VoteRequest
 
 
-def build_blind_tab(new_pair: Callable, vote: Callable, results: Callable, export: Callable, state: gr.State) -> None:
-    """new_pair(SessionState, show_reference) -> PairView; vote(VoteRequest, SessionState, session) ->
-    markdown; results() -> DataFrame; export(session) -> CSV path."""
+def build_blind_tab(handler: BlindHandler, state: gr.State) -> None:
+    """The tab over `handler` (`new_pair`, `vote`, `results`, `export_votes`)."""
     gr.Markdown(
         "Spot checks without bias: two versions of the same frame that cost about the same bits, in random "
         "order, names hidden until you vote. Pairs come from the comparisons you ran in the **Compare** tab "
@@ -39,7 +36,8 @@ def build_blind_tab(new_pair: Callable, vote: Callable, results: Callable, expor
         vote_tie = gr.Button("Tie", elem_id="vote-tie")
         vote_b = gr.Button("B is better", elem_id="vote-b")
     gr.Markdown("### Results of every vote")
-    table = gr.Dataframe(value=results, interactive=False, elem_id="blind-results", wrap=True)  # fresh per page load
+    # the value a callable: the table is fresh at every page load
+    table = gr.Dataframe(value=handler.results, interactive=False, elem_id="blind-results", wrap=True)
     gr.Markdown(
         "*Share for first*: of the decisive votes (ties left out), the share preferring the pair's first "
         "codec; its Wilson 95 % score interval; an exact two-sided binomial test against no preference."
@@ -51,7 +49,7 @@ def build_blind_tab(new_pair: Callable, vote: Callable, results: Callable, expor
 
     def on_draw(session_state, show_reference: bool):
         try:
-            view = new_pair(session_state, bool(show_reference))
+            view = handler.new_pair(PairRequest(bool(show_reference)), session_state)
         except Exception as e:
             return {prompt: error_message(e)}
         return {
@@ -65,13 +63,13 @@ def build_blind_tab(new_pair: Callable, vote: Callable, results: Callable, expor
     def voter(choice: str):
         def on_vote(session_state, who: str, note: str, request: gr.Request):
             try:
-                reveal = vote(VoteRequest(choice, who, note), session_state, request.session_hash)
+                reveal = handler.vote(VoteRequest(choice, who, note), session_state, request.session_hash)
             except Exception as e:
                 return {prompt: error_message(e)}
             return {
                 state: session_state,
                 prompt: reveal,
-                table: results(),
+                table: handler.results(),
                 comment: "",
                 image_a: None,
                 image_b: None,
@@ -82,7 +80,7 @@ def build_blind_tab(new_pair: Callable, vote: Callable, results: Callable, expor
 
     def on_export(request: gr.Request):
         try:
-            return {csv_file: export(request.session_hash)}
+            return {csv_file: handler.export_votes(request.session_hash)}
         except Exception as e:
             return {prompt: error_message(e)}
 
@@ -92,5 +90,5 @@ def build_blind_tab(new_pair: Callable, vote: Callable, results: Callable, expor
         button.click(
             voter(choice), inputs=[state, rater, comment], outputs=[*outputs, table, comment], api_visibility="private"
         )
-    refresh.click(results, outputs=table, api_visibility="private")
+    refresh.click(handler.results, outputs=table, api_visibility="private")
     export_btn.click(on_export, outputs=[csv_file, prompt], api_visibility="private")

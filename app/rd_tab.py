@@ -3,18 +3,23 @@ for each metric, the table of BD-rate and bits at equal quality against x265, an
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import gradio as gr
 
 from app.compare_tab import HEAVY, ClipInputs, metric_choices
 from app.feedback import error_message
-from app.handlers import DEFAULT_ANCHOR_QPS, DEFAULT_NEURAL_QPS, SweepRequest, sweep_codecs
+from app.handlers import (
+    DEFAULT_ANCHOR_QPS,
+    DEFAULT_NEURAL_QPS,
+    CurveRequest,
+    SweepHandler,
+    SweepRequest,
+    sweep_codecs,
+)
 from codec.metrics import metric_names
 
 
-def build_rd_tab(sweep: Callable, sweep_figure: Callable, clip: ClipInputs, state: gr.State, max_jobs: int) -> None:
-    """sweep(SweepRequest, SessionState, session, progress) -> SweepView; sweep_figure(metric, SessionState)."""
+def build_rd_tab(handler: SweepHandler, clip: ClipInputs, state: gr.State, max_jobs: int) -> None:
+    """The tab over `handler` (`run`, `figure`) on the Compare tab's `clip`; `max_jobs`: heavy jobs at once."""
     gr.Markdown(
         "A QP sweep per codec on the clip, start, frames and size cap chosen in the **Compare** tab. "
         "Every point is cached by clip content and settings, so a rerun is instant. Against the first codec "
@@ -42,7 +47,7 @@ def build_rd_tab(sweep: Callable, sweep_figure: Callable, clip: ClipInputs, stat
 
     def on_run(values: dict, request: gr.Request, progress=gr.Progress()):
         try:
-            view = sweep(
+            view = handler.run(
                 SweepRequest(
                     clip.request(values),
                     tuple(values[codecs]),
@@ -70,7 +75,7 @@ def build_rd_tab(sweep: Callable, sweep_figure: Callable, clip: ClipInputs, stat
 
     def on_metric(values: dict):
         try:
-            return {plot: sweep_figure(values[metric], values[state])}
+            return {plot: handler.figure(CurveRequest(values[metric]), values[state])}
         except Exception as e:
             return {status: error_message(e)}
 

@@ -1,5 +1,6 @@
 """The page: a header with the model pack's status, then the Compare, Rate-distortion, Blind test and Codecs tabs,
-and the `/compare` API endpoint. Every handler comes from a `Studio` (app.handlers); nothing here loads a model."""
+and the `/compare` API endpoint. Every handler comes from a `Studio` (app.handlers: one handler per concern, over
+one workspace); nothing here loads a model."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import gradio as gr
 
 from app.blind_tab import build_blind_tab
 from app.compare_tab import HEAVY, PackPicker, build_compare_tab
-from app.handlers import SessionState, Studio
+from app.handlers import CompareRequest, SessionState, Studio
 from app.rd_tab import build_rd_tab
 
 CSS = """
@@ -26,30 +27,21 @@ def build_app(studio: Studio, max_jobs: int = 1) -> gr.Blocks:
         notice = gr.Markdown(elem_id="pack-status")
         state = gr.State(SessionState())
         with gr.Tab("Compare", id="compare"):
-            clip = build_compare_tab(
-                studio.compare,
-                studio.clip_preview,
-                studio.stop,
-                studio.frame_view,
-                studio.per_frame_figure,
-                state,
-                studio.config.example_clip,
-                max_jobs,
-                PackPicker(*studio.pack_choices(), studio.pack_summary),
-            )
+            packs = PackPicker(*studio.codecs.pack_choices(), studio.codecs.pack_summary)
+            clip = build_compare_tab(studio.compare, packs, state, studio.config.example_clip, max_jobs)
         with gr.Tab("Rate-distortion", id="rd"):
-            build_rd_tab(studio.sweep, studio.sweep_figure, clip, state, max_jobs)
+            build_rd_tab(studio.sweep, clip, state, max_jobs)
         with gr.Tab("Blind test", id="blind"):
-            build_blind_tab(studio.new_pair, studio.vote, studio.blind_results, studio.export_votes, state)
+            build_blind_tab(studio.blind, state)
         with gr.Tab("Codecs", id="codecs"):
             gr.Markdown("The codecs registered in this installation and whether each can run here.")
             table = gr.Dataframe(
                 headers=["codec", "status", "description"], interactive=False, label="Registered codecs"
             )
             refresh = gr.Button("Refresh", size="sm")
-            refresh.click(studio.codec_rows, outputs=table, api_name="codec_rows")
-        demo.load(lambda: studio.pack_status()[1], outputs=notice, api_visibility="private")
-        demo.load(studio.codec_rows, outputs=table, api_visibility="private")
+            refresh.click(studio.codecs.rows, outputs=table, api_name="codec_rows")
+        demo.load(lambda: studio.codecs.pack_status()[1], outputs=notice, api_visibility="private")
+        demo.load(studio.codecs.rows, outputs=table, api_visibility="private")
         _compare_api(studio, max_jobs)
     return demo
 
@@ -70,7 +62,7 @@ def _compare_api(studio: Studio, max_jobs: int) -> None:
         if not video_path:
             raise gr.Error("give a video file")
         try:
-            return studio.api_compare(video_path, int(qp_value), bool(tdir_value), int(frame_count))
+            return studio.compare.api(CompareRequest.api(video_path, int(qp_value), bool(tdir_value), int(frame_count)))
         except Exception as e:
             from app.feedback import error_message
 

@@ -12,9 +12,12 @@ from conftest import EXAMPLE_CLIP, moving_clip
 
 from app.feedback import error_message
 from app.handlers import (
+    ChartRequest,
     ClipRequest,
     CompareRequest,
+    CurveRequest,
     FrameRequest,
+    PairRequest,
     SessionState,
     Studio,
     StudioConfig,
@@ -26,7 +29,7 @@ from codec.video import write_video
 
 
 def make_studio(tmp_path, pack="random-tiny") -> Studio:
-    return Studio(
+    return Studio.open(
         StudioConfig(
             pack=pack,
             results_dir=tmp_path / "comparisons",
@@ -46,7 +49,7 @@ def ran(tmp_path_factory):
     studio = make_studio(tmp)
     state = SessionState()
     request = CompareRequest(ClipRequest(str(clip), 1, 4, 256), qp=32, metrics=("psnr", "ms_ssim"))
-    view = studio.compare(request, state, "session-1")
+    view = studio.compare.run(request, state, "session-1")
     return studio, state, view, clip
 
 
@@ -81,27 +84,43 @@ def test_compare_view_has_every_part(ran):
 
 def test_frame_view_images(ran):
     studio, state, view, _ = ran
-    frame = studio.frame_view(FrameRequest(view.key, 2, "original", "x265", "diffvc", zoom=4, cx=0.9, cy=0.1), state)
+    frame = studio.compare.frame_view(
+        FrameRequest(view.key, 2, "original", "x265", "diffvc", zoom=4, cx=0.9, cy=0.1), state
+    )
     left, right = frame.wipe
     assert left.shape == right.shape == (48, 64, 3) and not np.array_equal(left, right)
     assert frame.side_by_side.ndim == 3 and frame.zoom.ndim == 3 and frame.heatmap.shape[2] == 3
     assert "Frame 2" in frame.caption
-    far = studio.frame_view(FrameRequest(view.key, 99), state)  # clamped to the last frame
+    far = studio.compare.frame_view(FrameRequest(view.key, 99), state)  # clamped to the last frame
     assert "Frame 3" in far.caption
+
+
+def test_the_views_read_the_comparison_from_memory(ran, monkeypatch):
+    """After the run, the frame viewer, the per-frame chart and the blind pair read the comparison the handler kept:
+    neither comparison.json nor frames.npz is read back from its folder."""
+    from codec.eval.compare import Comparison
+
+    studio, state, view, _ = ran
+    monkeypatch.setattr(Comparison, "load", lambda folder: pytest.fail("comparison.json was read back"))
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("frames.npz was read back"))
+    assert "Frame 1" in studio.compare.frame_view(FrameRequest(view.key, 1), state).caption
+    figure = studio.compare.per_frame_figure(ChartRequest(view.key, "psnr"), state)
+    assert len(figure.data) == 2 * (len(view.codecs) - 1)  # the metric and the bits of each codec
+    assert studio.blind.new_pair(PairRequest(), state).a is not None
 
 
 def test_a_session_sees_only_its_own_comparisons(ran):
     studio, _, view, _ = ran
     with pytest.raises(UserError):
-        studio.frame_view(FrameRequest(view.key), SessionState())
+        studio.compare.frame_view(FrameRequest(view.key), SessionState())
     with pytest.raises(UserError):
-        studio.new_pair(SessionState(), False)
+        studio.blind.new_pair(PairRequest(), SessionState())
 
 
 def test_second_run_comes_from_the_cache(ran):
     studio, _, view, clip = ran
     state = SessionState()
-    again = studio.compare(
+    again = studio.compare.run(
         CompareRequest(ClipRequest(str(clip), 1, 4, 256), qp=32, metrics=("psnr", "ms_ssim")), state, "session-2"
     )
     assert again.key == view.key and "from the cache" in again.status
@@ -109,18 +128,18 @@ def test_second_run_comes_from_the_cache(ran):
 
 def test_blind_pair_hides_names_until_the_vote(ran):
     studio, state, _, _ = ran
-    view = studio.new_pair(state, show_reference=True)
+    view = studio.blind.new_pair(PairRequest(show_reference=True), state)
     assert view.a.shape == view.b.shape == view.reference.shape
     assert "DiffVC" not in view.status and "x265" not in view.status
     pair = state.pair
-    reveal = studio.vote(VoteRequest("A", "tester", "sharper"), state, "session-1")
+    reveal = studio.blind.vote(VoteRequest("A", "tester", "sharper"), state, "session-1")
     assert pair.label_a.replace("(", "\\(") in reveal or pair.label_a in reveal
     assert state.pair is None
     with pytest.raises(UserError):
-        studio.vote(VoteRequest("A", "tester"), state, "session-1")  # one vote per pair
-    table = studio.blind_results()
+        studio.blind.vote(VoteRequest("A", "tester"), state, "session-1")  # one vote per pair
+    table = studio.blind.results()
     assert table["votes"].sum() >= 1
-    assert studio.export_votes("session-1").endswith("blind-votes.csv")
+    assert studio.blind.export_votes("session-1").endswith("blind-votes.csv")
 
 
 def test_bad_input_gives_a_clear_line(tmp_path):
@@ -134,7 +153,7 @@ def test_bad_input_gives_a_clear_line(tmp_path):
         ClipRequest(str(EXAMPLE_CLIP), start=10**6, frames=2),
     ):
         with pytest.raises(Exception) as caught:
-            studio.compare(CompareRequest(clip), SessionState(), "s")
+            studio.compare.run(CompareRequest(clip), SessionState(), "s")
         message = error_message(caught.value)
         assert message.startswith("**Cannot run this:**") and "Traceback" not in message
     assert "went wrong inside the app" in error_message(RuntimeError("boom"))
@@ -142,12 +161,12 @@ def test_bad_input_gives_a_clear_line(tmp_path):
 
 def test_missing_pack_is_reported_and_anchors_still_run(tmp_path):
     studio = make_studio(tmp_path, pack="no-such-pack")
-    usable, text = studio.pack_status()
+    usable, text = studio.codecs.pack_status()
     assert not usable and "DiffVC is off" in text
-    rows = {row[0]: row[1] for row in studio.codec_rows()}
+    rows = {row[0]: row[1] for row in studio.codecs.rows()}
     assert rows["x265"] == "usable" and rows["diffvc"].startswith("unusable")
     clip = write_video(moving_clip(frames=2), tmp_path / "c.mp4", crf=4)
-    view = studio.compare(CompareRequest(ClipRequest(str(clip), 0, 2, 256), metrics=("psnr",)), SessionState(), "s")
+    view = studio.compare.run(CompareRequest(ClipRequest(str(clip), 0, 2, 256), metrics=("psnr",)), SessionState(), "s")
     assert list(view.table["codec"]) == ["x265"] and "DiffVC did not run" in view.status
 
 
@@ -158,21 +177,21 @@ def test_sweep_writes_report_and_bd_rate(tmp_path):
     request = SweepRequest(
         ClipRequest(str(clip), 0, 2, 256), codecs=("x264", "x265"), anchor_qps="22,27,32,37", metrics=("psnr",)
     )
-    view = studio.sweep(request, state, "s")
+    view = studio.sweep.run(request, state, "s")
     assert list(view.bd_table["test"]) == ["x264"]  # against x265, the first
     # beside BD-rate: x264's bits relative to x265's at equal quality, read off x265's curve, with how many points
     bits = view.bd_table["bits vs x265 at equal quality (x)"]
     assert 0.5 < bits.iloc[0] < 2 and "test points within the anchor's quality range" in view.bd_table["note"][0]
     assert any(p.endswith("report.html") for p in view.files) and len(view.results) == 8
-    figure = studio.sweep_figure("psnr", state)
+    figure = studio.sweep.figure(CurveRequest("psnr"), state)
     assert [len(trace.x) for trace in figure.data] == [4, 4]  # the rows read back from results.json
     with pytest.raises(UserError):
-        studio.sweep(SweepRequest(request.clip, anchor_qps="a, b"), state, "s")
+        studio.sweep.run(SweepRequest(request.clip, anchor_qps="a, b"), state, "s")
     results = Path(state.sweep_dir) / "results.json"
     untyped = [{k: v for k, v in row.items() if k != "schema"} for row in json.loads(results.read_text())]
     results.write_text(json.dumps(untyped))  # a sweep written before the rows had a schema
     with pytest.raises(UserError, match="older version"):
-        studio.sweep_figure("psnr", state)
+        studio.sweep.figure(CurveRequest("psnr"), state)
 
 
 def test_default_anchor_qps_span_the_neural_codecs_quality(tmp_path):
@@ -180,7 +199,7 @@ def test_default_anchor_qps_span_the_neural_codecs_quality(tmp_path):
     their bits at equal quality can be read off its curve."""
     studio = make_studio(tmp_path)
     clip = write_video(moving_clip(frames=2), tmp_path / "c.mp4", crf=4)
-    view = studio.sweep(
+    view = studio.sweep.run(
         SweepRequest(ClipRequest(str(clip), 0, 2, 256), codecs=("x265",), metrics=("psnr",)), SessionState(), "s"
     )
     assert view.results["psnr"].min() < 26 and view.results["psnr"].max() > 38
@@ -194,10 +213,10 @@ def test_stop_ends_a_run_at_its_next_step(tmp_path):
 
     def progress(fraction, desc=""):
         steps.append(desc)
-        studio.stop("s")  # the Stop button, pressed while the run is going
+        studio.compare.stop("s")  # the Stop button, pressed while the run is going
 
     with pytest.raises(Exception) as caught:
-        studio.compare(
+        studio.compare.run(
             CompareRequest(ClipRequest(str(clip), 0, 3, 256), metrics=("psnr",)), SessionState(), "s", progress
         )
     assert error_message(caught.value).startswith("**Stopped.**") and len(steps) == 1
@@ -219,7 +238,7 @@ def test_an_upload_the_browser_cannot_play_gets_a_first_frame_preview(tmp_path):
     studio = make_studio(tmp_path)
     clip = moving_clip(frames=3, height=48, width=64)
     playable = write_video(clip, tmp_path / "clip.mp4", crf=4)
-    assert studio.clip_preview(str(playable)) == (None, "")
+    assert studio.compare.clip_preview(str(playable)) == (None, "")
     mjpeg = tmp_path / "clip.avi"
     with av.open(str(mjpeg), "w", format="avi") as container:
         stream = container.add_stream("mjpeg", rate=25)
@@ -229,11 +248,11 @@ def test_an_upload_the_browser_cannot_play_gets_a_first_frame_preview(tmp_path):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    frame, note = studio.clip_preview(str(mjpeg))
+    frame, note = studio.compare.clip_preview(str(mjpeg))
     assert frame.shape == (48, 64, 3) and "mjpeg in avi" in note and "first frame" in note
     junk = tmp_path / "junk.avi"
     junk.write_bytes(b"RIFF" + bytes(100))
-    assert studio.clip_preview(str(junk)) == (None, "")  # not a video: the run says so, with its reason
+    assert studio.compare.clip_preview(str(junk)) == (None, "")  # not a video: the run says so, with its reason
 
 
 def test_the_pack_picker_lists_installed_packs_and_runs_the_one_chosen(tmp_path, monkeypatch):
@@ -257,21 +276,21 @@ def test_the_pack_picker_lists_installed_packs_and_runs_the_one_chosen(tmp_path,
     (packs / "big" / "model.safetensors").write_bytes(b"")
     monkeypatch.setenv("DIFFVC_PACKS", str(packs))
     studio = make_studio(tmp_path)
-    choices, first = studio.pack_choices()
+    choices, first = studio.codecs.pack_choices()
     assert [name for _, name in choices] == ["big", "my-pack", "diffvc-tiny", "random-tiny"] and first == "random-tiny"
-    summary = studio.pack_summary("my-pack")
+    summary = studio.codecs.pack_summary("my-pack")
     assert "tiny preset" in summary and "Trained on X" in summary and " MB" in summary
     if not torch.cuda.is_available():
-        assert "No GPU here" in studio.pack_summary("big") and "13 U-Net" in studio.pack_summary("big")
+        assert "No GPU here" in studio.codecs.pack_summary("big") and "13 U-Net" in studio.codecs.pack_summary("big")
         assert "No GPU" not in summary
     with pytest.raises(UserError, match="no installed model pack"):
-        studio.pack_summary(str(packs / "my-pack"))
+        studio.codecs.pack_summary(str(packs / "my-pack"))
 
     clip = write_video(moving_clip(frames=3, height=48, width=64), tmp_path / "clip.mp4", crf=4)
     request = CompareRequest(ClipRequest(str(clip), 0, 2, 256), anchors=(), metrics=("psnr",), pack="my-pack")
-    view = studio.compare(request, SessionState(), "s")
+    view = studio.compare.run(request, SessionState(), "s")
     results = next(p for p in view.files if p.endswith("results.json"))
     rows = json.loads(Path(results).read_text())
     assert {row["options"]["pack"] for row in rows if row["codec"] == "diffvc"} == {"my-pack"}
     with pytest.raises(UserError):
-        studio.compare(replace(request, pack="../packs/my-pack"), SessionState(), "s")
+        studio.compare.run(replace(request, pack="../packs/my-pack"), SessionState(), "s")

@@ -156,11 +156,13 @@ def test_handler_inputs_cannot_leave_their_folders(tmp_path):
     folder.mkdir(parents=True)
     (folder / "link.csv").symlink_to(outside)  # a link inside the result folder pointing out of it
     (folder / "ok.csv").write_text("fine")
-    kept = studio._safe_files([folder / "link.csv", folder / "ok.csv", outside, folder / ".." / ".." / "outside.txt"])
+    kept = studio.workspace.safe_files(
+        [folder / "link.csv", folder / "ok.csv", outside, folder / ".." / ".." / "outside.txt"]
+    )
     assert kept == [(folder / "ok.csv").resolve()]
     state = SessionState(comparisons=["../../outside", "abc/../../x", "/etc/passwd"])
     for key in state.comparisons:
         with pytest.raises(UserError):
-            studio.frame_view(FrameRequest(key), state)
+            studio.compare.frame_view(FrameRequest(key), state)
     for session in ("../../evil", "/etc/x", "..", "a/../../b"):
-        assert studio._session_dir(session).resolve().is_relative_to(studio.config.sessions_dir.resolve())
+        assert studio.workspace.session_dir(session).resolve().is_relative_to(studio.config.sessions_dir.resolve())

@@ -44,7 +44,7 @@ def corpus(tmp_path_factory):
 def make_studio(tmp_path, **extra):
     from app.handlers import Studio
 
-    return Studio(
+    return Studio.open(
         StudioConfig(
             pack="random-tiny",
             results_dir=tmp_path / "comparisons",
@@ -165,7 +165,7 @@ def test_handlers_refuse_cleanly_and_accept_odd_formats(corpus, tmp_path):
     studio = make_studio(tmp_path)
     for name in ("empty.mp4", "html.mp4", "huge-h264-sps.mp4", "big-h264-sps.mp4"):
         with pytest.raises(Exception) as caught:
-            studio.compare(CompareRequest(ClipRequest(str(corpus[name].path), 0, 2, 64)), SessionState(), "s")
+            studio.compare.run(CompareRequest(ClipRequest(str(corpus[name].path), 0, 2, 64)), SessionState(), "s")
         message = error_message(caught.value)
         assert message.startswith("**Cannot run this:**") and str(corpus[name].path.parent) not in message
     request = CompareRequest(
@@ -174,18 +174,20 @@ def test_handlers_refuse_cleanly_and_accept_odd_formats(corpus, tmp_path):
         tdir_contrast=False,
         metrics=("psnr",),
     )
-    view = studio.compare(request, SessionState(), "s")
+    view = studio.compare.run(request, SessionState(), "s")
     assert view.frames == 2 and list(view.table["codec"]) == ["DiffVC (TDIR on)"]
 
 
 def test_pixel_budget_and_time_limit_of_a_job(tmp_path):
     studio = make_studio(tmp_path, max_pixels=64 * 36 * 4)
     with pytest.raises(VideoError, match="budget"):
-        studio.compare(CompareRequest(ClipRequest(str(EXAMPLE_CLIP), 0, 8, 64)), SessionState(), "s")
+        studio.compare.run(CompareRequest(ClipRequest(str(EXAMPLE_CLIP), 0, 8, 64)), SessionState(), "s")
     studio = make_studio(tmp_path, time_limit_s=0.5)
     began = time.monotonic()
     with pytest.raises((JobTimeLimit, VideoError)) as caught:  # while decoding, or at the job's next step
-        studio.compare(CompareRequest(ClipRequest(str(EXAMPLE_CLIP), 0, 2, 64), metrics=("psnr",)), SessionState(), "s")
+        studio.compare.run(
+            CompareRequest(ClipRequest(str(EXAMPLE_CLIP), 0, 2, 64), metrics=("psnr",)), SessionState(), "s"
+        )
     assert "limit of 0.5 s" in error_message(caught.value) and time.monotonic() - began < 60
     assert not any((tmp_path / "comparisons").glob(".run-*"))  # nothing kept
     config = StudioConfig.from_env({"DIFFVC_STUDIO_TIME_LIMIT": "30", "DIFFVC_STUDIO_MAX_PIXELS": "1e6"}, REPO)
@@ -202,7 +204,7 @@ def test_a_heavy_job_runs_on_its_threads_and_gives_them_back(tmp_path):
         seen.add(torch.get_num_threads())
 
     request = CompareRequest(ClipRequest(str(EXAMPLE_CLIP), 0, 2, 64), anchors=("x265",), metrics=("psnr",))
-    make_studio(tmp_path, threads=3).compare(request, SessionState(), "s", progress=progress)
+    make_studio(tmp_path, threads=3).compare.run(request, SessionState(), "s", progress=progress)
     assert seen == {3} and torch.get_num_threads() == before
 
 

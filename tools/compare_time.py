@@ -2,10 +2,10 @@
 
     python -m tools.compare_time [--threads 1] [--frames 16] [--max-side 256]
 
-Runs `Studio.compare` at the app's defaults (the example clip, the embedded pack, every metric) in a fresh results
-folder, with `--threads` torch threads, and prints the total and each codec's share from the comparison's own
-progress messages; then each metric's time on 16 frames of the clip against a lightly changed copy, the reference
-features already kept (as for every coding after the first).
+Runs the Compare tab's handler (`CompareHandler.run`) at the app's defaults (the example clip, the embedded pack,
+every metric) in a fresh results folder, with `--threads` torch threads, and prints the total and each codec's share
+from the comparison's own progress messages; then each metric's time on 16 frames of the clip against a lightly
+changed copy, the reference features already kept (as for every coding after the first).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ CLIP = Path(__file__).resolve().parents[1] / "assets" / "clips" / "bigbuckbunny.
 def comparison_time(frames: int, max_side: int) -> tuple[float, list[tuple[float, str]]]:
     """(total seconds, [(seconds since the previous message, message)] of the 'done' and 'warm-up' messages)."""
     folder = Path(tempfile.mkdtemp(prefix="compare-time-"))
-    studio = Studio(StudioConfig("", folder / "c", folder / "s", folder / "e", folder / "b.sqlite", CLIP))
-    studio.preload()
+    studio = Studio.open(StudioConfig("", folder / "c", folder / "s", folder / "e", folder / "b.sqlite", CLIP))
+    studio.codecs.preload()
     marks: list[tuple[float, str]] = []
     began = time.perf_counter()
-    studio.compare(
+    studio.compare.run(
         CompareRequest(ClipRequest(str(CLIP), 0, frames, max_side)),
         SessionState(),
         "timing",

@@ -203,12 +203,12 @@ def check_cli(files: list[HostileFile], scratch: Path, log=print) -> list[Outcom
 
 
 def check_handlers(files: list[HostileFile], data: Path, log=print) -> list[Outcome]:
-    """Every file through `Studio.compare` (what the Compare button runs), plus the app's own limits."""
+    """Every file through `CompareHandler.run` (what the Compare button runs), plus the app's own limits."""
     from app.feedback import error_message
     from app.handlers import ClipRequest, CompareRequest, SessionState, Studio, StudioConfig
 
     def studio(**extra) -> Studio:
-        return Studio(
+        return Studio.open(
             StudioConfig(
                 pack="random-tiny",
                 results_dir=data / "comparisons",
@@ -224,7 +224,7 @@ def check_handlers(files: list[HostileFile], data: Path, log=print) -> list[Outc
         began = time.monotonic()
         request = CompareRequest(clip, qp=APP_QP, anchors=("x265",), tdir_contrast=False, metrics=("psnr",))
         try:
-            view = s.compare(request, SessionState(), "hostile")
+            view = s.compare.run(request, SessionState(), "hostile")
             outcome, message = "ok", view.status.splitlines()[0]
         except Exception as e:  # noqa: BLE001 - the page turns every exception into this one line
             message = error_message(e)
