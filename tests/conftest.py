@@ -9,6 +9,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from pathlib import Path  # noqa: E402
 
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from codec.video import Video, synthetic_clip, write_video  # noqa: E402
@@ -17,6 +19,39 @@ moving_clip = synthetic_clip
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_CLIP = REPO / "assets" / "clips" / "bigbuckbunny.mp4"
+
+
+PHOTO_SCALES = ((8, 90.0), (3, 35.0))  # (1 / resolution, amplitude in grey levels) of a smooth texture's noise
+
+
+def smooth_texture(
+    height: int, width: int, seed: int, scales: tuple[tuple[int, float], ...] = PHOTO_SCALES
+) -> np.ndarray:
+    """uint8 [H, W, 3]: random noise at each scale's resolution (1/8 and 1/3 by default), upsampled bicubically and
+    summed around grey: a photo-like smooth image."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((height, width, 3), np.float32)
+    for factor, amplitude in scales:
+        small = rng.uniform(-1, 1, (height // factor + 2, width // factor + 2, 3)).astype(np.float32)
+        out += amplitude * cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+    return np.clip(128 + out, 0, 255).astype(np.uint8)
+
+
+def write_photos(
+    folder: Path,
+    count: int,
+    size: tuple[int, int] = (180, 240),
+    seed: int = 0,
+    scales: tuple[tuple[int, float], ...] = PHOTO_SCALES,
+) -> list[Path]:
+    """`count` smooth textures of size (H, W) as PNG files photo00.png, ... in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"photo{i:02d}.png"
+        cv2.imwrite(str(path), smooth_texture(*size, seed=seed + i, scales=scales))
+        paths.append(path)
+    return paths
 
 
 def as_if_trained(*modules, scale: float = 1e-2) -> None:

@@ -210,6 +210,25 @@ def test_gaussian_training_forward_has_gradients(gaussian: GaussianConditional) 
         assert torch.isfinite(tensor.grad).all() and tensor.grad.abs().sum() > 0
 
 
+def test_likelihoods_stay_float32_under_bf16_autocast(prior: FactorizedPrior, gaussian: GaussianConditional) -> None:
+    """`train --mixed-precision bf16` autocasts matrix products to bf16 (8 significant bits): the entropy models
+    compute their likelihoods, the rate training minimises, in float32 anyway, from widened inputs; gradients
+    still reach bf16 inputs."""
+    y, means, scales = gaussian_params((2, 8, 5, 7), seed=3)
+    z = y / 8
+    with torch.no_grad():
+        expected = [gaussian(y, means, scales)[1], prior(z)[1]]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            same_inputs = [gaussian(y, means, scales)[1], prior(z)[1]]
+            rounded_inputs = [gaussian(y.bfloat16(), means.bfloat16(), scales.bfloat16())[1], prior(z.bfloat16())[1]]
+    assert all(torch.equal(a, b) for a, b in zip(same_inputs, expected))  # the prior's products are not bf16
+    assert all(p.dtype == torch.float32 for p in rounded_inputs)
+    z_bf16 = z.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bits_from_likelihoods(prior(z_bf16, training=True)[1]).backward()
+    assert z_bf16.grad.dtype == torch.bfloat16 and z_bf16.grad.abs().sum() > 0
+
+
 def test_likelihoods_are_bounded_below(gaussian: GaussianConditional) -> None:
     y = torch.full((1, 1, 2, 2), 1e3)
     _, likelihoods = gaussian(y, torch.zeros_like(y), torch.full_like(y, 0.2), training=False)

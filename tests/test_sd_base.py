@@ -1,7 +1,7 @@
 """Stable Diffusion bases found where users keep them, loaded strictly where it matters, named (not pathed) in packs.
 
 A scaled-down base of the same classes (diffusers' AutoencoderKL and UNet2DConditionModel, written by
-`save_pretrained` with random weights) stands in for SD-2.1-base, which is 3.5 GB.
+`save_pretrained` with random weights: `sd_bases.write_sd_base`) stands in for SD-2.1-base, which is 3.5 GB.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from sd_bases import write_sd_base
 
 from codec.diffvc.config import full_config
 from codec.diffvc.diffusion import DiffusionStage, tiny_diffusion_config
@@ -30,18 +31,16 @@ SMALL_UNET = tiny_diffusion_config(
 def base(tmp_path_factory) -> Path:
     """A diffusers folder as `save_pretrained` writes SD-2.1-base's, at a small size and with random weights; its
     U-Net's nominal sample size differs from the config's (an inert setting)."""
-    folder = tmp_path_factory.mktemp("sd") / "stable-diffusion-2-1-base"
     torch.manual_seed(0)
-    AutoencoderKL(
+    vae = AutoencoderKL(
         block_out_channels=(32,),
         down_block_types=("DownEncoderBlock2D",),
         up_block_types=("UpDecoderBlock2D",),
         latent_channels=4,
         norm_num_groups=32,
-    ).save_pretrained(folder / "vae")
-    UNet2DConditionModel(**{**SMALL_UNET.unet_kwargs(), "sample_size": 96}).save_pretrained(folder / "unet")
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    return folder
+    )
+    unet = {**SMALL_UNET.unet_kwargs(), "sample_size": 96}
+    return write_sd_base(tmp_path_factory.mktemp("sd") / "stable-diffusion-2-1-base", vae, unet)
 
 
 @pytest.fixture
@@ -86,9 +85,7 @@ def test_the_unet_loads_tolerating_inert_settings_and_refusing_real_differences(
     saved = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
     assert all(torch.equal(v, saved.state_dict()[k]) for k, v in stage.unet.state_dict().items())
     assert torch.equal(stage.controlnet.conv_in.weight, saved.conv_in.weight)  # the ControlNet copies the U-Net
-    other = tmp_path / "other"
-    UNet2DConditionModel(**{**SMALL_UNET.unet_kwargs(), "cross_attention_dim": 16}).save_pretrained(other / "unet")
-    (other / "model_index.json").write_text("{}")
+    other = write_sd_base(tmp_path / "other", unet={**SMALL_UNET.unet_kwargs(), "cross_attention_dim": 16})
     with pytest.raises(CodecError, match="cross_attention_dim"):
         DiffusionStage.from_config(SMALL_UNET).load_sd_unet(other)
 
@@ -100,11 +97,8 @@ def sd21_shaped_vae(tmp_path_factory) -> tuple[Path, Path]:
 
     folders = []
     for seed in (0, 1):
-        folder = tmp_path_factory.mktemp(f"sd21-{seed}")
         torch.manual_seed(seed)
-        AutoencoderKL(**SD21_VAE_CONFIG).save_pretrained(folder / "vae")
-        (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-        folders.append(folder)
+        folders.append(write_sd_base(tmp_path_factory.mktemp(f"sd21-{seed}"), AutoencoderKL(**SD21_VAE_CONFIG)))
     return folders[0], folders[1]
 
 
@@ -156,11 +150,10 @@ def test_full_codes_exactly_from_an_sd21_shaped_folder(tmp_path, monkeypatch):
     from codec.train.cli import full_model_from_base
     from codec.video import synthetic_clip
 
-    base = tmp_path / "stable-diffusion-2-1-base"
     torch.manual_seed(0)
-    AutoencoderKL(**SD21_VAE_CONFIG).save_pretrained(base / "vae")
-    UNet2DConditionModel(**full_diffusion_config().unet_kwargs()).save_pretrained(base / "unet")
-    (base / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    base = write_sd_base(
+        tmp_path / "stable-diffusion-2-1-base", AutoencoderKL(**SD21_VAE_CONFIG), full_diffusion_config().unet_kwargs()
+    )
     monkeypatch.delenv(BASE_ENV, raising=False)
     model = full_model_from_base(str(base))
     assert model.config.latent_space.base_model == SD21_BASE and model.config.latent_space.vae_sha256

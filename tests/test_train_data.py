@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLE_CLIP, moving_clip
+from conftest import EXAMPLE_CLIP, moving_clip, smooth_texture, write_photos
 
 from codec.diffvc.warp import warp
 from codec.errors import CodecError
@@ -44,26 +44,6 @@ from codec.train.fetch import (
 from codec.video import Video, write_video
 
 CROP = 64
-
-
-def smooth_texture(height: int, width: int, seed: int) -> np.ndarray:
-    """uint8 [H, W, 3]: random noise at 1/8 and 1/3 resolution, upsampled bicubically: a photo-like smooth image."""
-    rng = np.random.default_rng(seed)
-    out = np.zeros((height, width, 3), np.float32)
-    for factor, amplitude in ((8, 90.0), (3, 35.0)):
-        small = rng.uniform(-1, 1, (height // factor + 2, width // factor + 2, 3)).astype(np.float32)
-        out += amplitude * cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
-    return np.clip(128 + out, 0, 255).astype(np.uint8)
-
-
-def write_photos(folder: Path, count: int, size: tuple[int, int] = (180, 240), seed: int = 0) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(count):
-        path = folder / f"photo{i:02d}.png"
-        cv2.imwrite(str(path), smooth_texture(*size, seed=seed + i))
-        paths.append(path)
-    return paths
 
 
 def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:

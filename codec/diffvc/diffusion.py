@@ -27,7 +27,7 @@ import dataclasses
 import hashlib
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -299,27 +299,42 @@ def tiny_diffusion_config(
     )
 
 
-def full_diffusion_config(context_channels: int = 64) -> DiffusionConfig:
+SD21_UNET_SHAPE: dict[str, Any] = {  # stabilityai/stable-diffusion-2-1-base, unet/config.json (the shape fields)
+    "sample_size": 64,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "attention_head_dim": (5, 10, 20, 20),
+    "cross_attention_dim": 1024,
+    "norm_num_groups": 32,
+    "use_linear_projection": True,
+    "upcast_attention": False,
+}
+
+
+def full_diffusion_config(context_channels: int = 64, unet: Mapping[str, Any] | None = None) -> DiffusionConfig:
     """The paper's scale: Stable Diffusion 2.1-base's U-Net (865,910,724 parameters) and a ControlNet copy of it
     (364.0 M), plus an 8.7 M-parameter QP prompt of 8 tokens.
 
     The U-Net fields are those of stabilityai/stable-diffusion-2-1-base `unet/config.json`, so that
-    `DiffusionStage.load_sd_unet` can load its weights. Sampling: [I] 50-step schedule at strength 0.5
-    (T_s = 25, "tens of steps" [S]).
+    `DiffusionStage.load_sd_unet` can load its weights. unet: another SD-style U-Net's config (a base's
+    `unet/config.json`, e.g. a scaled-down base for tests and CPU smoke runs): its shape fields (`SD21_UNET_SHAPE`'s
+    keys; missing ones keep SD-2.1's) replace SD-2.1's and the QP prompt's width follows its cross-attention width;
+    everything `unet_kwargs` fixes (SiLU, 4 latent channels, ...) is checked when the weights load. Sampling: [I]
+    50-step schedule at strength 0.5 (T_s = 25, "tens of steps" [S]).
     """
+    shape = dict(SD21_UNET_SHAPE)
+    if unet is not None:
+        listed = {k: unet[k] for k in SD21_UNET_SHAPE if k in unet}
+        shape.update({k: tuple(v) if isinstance(v, list) else v for k, v in listed.items()})
+    dim = shape["cross_attention_dim"]
     return DiffusionConfig(
         latent_channels=4,
         condition_channels=4 + context_channels,
-        sample_size=64,
-        block_out_channels=(320, 640, 1280, 1280),
-        layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        attention_head_dim=(5, 10, 20, 20),
-        cross_attention_dim=1024,
-        norm_num_groups=32,
-        use_linear_projection=True,
-        qp_prompt=QPPromptConfig(code_dim=256, hidden_dim=1024, num_tokens=8, dim=1024),
+        **shape,
+        qp_prompt=QPPromptConfig(code_dim=256, hidden_dim=1024, num_tokens=8, dim=dim),
         controlnet_embedding_channels=256,
         steps=50,
         strength=0.5,

@@ -132,3 +132,14 @@ def computation_mismatches(ours: dict, theirs: dict) -> dict:
         for k, v in ours.items()
         if k not in INERT_UNET_KEYS and normalise(v) != normalise(theirs.get(k))
     }
+
+
+def base_unet_config(folder: Path) -> dict:
+    """The U-Net config (`unet/config.json`) of a base's diffusers folder; CodecError when it has none."""
+    import json
+
+    path = Path(folder) / "unet" / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CodecError(f"no Stable Diffusion U-Net config at {path}: {e}") from None

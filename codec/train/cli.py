@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 STAGE_NAMES = ("flow", "codec", "diffusion", "distill", "finetune")
+VIMEO_LIST = "sep_trainlist.txt"  # marks a Vimeo-90k septuplet root (`codec.train.data.Vimeo90kSeptuplets`)
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -29,7 +30,13 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "distill -> finetune (--pack-from the previous run). Resumes from OUT/checkpoint.pt.",
     )
     p.add_argument("stage", choices=STAGE_NAMES)
-    p.add_argument("--data", type=Path, required=True, help="training data folder (photos, videos, Vimeo-90k)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="training data: a fetched folder (photos/, clips/), a Vimeo-90k septuplet root (sep_trainlist.txt) or a "
+        "folder of videos; the flow stage needs photos",
+    )
     p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder (checkpoint, log, pack)")
     p.add_argument(
         "--pack-from",
@@ -44,9 +51,10 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "--sd-path",
         dest="sd_path",
         metavar="DIR_OR_ID",
-        help="full preset without --pack-from: SD-2.1-base, whose vae/ and unet/ (also copied into the ControlNet) "
-        "are the starting point: a diffusers folder, or found in $DIFFVC_SD_BASE or the Hugging Face cache; the pack "
-        "records its name and VAE hash, never the path",
+        help="full preset: SD-2.1-base, whose vae/ and unet/ (also copied into the ControlNet) are the starting "
+        "point without --pack-from: a diffusers folder, or found in $DIFFVC_SD_BASE or the Hugging Face cache; the "
+        "pack records its name and VAE hash, never the path. With --pack-from or a resumed run: where the pack's "
+        "base is (as $DIFFVC_SD_BASE)",
     )
     p.add_argument("--steps", type=int, help="total steps to reach, across resumes (default: per stage)")
     p.add_argument("--batch", type=int, help="sequences per step and process (default: per stage)")
@@ -125,7 +133,18 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--clips", type=int, default=100_000, help="dataset length (distinct clip draws per epoch)")
     p.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is faster on a busy CPU)")
-    p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
+    p.add_argument(
+        "--mixed-precision",
+        default="no",
+        choices=("no", "fp16", "bf16"),
+        help="accelerate's autocast (bf16 on a CPU too; fp16 needs a GPU); entropy models stay float32 (default no)",
+    )
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute the U-Net's, ControlNet's and VAE's activations in the backward pass (the full preset's "
+        "memory on a GPU: same gradients, about a third more compute)",
+    )
     p.set_defaults(run=run_train)
     return p
 
@@ -145,6 +164,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise CodecError(f"--frames must be >= 2 (an I-frame and at least one P-frame), got {args.frames}")
     if args.unsharp_init and not args.fresh_diffusion:
         raise CodecError("--unsharp-init sets the start of a new diffusion stage: it needs --fresh-diffusion")
+    if args.sd_path:
+        use_base(args.sd_path)
     defaults = STAGES[args.stage].defaults
     start_config = checkpoint_config(args.out / CHECKPOINT_FILE) or start_model_config(args)
     if args.stage == "flow" and not uses_spynet(start_config) and not args.force:
@@ -177,6 +198,7 @@ def run_train(args: argparse.Namespace) -> int:
         unsharp=args.unsharp,
         intra=args.intra,
         intra_qp_offset=args.intra_qp_offset,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     dataset = make_dataset(args.stage, args.data, args.frames, args.crop, args.seed, args.clips)
     record = {
@@ -249,7 +271,8 @@ def start_model_config(args: argparse.Namespace):
 def start_source(args: argparse.Namespace) -> str:
     if not args.pack_from:
         if args.preset == "full" and args.sd_path:
-            return f"SD-2.1-base VAE and U-Net from {args.sd_path}, the rest random (seed {args.seed})"
+            # the base by name (its VAE's hash is in latent_space), not by this machine's path
+            return f"the VAE and U-Net of the Stable Diffusion base (--sd-base), the rest random (seed {args.seed})"
         return f"random init ({args.preset or 'tiny'} preset, seed {args.seed})"
     from codec.diffvc.pack import CONFIG_FILE, WEIGHTS_FILE, content_hash
 
@@ -278,20 +301,41 @@ def start_model(args: argparse.Namespace):
     return with_spynet(model) if args.stage == "flow" else model
 
 
+def use_base(base: str) -> Path:
+    """Make `base` (a folder or a name `find_base` resolves) the Stable Diffusion base this process finds by the
+    name packs record ($DIFFVC_SD_BASE): a `full` run's checkpoint and --pack-from packs load their VAE from it."""
+    import os
+
+    from codec.diffvc.sd_base import BASE_ENV, find_base
+
+    folder = find_base(base)
+    os.environ[BASE_ENV] = str(folder)
+    return folder
+
+
 def full_model_from_base(base: str):
     """A `full` model on SD-2.1-base: its VAE and U-Net (and the ControlNet copied from it) from `base` (a folder
-    or a name `find_base` resolves), the rest random; the config names the base and records its VAE's hash."""
-    import os
+    or a name `find_base` resolves), the rest random; the config names the base and records its VAE's hash and
+    latent scaling factor (0.18215 for SD-2.1). The U-Net's shape is the base's own (`full_diffusion_config(unet=
+    ...)`): SD-2.1-base's, or a scaled-down SD-style base's (the CPU smoke test's)."""
     from dataclasses import replace
 
     from codec.diffvc.config import full_config
+    from codec.diffvc.diffusion import full_diffusion_config
     from codec.diffvc.model import DiffVCModel
-    from codec.diffvc.sd_base import BASE_ENV, SD21_BASE, find_base, state_sha256
+    from codec.diffvc.sd_base import SD21_BASE, base_unet_config, state_sha256
 
-    os.environ[BASE_ENV] = str(find_base(base))  # this process finds the base the run names by its name
-    model = DiffVCModel(full_config(SD21_BASE))
-    model.diffusion.load_sd_unet(os.environ[BASE_ENV])
-    latent = replace(model.config.latent_space, vae_sha256=state_sha256(model.latent_space.vae))
+    folder = use_base(base)  # this process finds the base the run names by its name
+    config = full_config(SD21_BASE)
+    diffusion = full_diffusion_config(config.context.channels[0], unet=base_unet_config(folder))
+    model = DiffVCModel(replace(config, diffusion=diffusion))
+    model.diffusion.load_sd_unet(folder)
+    vae = model.latent_space.vae
+    latent = replace(
+        model.config.latent_space,
+        vae_sha256=state_sha256(vae),
+        scaling_factor=float(vae.config.get("scaling_factor", model.config.latent_space.scaling_factor)),
+    )
     model.config = replace(model.config, latent_space=latent)
     model.latent_space.config = latent
     return model
@@ -303,19 +347,39 @@ def full_model_from_base(base: str):
 
 
 def make_dataset(stage: str, data_dir: Path, frames: int, crop: int, seed: int, length: int):
-    """The stage's dataset from `codec.train.data`: synthetic motion clips over the folder's photos for `flow`
-    (ground-truth flow), the mixed dataset (photos turned into clips, real videos) for the others."""
+    """The stage's dataset from `codec.train.data`, by what `data_dir` holds:
+
+    * `flow`: synthetic motion clips (exact flow) over the training photos of DATA_DIR/photos, else over every photo
+      under the folder (a Vimeo-90k root's frames serve as photos too);
+    * a Vimeo-90k septuplet root (`sep_trainlist.txt`, `sequences/`): its septuplets (T <= 7; one item per listed
+      septuplet, `length` unused);
+    * a fetched data folder (`photos/` and/or `clips/`): the mixed dataset (photos turned into clips, real videos);
+    * any other folder: random windows and crops of the videos under it.
+    """
     from codec.errors import CodecError
     from codec.train import data
+    from codec.train.fetch import CLIPS_DIR, PHOTOS_DIR
 
     if not data_dir.is_dir():
         raise CodecError(f"--data {data_dir}: no such folder")
-    if stage == "flow":  # the training photos of DATA_DIR/photos (held-out ones excluded), else any photos
-        photos = data.split_photos(data.list_photos(data_dir / data.PHOTOS_DIR))[0] or data.list_photos(data_dir)
-        if not photos:
-            raise CodecError(f"the flow stage needs photos (for synthetic clips with exact flow) under {data_dir}")
-        return data.SyntheticMotionClips(photos, frames, crop, seed, length)
-    return data.mixed_dataset(data_dir, frames, crop, seed, length)
+    try:
+        if stage == "flow":
+            photos = data.split_photos(data.list_photos(data_dir / PHOTOS_DIR))[0] or data.list_photos(data_dir)
+            if not photos:
+                raise CodecError(f"the flow stage needs photos (for synthetic clips with exact flow) under {data_dir}")
+            return data.SyntheticMotionClips(photos, frames, crop, seed, length)
+        if (data_dir / VIMEO_LIST).is_file():
+            return data.Vimeo90kSeptuplets(data_dir, VIMEO_LIST, frames, crop, seed)
+        if (data_dir / PHOTOS_DIR).is_dir() or (data_dir / CLIPS_DIR).is_dir():
+            return data.mixed_dataset(data_dir, frames, crop, seed, length)
+        if not data.list_videos(data_dir):
+            raise CodecError(
+                f"no training data in {data_dir}: expected photos/ and clips/ (python -m codec.train.fetch DIR), a "
+                f"Vimeo-90k septuplet root ({VIMEO_LIST}, sequences/) or a folder of videos"
+            )
+        return data.VideoFolderClips(data_dir, frames, crop, seed, length)
+    except ValueError as e:  # a shape the source cannot give (e.g. T > 7 from septuplets)
+        raise CodecError(f"--data {data_dir}: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

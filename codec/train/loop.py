@@ -207,6 +207,7 @@ def run_stage(
     `settings.steps` is reached or the time budget is spent, after writing the checkpoint, the plot and the pack.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
     say = log or (lambda text: print(text, file=sys.stderr, flush=True))
@@ -216,7 +217,17 @@ def run_stage(
     # entropy coders' tables are rebuilt (resized) on the main process when it writes a pack, and no buffer here
     # changes in training (no batch norm).
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
-    accelerator = Accelerator(mixed_precision=settings.mixed_precision, kwargs_handlers=[ddp])
+    # accelerate keeps one mixed-precision setting per process: a second run in the same process (a test, a
+    # notebook) with another setting gets a fresh one; the processes' own state (PartialState) is kept
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != settings.mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    try:
+        accelerator = Accelerator(mixed_precision=settings.mixed_precision, kwargs_handlers=[ddp])
+    except ValueError as e:  # e.g. bf16 on a GPU without it
+        raise CodecError(f"--mixed-precision {settings.mixed_precision}: {e}") from None
+    if settings.mixed_precision == "fp16" and accelerator.device.type == "cpu":  # accelerate would run float32
+        raise CodecError("--mixed-precision fp16 needs a GPU; on a CPU use bf16 (autocast) or no")
     main = accelerator.is_main_process
 
     # 1. The model: from the checkpoint (resume) or fresh.

@@ -216,7 +216,9 @@ class StageOptions:
     """Knobs of the stages (each reads its own). qp: a fixed QP for every batch (None: uniform in 0..63 per item).
     perceptual: the fine-tuning distortion ("dists", "lpips" or "dists+lpips"); mse_weight: its MSE term (RGB in
     [0, 1]); grad_steps: fine-tuning gradients through the last k sampler steps (None: all); unsharp: the amount of
-    the distillation stage's unsharp-mask teacher (`unsharp_mask`)."""
+    the distillation stage's unsharp-mask teacher (`unsharp_mask`); gradient_checkpointing: recompute the U-Net's,
+    the ControlNet's and a VAE's activations in the backward pass (`DiffVCModel.enable_gradient_checkpointing`)
+    instead of keeping them, for the full preset's memory."""
 
     qp: int | None = None
     lambda_at_qp0: float = LAMBDA_AT_QP_MIN
@@ -228,6 +230,7 @@ class StageOptions:
     intra: str = "learned"  # how frame 0 is coded: "learned" (trained too) or "hevc" (codec.diffvc.hevc_intra)
     intra_qp_offset: int = 0  # frame 0's QP offset, as the encoder's intra_qp_offset
     unsharp: float = 0.5
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.qp is not None and not QP_MIN <= self.qp <= QP_MAX:
@@ -278,6 +281,8 @@ class TrainingStage(nn.Module):
         model.requires_grad_(False)
         for part in self.trainable:
             getattr(model, part).requires_grad_(True)
+        if self.options.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
         if not self.trainable_parameters():
             raise CodecError(f"stage {self.name}: the model has no trainable parameters in {self.trainable}")
         self.train()
