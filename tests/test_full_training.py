@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import moving_clip, write_photos
+from conftest import REPO, moving_clip, write_photos
 from sd_bases import SD_STYLE_UNET, near_linear_vae, write_sd_base
 
 from codec.diffvc.sd_base import BASE_ENV, SD21_BASE
@@ -144,6 +144,31 @@ def test_the_data_folder_decides_the_dataset(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CodecError, match="no training data"):
         dataset(tmp_path / "empty")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("not perceptual_weights_prepared()")
+def test_a_stage_trains_data_parallel_over_two_processes(sd_base, tmp_path):
+    """Several GPUs, as far as a CPU can show it: `torchrun` starts two processes that train the fine-tuning stage
+    together (DDP over gloo, with gradient checkpointing and bf16 autocast), one checkpoint and log between them."""
+    import os
+    import subprocess
+    import sys
+
+    write_photos(tmp_path / "data" / "photos", 4, size=(180, 240), scales=SMOOTH)
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
+        *("-m", "codec", "train", "finetune", "--preset", "full", "--sd-base", str(sd_base)),
+        *("--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--crop", str(CROP), "--frames", "3"),
+        *("--batch", "1", "--steps", "2", "--log-every", "1", "--grad-steps", "2", "--threads", "1"),
+        *("--mixed-precision", "bf16", "--gradient-checkpointing"),
+    ]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "(2 process(es))" in done.stderr
+    assert [int(row["step"]) for row in read_log(tmp_path / "run" / "log.csv")] == [1, 2]
+    assert (tmp_path / "run" / "pack" / "config.json").is_file()
 
 
 # --------------------------------------------------------------------------------------------------------------
