@@ -54,6 +54,13 @@ def write_photos(
     return paths
 
 
+def perceptual_weights_prepared() -> bool:
+    """Whether DISTS' and LPIPS' offline weights are prepared (`python -m codec.weights prepare`)."""
+    from codec.weights import load_metric_weights
+
+    return load_metric_weights() is not None
+
+
 def as_if_trained(*modules, scale: float = 1e-2) -> None:
     """Perturb the weights that start at exactly zero (the skeleton's corrections, a flat prior): through a zero
     layer no gradient reaches the layers before it, which only holds at step 0 of training."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, moving_clip, write_photos
+from conftest import REPO, moving_clip, perceptual_weights_prepared, write_photos
 from sd_bases import SD_STYLE_UNET, near_linear_vae, write_sd_base
 
 from codec.diffvc.sd_base import BASE_ENV, SD21_BASE
@@ -41,12 +41,6 @@ def full_model(sd_base, monkeypatch):
     monkeypatch.setenv(BASE_ENV, str(sd_base))  # restored after the test (the CLI sets it for its process)
     torch.manual_seed(0)
     return cli.full_model_from_base(str(sd_base))
-
-
-def perceptual_weights_prepared() -> bool:
-    from codec.weights import load_metric_weights
-
-    return load_metric_weights() is not None
 
 
 def test_a_full_model_takes_its_unet_shape_and_latent_scale_from_the_base(full_model, sd_base):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import as_if_trained, moving_clip
+from conftest import as_if_trained, moving_clip, perceptual_weights_prepared
 from torch.utils.data import Dataset
 
 from codec.diffvc.config import tiny_config
@@ -85,12 +85,6 @@ def tiny_model() -> DiffVCModel:
 
 def tiny_spynet_model() -> DiffVCModel:
     return with_spynet(DiffVCModel(tiny_config()))
-
-
-def perceptual_weights_prepared() -> bool:
-    from codec.weights import load_metric_weights
-
-    return load_metric_weights() is not None
 
 
 def log_steps(out) -> list[int]:

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property, wraps
 from statistics import NormalDist
@@ -128,7 +129,12 @@ def in_float32(forward: Callable[..., Any]) -> Callable[..., Any]:
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)]
         device_type = tensors[0].device.type if tensors else "cpu"
         widen = lambda a: a.float() if isinstance(a, Tensor) and a.is_floating_point() else a  # noqa: E731
-        with torch.autocast(device_type, enabled=False):
+        off = (
+            torch.autocast(device_type, enabled=False)
+            if torch.amp.is_autocast_available(device_type)
+            else nullcontext()
+        )
+        with off:
             return forward(self, *(widen(a) for a in args), **{k: widen(v) for k, v in kwargs.items()})
 
     return wrapped
