@@ -17,6 +17,8 @@ from codec.diffvc.diffusion import (
     DiffusionConfig,
     DiffusionStage,
     QPPrompt,
+    SamplingRequest,
+    TDIRReuse,
     TDIRSampler,
     eps_from_x0,
     full_diffusion_config,
@@ -141,28 +143,27 @@ def test_tdir_skips_the_networks_for_the_reused_steps(
     latent, condition, qp = inputs()
     calls = count_network_calls(stage, monkeypatch)
     previous = torch.randn_like(latent)
-    result = TDIRSampler(stage).sample(
-        latent, condition, qp, seed=3, frame_index=5, reuse_steps=reuse_steps, reuse_x0=previous
-    )
+    request = SamplingRequest(latent, condition, qp, seed=3, frame_index=5, reuse=TDIRReuse(reuse_steps, previous))
+    result = TDIRSampler(stage).sample(request)
     assert result.unet_evals == expected_evals
     assert calls == {"unet": expected_evals, "controlnet": expected_evals}
     assert len(result.x0_per_step) == 4
     assert result.latent.dtype == torch.float32 and torch.isfinite(result.latent).all()
 
 
-def test_without_reuse_x0_all_steps_run(stage: DiffusionStage) -> None:
+def test_without_reuse_all_steps_run(stage: DiffusionStage) -> None:
     latent, condition, qp = inputs()
-    result = TDIRSampler(stage).sample(latent, condition, qp, seed=3, frame_index=5, reuse_steps=2, reuse_x0=None)
+    result = TDIRSampler(stage).sample(SamplingRequest(latent, condition, qp, seed=3, frame_index=5))
     assert result.unet_evals == 4
 
 
 def test_same_seed_and_frame_give_identical_output(stage: DiffusionStage) -> None:
     latent, condition, qp = inputs()
     sampler = TDIRSampler(stage)
-    a = sampler.sample(latent, condition, qp, seed=7, frame_index=2)
-    b = sampler.sample(latent, condition, qp, seed=7, frame_index=2)
-    c = sampler.sample(latent, condition, qp, seed=7, frame_index=3)
-    d = sampler.sample(latent, condition, qp, seed=8, frame_index=2)
+    a, b, c, d = (
+        sampler.sample(SamplingRequest(latent, condition, qp, seed=seed, frame_index=frame))
+        for seed, frame in ((7, 2), (7, 2), (7, 3), (8, 2))
+    )
     assert torch.equal(a.latent, b.latent)
     assert not torch.allclose(a.latent, c.latent, atol=1e-3)
     assert not torch.allclose(a.latent, d.latent, atol=1e-3)
@@ -180,7 +181,7 @@ def test_seeded_noise_depends_on_seed_and_frame_only() -> None:
 
 def test_strength_zero_returns_the_reconstruction_unchanged(stage: DiffusionStage) -> None:
     latent, condition, qp = inputs()
-    result = TDIRSampler(stage).sample(latent, condition, qp, seed=0, frame_index=0, strength=0.0)
+    result = TDIRSampler(stage).sample(SamplingRequest(latent, condition, qp, seed=0, frame_index=0, strength=0.0))
     assert torch.equal(result.latent, latent) and result.unet_evals == 0 and result.x0_per_step == []
 
 
@@ -189,7 +190,8 @@ def test_reusing_a_clean_latent_for_every_step_lands_on_it(stage: DiffusionStage
     # (alpha = 1) returns it: the output must be the reused latent, whatever the start and the noise.
     latent, condition, qp = inputs()
     target = torch.randn_like(latent) * 2 + 0.5
-    result = TDIRSampler(stage).sample(latent, condition, qp, seed=1, frame_index=1, reuse_steps=4, reuse_x0=target)
+    request = SamplingRequest(latent, condition, qp, seed=1, frame_index=1, reuse=TDIRReuse(4, target))
+    result = TDIRSampler(stage).sample(request)
     assert result.unet_evals == 0
     torch.testing.assert_close(result.latent, target, atol=1e-4, rtol=1e-4)
     for x0 in result.x0_per_step:
@@ -199,35 +201,39 @@ def test_reusing_a_clean_latent_for_every_step_lands_on_it(stage: DiffusionStage
 def test_per_step_reuse_takes_the_x0_of_the_same_step(stage: DiffusionStage) -> None:
     latent, condition, qp = inputs()
     sampler = TDIRSampler(stage)
-    previous = sampler.sample(latent, condition, qp, seed=1, frame_index=0)
-    current = sampler.sample(
-        latent + 0.1, condition, qp, seed=1, frame_index=1, reuse_steps=2, reuse_x0=previous.x0_per_step
-    )
+    previous = sampler.sample(SamplingRequest(latent, condition, qp, seed=1, frame_index=0))
+    reuse = TDIRReuse(2, previous.x0_per_step)
+    current = sampler.sample(SamplingRequest(latent + 0.1, condition, qp, seed=1, frame_index=1, reuse=reuse))
     assert current.unet_evals == 2
     for i in range(2):
         torch.testing.assert_close(current.x0_per_step[i], previous.x0_per_step[i], atol=1e-4, rtol=1e-4)
     with pytest.raises(CodecError, match="needs 2"):
-        sampler.sample(latent, condition, qp, seed=1, frame_index=1, reuse_steps=2, reuse_x0=previous.x0_per_step[:1])
+        reuse = TDIRReuse(2, previous.x0_per_step[:1])
+        sampler.sample(SamplingRequest(latent, condition, qp, seed=1, frame_index=1, reuse=reuse))
 
 
 @pytest.mark.parametrize("bad", [dict(strength=1.5), dict(steps=0), dict(reuse_steps=-1)])
 def test_sampler_rejects_bad_arguments(stage: DiffusionStage, bad: dict) -> None:
     latent, condition, qp = inputs()
+    reuse = TDIRReuse(bad.get("reuse_steps", 0), latent)
+    request = SamplingRequest(
+        latent, condition, qp, seed=0, frame_index=0, steps=bad.get("steps"), strength=bad.get("strength"), reuse=reuse
+    )
     with pytest.raises(CodecError, match="need steps"):
-        TDIRSampler(stage).sample(latent, condition, qp, seed=0, frame_index=0, **bad)
+        TDIRSampler(stage).sample(request)
 
 
 def test_last_x0_prediction_is_the_output(stage: DiffusionStage) -> None:
     latent, condition, qp = inputs()
-    result = TDIRSampler(stage).sample(latent, condition, qp, seed=4, frame_index=0)
+    result = TDIRSampler(stage).sample(SamplingRequest(latent, condition, qp, seed=4, frame_index=0))
     torch.testing.assert_close(result.latent, result.x0_per_step[-1], atol=1e-5, rtol=1e-5)
 
 
 def test_qp_changes_the_sample(stage: DiffusionStage) -> None:
     latent, condition, _ = inputs()
     sampler = TDIRSampler(stage)
-    low = sampler.sample(latent, condition, torch.tensor([0]), seed=2, frame_index=0)
-    high = sampler.sample(latent, condition, torch.tensor([63]), seed=2, frame_index=0)
+    low = sampler.sample(SamplingRequest(latent, condition, torch.tensor([0]), seed=2, frame_index=0))
+    high = sampler.sample(SamplingRequest(latent, condition, torch.tensor([63]), seed=2, frame_index=0))
     assert not torch.allclose(low.latent, high.latent, atol=1e-5)
 
 
@@ -291,8 +297,9 @@ def test_prepare_for_inference_keeps_predictions_and_uses_sdpa() -> None:
 
 def test_bfloat16_autocast_returns_float32(stage: DiffusionStage) -> None:
     latent, condition, qp = inputs()
-    result = TDIRSampler(stage).sample(latent, condition, qp, seed=0, frame_index=0, autocast_dtype=torch.bfloat16)
-    reference = TDIRSampler(stage).sample(latent, condition, qp, seed=0, frame_index=0)
+    request = SamplingRequest(latent, condition, qp, seed=0, frame_index=0)
+    result = TDIRSampler(stage, autocast_dtype=torch.bfloat16).sample(request)
+    reference = TDIRSampler(stage).sample(request)
     assert result.latent.dtype == torch.float32
     assert (result.latent - reference.latent).abs().max() < 0.2 * reference.latent.abs().max()
 
@@ -351,7 +358,7 @@ def test_an_untrained_anchored_stage_returns_the_reconstruction(anchor: str) -> 
     """Anchored: the U-Net's output starts at zero, so sampling lands on l^_t (diffvc = condlc)."""
     stage = small_stage(trained=False, anchor=anchor)
     latent, condition, qp = inputs(batch=2)
-    result = TDIRSampler(stage).sample(latent, condition, qp, seed=3, frame_index=1)
+    result = TDIRSampler(stage).sample(SamplingRequest(latent, condition, qp, seed=3, frame_index=1))
     assert result.unet_evals == 4
     torch.testing.assert_close(result.latent, latent, atol=1e-4, rtol=0)
 
@@ -398,7 +405,7 @@ def test_the_x0_anchor_puts_the_last_correction_into_the_output_at_full_strength
         stage = small_stage(trained=False, anchor=anchor)
         with torch.no_grad():
             stage.unet.conv_out.bias.fill_(0.5)  # the networks now add 0.5 everywhere
-        result = TDIRSampler(stage).sample(latent, condition, qp, seed=3, frame_index=1)
+        result = TDIRSampler(stage).sample(SamplingRequest(latent, condition, qp, seed=3, frame_index=1))
         moved[anchor] = float((result.latent - latent).abs().mean())
     assert moved["reconstruction_x0"] == pytest.approx(0.5, rel=1e-3)
     assert moved["reconstruction"] < 0.05

@@ -21,7 +21,7 @@ from conftest import as_if_trained, moving_clip, perceptual_weights_prepared
 from torch.utils.data import Dataset
 
 from codec.diffvc.config import tiny_config
-from codec.diffvc.diffusion import TDIRSampler, seeded_noise
+from codec.diffvc.diffusion import SamplingRequest, TDIRSampler, seeded_noise
 from codec.diffvc.latent import unsharp_mask
 from codec.diffvc.model import DiffVCModel
 from codec.diffvc.warp import warp
@@ -124,17 +124,17 @@ def test_the_sampler_trains_through_its_last_steps_and_codes_without_a_graph():
     condition = torch.cat([latent_hat, torch.randn(1, 64, 8, 8, generator=g)], 1)
     qp = torch.tensor([30])
     sampler = TDIRSampler(stage)
-    coded = sampler.sample(latent_hat, condition, qp, seed=7, frame_index=2).latent
+    coded = sampler.sample(SamplingRequest(latent_hat, condition, qp, seed=7, frame_index=2)).latent
     assert not coded.requires_grad  # grad_steps=0 (coding): no graph even with gradients enabled
     noise = seeded_noise(latent_hat.shape, 7, 2)
-    trained = sampler.sample(latent_hat, condition, qp, seed=0, frame_index=0, noise=noise, grad_steps=None).latent
+    request = SamplingRequest(latent_hat, condition, qp, seed=0, frame_index=0, noise=noise, grad_steps=None)
+    trained = sampler.sample(request).latent
     assert trained.requires_grad and torch.allclose(trained, coded, atol=1e-5)
 
     for grad_steps in (None, 1):
         stage.zero_grad()
-        sampler.sample(
-            latent_hat, condition, qp, seed=7, frame_index=2, grad_steps=grad_steps
-        ).latent.square().mean().backward()
+        request = SamplingRequest(latent_hat, condition, qp, seed=7, frame_index=2, grad_steps=grad_steps)
+        sampler.sample(request).latent.square().mean().backward()
         grads = [p.grad for p in stage.unet.parameters() if p.grad is not None]
         assert grads and any(g.abs().sum() > 0 for g in grads)
         assert stage.qp_prompt.position.grad is not None

@@ -613,6 +613,46 @@ def eps_from_x0(z_t: Tensor, x0: Tensor, alpha_bar: float) -> Tensor:
     return (z_t - math.sqrt(alpha_bar) * x0) / math.sqrt(1.0 - alpha_bar)
 
 
+@dataclass(frozen=True, eq=False)
+class TDIRReuse:
+    """What a P-frame takes from the previous frame (TDIR): the first `steps` (K) sampling steps derive their noise
+    estimate from `x0` instead of running the networks; K is clipped to T_s.
+
+    x0: the previous frame's x0, already motion-compensated if wanted: one tensor [N, C, h, w] (reuse_source=
+    "final") or a sequence of at least K tensors indexed by step (reuse_source="step": the previous frame's
+    `x0_per_step`, same steps and strength).
+    """
+
+    steps: int
+    x0: Tensor | Sequence[Tensor]
+
+
+@dataclass(frozen=True, eq=False)
+class SamplingRequest:
+    """One frame's denoising, what `TDIRSampler.sample` takes.
+
+    latent_hat: the reconstructed latent l^_t [N, C, h, w]; condition: [N, condition_channels, h, w] ([l^_t, C1]);
+    qp: int [N], 0 .. qp_levels - 1. seed, frame_index: select the noise (same values -> same noise, on any device).
+    steps, strength: the DDIM schedule length and the fraction of it run (None: the config's); T_s = round(steps *
+    strength), and strength 0 returns latent_hat unchanged (float32) with no step run. reuse: TDIR's reuse of the
+    previous frame's x0 (None: every step runs the networks).
+    Training (the fine-tuning stage runs this same loop): noise, a standard normal [N, C, h, w] instead of the
+    seeded draw; grad_steps, through how many of the *last* steps gradients flow when gradients are enabled (0, the
+    default: none, as in coding; None: all; earlier steps run without a graph to bound memory).
+    """
+
+    latent_hat: Tensor
+    condition: Tensor
+    qp: Tensor
+    seed: int
+    frame_index: int
+    steps: int | None = None
+    strength: float | None = None
+    reuse: TDIRReuse | None = None
+    noise: Tensor | None = None
+    grad_steps: int | None = 0
+
+
 @dataclass
 class SampleResult:
     """Output of `TDIRSampler.sample`.
@@ -627,104 +667,124 @@ class SampleResult:
     unet_evals: int = 0
 
 
+@dataclass(frozen=True, eq=False)
+class _DenoisingSteps:
+    """The T_s steps one frame runs, everything the loop branches on fixed before it (Python numbers, no device
+    sync): timesteps (descending) and their alpha bars, the x0 each of the first K steps reuses, and from which
+    step on gradients flow (`tracked`: whether any does)."""
+
+    timesteps: list[int]
+    timesteps_on_device: Tensor
+    alpha_bars: list[float]
+    reused: list[Tensor]
+    tracked: bool
+    first_tracked: int
+    device: torch.device
+
+    @classmethod
+    def plan(cls, request: SamplingRequest, scheduler: DDIMScheduler, timesteps: list[int]) -> _DenoisingSteps:
+        device = request.latent_hat.device
+        grad_steps = request.grad_steps
+        return cls(
+            timesteps=timesteps,
+            timesteps_on_device=torch.tensor(timesteps, dtype=torch.long, device=device),
+            alpha_bars=[float(scheduler.alphas_cumprod[t]) for t in timesteps],
+            reused=_reuse_list(request.reuse, len(timesteps), request.latent_hat.shape),
+            tracked=torch.is_grad_enabled() and grad_steps != 0,
+            first_tracked=0 if grad_steps is None else len(timesteps) - grad_steps,
+            device=device,
+        )
+
+    def reuses(self, i: int) -> bool:
+        """Whether step i takes its x0 from the previous frame (TDIR) instead of the networks."""
+        return i < len(self.reused)
+
+    def tracks(self, i: int) -> bool:
+        """Whether gradients flow through step i."""
+        return self.tracked and i >= self.first_tracked
+
+
 class TDIRSampler:
     """DDIM sampling (Song et al. 2021, eta = 0) with Temporal Diffusion Information Reuse (DiffVC).
 
-    The loop has no host synchronisation: no `.item()`, no branching on tensor values; everything the loop
-    branches on (timesteps, alphas, K) is a Python number computed before it.
+    autocast_dtype: e.g. torch.bfloat16 on CUDA, to run the networks under autocast; the DDIM arithmetic and the
+    result stay float32. The loop has no host synchronisation: no `.item()`, no branching on tensor values;
+    everything the loop branches on (timesteps, alphas, K) is a Python number computed before it.
     """
 
-    def __init__(self, stage: DiffusionStage) -> None:
+    def __init__(self, stage: DiffusionStage, autocast_dtype: torch.dtype | None = None) -> None:
         self.stage = stage
+        self.autocast_dtype = autocast_dtype
 
-    def sample(
-        self,
-        latent_hat: Tensor,
-        condition: Tensor,
-        qp: Tensor,
-        seed: int,
-        frame_index: int,
-        steps: int | None = None,
-        strength: float | None = None,
-        reuse_steps: int = 0,
-        reuse_x0: Tensor | Sequence[Tensor] | None = None,
-        autocast_dtype: torch.dtype | None = None,
-        noise: Tensor | None = None,
-        grad_steps: int | None = 0,
-    ) -> SampleResult:
-        """Denoise the reconstructed latent.
-
-        latent_hat: reconstructed latent l^_t [N, C, h, w]; condition: [N, condition_channels, h, w] ([l^_t, C1]);
-        qp: int [N], 0 .. qp_levels - 1. seed, frame_index: select the noise (same values -> same noise, on any
-        device). steps, strength: the DDIM schedule length and the fraction of it run (default: the config's);
-        T_s = round(steps * strength), and strength 0 returns latent_hat unchanged (float32) with no step run.
-        reuse_steps: K, how many of the first steps take their x0 from `reuse_x0` instead of the networks
-        (clipped to T_s; ignored when reuse_x0 is None). reuse_x0: the previous frame's x0, already
-        motion-compensated if wanted: one tensor [N, C, h, w] (reuse_source="final") or a sequence of at least K
-        tensors indexed by step (reuse_source="step", the previous frame's `x0_per_step`, same steps and strength).
-        autocast_dtype: e.g. torch.bfloat16 on CUDA, to run the networks under autocast; the DDIM arithmetic and
-        the result stay float32.
-        Training (the fine-tuning stage runs this same loop): noise, a standard normal [N, C, h, w] instead of the
-        seeded draw; grad_steps, through how many of the *last* steps gradients flow when gradients are enabled
-        (0, the default: none, as in coding; None: all; earlier steps run without a graph to bound memory).
-        """
-        cfg = self.stage.config
-        steps = cfg.steps if steps is None else steps
-        strength = cfg.strength if strength is None else strength
-        device = latent_hat.device
-        if steps < 1 or not 0.0 <= strength <= 1.0 or reuse_steps < 0:
-            raise CodecError(
-                f"need steps >= 1, strength in [0, 1], reuse_steps >= 0; got {steps}, {strength}, {reuse_steps}"
-            )
+    def sample(self, request: SamplingRequest) -> SampleResult:
+        """Denoise the reconstructed latent `request.latent_hat` (see `SamplingRequest`)."""
+        steps, strength = self._schedule(request)
         scheduler = self.stage.make_scheduler()
 
         # 1. Timesteps: the last T_s of the DDIM schedule; K of them reuse the previous frame's x0.
         timesteps = sampling_timesteps(scheduler, steps, strength)
         if not timesteps:
-            return SampleResult(latent_hat.float().clone(), [], 0)
-        k = min(reuse_steps, len(timesteps)) if reuse_x0 is not None else 0
-        reused = _reuse_list(reuse_x0, k, latent_hat.shape)
-        alpha_bars = [float(scheduler.alphas_cumprod[t]) for t in timesteps]
-        timesteps_on_device = torch.tensor(timesteps, dtype=torch.long, device=device)
-        autocast = _autocast(device, autocast_dtype)
-        grads = torch.is_grad_enabled() and grad_steps != 0
-        first_tracked = 0 if grad_steps is None else len(timesteps) - grad_steps
+            return SampleResult(request.latent_hat.float().clone(), [], 0)
+        plan = _DenoisingSteps.plan(request, scheduler, timesteps)
 
         # 2. Start: the reconstruction noised to the first kept timestep with the (seed, frame) noise.
-        if noise is None:
-            noise = seeded_noise(latent_hat.shape, seed, frame_index)
-        with torch.set_grad_enabled(grads):
-            z = math.sqrt(alpha_bars[0]) * latent_hat.float() + math.sqrt(1.0 - alpha_bars[0]) * noise.to(device)
-            with autocast:
-                tokens = self.stage.qp_prompt(qp.to(device))
+        z, tokens = self._start(request, plan)
 
         # 3. Denoise: reuse steps derive eps from the reused x0 (no network); the others run ControlNet + U-Net.
         x0_per_step: list[Tensor] = []
-        unet_evals = 0
         for i, t in enumerate(timesteps):
-            with torch.set_grad_enabled(grads and i >= first_tracked):
-                if i < k:
-                    eps = eps_from_x0(z, reused[i].to(device, torch.float32), alpha_bars[i])
-                else:
-                    with autocast:
-                        eps = self.stage.predict_noise(z, timesteps_on_device[i], condition, tokens).float()
-                    unet_evals += 1
+            with torch.set_grad_enabled(plan.tracks(i)):
+                eps = self._noise_estimate(z, i, plan, request.condition, tokens)
                 # 4. DDIM step (eta = 0): move z to the previous timestep; keep the x0 prediction for the next frame.
                 z, x0 = scheduler.step(eps, t, z, eta=0.0, return_dict=False)
             x0_per_step.append(x0)
 
-        return SampleResult(z.float(), x0_per_step, unet_evals)
+        return SampleResult(z.float(), x0_per_step, len(timesteps) - len(plan.reused))
+
+    def _schedule(self, request: SamplingRequest) -> tuple[int, float]:
+        """(steps, strength): the request's, or the config's where it leaves them None; checked."""
+        cfg = self.stage.config
+        steps = cfg.steps if request.steps is None else request.steps
+        strength = cfg.strength if request.strength is None else request.strength
+        reuse_steps = request.reuse.steps if request.reuse is not None else 0
+        if steps < 1 or not 0.0 <= strength <= 1.0 or reuse_steps < 0:
+            raise CodecError(
+                f"need steps >= 1, strength in [0, 1], reuse_steps >= 0; got {steps}, {strength}, {reuse_steps}"
+            )
+        return steps, strength
+
+    def _start(self, request: SamplingRequest, plan: _DenoisingSteps) -> tuple[Tensor, Tensor]:
+        """(z at the first kept timestep [N, C, h, w] float32, the QP's prompt tokens)."""
+        noise = request.noise
+        if noise is None:
+            noise = seeded_noise(request.latent_hat.shape, request.seed, request.frame_index)
+        alpha_bar = plan.alpha_bars[0]
+        with torch.set_grad_enabled(plan.tracked):
+            z = math.sqrt(alpha_bar) * request.latent_hat.float() + math.sqrt(1.0 - alpha_bar) * noise.to(plan.device)
+            with self._autocast(plan.device):
+                tokens = self.stage.qp_prompt(request.qp.to(plan.device))
+        return z, tokens
+
+    def _noise_estimate(self, z: Tensor, i: int, plan: _DenoisingSteps, condition: Tensor, tokens: Tensor) -> Tensor:
+        """Step i's eps (float32): implied by the reused x0 on a TDIR step, else predicted by ControlNet + U-Net."""
+        if plan.reuses(i):
+            return eps_from_x0(z, plan.reused[i].to(plan.device, torch.float32), plan.alpha_bars[i])
+        with self._autocast(plan.device):
+            return self.stage.predict_noise(z, plan.timesteps_on_device[i], condition, tokens).float()
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-def _reuse_list(reuse_x0: Tensor | Sequence[Tensor] | None, k: int, shape: torch.Size) -> list[Tensor]:
-    """The x0 to reuse at each of the first k steps: the same tensor each time ("final") or one per step ("step")."""
-    if k == 0 or reuse_x0 is None:
+def _reuse_list(reuse: TDIRReuse | None, sampling_steps: int, shape: torch.Size) -> list[Tensor]:
+    """The x0 to reuse at each of the first K = min(reuse.steps, T_s) steps: the same tensor each time ("final") or
+    one per step ("step")."""
+    k = min(reuse.steps, sampling_steps) if reuse is not None else 0
+    if k == 0:
         return []
-    per_step = [reuse_x0] * k if isinstance(reuse_x0, Tensor) else list(reuse_x0)
+    per_step = [reuse.x0] * k if isinstance(reuse.x0, Tensor) else list(reuse.x0)
     if len(per_step) < k:
         raise CodecError(f"TDIR needs {k} reused x0 predictions, got {len(per_step)}")
     for x0 in per_step[:k]:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from codec.diffvc.config import DiffVCConfig
 from codec.diffvc.context import Contexts, TemporalContext, add_prediction
-from codec.diffvc.diffusion import DiffusionStage, TDIRSampler
+from codec.diffvc.diffusion import DiffusionStage, SamplingRequest, TDIRReuse, TDIRSampler
 from codec.diffvc.dpb import DecodedPictureBuffer
 from codec.diffvc.entropy import FactorizedPrior, GaussianConditional, SegmentReader
 from codec.diffvc.hevc_intra import decode_intra, encode_intra
@@ -283,8 +283,7 @@ class FrameCoder:
         self, model: DiffVCModel, plan: SamplingPlan, timer: StageTimer, autocast_dtype: torch.dtype | None = None
     ) -> None:
         self.model, self.plan, self.timer = model, plan, timer
-        self.autocast_dtype = autocast_dtype
-        self.sampler = TDIRSampler(model.diffusion)
+        self.sampler = TDIRSampler(model.diffusion, autocast_dtype)
         self.dpb = DecodedPictureBuffer()
 
     # --- encoder side ---------------------------------------------------------------------------------
@@ -419,8 +418,8 @@ class FrameCoder:
         with self.timer.stage("diffusion"):
             c1 = contexts.c1 if contexts is not None else None
             condition = diffusion_condition(latent_hat, c1, self.model.config.context.channels[0])
-            reuse = self._reuse_x0(flow_hat, latent_hat.shape[-2:]) if frame_type == "P" else None
-            result = self.sampler.sample(
+            reuse = self._tdir_reuse(flow_hat, latent_hat.shape[-2:]) if frame_type == "P" else None
+            request = SamplingRequest(
                 latent_hat,
                 condition,
                 torch.tensor([qp], device=latent_hat.device),
@@ -428,18 +427,20 @@ class FrameCoder:
                 index,
                 steps=plan.steps,
                 strength=plan.strength,
-                reuse_steps=plan.tdir_k if reuse is not None else 0,
-                reuse_x0=reuse,
-                autocast_dtype=self.autocast_dtype,
+                reuse=reuse,
             )
+            result = self.sampler.sample(request)
         x0 = result.latent if plan.reuse_source == "final" else result.x0_per_step
         return result.latent, x0, result.unet_evals
 
-    def _reuse_x0(self, flow_hat: Tensor, latent_hw) -> Tensor | list[Tensor] | None:
-        """The previous frame's x0 for TDIR, motion-compensated if asked; None for the first P after an I."""
+    def _tdir_reuse(self, flow_hat: Tensor, latent_hw) -> TDIRReuse | None:
+        """TDIR's first K steps on the previous frame's x0, motion-compensated if asked; None for the first P after
+        an I."""
         if self.plan.tdir_k == 0 or self.dpb.x0 is None or self.dpb.frames_since_intra < 1:
             return None
-        return reused_x0(self.dpb.x0, flow_hat if self.plan.reuse_warp else None, latent_hw)
+        return TDIRReuse(
+            self.plan.tdir_k, reused_x0(self.dpb.x0, flow_hat if self.plan.reuse_warp else None, latent_hw)
+        )
 
 
 def reused_x0(x0: Tensor | list[Tensor], flow_hat: Tensor | None, latent_hw) -> Tensor | list[Tensor]:

@@ -38,6 +38,8 @@ from torch import Tensor, nn
 
 from codec.diffvc.config import DiffVCConfig
 from codec.diffvc.diffusion import (
+    SamplingRequest,
+    TDIRReuse,
     TDIRSampler,
     full_diffusion_config,
     noise_seed,
@@ -588,20 +590,18 @@ class FinetuneStage(_OnFrozenCodec):
             reuse = None
             if f.frame_type == "P" and i >= 2 and coded[i - 1].frame_type == "P":
                 flow = f.flow_hat if cfg.reuse_warp else None
-                reuse = reused_x0(latents[-1].detach(), flow, f.latent_hat.shape[-2:])
-            latents.append(
-                sampler.sample(
-                    f.latent_hat,
-                    f.condition(c1),
-                    qp,
-                    seed=0,
-                    frame_index=0,
-                    reuse_steps=reuse_steps,
-                    reuse_x0=reuse,
-                    noise=noise(i, f.latent_hat.shape).to(f.latent_hat.device),
-                    grad_steps=self.options.grad_steps,
-                ).latent
+                reuse = TDIRReuse(reuse_steps, reused_x0(latents[-1].detach(), flow, f.latent_hat.shape[-2:]))
+            request = SamplingRequest(
+                f.latent_hat,
+                f.condition(c1),
+                qp,
+                seed=0,
+                frame_index=0,
+                reuse=reuse,
+                noise=noise(i, f.latent_hat.shape).to(f.latent_hat.device),
+                grad_steps=self.options.grad_steps,
             )
+            latents.append(sampler.sample(request).latent)
         return latents
 
     def sampled(self, batch: dict[str, Tensor], step: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
