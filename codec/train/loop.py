@@ -206,13 +206,37 @@ def run_stage(
     worker_init_fn go to the DataLoader (the data pipeline has its own, see codec/train/data.py). Returns when
     `settings.steps` is reached or the time budget is spent, after writing the checkpoint, the plot and the pack.
     """
+    say = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    settings.out.mkdir(parents=True, exist_ok=True)
+    accelerator = _make_accelerator(settings.mixed_precision)
+
+    # 1. The model: from the checkpoint (resume) or fresh; the stage over it and its optimizer.
+    start = _starting_point(stage_name, build_model, settings, record, say)
+    stage = make_stage(stage_name, start.model, options, settings.seed, accelerator.process_index)
+    params = stage.trainable_parameters()
+    optimizer = torch.optim.Adam(stage.parameter_groups(settings.lr), lr=settings.lr)
+
+    # 2. Data that continues where the checkpoint stopped; the optimizer, RNGs and log as the checkpoint left them.
+    loader = _resumed_loader(dataset, settings, start.step, accelerator.num_processes, collate_fn, worker_init_fn)
+    stage, optimizer, loader = accelerator.prepare(stage, optimizer, loader)
+    session = _Session(stage_name, settings, accelerator, stage, optimizer, params, start, say)
+    if start.checkpoint is not None:
+        session.resume(start.checkpoint)
+    session.announce()
+
+    # 3. Train until the last step, the time budget or SIGTERM; checkpoints and packs on their schedule.
+    session.train(loader)
+
+    # 4. Finish: checkpoint, plot and pack (also when nothing was left to train and no pack exists yet).
+    return session.finish()
+
+
+def _make_accelerator(mixed_precision: str):
+    """accelerate's `Accelerator` with this run's mixed precision ("no" | "fp16" | "bf16")."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
-    say = log or (lambda text: print(text, file=sys.stderr, flush=True))
-    out = settings.out
-    out.mkdir(parents=True, exist_ok=True)
     # DDP: some parameters may get no gradient in a step (find_unused); buffers are not broadcast, because the
     # entropy coders' tables are rebuilt (resized) on the main process when it writes a pack, and no buffer here
     # changes in training (no batch norm).
@@ -220,41 +244,65 @@ def run_stage(
     # accelerate keeps one mixed-precision setting per process: a second run in the same process (a test, a
     # notebook) with another setting gets a fresh one; the processes' own state (PartialState) is kept
     state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") != settings.mixed_precision:
+    if state and state.get("_mixed_precision") != mixed_precision:
         AcceleratorState._reset_state(reset_partial_state=False)
     try:
-        accelerator = Accelerator(mixed_precision=settings.mixed_precision, kwargs_handlers=[ddp])
+        accelerator = Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[ddp])
     except ValueError as e:  # e.g. bf16 on a GPU without it
-        raise CodecError(f"--mixed-precision {settings.mixed_precision}: {e}") from None
-    if settings.mixed_precision == "fp16" and accelerator.device.type == "cpu":  # accelerate would run float32
+        raise CodecError(f"--mixed-precision {mixed_precision}: {e}") from None
+    if mixed_precision == "fp16" and accelerator.device.type == "cpu":  # accelerate would run float32
         raise CodecError("--mixed-precision fp16 needs a GPU; on a CPU use bf16 (autocast) or no")
-    main = accelerator.is_main_process
+    return accelerator
 
-    # 1. The model: from the checkpoint (resume) or fresh.
-    checkpoint = load_checkpoint(out / CHECKPOINT_FILE)
-    if checkpoint is not None:
-        if checkpoint["stage"] != stage_name:
-            raise CodecError(
-                f"{out} holds a checkpoint of stage {checkpoint['stage']!r}, not {stage_name!r}: use another --out"
-            )
-        model = model_from_checkpoint(checkpoint)
-        step, seconds_before = int(checkpoint["step"]), float(checkpoint["seconds"])
-        record = checkpoint.get("record", record)
-        say(f"resuming {stage_name} from {out / CHECKPOINT_FILE} at step {step}")
-    else:
+
+@dataclass
+class _Start:
+    """Where a session starts: the model, the step reached and the training seconds spent before (0 when fresh),
+    the provenance record, and the checkpoint it resumes (None: a fresh run)."""
+
+    model: DiffVCModel
+    step: int
+    seconds: float
+    record: dict[str, Any]
+    checkpoint: dict[str, Any] | None
+
+
+def _starting_point(
+    stage_name: str,
+    build_model: Callable[[], DiffVCModel],
+    settings: LoopSettings,
+    record: dict[str, Any] | None,
+    say: Callable[[str], None],
+) -> _Start:
+    """The model from `settings.out`'s checkpoint (which must be of this stage), or `build_model()` seeded."""
+    path = settings.out / CHECKPOINT_FILE
+    checkpoint = load_checkpoint(path)
+    if checkpoint is None:
         torch.manual_seed(settings.seed)
-        model = build_model()
-        step, seconds_before = 0, 0.0
-    record = dict(record or {})
-    stage = make_stage(stage_name, model, options, settings.seed, accelerator.process_index)
-    params = stage.trainable_parameters()
-    optimizer = torch.optim.Adam(stage.parameter_groups(settings.lr), lr=settings.lr)
+        return _Start(build_model(), 0, 0.0, dict(record or {}), None)
+    if checkpoint["stage"] != stage_name:
+        raise CodecError(
+            f"{settings.out} holds a checkpoint of stage {checkpoint['stage']!r}, not {stage_name!r}: use another --out"
+        )
+    model = model_from_checkpoint(checkpoint)
+    step, seconds = int(checkpoint["step"]), float(checkpoint["seconds"])
+    say(f"resuming {stage_name} from {path} at step {step}")
+    return _Start(model, step, seconds, dict(checkpoint.get("record", record) or {}), checkpoint)
 
-    # 2. Data that continues where the checkpoint stopped.
+
+def _resumed_loader(
+    dataset: Dataset,
+    settings: LoopSettings,
+    step: int,
+    processes: int,
+    collate_fn: Callable[[list], dict] | None,
+    worker_init_fn: Callable[[int], None] | None,
+) -> DataLoader:
+    """The batches of steps step + 1 .. settings.steps over all processes (`ResumableSampler`)."""
     remaining = max(0, settings.steps - step)
-    per_step = settings.batch * accelerator.num_processes
+    per_step = settings.batch * processes
     sampler = ResumableSampler(len(dataset), settings.seed, step * per_step, remaining * per_step)
-    loader = DataLoader(
+    return DataLoader(
         dataset,
         batch_size=settings.batch,
         sampler=sampler,
@@ -265,143 +313,194 @@ def run_stage(
         persistent_workers=False,
         generator=torch.Generator().manual_seed(settings.seed),
     )  # not the global RNG: resumable
-    stage, optimizer, loader = accelerator.prepare(stage, optimizer, loader)
-    last_logged: list[dict[str, float]] = []
-    if checkpoint is not None:
+
+
+class _Session:
+    """One session of a stage run, over the prepared (accelerate) stage and optimizer: the steps it trains, the log
+    window (sums of the logged values since the last line), and the checkpoints and packs it writes."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: LoopSettings,
+        accelerator,
+        stage: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        params: list[torch.nn.Parameter],
+        start: _Start,
+        say: Callable[[str], None],
+    ) -> None:
+        self.name, self.settings, self.out, self.say = name, settings, settings.out, say
+        self.accelerator, self.main = accelerator, accelerator.is_main_process
+        self.stage, self.optimizer, self.params = stage, optimizer, params
+        self.unwrapped: TrainingStage = accelerator.unwrap_model(stage)
+        self.config, self.record = start.model.config, start.record
+        self.step, self.seconds_before = start.step, start.seconds
+        self.average = WeightAverage(params, settings.ema) if settings.ema else None
+        self.columns = ("loss", *self.unwrapped.log_columns)
+        self.last_log: dict[str, float] = {}
+        self.pack_info: PackInfo | None = None
+        self.stopped_by = "steps"
+        self.sums: dict[str, Tensor] = {}
+        self.window_steps = 0
+        self.window_start = self.session_start = time.perf_counter()
+
+    def resume(self, checkpoint: dict[str, Any]) -> None:
+        """Adam's moments (at this session's lr), every RNG, the log up to the checkpoint's step and the weight
+        average, as the checkpoint left them."""
         try:
-            optimizer.load_state_dict(checkpoint["optimizer"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
         except ValueError as e:  # a checkpoint from before the parameter groups: keep the weights, new moments
-            say(f"optimizer state not resumed ({e}); Adam starts afresh from the checkpoint's weights")
-        for group in optimizer.param_groups:  # this session's lr, e.g. a lower one to finish a long run
-            group["lr"] = settings.lr * group.get("lr_scale", 1.0)
+            self.say(f"optimizer state not resumed ({e}); Adam starts afresh from the checkpoint's weights")
+        for group in self.optimizer.param_groups:  # this session's lr, e.g. a lower one to finish a long run
+            group["lr"] = self.settings.lr * group.get("lr_scale", 1.0)
         set_rng_state(checkpoint["rng"])
-        trim_log(out / LOG_FILE, step)
-        last_logged = read_log(out / LOG_FILE)[-1:]
-    unwrapped: TrainingStage = accelerator.unwrap_model(stage)
-    average = WeightAverage(params, settings.ema) if settings.ema else None
-    if average is not None and checkpoint is not None and "ema" in checkpoint:
-        average.load_state_dict(checkpoint["ema"])
-    if main:
-        trained = sum(p.numel() for p in params)
-        say(
-            f"stage {stage_name}: {trained / 1e6:.2f} M trained parameters on {accelerator.device} "
-            f"({accelerator.num_processes} process(es)), step {step} -> {settings.steps}, batch {settings.batch}"
-        )
+        trim_log(self.out / LOG_FILE, self.step)
+        last_logged = read_log(self.out / LOG_FILE)[-1:]
+        self.last_log = dict(last_logged[0]) if last_logged else {}
+        if self.average is not None and "ema" in checkpoint:
+            self.average.load_state_dict(checkpoint["ema"])
 
-    # 3. Train.
-    columns = ("loss", *unwrapped.log_columns)
-    sums: dict[str, Tensor] = {}
-    window_steps, window_start = 0, time.perf_counter()
-    session_start = time.perf_counter()
-    budget_s = None if settings.time_budget_min is None else settings.time_budget_min * 60
-    stopped_by = "steps"
-    last_log = dict(last_logged[0]) if last_logged else {}
-
-    def seconds_now() -> float:
-        return seconds_before + time.perf_counter() - session_start
-
-    def save(with_pack: bool) -> PackInfo | None:
-        accelerator.wait_for_everyone()
-        info = None
-        if main:
-            save_checkpoint(
-                out / CHECKPOINT_FILE,
-                stage_name,
-                unwrapped.model,
-                optimizer,
-                step,
-                seconds_now(),
-                record,
-                config=model.config,
-                extra={"ema": average.state_dict()} if average is not None else None,
+    def announce(self) -> None:
+        if self.main:
+            trained = sum(p.numel() for p in self.params)
+            self.say(
+                f"stage {self.name}: {trained / 1e6:.2f} M trained parameters on {self.accelerator.device} "
+                f"({self.accelerator.num_processes} process(es)), step {self.step} -> {self.settings.steps}, "
+                f"batch {self.settings.batch}"
             )
-            plot_log(out / LOG_FILE, out / PLOT_FILE)
+
+    def train(self, loader: DataLoader) -> None:
+        """A step per batch, a log line every `log_every` steps, until the last step, the time budget or SIGTERM
+        (`stopped_by`); a checkpoint every `checkpoint_every` steps, with a pack every `pack_every`. Ctrl-C saves
+        the checkpoint and re-raises."""
+        settings = self.settings
+        self.window_start = self.session_start = time.perf_counter()  # the clocks start with the first step
+        self.stage.train()
+        stop = _StopRequest()
+        try:
+            for batch in loader:
+                self._train_step(batch)
+                if self.step % settings.log_every == 0 or self.step == settings.steps:
+                    self._log_window()
+                stopped_by = self._stop_reason(stop)
+                if stopped_by is not None:
+                    self.stopped_by = stopped_by
+                    break
+                pack_due = settings.pack_every > 0 and self.step % settings.pack_every == 0
+                if pack_due or self.step % settings.checkpoint_every == 0:
+                    self.save(with_pack=pack_due)
+        except KeyboardInterrupt:  # Ctrl-C: keep what was trained (the log's later lines are dropped on resume)
+            self.say(f"interrupted: saving the checkpoint at step {self.step}")
+            self.save(with_pack=False)
+            raise
+        finally:
+            stop.restore()
+
+    def finish(self) -> LoopResult:
+        """Log what is left of the window, write the checkpoint, the plot and the pack; what the run did."""
+        if self.window_steps:
+            self.last_log = self._write_log_line()
+        self.save(with_pack=True)
+        if self.main:
+            reason = {"time": "time budget", "signal": "SIGTERM", "steps": "steps"}[self.stopped_by]
+            self.say(f"stage {self.name}: stopped at step {self.step} ({reason}); pack {self.out / PACK_DIR}")
+        return LoopResult(self.step, self.seconds_now(), self.stopped_by, self.pack_info, self.last_log)
+
+    def seconds_now(self) -> float:
+        """Training wall seconds, all sessions."""
+        return self.seconds_before + time.perf_counter() - self.session_start
+
+    def save(self, with_pack: bool) -> None:
+        """The checkpoint and the plot, and with_pack: the pack, of the weight average where there is one (main
+        process; every process waits for it)."""
+        self.accelerator.wait_for_everyone()
+        if self.main:
+            save_checkpoint(
+                self.out / CHECKPOINT_FILE,
+                self.name,
+                self.unwrapped.model,
+                self.optimizer,
+                self.step,
+                self.seconds_now(),
+                self.record,
+                config=self.config,
+                extra={"ema": self.average.state_dict()} if self.average is not None else None,
+            )
+            plot_log(self.out / LOG_FILE, self.out / PLOT_FILE)
             if with_pack:
-                with average.applied(params) if average is not None else contextlib.nullcontext():
-                    info = write_training_pack(
-                        unwrapped.model, out / PACK_DIR, stage_name, step, seconds_now(), settings, record, last_log
+                with self.average.applied(self.params) if self.average is not None else contextlib.nullcontext():
+                    self.pack_info = write_training_pack(
+                        self.unwrapped.model,
+                        self.out / PACK_DIR,
+                        self.name,
+                        self.step,
+                        self.seconds_now(),
+                        self.settings,
+                        self.record,
+                        self.last_log,
                     )
-        accelerator.wait_for_everyone()
-        return info
+        self.accelerator.wait_for_everyone()
 
-    stage.train()
-    pack_info = None
-    stop = _StopRequest()
-    try:
-        for batch in loader:
-            current = step + 1
-            if settings.warmup:
-                for group in optimizer.param_groups:
-                    group["lr"] = warmup_lr(settings, current) * group.get("lr_scale", 1.0)
-            with accelerator.autocast():
-                values = stage(batch, current)
-            accelerator.backward(values["loss"])
-            if settings.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(params, settings.max_grad_norm)
-            optimizer.step()
-            if average is not None:
-                average.update(params, current)
-            optimizer.zero_grad(set_to_none=True)
-            step = current
-            for name in columns:
-                sums[name] = sums.get(name, 0) + values[name].detach().float()
-            window_steps += 1
+    def _train_step(self, batch: dict[str, Tensor]) -> None:
+        """One optimizer step (warmup lr, autocast, clipping, the weight average); its values into the window."""
+        settings, optimizer = self.settings, self.optimizer
+        current = self.step + 1
+        if settings.warmup:
+            for group in optimizer.param_groups:
+                group["lr"] = warmup_lr(settings, current) * group.get("lr_scale", 1.0)
+        with self.accelerator.autocast():
+            values = self.stage(batch, current)
+        self.accelerator.backward(values["loss"])
+        if settings.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.params, settings.max_grad_norm)
+        optimizer.step()
+        if self.average is not None:
+            self.average.update(self.params, current)
+        optimizer.zero_grad(set_to_none=True)
+        self.step = current
+        for name in self.columns:
+            self.sums[name] = self.sums.get(name, 0) + values[name].detach().float()
+        self.window_steps += 1
 
-            if step % settings.log_every == 0 or step == settings.steps:
-                last_log = _write_log_line(
-                    out,
-                    step,
-                    seconds_now(),
-                    time.perf_counter() - window_start,
-                    window_steps,
-                    optimizer.param_groups[0]["lr"],
-                    columns,
-                    sums,
-                    accelerator,
-                    main,
-                )
-                if main:
-                    say(_progress_line(stage_name, step, settings.steps, last_log))
-                if not all(math.isfinite(v) for v in last_log.values()):  # keep the last good checkpoint
-                    raise CodecError(
-                        f"stage {stage_name}: non-finite values at step {step} ({last_log}); "
-                        f"{out / CHECKPOINT_FILE} is the last good state: resume with a lower --lr"
-                    )
-                sums, window_steps, window_start = {}, 0, time.perf_counter()
-            spent = time.perf_counter() - session_start
-            out_of_time = budget_s is not None and spent >= budget_s
-            if _any_process(accelerator, out_of_time or stop.requested) or step == settings.steps:
-                stopped_by = "steps" if step == settings.steps else "time" if out_of_time else "signal"
-                break
-            pack_due = settings.pack_every > 0 and step % settings.pack_every == 0
-            if pack_due or step % settings.checkpoint_every == 0:
-                pack_info = save(with_pack=pack_due) or pack_info
-    except KeyboardInterrupt:  # Ctrl-C: keep what was trained (the log's later lines are dropped on resume)
-        say(f"interrupted: saving the checkpoint at step {step}")
-        save(with_pack=False)
-        raise
-    finally:
-        stop.restore()
+    def _log_window(self) -> None:
+        """The window's log line and progress line; non-finite values stop the run before they are checkpointed."""
+        self.last_log = self._write_log_line()
+        if self.main:
+            self.say(_progress_line(self.name, self.step, self.settings.steps, self.last_log))
+        if not all(math.isfinite(v) for v in self.last_log.values()):  # keep the last good checkpoint
+            raise CodecError(
+                f"stage {self.name}: non-finite values at step {self.step} ({self.last_log}); "
+                f"{self.out / CHECKPOINT_FILE} is the last good state: resume with a lower --lr"
+            )
+        self.sums, self.window_steps, self.window_start = {}, 0, time.perf_counter()
 
-    # 4. Finish: checkpoint, plot and pack (also when nothing was left to train and no pack exists yet).
-    if window_steps:
-        last_log = _write_log_line(
-            out,
-            step,
-            seconds_now(),
-            time.perf_counter() - window_start,
-            window_steps,
-            optimizer.param_groups[0]["lr"],
-            columns,
-            sums,
-            accelerator,
-            main,
-        )
-    pack_info = save(with_pack=True) or pack_info
-    if main:
-        reason = {"time": "time budget", "signal": "SIGTERM", "steps": "steps"}[stopped_by]
-        say(f"stage {stage_name}: stopped at step {step} ({reason}); pack {out / PACK_DIR}")
-    return LoopResult(step, seconds_now(), stopped_by, pack_info, last_log)
+    def _write_log_line(self) -> dict[str, float]:
+        """The window's means (over all processes) as a log.csv line, written by the main process; the line."""
+        seconds, window_s = self.seconds_now(), time.perf_counter() - self.window_start
+        means = {name: self.sums[name] / self.window_steps for name in self.columns}
+        if self.accelerator.num_processes > 1:
+            means = {k: self.accelerator.reduce(v.reshape(1), reduction="mean")[0] for k, v in means.items()}
+        row = {
+            "step": self.step,
+            "seconds": round(seconds, 2),
+            "s_per_it": round(window_s / max(self.window_steps, 1), 4),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **{k: float(v) for k, v in means.items()},
+        }
+        if self.main:
+            append_log(self.out / LOG_FILE, row)
+        return {k: float(v) for k, v in row.items()}
+
+    def _stop_reason(self, stop: _StopRequest) -> str | None:
+        """Why to stop after this step: "steps" (the last), "time" (the budget, on any process) or "signal"
+        (SIGTERM, on any process); None to go on. Every process asks at every step, so all stop at the same one."""
+        budget_min = self.settings.time_budget_min
+        out_of_time = budget_min is not None and time.perf_counter() - self.session_start >= budget_min * 60
+        anywhere = _any_process(self.accelerator, out_of_time or stop.requested)
+        if self.step == self.settings.steps:
+            return "steps"
+        return ("time" if out_of_time else "signal") if anywhere else None
 
 
 class _StopRequest:
@@ -429,33 +528,6 @@ def _any_process(accelerator, flag: bool) -> bool:
         return flag
     value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(value, reduction="sum").item() > 0)
-
-
-def _write_log_line(
-    out: Path,
-    step: int,
-    seconds: float,
-    window_s: float,
-    window_steps: int,
-    lr: float,
-    columns: tuple[str, ...],
-    sums: dict[str, Tensor],
-    accelerator,
-    main: bool,
-) -> dict[str, float]:
-    means = {name: sums[name] / window_steps for name in columns}
-    if accelerator.num_processes > 1:
-        means = {k: accelerator.reduce(v.reshape(1), reduction="mean")[0] for k, v in means.items()}
-    row = {
-        "step": step,
-        "seconds": round(seconds, 2),
-        "s_per_it": round(window_s / max(window_steps, 1), 4),
-        "lr": lr,
-        **{k: float(v) for k, v in means.items()},
-    }
-    if main:
-        append_log(out / LOG_FILE, row)
-    return {k: float(v) for k, v in row.items()}
 
 
 def _progress_line(stage: str, step: int, total: int, row: dict[str, float]) -> str:
