@@ -14,6 +14,7 @@ from codec.eval.compare import (
     ComparisonCancelled,
     ComparisonStore,
     capped_size,
+    closest_qp,
     load_clip,
     match_bitrate,
 )
@@ -40,6 +41,21 @@ def test_match_bitrate_finds_the_qp_that_made_the_target():
     assert len(match.tried) <= 9  # bisection, not a scan of 52 QPs
     rates = dict(match.tried)
     assert all(rates[a] >= rates[b] for a, b in zip(sorted(rates), sorted(rates)[1:]))  # rate falls with QP
+
+
+def test_closest_qp_bisects_a_falling_rate_to_the_nearest_in_log_rate():
+    rates = {qp: 2.0 ** (-qp / 6) for qp in range(52)}  # halves every 6 QPs, as x265's roughly does
+    asked: list[int] = []
+
+    def bpp(qp: int) -> float:
+        asked.append(qp)
+        return rates[qp]
+
+    for qp in (0, 7, 30, 50, 51):
+        asked.clear()
+        assert closest_qp(bpp, (0, 51), rates[qp] * 1.01) == qp  # just above the QP's rate, below the one before
+        assert len(set(asked)) <= 8  # log2(52) + 2 rates, not a scan
+    assert closest_qp(bpp, (0, 51), 100.0) == 0 and closest_qp(bpp, (0, 51), 1e-9) == 51
 
 
 def test_match_bitrate_out_of_reach_takes_the_nearest_end():

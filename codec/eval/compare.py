@@ -37,7 +37,7 @@ import numpy as np
 
 from codec.errors import CodecError, VideoError
 from codec.eval.cache import cache_key
-from codec.eval.engine import Measurement, TimedEncode, measure, timed_encode, warm_up
+from codec.eval.engine import EvalRequest, Measurement, TimedEncode, evaluate, measure, timed_encode, warm_up
 from codec.eval.rows import ResultRow
 from codec.metrics import metric_names, metrics_for_size
 from codec.progress import frame_progress
@@ -166,31 +166,51 @@ def match_bitrate(
     """
     if not target_bpp > 0:
         raise CodecError(f"cannot match a rate of {target_bpp} bpp")
-    rates: dict[int, float] = {}
+    probe = _RateProbe(codec, video, stop, on_try, encodes)
+    qp = closest_qp(probe.bpp, codec.qp_range, target_bpp)
+    return BitrateMatch(qp, probe.rates[qp], target_bpp, sorted(probe.rates.items()))
 
-    def bpp(qp: int) -> float:
-        if qp not in rates:
-            if stop and stop():
-                raise ComparisonCancelled("stopped")
-            timed = timed_encode(codec, video, qp)
-            if encodes is not None:
-                encodes[qp] = timed
-            rates[qp] = timed[0].bpp(video)
-            if on_try:
-                on_try(qp, rates[qp])
-        return rates[qp]
 
-    lo, hi = codec.qp_range
+def closest_qp(bpp: Callable[[int], float], qp_range: tuple[int, int], target_bpp: float) -> int:
+    """The QP in `qp_range` (inclusive) whose rate bpp(qp) is closest to `target_bpp` in log-rate, by bisection
+    (the rate must not rise with QP); an end of the range where the target lies beyond it."""
+    lo, hi = qp_range
     if bpp(hi) >= target_bpp:
-        best = hi  # even the coarsest QP spends more than the target
-    elif bpp(lo) <= target_bpp:
-        best = lo  # even the finest QP spends less
-    else:
-        while hi - lo > 1:  # invariant: bpp(lo) > target > bpp(hi)
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if bpp(mid) > target_bpp else (lo, mid)
-        best = min((lo, hi), key=lambda q: abs(math.log(bpp(q) / target_bpp)))
-    return BitrateMatch(best, rates[best], target_bpp, sorted(rates.items()))
+        return hi  # even the coarsest QP spends more than the target
+    if bpp(lo) <= target_bpp:
+        return lo  # even the finest QP spends less
+    while hi - lo > 1:  # invariant: bpp(lo) > target > bpp(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if bpp(mid) > target_bpp else (lo, mid)
+    return min((lo, hi), key=lambda q: abs(math.log(bpp(q) / target_bpp)))
+
+
+class _RateProbe:
+    """A codec's rate on a clip by QP, each QP encoded once (`rates`); checks `stop` before each encode, reports it
+    to `on_try` and keeps it in `encodes` where given."""
+
+    def __init__(
+        self,
+        codec,
+        video: Video,
+        stop: StopCheck | None,
+        on_try: Callable[[int, float], None] | None,
+        encodes: dict[int, TimedEncode] | None,
+    ) -> None:
+        self.codec, self.video, self.stop, self.on_try, self.encodes = codec, video, stop, on_try, encodes
+        self.rates: dict[int, float] = {}
+
+    def bpp(self, qp: int) -> float:
+        if qp not in self.rates:
+            if self.stop and self.stop():
+                raise ComparisonCancelled("stopped")
+            timed = timed_encode(self.codec, self.video, qp)
+            if self.encodes is not None:
+                self.encodes[qp] = timed
+            self.rates[qp] = timed[0].bpp(self.video)
+            if self.on_try:
+                self.on_try(qp, self.rates[qp])
+        return self.rates[qp]
 
 
 # --- results --------------------------------------------------------------------------------------------------
@@ -640,29 +660,33 @@ def run_sweep(
 ) -> tuple[list[ResultRow], dict[str, Path]]:
     """Every (codec, QP) of `plans` through the evaluation engine (cached: a rerun is instant), then the results
     table, BD-rate against the first plan, the HTML report and the RD plot written into `out_dir`."""
-    from codec.eval.engine import EvalRequest, evaluate
     from codec.eval.report import write_results
 
     total = sum(len(p.qps) for p in plans)
     if not total:
         raise CodecError("no QP to run")
+    conditions = EvalRequest(
+        video=video,
+        specs=[],
+        qps=[],
+        source=source,
+        start=start,
+        metrics=tuple(metrics or metric_names()),
+        device=device,
+        cache_dir=cache_dir,
+    )
     rows: list[ResultRow] = []
     for plan in plans:
-        offset = len(rows)
-
-        def tick(done: int, _total: int, label: str, offset: int = offset) -> None:
-            if progress:
-                progress((offset + done) / total, label)
-
-        request = EvalRequest(
-            video=video,
-            specs=[plan.spec],
-            qps=sorted(set(plan.qps)),
-            source=source,
-            start=start,
-            metrics=tuple(metrics or metric_names()),
-            device=device,
-            cache_dir=cache_dir,
-        )
-        rows += evaluate(request, tick)
+        request = replace(conditions, specs=[plan.spec], qps=sorted(set(plan.qps)))
+        rows += evaluate(request, _sweep_progress(progress, len(rows), total))
     return rows, write_results(rows, out_dir)
+
+
+def _sweep_progress(progress: Progress | None, done_before: int, total: int) -> Callable[[int, int, str], None]:
+    """`evaluate`'s progress (jobs done, its total, label) for one plan, reported as the whole sweep's fraction."""
+
+    def tick(done: int, _total: int, label: str) -> None:
+        if progress:
+            progress((done_before + done) / total, label)
+
+    return tick
