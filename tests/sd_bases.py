@@ -110,3 +110,27 @@ def near_linear_vae(width: int = 16, scaling_factor: float = 3.0, constant: floa
                     up.conv.weight[c, c] = taps[:, None] * taps[None, :]
         gather(vae.decoder.conv_out, 3)
     return vae
+
+
+def small_full_pack(folder: Path, steps: int = 10, strength: float = 0.4) -> Path:
+    """A `full`-preset pack at a size a CPU test can run: the paper-scale codec parts (SpyNet, MV codec, contexts,
+    latent codecs) over `near_linear_vae` (an SD-style VAE, found through the pack's `vae_path`) and a small
+    SD-style U-Net + ControlNet (random weights); written to folder/pack beside its base folder/base."""
+    from dataclasses import replace
+
+    from codec.diffvc.config import full_config
+    from codec.diffvc.diffusion import tiny_diffusion_config
+    from codec.diffvc.latent import LatentSpaceConfig
+    from codec.diffvc.model import DiffVCModel
+    from codec.diffvc.pack import write_pack
+
+    base = write_sd_base(folder / "base", near_linear_vae())
+    config = full_config()
+    diffusion = tiny_diffusion_config(
+        latent_channels=4, context_channels=config.context.channels[0], block_out_channels=(32, 64),
+        cross_attention_dim=32, anchor="none", anchor_filter=False, anchor_gain=False, norm_num_groups=8,
+        head_channels=8, steps=steps, strength=strength,
+    )  # fmt: skip
+    latent = LatentSpaceConfig(kind="sd_vae", vae_path=str(base), scaling_factor=3.0)
+    model, _ = DiffVCModel.random(replace(config, latent_space=latent, diffusion=diffusion), seed=0)
+    return write_pack(folder / "pack", model.config.to_dict(), model.trainable_state(), "# test pack\n").path

@@ -9,6 +9,10 @@ stream QP plus `qp_offsets[(position in the GOP - 1) % len(qp_offsets)]` (DCVC-D
 e.g. "0,4,2,4"), an I-frame's the stream QP plus `intra_qp_offset` (negative: a finer I-frame, which every P-frame
 of its GOP refers to, as HEVC's I-frames at a lower QP), both clipped to 0..63. Each unit carries its QP, so the
 decoder needs no options.
+
+A VAE latent space (the `full` preset) codes frames of more than 720p's pixels in overlapping tiles
+(`codec.diffvc.latent.VAE_TILING`): the encoder decides (`uses_vae_tiling`) and says so in the header
+(`FLAG_VAE_TILED`), and the decoder tiles exactly when the stream says, so both run the same VAE computation.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from codec.video import DEFAULT_LIMITS, Video, crop, frames_to_tensor, pad_to_mu
 if TYPE_CHECKING:
     import torch
 
+    from codec.diffvc.latent import TileGrid
     from codec.diffvc.model import DiffVCModel, SamplingPlan
 
 # Registering and listing these codecs imports no torch and no diffusers (seconds on a CPU): the model, the
@@ -43,6 +48,7 @@ FLAG_REUSE_STEP = 1  # header flags: TDIR reuses per-step x0 (else the final lat
 FLAG_REUSE_WARP = 2  # TDIR warps the reused x0 with the decoded flow
 FLAG_CODEC_REFERENCE = 4  # the next frame refers to the latent codec's reconstruction; the diffusion output is shown
 FLAG_HEVC_INTRA = 8  # I-frames are HEVC-intra pictures (codec.diffvc.hevc_intra)
+FLAG_VAE_TILED = 16  # the VAE latent space encodes and decodes in tiles (codec.diffvc.latent.VAE_TILING)
 ENCODER_REVISION = 2  # bump when the encoder's choices change what a stream holds (then cached results are redone)
 INTRA_QP_OFFSET = -16  # the default I-frame QP offset (docs/RESULTS.md, "I-frames")
 INTRA_CODER = "hevc"  # the default I-frame coder (docs/RESULTS.md, "I-frames")
@@ -160,7 +166,7 @@ class NeuralCodecBase(CodecBase):
     qp_range: ClassVar[tuple[int, int]] = (QP_MIN, QP_MAX)
     kind, suffix, bitstream_syntax, takes_pack = "neural", ".dvc", "dvc1", True
     has_diffusion: ClassVar[bool] = False  # whether streams of this codec may declare a diffusion stage
-    defined_flags: ClassVar[int] = FLAG_HEVC_INTRA  # the header flag bits this codec defines; others are rejected
+    defined_flags: ClassVar[int] = FLAG_HEVC_INTRA | FLAG_VAE_TILED  # the header flag bits it defines; others: refused
 
     @classmethod
     def unavailable_reason(cls, options: NeuralOptions) -> str | None:
@@ -205,6 +211,7 @@ class NeuralCodecBase(CodecBase):
     def encode(self, video: Video, qp: int, **overrides: Any) -> Encoded:
         """Encode `video` at `qp` (0..63; larger = fewer bits) into one DVC1 stream."""
         from codec.diffvc.config import PAD_MULTIPLE
+        from codec.diffvc.latent import vae_tiling
         from codec.diffvc.timing import StageTimer, active_timer
 
         qp = self.check_qp(qp)
@@ -215,14 +222,15 @@ class NeuralCodecBase(CodecBase):
             _check_schedule(model, plan)
         except BitstreamError as e:
             raise SpecError(f"{self.name}: {e}") from None
-        header = self._header(video, qp, plan, info)
+        tiled = uses_vae_tiling(model, video.width, video.height)
+        header = self._header(video, qp, plan, info, tiled)
         frames, size_hw = pad_to_multiple(video.frames, PAD_MULTIPLE)
         offsets = parse_offsets(opts.qp_offsets)
         timer = StageTimer(device)
         coder = self.frame_coder(model, plan, timer, device)
         units, recon, evals, estimated = [], [], [], []
         start = time.perf_counter()
-        with active_timer(timer):
+        with active_timer(timer), vae_tiling(_tile_grid(tiled)):
             for t in range(video.num_frames):
                 ftype = frame_type(t, opts.intra_period)
                 fqp = frame_qp(qp, t, opts.intra_period, offsets, opts.intra_qp_offset)
@@ -256,6 +264,7 @@ class NeuralCodecBase(CodecBase):
                 "steps": plan.steps,
                 "strength": plan.strength,
                 "tdir_k": plan.tdir_k,
+                "vae_tiled": tiled,
                 "header_bytes": len(bitstream) - sum(len(s) for u in units for s in u.strings),
             },
             stats={
@@ -266,13 +275,14 @@ class NeuralCodecBase(CodecBase):
             },
         )
 
-    def _header(self, video: Video, qp: int, plan: SamplingPlan, info: PackInfo) -> StreamHeader:
+    def _header(self, video: Video, qp: int, plan: SamplingPlan, info: PackInfo, vae_tiled: bool) -> StreamHeader:
         fps = Fraction(video.fps).limit_denominator(1_000_000)
         flags = (
             (FLAG_REUSE_STEP if plan.reuse_source == "step" else 0)
             | (FLAG_REUSE_WARP if plan.reuse_warp else 0)
             | (FLAG_CODEC_REFERENCE if plan.codec_reference else 0)
             | (FLAG_HEVC_INTRA if plan.hevc_intra else 0)
+            | (FLAG_VAE_TILED if vae_tiled else 0)
         )
         return StreamHeader(
             codec=self.name,
@@ -296,6 +306,7 @@ class NeuralCodecBase(CodecBase):
     def decode(self, bitstream: bytes) -> Video:
         """DVC1 bytes -> the video the encoder reconstructed, bit for bit (same pack, same device)."""
         from codec.diffvc.config import PAD_MULTIPLE
+        from codec.diffvc.latent import vae_tiling
         from codec.diffvc.model import FrameCoder, SamplingPlan
         from codec.diffvc.timing import StageTimer
 
@@ -317,15 +328,16 @@ class NeuralCodecBase(CodecBase):
         padded_hw = tuple(-(-v // PAD_MULTIPLE) * PAD_MULTIPLE for v in size_hw)
         coder = FrameCoder(model, plan, StageTimer(device), _autocast_dtype(device))
         frames = []
-        for t, unit in enumerate(units):
-            if len(unit.strings) not in STRINGS_PER_TYPE[unit.frame_type]:
-                raise BitstreamError(f"frame {t}: {unit.frame_type}-frame with {len(unit.strings)} strings")
-            try:
-                result = coder.decode_frame(list(unit.strings), unit.frame_type, unit.qp, t, padded_hw, size_hw)
-            except (ValueError, RuntimeError) as e:
-                raise BitstreamError(f"frame {t}: cannot be decoded ({e})") from None
-            frames.append(crop(tensor_to_frames(result.frame), size_hw)[0])
-            report_frame("decode", t + 1, len(units))
+        with vae_tiling(_tile_grid(bool(header.flags & FLAG_VAE_TILED))):
+            for t, unit in enumerate(units):
+                if len(unit.strings) not in STRINGS_PER_TYPE[unit.frame_type]:
+                    raise BitstreamError(f"frame {t}: {unit.frame_type}-frame with {len(unit.strings)} strings")
+                try:
+                    result = coder.decode_frame(list(unit.strings), unit.frame_type, unit.qp, t, padded_hw, size_hw)
+                except (ValueError, RuntimeError) as e:
+                    raise BitstreamError(f"frame {t}: cannot be decoded ({e})") from None
+                frames.append(crop(tensor_to_frames(result.frame), size_hw)[0])
+                report_frame("decode", t + 1, len(units))
         return Video(np.stack(frames), Fraction(header.fps_num, header.fps_den))
 
     def _check_stream(self, header: StreamHeader, info: PackInfo) -> None:
@@ -352,6 +364,22 @@ class NeuralCodecBase(CodecBase):
             DEFAULT_LIMITS.check_count(header.num_frames, header.width, header.height)
         except VideoError as e:
             raise BitstreamError(f"stream declares a video beyond this decoder's limits: {e}") from None
+
+
+def uses_vae_tiling(model: DiffVCModel, width: int, height: int) -> bool:
+    """The encoder's choice, written to the stream (`FLAG_VAE_TILED`): a latent space that tiling changes (a VAE)
+    is tiled for pictures of more than `codec.diffvc.latent.TILE_ABOVE_PIXELS` (720p's): 1080p is, 832x480 is not.
+    Not a codec option: one would enter every cached result's key (`codec.eval.engine.canonical_spec`)."""
+    from codec.diffvc import latent
+
+    return model.latent_space.tileable and width * height > latent.TILE_ABOVE_PIXELS
+
+
+def _tile_grid(tiled: bool) -> TileGrid | None:
+    """The tiles a stream's VAE calls run in: `codec.diffvc.latent.VAE_TILING` when it is tiled, else None."""
+    from codec.diffvc import latent
+
+    return latent.VAE_TILING if tiled else None
 
 
 def _check_schedule(model: DiffVCModel, plan: SamplingPlan) -> None:
@@ -392,7 +420,7 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
 class DiffVC(NeuralCodecBase):
     Options = DiffVCOptions
     has_diffusion = under_test = True
-    defined_flags = FLAG_REUSE_STEP | FLAG_REUSE_WARP | FLAG_CODEC_REFERENCE | FLAG_HEVC_INTRA
+    defined_flags = FLAG_REUSE_STEP | FLAG_REUSE_WARP | FLAG_CODEC_REFERENCE | FLAG_HEVC_INTRA | FLAG_VAE_TILED
 
     def sampling_plan(self, model: DiffVCModel) -> SamplingPlan:
         from codec.diffvc.diffusion import num_reuse_steps, num_sampling_steps

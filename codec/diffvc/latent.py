@@ -4,10 +4,16 @@
   factor 0.18215), as in the paper.
 * `PixelUnshuffleLatent` (preset `tiny`): `PixelUnshuffle(8)` of the frame mapped to [-1, 1]: 192 channels at 1/8
   resolution, lossless and free (the choice of the same authors' successor, DiffVC-RT).
+
+Large frames go through the VAE in overlapping tiles (`VAE_TILING`, `tiled_map`) when a stream says so
+(`vae_tiling`): the VAE's memory then stays that of one tile whatever the frame's size.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,6 +35,89 @@ SD21_VAE_CONFIG = {  # stabilityai/stable-diffusion-2-1-base, vae/config.json
     "up_block_types": ["UpDecoderBlock2D"] * 4,
     "scaling_factor": 0.18215,
 }
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Overlapping square tiles, in latent elements: `tile` per side, neighbours sharing at least `overlap`.
+
+    Along a side of L elements the tiles start at 0, tile - overlap, 2 (tile - overlap), ..., and the last one at
+    L - tile, so every tile has the full size (the last overlap may be wider); a side of at most `tile` is one tile.
+    """
+
+    tile: int
+    overlap: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.overlap < self.tile:
+            raise ValueError(f"need 0 <= overlap < tile, got tile {self.tile}, overlap {self.overlap}")
+
+    def starts(self, length: int) -> list[int]:
+        if length <= self.tile:
+            return [0]
+        return [*range(0, length - self.tile, self.tile - self.overlap), length - self.tile]
+
+
+# Part of the decoding of every stream that sets FLAG_VAE_TILED: changing it changes what such streams decode to
+# (a new flag bit, not an edit). 96 latent elements (768 pixels) with 24 shared (192): the geometry diffusers'
+# `AutoencoderKL.enable_tiling()` gives SD-2.1's VAE (its sample_size 768, overlap factor 0.25).
+VAE_TILING = TileGrid(tile=96, overlap=24)
+TILE_ABOVE_PIXELS = 1280 * 720  # the encoder's `vae_tiling=auto` tiles frames of more pixels than 720p (1080p: yes)
+
+_ACTIVE_TILING: contextvars.ContextVar[TileGrid | None] = contextvars.ContextVar("vae_tiling", default=None)
+
+
+@contextlib.contextmanager
+def vae_tiling(grid: TileGrid | None) -> Iterator[None]:
+    """Run a VAE latent space's encode and decode in `grid`'s tiles inside the block (None: whole frames), as
+    `torch.autocast` sets a precision: the codec wraps a whole stream's coding in it, so every VAE call of the
+    encoder and of the decoder (frames, references, an HEVC I-frame's latent) is tiled alike."""
+    token = _ACTIVE_TILING.set(grid)
+    try:
+        yield
+    finally:
+        _ACTIVE_TILING.reset(token)
+
+
+def tiled_map(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grid: TileGrid, in_unit: int, out_unit: int
+) -> torch.Tensor:
+    """fn applied to overlapping tiles of x [N, C, H, W], the outputs blended into [N, C', H / in_unit * out_unit,
+    W / in_unit * out_unit]. The grid counts latent elements; in_unit and out_unit are the elements of x and of
+    fn's output per latent element: (8, 1) to encode frames, (1, 8) to decode latents (H, W multiples of in_unit).
+
+    Each tile's output is weighted by a ramp over `overlap` latent elements next to each neighbouring tile (1
+    elsewhere, never 0), and the sum is divided by the summed weights: smooth seams, and exactly fn(x) when x is
+    one tile. The sums run in a fixed order, so the result is the same on every run on a device."""
+    lh, lw = x.shape[-2] // in_unit, x.shape[-1] // in_unit
+    rows, cols = grid.starts(lh), grid.starts(lw)
+    size = min(grid.tile, lh), min(grid.tile, lw)
+    out = weights = None
+    for r in rows:
+        for c in cols:
+            tile = fn(x[..., r * in_unit : (r + size[0]) * in_unit, c * in_unit : (c + size[1]) * in_unit])
+            if out is None:
+                out = tile.new_zeros((*tile.shape[:2], lh * out_unit, lw * out_unit))
+                weights = tile.new_zeros((lh * out_unit, lw * out_unit))
+            w = _ramp(size[0] * out_unit, grid.overlap * out_unit, r > 0, r < rows[-1], tile)[:, None] * _ramp(
+                size[1] * out_unit, grid.overlap * out_unit, c > 0, c < cols[-1], tile
+            )
+            window = (slice(r * out_unit, (r + size[0]) * out_unit), slice(c * out_unit, (c + size[1]) * out_unit))
+            out[(..., *window)] += tile * w
+            weights[window] += w
+    return out / weights
+
+
+def _ramp(length: int, width: int, rise: bool, fall: bool, like: torch.Tensor) -> torch.Tensor:
+    """[length] weights: (i + 0.5) / width over the first `width` elements if `rise`, the mirror at the end if
+    `fall`, 1 elsewhere."""
+    i = torch.arange(length, device=like.device, dtype=like.dtype)
+    w = torch.ones_like(i)
+    if rise and width:
+        w = torch.minimum(w, (i + 0.5) / width)
+    if fall and width:
+        w = torch.minimum(w, (length - i - 0.5) / width)
+    return w
 
 
 @dataclass(frozen=True)
@@ -59,6 +148,7 @@ class LatentSpace(nn.Module):
     """frames [N, 3, H, W] in [0, 1] (H, W multiples of 8) <-> latents [N, C, H/8, W/8]."""
 
     config: LatentSpaceConfig
+    tileable = False  # whether the space changes its results when tiled (`vae_tiling`): only a network does
 
     @property
     def channels(self) -> int:
@@ -90,7 +180,10 @@ class PixelUnshuffleLatent(LatentSpace):
 
 
 class VAELatent(LatentSpace):
-    """Stable Diffusion 2.1-base's KL autoencoder (Rombach et al. 2022); the posterior mean is the latent."""
+    """Stable Diffusion 2.1-base's KL autoencoder (Rombach et al. 2022); the posterior mean is the latent. Inside
+    `vae_tiling(grid)` frames and latents go through it in `grid`'s overlapping tiles (`tiled_map`)."""
+
+    tileable = True
 
     def __init__(self, config: LatentSpaceConfig, vae: nn.Module | None = None) -> None:
         super().__init__()
@@ -121,10 +214,20 @@ class VAELatent(LatentSpace):
         return None
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(frames * 2 - 1).latent_dist.mean * self.config.scaling_factor
+        grid, x = _ACTIVE_TILING.get(), frames * 2 - 1
+        mean = self._encode_mean(x) if grid is None else tiled_map(self._encode_mean, x, grid, self.factor, 1)
+        return mean * self.config.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return ((self.vae.decode(latents / self.config.scaling_factor).sample + 1) / 2).clamp(0, 1)
+        grid, z = _ACTIVE_TILING.get(), latents / self.config.scaling_factor
+        x = self._decode_sample(z) if grid is None else tiled_map(self._decode_sample, z, grid, 1, self.factor)
+        return ((x + 1) / 2).clamp(0, 1)
+
+    def _encode_mean(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(x).latent_dist.mean
+
+    def _decode_sample(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z).sample
 
 
 def unsharp_mask(frames: torch.Tensor, amount: float) -> torch.Tensor:
