@@ -109,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--frames", type=int, default=8)
     sp.add_argument("--device", default="auto")
     sp.add_argument("--steps", type=int, default=0, help="DDIM steps (default: the pack's)")
+    sp.add_argument("--tdir", choices=["on", "off", "both"], default="both", help="TDIR settings to time")
+    sp.add_argument(
+        "--compile", action="store_true", help="torch.compile the U-Net and ControlNet (CUDA; compiled in the warm-up)"
+    )
+    sp.add_argument("--warmup", type=int, default=3, help="frames of the warm-up clip coded before each timing")
+    sp.add_argument(
+        "--intra", choices=["auto", "hevc", "learned"], default="auto", help="I-frames (auto: hevc where PyAV is)"
+    )
     sp.set_defaults(run=_cmd_speed)
 
     from codec.train.cli import add_train_parser
@@ -310,23 +318,26 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
 
 def _cmd_speed(args: argparse.Namespace) -> int:
-    from codec.speed import device_description, format_rows, measure_speed
+    from codec.speed import available_intra, device_description, format_rows, measure_speed
     from codec.video import parse_size
 
     pack = f"random-{args.preset}" if args.random_init else (args.pack or "")
     if not pack and args.preset != "tiny":
         raise CodecError("give --pack for the full preset, or --random-init")
     size = parse_size(args.size)
-    extra = f":steps={args.steps}" if args.steps else ""
+    intra = available_intra() if args.intra == "auto" else args.intra
+    extra = f":intra={intra}" + (f":steps={args.steps}" if args.steps else "") + (":compile=on" if args.compile else "")
+    tdir = ("on", "off") if args.tdir == "both" else (args.tdir,)
     from codec.progress import frame_bar
 
     with frame_bar("speed"):
-        rows = measure_speed(pack, size, args.frames, args.device, extra=extra)
+        rows = measure_speed(pack, size, args.frames, args.device, extra=extra, tdir=tdir, warmup_frames=args.warmup)
     print(
         format_rows(
             rows,
             f"DiffVC {args.preset} ({pack or 'default pack'}), {size[0]}x{size[1]}, "
-            f"{args.frames} frames, {device_description(args.device)}",
+            f"{args.frames} frames, {intra} I-frames, {device_description(args.device)}"
+            f"{', compiled' if args.compile else ''}",
         )
     )
     return 0
