@@ -2,6 +2,10 @@
 
 This module is the one place where colour conversion between RGB and the YUV formats of codecs happens
 (`rgb_to_av_frame`, `av_frame_to_rgb`): every codec wrapper and writer goes through it.
+
+PyAV is optional: without it (a lent GPU machine has none, and its 34 MiB wheel does not fit what a call to that
+machine may carry) clips in memory work (`Video`, `synthetic_clip`, padding, tensors) and reading or writing a file
+raises `VideoError`.
 """
 
 from __future__ import annotations
@@ -16,8 +20,12 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
+
+try:
+    import av
+except ImportError:  # reading and writing files say so (`_need_av`); everything in memory works
+    av = None
 
 from codec.errors import VideoError
 
@@ -168,6 +176,7 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 def rgb_to_av_frame(rgb: np.ndarray, pix_fmt: str = "rgb24") -> av.VideoFrame:
     """uint8 RGB [H, W, 3] -> PyAV frame in `pix_fmt` (BT.601 matrix, limited range for YUV, as swscale does)."""
+    _need_av("converting frames for a codec")
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
     return frame if pix_fmt == "rgb24" else frame.reformat(format=pix_fmt)
 
@@ -177,6 +186,11 @@ def av_frame_to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -
     if size is not None and (frame.width, frame.height) != size:
         frame = frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="BICUBIC")
     return frame.to_ndarray(format="rgb24")
+
+
+def _need_av(what: str) -> None:
+    if av is None:
+        raise VideoError(f"{what} needs PyAV, which is not installed here (pip install av)")
 
 
 def frames_to_tensor(frames: np.ndarray, device="cpu"):
@@ -286,6 +300,7 @@ def read_video(
         raw = RawFormat.from_name(path)
         limits.check_declared(raw.width, raw.height)
         options, demuxer = {**options, **raw.demuxer_options()}, "rawvideo"
+    _need_av(f"reading {path.name}")
     try:
         container = av.open(str(path), mode="r", format=demuxer, options=options)
     except (av.FFmpegError, ValueError, OSError, UnicodeDecodeError) as e:
@@ -317,6 +332,8 @@ BROWSER_PIXEL_FORMATS = frozenset({"yuv420p", "yuvj420p"})  # 8-bit 4:2:0
 def browser_playback_problem(path: str | Path) -> str | None:
     """None when a browser's <video> can play the file (H.264, VP8/9 or AV1, 8-bit 4:2:0, in MP4 or WebM), else
     why not, e.g. "mjpeg in avi" or "hevc yuv420p10le"; a file that does not open is left to `read_video`."""
+    if av is None:
+        return None
     try:
         with av.open(str(path), mode="r", options={"max_pixels": str(DEFAULT_LIMITS.max_source_side**2)}) as c:
             if not c.streams.video:
@@ -428,6 +445,7 @@ def write_video(video: Video, path: str | Path, crf: int = 12) -> Path:
 
 
 def _write(frames: np.ndarray, fps: Fraction, path: Path, fmt: str, codec: str, pix_fmt: str, options: dict) -> None:
+    _need_av(f"writing {path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     container_options = {k: v for k, v in options.items() if k == "movflags"}
     codec_options = {k: v for k, v in options.items() if k != "movflags"}

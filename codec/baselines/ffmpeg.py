@@ -30,6 +30,8 @@ with first_slice_segment_in_pic_flag / first_mb_in_slice = 0, AV1 temporal units
 frame count, checksum or frame rate, so a stream cut at a frame boundary is a valid shorter stream, and damage
 inside a picture's coded data may decode with concealment. The frame rate comes from the VUI that x265 and x264
 write; SVT-AV1 writes no timing info, so AV1 streams decode at `codec.video.DEFAULT_FPS`.
+
+Without PyAV installed the anchors are registered but unavailable (`unavailable_reason` says why).
 """
 
 from __future__ import annotations
@@ -47,9 +49,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, ClassVar, Literal
 
-import av
 import numpy as np
-from av.video.frame import PictureType
+
+try:
+    import av
+    from av.video.frame import PictureType
+except ImportError:  # every anchor says it is unavailable (FFmpegCodec.unavailable_reason)
+    av = PictureType = None
 
 from codec.bitio import encode_leb128, read_leb128
 from codec.errors import BitstreamError, CodecError, VideoError
@@ -59,7 +65,7 @@ from codec.video import DEFAULT_FPS, DEFAULT_LIMITS, Video, av_frame_to_rgb, cro
 SIZE_HINT_UUID = bytes.fromhex("f2ca54c561254c768c60258cf5c3258d")  # ours; no zero byte, so no emulation bytes
 X264_INFO_UUID = bytes.fromhex("dc45e9bde6d948b7962cd820d923eeef")  # x264's settings SEI ("x264 - core ...")
 PIX_FMTS = {"420": "yuv420p", "444": "yuv444p"}
-_LIBAV_ERRORS = (av.FFmpegError, ValueError, RuntimeError, OSError)
+_LIBAV_ERRORS = (ValueError, RuntimeError, OSError) + ((av.FFmpegError,) if av else ())
 
 
 # --- elementary-stream syntax: units, pictures, user data -------------------------------------------------
@@ -373,6 +379,8 @@ class FFmpegCodec(CodecBase):
     @classmethod
     def unavailable_reason(cls, options: Any = None) -> str | None:
         """None when this PyAV build has both the encoder and the decoder, else which one is missing."""
+        if av is None:
+            return "PyAV is not installed here (pip install av)"
         for name, mode, role in ((cls.encoder, "w", "encoder"), (cls.decoder, "r", "decoder")):
             try:
                 av.codec.Codec(name, mode)
