@@ -52,3 +52,7 @@ load: setup                ## concurrent gradio_client sessions against python a
 .PHONY: fuzz
 fuzz: $(STAMP)             ## bitstream fuzzing: 10,000 damaged streams through every decoder; out/fuzz/summary.json
 	$(PY) -m codec fuzz --mutations $${FUZZ_MUTATIONS:-10000} --seed $${FUZZ_SEED:-0} --out out/fuzz
+
+.PHONY: gpu-wheels
+gpu-wheels: $(STAMP)       ## the wheels a lent GPU lacks, in .whl/ (tools/gpu_wheels.py); there: bash tools/gpu_check.sh
+	$(PY) -m tools.gpu_wheels
