@@ -62,7 +62,9 @@ class TileGrid:
 # (a new flag bit, not an edit). 96 latent elements (768 pixels) with 24 shared (192): the geometry diffusers'
 # `AutoencoderKL.enable_tiling()` gives SD-2.1's VAE (its sample_size 768, overlap factor 0.25).
 VAE_TILING = TileGrid(tile=96, overlap=24)
-TILE_ABOVE_PIXELS = 1280 * 720  # the encoder's `vae_tiling=auto` tiles frames of more pixels than 720p (1080p: yes)
+TILE_ABOVE_PIXELS = (
+    1280 * 720
+)  # the encoder tiles pictures of more pixels (1080p; `codec.diffvc.codec.uses_vae_tiling`)
 
 _ACTIVE_TILING: contextvars.ContextVar[TileGrid | None] = contextvars.ContextVar("vae_tiling", default=None)
 
