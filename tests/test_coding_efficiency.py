@@ -100,12 +100,17 @@ def test_retired_format_versions_are_refused_with_their_reason(bbb_frame: Video,
 
 
 def test_a_still_clip_codes_zero_motion_p_frames_that_decode_exactly(bbb_frame: Video) -> None:
+    """Issue [2.1]'s target: on a still clip each P-frame costs at most 2 % of the I-frame, zero motion doing the
+    work. The first P-frame may still code a motion field: its reference is the HEVC I-frame, whose coding error
+    the estimated flow partly follows, and the encoder keeps whichever mode costs less (the embedded pack does so
+    at QP 32; the frames after it are coded without motion)."""
     still = Video(np.repeat(bbb_frame.frames, 4, axis=0), bbb_frame.fps)
     codec = get_codec("condlc")
     encoded = codec.encode(still, 32)
     _, units = read_stream(encoded.bitstream)
     assert [len(u.strings) for u in units] == [1, 1, 1, 1]
-    assert motion_flags(units) == [False, False, False]  # every P-frame without motion
+    assert motion_flags(units)[1:] == [False, False]  # the P-frames on a P-frame reference: no motion
+    assert max(encoded.frame_bits[1:]) <= 0.02 * encoded.frame_bits[0], encoded.frame_bits
     assert np.array_equal(codec.decode(encoded.bitstream).frames, encoded.reconstruction.frames)
 
 
