@@ -810,8 +810,8 @@ class ContextualLatentCodec(HyperpriorCodec):
         qp: int | Sequence[int] | Tensor,
         valid_hw: Sequence[int] | None = None,
     ) -> tuple[list[Segment], LatentCodingOutput]:
-        """-> ([z, y]: segments of the frame's string, `entropy.encode_segments`), the decoder's
-        LatentCodingOutput, with evaluation-mode likelihoods)."""
+        """-> ([z, y]: segments of the frame's string for `entropy.encode_segments`, the decoder's
+        LatentCodingOutput with evaluation-mode likelihoods)."""
         n = latent.shape[0]
         cond = self._condition(contexts, prev_y_hat, latent.shape[-2:], n)
         segments, coded = self._segments(latent, cond, qp_batch(qp, n, latent.device), valid_hw)

@@ -364,9 +364,7 @@ class FrameCoder:
             return self._finish(coded, None, None, frame_type, qp, index)
         if self.dpb.empty:
             raise BitstreamError(f"frame {index}: a P-frame with no reference")
-        if len(strings) != 1:
-            raise BitstreamError(f"frame {index}: a P-frame needs 1 string, got {len(strings)}")
-        reader = SegmentReader(strings[0])
+        reader = SegmentReader(strings[0])  # the stream's reader checked the count (codec.STRINGS_PER_TYPE)
         with t.stage("motion"):
             if reader.read_flag():
                 flow_hat = m.motion.read(reader, size_hw, qp, picture_hw)

@@ -336,7 +336,7 @@ class MotionCodec(HyperpriorCodec):
     def segments(
         self, flow: Tensor, qp: int | Sequence[int] | Tensor, valid_hw: Sequence[int] | None = None
     ) -> tuple[list[Segment], CodingOutput]:
-        """-> ([z, y]: segments of the frame's string, `entropy.encode_segments`), CodingOutput(hat=flow_hat
+        """-> ([z, y]: segments of the frame's string for `entropy.encode_segments`, CodingOutput(hat=flow_hat
         [N, 2, H, W] float32, evaluation-mode likelihoods)): flow_hat is the flow the decoder will have, bit for
         bit."""
         self._check_size(flow.shape[-2:])
