@@ -7,7 +7,8 @@ DIFFVC_STUDIO_THREADS=<torch threads per heavy job, default: the cores idle when
 DIFFVC_STUDIO_MAX_UPLOAD=<largest upload, default 500mb>, DIFFVC_STUDIO_TIME_LIMIT=<seconds per heavy job,
 default 900>, DIFFVC_STUDIO_MAX_PIXELS=<frames x width x height per job, default 4e7>; the reader's own limits:
 DIFFVC_MAX_WIDTH / _HEIGHT (4096), DIFFVC_MAX_SOURCE_SIDE (8192), DIFFVC_MAX_FRAMES (10000),
-DIFFVC_MAX_PIXELS (3e8), DIFFVC_MAX_DECODE_S (300); DIFFVC_STUDIO_PRELOAD=0 to load the model on first use
+DIFFVC_MAX_PIXELS (3e8), DIFFVC_MAX_DECODE_S (300); DIFFVC_STUDIO_PRELOAD=0 to load the model and the metrics
+on first use
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def create(environ=os.environ):
     torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 2) - 1))
     studio = Studio.open(config)
     if environ.get("DIFFVC_STUDIO_PRELOAD", "1") != "0":
-        studio.codecs.preload()  # the model pack, once, before requests can race to build it
+        studio.preload()  # the model pack and the metrics' networks, once, before requests can race to build them
     demo = build_app(studio, max_jobs=config.heavy_jobs).queue(max_size=16, default_concurrency_limit=4)
     return demo, {
         "allowed_paths": [str(config.results_dir), str(config.sessions_dir)],

@@ -18,7 +18,7 @@ import numpy as np
 import piq
 import torch
 from piq.perceptual import VGG16_LAYERS, ContentLoss
-from torchvision.models import vgg16
+from torchvision.models.vgg import cfgs, make_layers
 
 from codec.errors import CodecError
 from codec.video import Video, frames_to_tensor
@@ -266,7 +266,8 @@ class Metric:
     reference_features: for a batched metric that compares features, reference_features(y, device) -> the
     reference's features, and then fn(x, those features, device) (computed once per clip:
     `FeatureCache`); perceptual: a learned perceptual distance, what a generative codec is judged by first
-    (views lead with these).
+    (views lead with these); load: load(device) builds and keeps the network it runs (`load_metric_models`), so a
+    server can pay for that before its first request.
     """
 
     name: str
@@ -280,6 +281,7 @@ class Metric:
     batched: bool = False
     reference_features: Callable | None = None
     perceptual: bool = False
+    load: Callable[[str], object] | None = None
 
     @property
     def axis_label(self) -> str:
@@ -303,6 +305,24 @@ class Metric:
 
 
 _VGG = {"cost": "deep", "batched": True, "perceptual": True}
+
+
+def _load_lpips(device: str) -> object:
+    return perceptual_model("lpips", device)
+
+
+def _load_dists(device: str) -> object:
+    return perceptual_model("dists", device)
+
+
+def _load_vmaf(device: str) -> object:
+    return _vmaf_model(False)
+
+
+def _load_vmaf_neg(device: str) -> object:
+    return _vmaf_model(True)
+
+
 METRIC_TABLE: dict[str, Metric] = {
     m.name: m
     for m in (
@@ -311,15 +331,43 @@ METRIC_TABLE: dict[str, Metric] = {
         # measured: piq's MS-SSIM fails at 2 px a side, its LPIPS below 32
         Metric("ms_ssim", "MS-SSIM", True, _ms_ssim, min_side=8, batched=True),
         Metric(
-            "lpips", "LPIPS", False, _lpips, "", "VGG16, v0.1 heads", 32, reference_features=_lpips_features, **_VGG
+            "lpips",
+            "LPIPS",
+            False,
+            _lpips,
+            "",
+            "VGG16, v0.1 heads",
+            32,
+            reference_features=_lpips_features,
+            load=_load_lpips,
+            **_VGG,
         ),
-        Metric("dists", "DISTS", False, _dists, reference_features=_dists_features, **_VGG),
+        Metric("dists", "DISTS", False, _dists, reference_features=_dists_features, load=_load_dists, **_VGG),
         # measured: vmaf-torch runs at 24 px a side, fails at 16 (its reflection padding)
-        Metric("vmaf", "VMAF", True, _vmaf, definition="v0.6.1, BT.601 Y", min_side=24),
-        Metric("vmaf_neg", "VMAF NEG", True, _vmaf_neg, definition="v0.6.1 NEG, BT.601 Y", min_side=24),
-        Metric("tlp", "tLP", False, _tlp, definition="temporal LPIPS difference, TecoGAN", min_side=32, cost="deep"),
+        Metric("vmaf", "VMAF", True, _vmaf, definition="v0.6.1, BT.601 Y", min_side=24, load=_load_vmaf),
+        Metric(
+            "vmaf_neg", "VMAF NEG", True, _vmaf_neg, definition="v0.6.1 NEG, BT.601 Y", min_side=24, load=_load_vmaf_neg
+        ),
+        Metric(
+            "tlp",
+            "tLP",
+            False,
+            _tlp,
+            definition="temporal LPIPS difference, TecoGAN",
+            min_side=32,
+            cost="deep",
+            load=_load_lpips,
+        ),
     )
 }  # the order views show them in: signal fidelity first, perceptual distances last
+
+
+def load_metric_models(names: Iterable[str] | None = None, device: str = "cpu") -> None:
+    """Build the networks of these metrics (default: every one) now, once: a server calls this before its first
+    request, so no user waits for VGG16 and VMAF to load."""
+    for name in metric_names() if names is None else names:
+        if METRIC_TABLE[name].load is not None:
+            METRIC_TABLE[name].load(device)
 
 
 def metric_names() -> tuple[str, ...]:
@@ -356,9 +404,12 @@ def metrics_for_size(names: Iterable[str], width: int, height: int) -> tuple[tup
 
 
 def vgg16_features(state: dict[str, torch.Tensor]) -> torch.nn.Sequential:
-    """torchvision's `vgg16().features` with the given state dict (keys `features.N.weight|bias`)."""
-    features = vgg16(weights=None).features
-    features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()})
+    """torchvision's `vgg16().features` with the given state dict (keys `features.N.weight|bias`). Built on the meta
+    device and given the weights as they are: `vgg16()` would first draw random weights for all 138 M parameters,
+    its classifier's included (2.4 s on this CPU, for a network whose every weight is then replaced)."""
+    with torch.device("meta"):
+        features = make_layers(cfgs["D"])
+    features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()}, assign=True)
     return features
 
 

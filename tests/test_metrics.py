@@ -13,7 +13,15 @@ from conftest import EXAMPLE_CLIP
 from torchvision.models import vgg16
 
 from codec.errors import CodecError
-from codec.metrics import OfflineLPIPS, compute_metrics, luma, perceptual_model, psnr
+from codec.metrics import (
+    OfflineLPIPS,
+    compute_metrics,
+    load_metric_models,
+    luma,
+    perceptual_model,
+    psnr,
+    vgg16_features,
+)
 from codec.video import Video, frames_to_tensor, read_video
 from codec.weights import _NumpyOnlyUnpickler, load_metric_weights, metric_weight_files, prepare_metric_weights
 
@@ -50,6 +58,24 @@ def test_converted_vgg16_has_torchvisions_values(weights):
     assert torch.allclose(first[0, 0], torch.tensor(TORCHVISION_VGG16_CONV1_FILTER0_RED), atol=1e-4)
     # the transposition is right only if every filter is (out, in, kh, kw): the red plane above pins it
     assert first.shape == (64, 3, 3, 3)
+
+
+def test_vgg16_features_are_torchvisions_network_with_the_weights_given(weights):
+    reference = vgg16(weights=None).features
+    reference.load_state_dict({k.removeprefix("features."): v for k, v in weights["vgg16"].items()})
+    ours = vgg16_features(weights["vgg16"])
+    assert str(ours) == str(reference)
+    x = torch.rand(2, 3, 48, 40, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(ours(x), reference(x))
+
+
+def test_metric_models_load_once_ahead_of_their_first_use():
+    load_metric_models(["lpips", "dists", "tlp"])
+    built = perceptual_model.cache_info().currsize
+    load_metric_models(["lpips", "dists", "tlp"])
+    compute_metrics(*[Video(np.full((2, 32, 32, 3), v, np.uint8), 25.0) for v in (100, 110)], ["lpips", "dists"])
+    assert perceptual_model.cache_info().currsize == built >= 2
 
 
 def test_prepare_is_idempotent_and_manifest_verifies():

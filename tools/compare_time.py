@@ -30,7 +30,7 @@ def comparison_time(frames: int, max_side: int) -> tuple[float, list[tuple[float
     """(total seconds, [(seconds since the previous message, message)] of the 'done' and 'warm-up' messages)."""
     folder = Path(tempfile.mkdtemp(prefix="compare-time-"))
     studio = Studio.open(StudioConfig("", folder / "c", folder / "s", folder / "e", folder / "b.sqlite", CLIP))
-    studio.codecs.preload()
+    studio.preload()  # as app.py does before serving
     marks: list[tuple[float, str]] = []
     began = time.perf_counter()
     studio.compare.run(

@@ -70,6 +70,14 @@ class Studio:
     def config(self) -> StudioConfig:
         return self.workspace.config
 
+    def preload(self) -> None:
+        """What the first comparison needs, loaded before serving: DiffVC's model pack and the networks of the
+        metrics (two VGG16s, VMAF), so the first user does not wait for them."""
+        from codec.metrics import load_metric_models
+
+        self.codecs.preload()
+        load_metric_models()
+
 
 __all__ = [
     "DEFAULT_ANCHORS",
