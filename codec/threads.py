@@ -5,10 +5,15 @@ On this project's 2-core machine (docs/RESULTS.md, "Metrics people trust, fast")
 * beside another busy process, two threads stall: a DiffVC encode took 61 s on two threads, 9 s on one. PyTorch's
   intra-op threads wait for each other at every operator, and one of them keeps losing its core.
 
-So a fixed count is wrong one way or the other. `job_threads` reads the CPU time the other processes used over a
+So a fixed count is wrong one way or the other. `job_cores` reads the CPU time the other processes used over a
 short window (Linux: /proc/stat minus this process's own share from /proc/self/stat) and gives the job the idle
 cores, at least one, shared between the heavy jobs that may run at once. Where /proc is missing it leaves one core
 to the rest of the machine (cores - 1), the previous fixed default.
+
+A second torch thread barely speeds a comparison's small frames up (27.3 s on two against 26.8-28.8 s on one),
+while its two kinds of work are independent: coding one codec and measuring the previous one. So where a job has
+at least `TWO_LANES_IDLE` idle cores it runs two lanes, each on half its threads: the comparison scores a coding
+on a second thread while the next codec codes (`codec.eval.compare`).
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["busy_cores_elsewhere", "job_threads", "threads_for_job"]
+__all__ = ["JobCores", "busy_cores_elsewhere", "cores_for_job", "job_cores", "threads_for_job"]
 
 PROBE_S = 0.25  # how long the other processes' CPU use is watched before a job starts
 BUSY_MARGIN = 0.3  # a core counts as taken when another process used more than this share of it
+TWO_LANES_IDLE = 1.5  # idle cores per job from which a job runs two lanes (a browser beside it uses about 0.35)
 
 
 def _machine_busy_ticks() -> int:
@@ -61,16 +68,34 @@ def threads_for_job(cores: int, busy_elsewhere: float | None, jobs: int = 1) -> 
     return max(1, free // max(1, jobs))
 
 
+@dataclass(frozen=True)
+class JobCores:
+    """How a heavy job uses the cores: `lanes` kinds of work at once (2: a comparison measures one coding while the
+    next codec codes; 1: in turn), each on `threads` torch threads (the count is the process's, shared by both)."""
+
+    threads: int
+    lanes: int = 1
+
+
+def cores_for_job(cores: int, busy_elsewhere: float | None, jobs: int = 1) -> JobCores:
+    """One of `jobs` heavy jobs' share of `cores` cores of which `busy_elsewhere` are in use by other processes
+    (None: unknown): the idle cores' threads (`threads_for_job`), in two lanes from `TWO_LANES_IDLE` idle cores."""
+    threads = threads_for_job(cores, busy_elsewhere, jobs)
+    idle = (cores - 1 if busy_elsewhere is None else cores - busy_elsewhere) / max(1, jobs)
+    lanes = 2 if idle >= TWO_LANES_IDLE else 1
+    return JobCores(max(1, threads // lanes), lanes)
+
+
 @contextmanager
-def job_threads(fixed: int | None = None, jobs: int = 1) -> Iterator[int]:
-    """Run a heavy job on `fixed` torch threads, or (None) on the cores idle when it starts (`threads_for_job`);
-    yields the count and restores the previous one afterwards."""
+def job_cores(fixed: int | None = None, jobs: int = 1) -> Iterator[JobCores]:
+    """Run a heavy job on `fixed` torch threads in one lane, or (None) on the cores idle when it starts
+    (`cores_for_job`); sets the process's torch threads for the job and restores the previous count afterwards."""
     import torch
 
     previous = torch.get_num_threads()
-    count = fixed or threads_for_job(os.cpu_count() or 1, busy_cores_elsewhere(), jobs)
-    torch.set_num_threads(count)
+    cores = JobCores(fixed) if fixed else cores_for_job(os.cpu_count() or 1, busy_cores_elsewhere(), jobs)
+    torch.set_num_threads(cores.threads)
     try:
-        yield count
+        yield cores
     finally:
         torch.set_num_threads(previous)

@@ -88,7 +88,37 @@ def test_comparison_writes_its_folder_and_is_answered_from_disk(tmp_path):
     assert other.key != first.key and not other.cached
 
 
-def test_a_stopped_comparison_leaves_nothing(tmp_path):
+def test_two_lanes_give_the_rows_of_one_with_the_metrics_beside_the_codings(tmp_path, monkeypatch):
+    """lanes=2: each coding's metrics on a worker thread while the next codec codes; the same rows (bytes, every
+    metric of every frame), files and order as in turn, and the progress still only rises."""
+    import threading
+
+    from codec.eval import engine
+
+    scored_on = []
+    compute = engine.compute_metrics
+    monkeypatch.setattr(
+        engine,
+        "compute_metrics",
+        lambda *a, **k: scored_on.append(threading.current_thread().name) or compute(*a, **k),
+    )
+    video = moving_clip(frames=4)
+    settings = CompareSettings(qp=40, anchors=("x265",), **{**FAST, "metrics": ("psnr", "lpips", "tlp")})
+    seen = []
+    two = ComparisonStore(tmp_path / "two").run(video, settings, progress=lambda f, d: seen.append(f), lanes=2)
+    on_workers, scored_on[:] = list(scored_on), []
+    one = ComparisonStore(tmp_path / "one").run(video, settings)
+    assert len(on_workers) == 3 and all(name.startswith("metrics") for name in on_workers)
+    assert scored_on == ["MainThread"] * 3
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    assert [r.slug for r in two.runs] == [r.slug for r in one.runs] == ["diffvc", "diffvc-tdir-off", "x265"]
+    for a, b in zip(two.runs, one.runs, strict=True):
+        assert (a.row.bytes, a.row.sha256, a.row.per_frame) == (b.row.bytes, b.row.sha256, b.row.per_frame)
+        assert (two.folder / a.decoded_file).is_file()
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_a_stopped_comparison_leaves_nothing(tmp_path, lanes):
     store = ComparisonStore(tmp_path / "store")
     calls = []
 
@@ -97,7 +127,7 @@ def test_a_stopped_comparison_leaves_nothing(tmp_path):
         return len(calls) > 2
 
     with pytest.raises(ComparisonCancelled):
-        store.run(moving_clip(frames=3), CompareSettings(anchors=("x265",), **FAST), stop=stop)
+        store.run(moving_clip(frames=3), CompareSettings(anchors=("x265",), **FAST), stop=stop, lanes=lanes)
     assert list((tmp_path / "store").iterdir()) == []
 
 

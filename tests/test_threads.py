@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from codec.threads import busy_cores_elsewhere, job_threads, threads_for_job
+from codec.threads import JobCores, busy_cores_elsewhere, cores_for_job, job_cores, threads_for_job
 
 
 @pytest.mark.parametrize(
@@ -61,11 +61,27 @@ def test_this_process_own_work_is_not_counted():
     assert own < baseline + 0.5, (baseline, own)
 
 
-def test_job_threads_sets_the_count_for_the_job_and_restores_it():
+@pytest.mark.parametrize(
+    ("cores", "busy", "jobs", "expected"),
+    [
+        (2, 0.0, 1, JobCores(1, 2)),  # alone: one coding and the previous one's metrics at once, a core each
+        (2, 0.35, 1, JobCores(1, 2)),  # a browser beside it still leaves most of a second core
+        (2, 1.0, 1, JobCores(1, 1)),  # a training run on one core: everything in turn on the other
+        (2, None, 1, JobCores(1, 1)),
+        (16, 0.0, 1, JobCores(8, 2)),  # two lanes of eight threads
+        (16, 0.0, 4, JobCores(2, 2)),
+        (3, 1.0, 2, JobCores(1, 1)),  # one idle core each: one lane
+    ],
+)
+def test_a_job_runs_two_lanes_where_a_second_core_is_idle(cores, busy, jobs, expected):
+    assert cores_for_job(cores, busy, jobs) == expected
+
+
+def test_job_cores_sets_the_count_for_the_job_and_restores_it():
     before = torch.get_num_threads()
-    with job_threads(fixed=3) as count:
-        assert count == 3 and torch.get_num_threads() == 3
+    with job_cores(fixed=3) as cores:
+        assert cores == JobCores(3, 1) and torch.get_num_threads() == 3
     assert torch.get_num_threads() == before
-    with job_threads() as count:
-        assert 1 <= count <= (os.cpu_count() or 1) and torch.get_num_threads() == count
+    with job_cores() as cores:
+        assert 1 <= cores.threads * cores.lanes <= (os.cpu_count() or 1) and torch.get_num_threads() == cores.threads
     assert torch.get_num_threads() == before

@@ -118,7 +118,7 @@ class CompareHandler:
         job = self.workspace.heavy_job()
         video, source = self.workspace.load_clip(request.clip)
         settings = self._settings(request)
-        with self._stop_button(session, job.stop_pressed), job.running():
+        with self._stop_button(session, job.stop_pressed), job.running() as cores:
             comparison = ComparisonStore(self.workspace.config.results_dir).run(
                 video,
                 settings,
@@ -126,6 +126,7 @@ class CompareHandler:
                 start=int(request.clip.start),
                 progress=(lambda f, d: progress(f, desc=d)) if progress else None,
                 stop=job.stopped,
+                lanes=cores.lanes,
             )
         self.workspace.comparisons.keep(comparison)
         if comparison.key in state.comparisons:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.blind import BlindPair
-from codec.threads import job_threads
+from codec.threads import JobCores, job_cores
 
 if TYPE_CHECKING:
     from codec.eval.compare import Comparison
@@ -118,8 +118,8 @@ class HeavyJob:
             )
         return self.stop_pressed.is_set()
 
-    def running(self) -> AbstractContextManager[int]:
-        return job_threads(self.threads, self.jobs)
+    def running(self) -> AbstractContextManager[JobCores]:
+        return job_cores(self.threads, self.jobs)
 
 
 class RecentComparisons:

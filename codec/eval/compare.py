@@ -20,6 +20,7 @@ This is what the app's Compare tab runs, as a library:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -27,7 +28,9 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from fractions import Fraction
 from pathlib import Path
@@ -37,7 +40,17 @@ import numpy as np
 
 from codec.errors import CodecError, VideoError
 from codec.eval.cache import cache_key
-from codec.eval.engine import EvalRequest, Measurement, TimedEncode, evaluate, measure, timed_encode, warm_up
+from codec.eval.engine import (
+    Coding,
+    EvalRequest,
+    Measurement,
+    TimedEncode,
+    code,
+    evaluate,
+    score,
+    timed_encode,
+    warm_up,
+)
 from codec.eval.rows import ResultRow
 from codec.metrics import metric_names, metrics_for_size
 from codec.progress import frame_progress
@@ -326,8 +339,11 @@ class ComparisonStore:
         start: int = 0,
         progress: Progress | None = None,
         stop: StopCheck | None = None,
+        lanes: int = 1,
     ) -> Comparison:
-        """The comparison of `video` under `settings`: from disk when done before, else run and stored."""
+        """The comparison of `video` under `settings`: from disk when done before, else run and stored. `lanes` 2:
+        each codec's metrics run on a second thread while the next codec codes (`codec.threads.JobCores`); the
+        rows are the same, the codecs' timings taken beside that work."""
         under_test = build_under_test(settings)
         clip = _clip_record(video, source, start, video.content_hash())
         key = _comparison_key(clip, settings, under_test)
@@ -335,7 +351,8 @@ class ComparisonStore:
         if done is not None:
             done.clip["source"] = source or done.clip.get("source", "")
             return done
-        return self._run_and_keep(ComparisonJob(video, clip, settings, under_test, key), _Steps(progress, stop))
+        job = ComparisonJob(video, clip, settings, under_test, key, lanes)
+        return self._run_and_keep(job, _Steps(progress, stop))
 
     def _run_and_keep(self, job: ComparisonJob, steps: _Steps) -> Comparison:
         """Run `job` in a work folder, then rename it to the key's: a folder appears whole or not at all."""
@@ -406,6 +423,7 @@ class ComparisonJob:
     settings: CompareSettings
     under_test: UnderTest
     key: str
+    lanes: int = 1  # 2: metrics beside the next codec's coding (`ScoringLane`)
 
 
 class _Steps:
@@ -480,7 +498,8 @@ def _on(flag: bool) -> str:
 
 
 def _run(job: ComparisonJob, folder: Path, steps: _Steps) -> Comparison:
-    """Every codec of the comparison in turn, DiffVC first (the anchors match its rate); files into `folder`."""
+    """Every codec of the comparison in turn, DiffVC first (the anchors match its rate); files into `folder`. Each
+    coding's metrics go to the scoring lane, which runs them in turn or beside the next codec's coding."""
     began = time.perf_counter()
     metrics, notes = metrics_for_size(job.settings.metrics, job.video.width, job.video.height)
     lineup = _lineup(job, notes)
@@ -488,19 +507,69 @@ def _run(job: ComparisonJob, folder: Path, steps: _Steps) -> Comparison:
     runs: list[CodecRun] = []
     decoded: dict[str, np.ndarray] = {"original": job.video.frames}
     target = None  # DiffVC's rate, once it has run
-    for planned in lineup:
-        result, match = _measure(job, planned, target, metrics, steps)
-        if planned.role == "diffvc":
-            target = result.row.bpp
-        notes += _match_notes(planned, match)
+
+    def scored(planned: PlannedRun, match: BitrateMatch | None, result: Measurement) -> None:
+        steps.report(1, f"{planned.label}: done, {result.row.bpp:.4f} bpp")
         runs.append(_write_run(job, planned, result, match, folder))
         decoded[planned.slug] = result.decoded.frames
+
+    with ScoringLane(beside=job.lanes > 1) as lane:
+        for planned in lineup:
+            qp, coding, match = _code(job, planned, target, steps)
+            if planned.role == "diffvc":
+                target = coding.encoded.bpp(job.video)
+            notes += _match_notes(planned, match)
+            lane.submit(
+                functools.partial(_score, job, planned, qp, coding, metrics),
+                functools.partial(scored, planned, match),
+            )
+            lane.deliver_done()
+        lane.deliver_all()
     elapsed = time.perf_counter() - began
     settings = _jsonable(asdict(job.settings))
     comparison = Comparison(job.key, folder, job.clip, settings, runs, notes, elapsed, decoded=decoded)
     _write_results(comparison)
     steps.finish()
     return comparison
+
+
+class ScoringLane:
+    """Where a comparison's metrics run: in turn, as each coding is done (`beside` False), or on one worker thread
+    beside the next codec's coding (`beside` True: the codings are mostly single-threaded, the metrics' VGG16s
+    too, so two cores do both at once). Results are delivered on the caller's thread in submission order, so the
+    progress, the files and the rows are those of the sequential run; an error in the metrics is raised there."""
+
+    def __init__(self, beside: bool) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="metrics") if beside else None
+        self._pending: deque[tuple[Future, Callable[[Any], None]]] = deque()
+
+    def __enter__(self) -> ScoringLane:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pool is not None:  # on an error or a stop, the queued metrics are dropped, the running ones end
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, work: Callable[[], Any], deliver: Callable[[Any], None]) -> None:
+        """Run `work` (now, or on the lane's thread); `deliver` its result on this thread, in order."""
+        if self._pool is not None:
+            self._pending.append((self._pool.submit(work), deliver))
+            return
+        future: Future = Future()
+        future.set_result(work())
+        self._pending.append((future, deliver))
+
+    def deliver_done(self) -> None:
+        """Deliver the results finished so far, in order (up to the first still running)."""
+        while self._pending and self._pending[0][0].done():
+            future, deliver = self._pending.popleft()
+            deliver(future.result())
+
+    def deliver_all(self) -> None:
+        """Wait for every result and deliver them, in order."""
+        while self._pending:
+            future, deliver = self._pending.popleft()
+            deliver(future.result())
 
 
 def _lineup(job: ComparisonJob, notes: list[str]) -> list[PlannedRun]:
@@ -530,19 +599,19 @@ def _lineup(job: ComparisonJob, notes: list[str]) -> list[PlannedRun]:
     return lineup
 
 
-def _measure(
-    job: ComparisonJob, planned: PlannedRun, target: float | None, metrics: Sequence[str], steps: _Steps
-) -> tuple[Measurement, BitrateMatch | None]:
-    """One codec: its QP (searched for DiffVC's rate `target` where it should match it), warmed up, then
-    `engine.measure` (the search's own encode of that QP, when there was one)."""
+def _code(
+    job: ComparisonJob, planned: PlannedRun, target: float | None, steps: _Steps
+) -> tuple[int, Coding, BitrateMatch | None]:
+    """One codec's coding: its QP (searched for DiffVC's rate `target` where it should match it), warmed up, then
+    encoded and decoded (the search's own encode of that QP, when there was one); (QP, coding, match)."""
     label, video = planned.label, job.video
     searched: dict[int, TimedEncode] = {}
     qp, match = _pick_qp(job, planned, target, steps, searched)
     if match is None:  # a bitrate search has warmed the codec up already
         steps.report(0, f"{label}: warm-up (QP {qp})")
         warm_up(planned.codec, video, qp)
-    steps.report(1, f"{label}: encoding and decoding {video.num_frames} frames, then metrics")
-    reported = 0.0  # of the 3 steps of encode + decode + metrics, those the codec's frames reported
+    steps.report(1, f"{label}: encoding and decoding {video.num_frames} frames")
+    reported = 0.0  # of the 2 steps of encode + decode, those the codec's frames reported
 
     def per_frame(phase: str, frame: int, frames: int) -> None:
         nonlocal reported
@@ -550,9 +619,14 @@ def _measure(
         steps.report(1 / frames, f"{label}: {phase}d frame {frame} of {frames}")
 
     with frame_progress(per_frame):
-        result = measure(planned.codec, video, qp, metrics, job.settings.device, spec=label, encoded=searched.get(qp))
-    steps.report(3 - reported, f"{label}: done, {result.row.bpp:.4f} bpp")
-    return result, match
+        coding = code(planned.codec, video, qp, encoded=searched.get(qp))
+    steps.report(2 - reported, f"{label}: coded; metrics next")
+    return qp, coding, match
+
+
+def _score(job: ComparisonJob, planned: PlannedRun, qp: int, coding: Coding, metrics: Sequence[str]) -> Measurement:
+    """One coding's row (`engine.score`), labelled as the comparison shows it."""
+    return score(planned.codec, job.video, qp, coding, metrics, job.settings.device, spec=planned.label)
 
 
 def _pick_qp(

@@ -164,29 +164,47 @@ def warm_up(codec: VideoCodec, video: Video, qp: int) -> None:
     codec.decode(codec.encode(head, qp).bitstream)
 
 
-def measure(
-    codec: VideoCodec,
-    video: Video,
-    qp: int,
-    metrics: Sequence[str] | None = None,
-    device: str = "cpu",
-    spec: str = "",
-    encoded: TimedEncode | None = None,
-) -> Measurement:
-    """Encode, decode from the bytes, compare with the original; return the row and the live frames.
+@dataclass
+class Coding:
+    """One encode and the decode of its bytes, timed, before any metric (`code`)."""
 
-    enc_s is the codec's own encoder time where it reports one (`timings['encode']`: anchors decode their
-    stream after encoding only to hand back a reconstruction), else the wall time of `encode`. `encoded`: this
-    very encode, done and timed before (a bitrate search's), so it is not run again.
-    """
+    encoded: Encoded
+    enc_wall: float  # seconds
+    decoded: Video
+    dec_s: float
+
+
+def code(codec: VideoCodec, video: Video, qp: int, encoded: TimedEncode | None = None) -> Coding:
+    """Encode (or take `encoded`: this very encode, done and timed before, a bitrate search's) and decode from the
+    bytes; the decoded clip must have the source's shape."""
     encoded, enc_wall = encoded or timed_encode(codec, video, qp)
     t0 = time.perf_counter()
     decoded = codec.decode(encoded.bitstream)
     dec_s = time.perf_counter() - t0
     if decoded.frames.shape != video.frames.shape:
         raise CodecError(f"{codec.name} decoded {decoded.frames.shape}, expected {video.frames.shape}")
+    return Coding(encoded, enc_wall, decoded, dec_s)
+
+
+def score(
+    codec: VideoCodec,
+    video: Video,
+    qp: int,
+    coding: Coding,
+    metrics: Sequence[str] | None = None,
+    device: str = "cpu",
+    spec: str = "",
+) -> Measurement:
+    """The row of a coding: its metrics against the original, its rate from the real bytes, its timings.
+
+    enc_s is the codec's own encoder time where it reports one (`timings['encode']`: anchors decode their
+    stream after encoding only to hand back a reconstruction), else the wall time of `encode`. Touches nothing
+    the codec's next encode uses, so it may run on another thread beside it (a comparison's two lanes).
+    """
+    encoded, decoded = coding.encoded, coding.decoded
     per_frame = compute_metrics(video, decoded, metrics, device)
-    enc_s = float(encoded.timings.get("encode", enc_wall))
+    enc_s = float(encoded.timings.get("encode", coding.enc_wall))
+    dec_s = coding.dec_s
     row = ResultRow(
         codec=codec.name,
         spec=spec or codec.name,
@@ -217,6 +235,20 @@ def measure(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     return Measurement(row=row, encoded=encoded, decoded=decoded)
+
+
+def measure(
+    codec: VideoCodec,
+    video: Video,
+    qp: int,
+    metrics: Sequence[str] | None = None,
+    device: str = "cpu",
+    spec: str = "",
+    encoded: TimedEncode | None = None,
+) -> Measurement:
+    """Encode, decode from the bytes, compare with the original (`code`, then `score`); the row and the live
+    frames. `encoded`: this very encode, done and timed before (a bitrate search's), so it is not run again."""
+    return score(codec, video, qp, code(codec, video, qp, encoded), metrics, device, spec)
 
 
 def _real_over_estimated(encoded: Encoded) -> float | None:
