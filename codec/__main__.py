@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -253,12 +254,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _runner(args: argparse.Namespace):
-    """Where evaluation jobs run: here (None: `codec.eval.engine.LocalRunner`) or on Ray (`--ray`)."""
-    if not args.ray:
-        return None
-    from codec.eval.cluster import RayRunner
+    """Where evaluation jobs run: on Ray (`--ray`), or here (`codec.eval.engine.LocalRunner`), in two lanes where a
+    second core is idle (`codec.threads.cores_for_job`; each lane then on at most half the cores' threads)."""
+    if args.ray:
+        from codec.eval.cluster import RayRunner
 
-    return RayRunner(args.ray)
+        return RayRunner(args.ray)
+    import torch
+
+    from codec.eval.engine import LocalRunner
+    from codec.threads import busy_cores_elsewhere, cores_for_job
+
+    cores = cores_for_job(os.cpu_count() or 1, busy_cores_elsewhere())
+    if cores.lanes > 1:
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), cores.threads)))
+    return LocalRunner(cores.lanes)
 
 
 def _check_metric_sizes(metrics, video) -> None:

@@ -79,7 +79,7 @@ def test_cache_makes_a_rerun_free_and_force_recomputes(video, tmp_path, monkeypa
     def no_run(*args, **kwargs):
         raise AssertionError("a cached job was run again")
 
-    monkeypatch.setattr(engine, "measure", no_run)
+    monkeypatch.setattr(engine, "code", no_run)
     assert evaluate(request) == first
     with pytest.raises(AssertionError, match="run again"):
         evaluate(EvalRequest(**{**request.__dict__, "force": True}))
@@ -89,6 +89,21 @@ def test_cache_makes_a_rerun_free_and_force_recomputes(video, tmp_path, monkeypa
         evaluate(EvalRequest(**{**request.__dict__, "specs": ["x264:preset=fast"]}))
     with pytest.raises(AssertionError, match="run again"):  # another clip, another key
         evaluate(EvalRequest(**{**request.__dict__, "video": moving_clip(frames=6, height=64, width=96, seed=4)}))
+
+
+def test_two_lanes_give_the_rows_of_one_in_the_same_order(video, rows):
+    """LocalRunner(2): each job's metrics beside the next job's coding, the rows those of the jobs in turn."""
+    request = EvalRequest(
+        video=video,
+        specs=["x265", "x264:preset=fast"],
+        qps=QPS,
+        source="synthetic",
+        metrics=("psnr", "psnr_y", "ms_ssim"),
+    )
+    seen = []
+    two = evaluate(request, lambda done, total, label: seen.append(done), engine.LocalRunner(lanes=2))
+    assert seen == list(range(1, len(rows) + 1))
+    assert [(r.spec, r.qp, r.bytes, r.per_frame) for r in two] == [(r.spec, r.qp, r.bytes, r.per_frame) for r in rows]
 
 
 def test_a_damaged_cache_entry_is_recomputed(video, tmp_path):

@@ -151,8 +151,8 @@ def test_an_old_schema_cache_entry_is_measured_again(video, tmp_path, monkeypatc
     assert tmp_path / f"{old_key}.json" != entry  # rows of schema 1 sat under other keys
     (tmp_path / f"{old_key}.json").write_text(json.dumps(old_row))
     runs = []
-    real_measure = engine.measure
-    monkeypatch.setattr(engine, "measure", lambda *a, **k: runs.append(1) or real_measure(*a, **k))
+    real_code = engine.code
+    monkeypatch.setattr(engine, "code", lambda *a, **k: runs.append(1) or real_code(*a, **k))
     [again] = evaluate(request)
     assert runs == [1] and again.bytes == first.bytes
     assert ResultRow.from_dict(json.loads(entry.read_text())).bytes == first.bytes  # the entry is current again

@@ -69,7 +69,7 @@ class SweepHandler:
         plans = self._plans(request)
         out = self._next_sweep_dir(session)
         metrics = tuple(m for m in metric_names() if m in request.metrics) or metric_names()
-        with job.running():
+        with job.running() as cores:
             rows, paths = run_sweep(
                 video,
                 plans,
@@ -80,6 +80,7 @@ class SweepHandler:
                 metrics=metrics,
                 device=metric_device(),
                 progress=lambda f, d: (job.stopped(), progress and progress(f, desc=d)),
+                lanes=cores.lanes,
             )
         state.sweep_dir = str(out)
         files = self.workspace.safe_files([paths["html"], paths["csv"], paths["bdrate"]])

@@ -28,9 +28,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from fractions import Fraction
 from pathlib import Path
@@ -43,7 +41,9 @@ from codec.eval.cache import cache_key
 from codec.eval.engine import (
     Coding,
     EvalRequest,
+    LocalRunner,
     Measurement,
+    ScoringLane,
     TimedEncode,
     code,
     evaluate,
@@ -533,45 +533,6 @@ def _run(job: ComparisonJob, folder: Path, steps: _Steps) -> Comparison:
     return comparison
 
 
-class ScoringLane:
-    """Where a comparison's metrics run: in turn, as each coding is done (`beside` False), or on one worker thread
-    beside the next codec's coding (`beside` True: the codings are mostly single-threaded, the metrics' VGG16s
-    too, so two cores do both at once). Results are delivered on the caller's thread in submission order, so the
-    progress, the files and the rows are those of the sequential run; an error in the metrics is raised there."""
-
-    def __init__(self, beside: bool) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="metrics") if beside else None
-        self._pending: deque[tuple[Future, Callable[[Any], None]]] = deque()
-
-    def __enter__(self) -> ScoringLane:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._pool is not None:  # on an error or a stop, the queued metrics are dropped, the running ones end
-            self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def submit(self, work: Callable[[], Any], deliver: Callable[[Any], None]) -> None:
-        """Run `work` (now, or on the lane's thread); `deliver` its result on this thread, in order."""
-        if self._pool is not None:
-            self._pending.append((self._pool.submit(work), deliver))
-            return
-        future: Future = Future()
-        future.set_result(work())
-        self._pending.append((future, deliver))
-
-    def deliver_done(self) -> None:
-        """Deliver the results finished so far, in order (up to the first still running)."""
-        while self._pending and self._pending[0][0].done():
-            future, deliver = self._pending.popleft()
-            deliver(future.result())
-
-    def deliver_all(self) -> None:
-        """Wait for every result and deliver them, in order."""
-        while self._pending:
-            future, deliver = self._pending.popleft()
-            deliver(future.result())
-
-
 def _lineup(job: ComparisonJob, notes: list[str]) -> list[PlannedRun]:
     """The codecs to run, built: DiffVC (and DiffVC with TDIR flipped) where it can run, then each anchor that can;
     a note for each that cannot."""
@@ -731,9 +692,11 @@ def run_sweep(
     metrics: Sequence[str] | None = None,
     device: str = "cpu",
     progress: Progress | None = None,
+    lanes: int = 1,
 ) -> tuple[list[ResultRow], dict[str, Path]]:
     """Every (codec, QP) of `plans` through the evaluation engine (cached: a rerun is instant), then the results
-    table, BD-rate against the first plan, the HTML report and the RD plot written into `out_dir`."""
+    table, BD-rate against the first plan, the HTML report and the RD plot written into `out_dir`. `lanes` 2: each
+    job's metrics beside the next job's coding (`engine.LocalRunner`)."""
     from codec.eval.report import write_results
 
     total = sum(len(p.qps) for p in plans)
@@ -752,7 +715,7 @@ def run_sweep(
     rows: list[ResultRow] = []
     for plan in plans:
         request = replace(conditions, specs=[plan.spec], qps=sorted(set(plan.qps)))
-        rows += evaluate(request, _sweep_progress(progress, len(rows), total))
+        rows += evaluate(request, _sweep_progress(progress, len(rows), total), LocalRunner(lanes))
     return rows, write_results(rows, out_dir)
 
 

@@ -7,12 +7,15 @@ warm-up run of each codec.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -113,20 +116,85 @@ class JobRunner(Protocol):
 
 
 class LocalRunner:
-    """The jobs one after the other in this process, each codec warmed up before its first job."""
+    """The jobs one after the other in this process, each codec warmed up before its first job; with `lanes` 2,
+    each job's metrics run beside the next job's coding (`ScoringLane`), the rows the same and in the same order."""
+
+    def __init__(self, lanes: int = 1) -> None:
+        self.lanes = lanes
 
     def run(self, request: EvalRequest, jobs: Sequence[tuple[int, Job]]) -> Iterator[tuple[int, ResultRow]]:
         warmed: set[str] = set()
-        for index, job in jobs:
-            if request.warmup and job.spec not in warmed:
-                warm_up(job.codec, request.video, job.qp)
-                warmed.add(job.spec)
-            yield index, run_job(job.codec, request, job)
+        scored: list[tuple[int, ResultRow]] = []
+        with ScoringLane(beside=self.lanes > 1) as lane:
+            for index, job in jobs:
+                if request.warmup and job.spec not in warmed:
+                    warm_up(job.codec, request.video, job.qp)
+                    warmed.add(job.spec)
+                coding = code(job.codec, request.video, job.qp)
+                lane.submit(
+                    functools.partial(score_job, job.codec, request, job, coding),
+                    lambda row, i=index: scored.append((i, row)),
+                )
+                lane.deliver_done()
+                yield from _drain(scored)
+            lane.deliver_all()
+            yield from _drain(scored)
+
+
+def _drain(items: list) -> Iterator:
+    """Yield and remove every item of `items`, in order."""
+    while items:
+        yield items.pop(0)
+
+
+class ScoringLane:
+    """Where the metrics of a run of codings (a comparison, a sweep) run: in turn, as each coding is done (`beside`
+    False), or on one worker thread beside the next coding (`beside` True: the codings are mostly single-threaded,
+    the metrics' VGG16s too, so two cores do both at once). Results are delivered on the caller's thread in
+    submission order, so the progress, the files and the rows are those of the sequential run; an error in the
+    metrics is raised there. `score` touches nothing a coding uses, so the two may run at once."""
+
+    def __init__(self, beside: bool) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="metrics") if beside else None
+        self._pending: deque[tuple[Future, Callable[[Any], None]]] = deque()
+
+    def __enter__(self) -> ScoringLane:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pool is not None:  # on an error or a stop, the queued metrics are dropped, the running ones end
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, work: Callable[[], Any], deliver: Callable[[Any], None]) -> None:
+        """Run `work` (now, or on the lane's thread); `deliver` its result on this thread, in order."""
+        if self._pool is not None:
+            self._pending.append((self._pool.submit(work), deliver))
+            return
+        future: Future = Future()
+        future.set_result(work())
+        self._pending.append((future, deliver))
+
+    def deliver_done(self) -> None:
+        """Deliver the results finished so far, in order (up to the first still running)."""
+        while self._pending and self._pending[0][0].done():
+            future, deliver = self._pending.popleft()
+            deliver(future.result())
+
+    def deliver_all(self) -> None:
+        """Wait for every result and deliver them, in order."""
+        while self._pending:
+            future, deliver = self._pending.popleft()
+            deliver(future.result())
 
 
 def run_job(codec: VideoCodec, request: EvalRequest, job: Job) -> ResultRow:
     """One job's row, measured here (the part of a job every runner shares)."""
-    return measure(codec, request.video, job.qp, request.metrics, request.device, spec=job.spec).row
+    return score_job(codec, request, job, code(codec, request.video, job.qp))
+
+
+def score_job(codec: VideoCodec, request: EvalRequest, job: Job, coding: Coding) -> ResultRow:
+    """The row of a job's coding (`score`) under the request's metrics and device."""
+    return score(codec, request.video, job.qp, coding, request.metrics, request.device, spec=job.spec).row
 
 
 def _build_codecs(specs: Sequence[str]) -> list[tuple[str, VideoCodec]]:
