@@ -87,13 +87,19 @@ def cores_for_job(cores: int, busy_elsewhere: float | None, jobs: int = 1) -> Jo
 
 
 @contextmanager
-def job_cores(fixed: int | None = None, jobs: int = 1) -> Iterator[JobCores]:
-    """Run a heavy job on `fixed` torch threads in one lane, or (None) on the cores idle when it starts
-    (`cores_for_job`); sets the process's torch threads for the job and restores the previous count afterwards."""
+def job_cores(fixed: int | None = None, jobs: int = 1, lanes: int | None = None) -> Iterator[JobCores]:
+    """Run a heavy job on `fixed` torch threads, or (None) on the cores idle when it starts (`cores_for_job`), in
+    `lanes` lanes (None: one with `fixed` threads, else as measured; given, the measured threads split between
+    them); sets the process's torch threads for the job and restores the previous count afterwards."""
     import torch
 
     previous = torch.get_num_threads()
-    cores = JobCores(fixed) if fixed else cores_for_job(os.cpu_count() or 1, busy_cores_elsewhere(), jobs)
+    if fixed:
+        cores = JobCores(fixed, lanes or 1)
+    else:
+        cores = cores_for_job(os.cpu_count() or 1, busy_cores_elsewhere(), jobs)
+        if lanes:
+            cores = JobCores(max(1, cores.threads * cores.lanes // lanes), lanes)
     torch.set_num_threads(cores.threads)
     try:
         yield cores

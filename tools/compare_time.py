@@ -1,11 +1,12 @@
 """Where the app's default comparison spends its time, in one process, without a browser (issue [2.4]).
 
-    python -m tools.compare_time [--threads 1] [--frames 16] [--max-side 256]
+    python -m tools.compare_time [--threads N] [--lanes 1|2] [--frames 16] [--max-side 256] [--comparison-only]
 
 Runs the Compare tab's handler (`CompareHandler.run`) at the app's defaults (the example clip, the embedded pack,
-every metric) in a fresh results folder, with `--threads` torch threads, and prints the total and each codec's share
-from the comparison's own progress messages; then each metric's time on 16 frames of the clip against a lightly
-changed copy, the reference features already kept (as for every coding after the first).
+every metric) in a fresh results folder, after the app's preload, with the threads and lanes the app would choose
+(or those given), and prints the total, each codec's share from the comparison's own progress messages and the
+Timing tab's table; then each metric's time on 16 frames of the clip against a lightly changed copy, the reference
+features already kept (as for every coding after the first).
 """
 
 from __future__ import annotations
@@ -14,26 +15,31 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from app.handlers import ClipRequest, CompareRequest, SessionState, Studio, StudioConfig
+from app.handlers import ClipRequest, CompareRequest, CompareView, SessionState, Studio, StudioConfig
 from codec.metrics import compute_metrics, metric_names
 from codec.video import Video, read_video
 
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "clips" / "bigbuckbunny.mp4"
 
 
-def comparison_time(frames: int, max_side: int) -> tuple[float, list[tuple[float, str]]]:
-    """(total seconds, [(seconds since the previous message, message)] of the 'done' and 'warm-up' messages)."""
+def comparison_time(
+    frames: int, max_side: int, threads: int | None = None, lanes: int | None = None
+) -> tuple[float, list[tuple[float, str]], CompareView]:
+    """(total seconds, [(seconds since the previous message, message)] of the 'done' and 'warm-up' messages, the
+    view); `threads`, `lanes` as DIFFVC_STUDIO_THREADS and _LANES set them (None: as the app decides)."""
     folder = Path(tempfile.mkdtemp(prefix="compare-time-"))
-    studio = Studio.open(StudioConfig("", folder / "c", folder / "s", folder / "e", folder / "b.sqlite", CLIP))
+    config = StudioConfig("", folder / "c", folder / "s", folder / "e", folder / "b.sqlite", CLIP, threads=threads)
+    studio = Studio.open(replace(config, lanes=lanes))
     studio.preload()  # as app.py does before serving
     marks: list[tuple[float, str]] = []
     began = time.perf_counter()
-    studio.compare.run(
+    view = studio.compare.run(
         CompareRequest(ClipRequest(str(CLIP), 0, frames, max_side)),
         SessionState(),
         "timing",
@@ -45,7 +51,7 @@ def comparison_time(frames: int, max_side: int) -> tuple[float, list[tuple[float
         if "done" in what or "warm-up" in what:
             shares.append((at - last, what))
             last = at
-    return total, shares
+    return total, shares, view
 
 
 def metric_times(frames: int) -> dict[str, float]:
@@ -67,18 +73,22 @@ def metric_times(frames: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.compare_time", description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, help="torch threads per lane (default: as the app decides)")
+    parser.add_argument("--lanes", type=int, choices=(1, 2), help="1: in turn, 2: metrics beside codings")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--max-side", type=int, default=256)
+    parser.add_argument("--comparison-only", action="store_true", help="skip the per-metric times")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    total, shares = comparison_time(args.frames, args.max_side)
-    print(f"default comparison, {args.threads} torch thread(s): {total:.1f} s")
+    total, shares, view = comparison_time(args.frames, args.max_side, args.threads, args.lanes)
+    print(f"default comparison (threads {args.threads or 'auto'}, lanes {args.lanes or 'auto'}): {total:.1f} s")
     for seconds, what in shares:
         print(f"  {seconds:6.2f} s  {what}")
-    print(f"metrics, {args.frames} frames at 256x144 (seconds):")
-    for name, seconds in metric_times(args.frames).items():
-        print(f"  {name}: {seconds:.2f}")
+    print(view.timing.to_string(index=False))
+    if not args.comparison_only:
+        torch.set_num_threads(args.threads or 1)
+        print(f"metrics, {args.frames} frames at 256x144 (seconds):")
+        for name, seconds in metric_times(args.frames).items():
+            print(f"  {name}: {seconds:.2f}")
     return 0
 
 

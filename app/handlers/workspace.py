@@ -56,13 +56,15 @@ class StudioConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS  # frames x W x H of a job's clip (after the size cap)
     heavy_jobs: int = 1  # heavy jobs (comparison, sweep, API) at once
     threads: int | None = None  # torch threads per heavy job; None: the cores idle when it starts (codec.threads)
+    lanes: int | None = None  # 1: a job's steps in turn; 2: metrics beside codings; None: 2 where a core is idle
 
     @classmethod
     def from_env(cls, environ: dict[str, str], repo: Path) -> StudioConfig:
         """DIFFVC_STUDIO_PACK, DIFFVC_STUDIO_DATA (default: <cache root>/studio), DIFFVC_STUDIO_TIME_LIMIT (seconds
         per heavy job, default 900), DIFFVC_STUDIO_MAX_PIXELS (frames x width x height per job, default 4e7),
         DIFFVC_STUDIO_JOBS (heavy jobs at once, default 1), DIFFVC_STUDIO_THREADS (torch threads per heavy job,
-        default: the cores idle when it starts)."""
+        default: the cores idle when it starts), DIFFVC_STUDIO_LANES (1: a job's steps in turn, 2: its metrics
+        beside its codings; default: 2 where a second core is idle when it starts)."""
         from codec.weights import cache_root
 
         data = Path(environ.get("DIFFVC_STUDIO_DATA") or cache_root() / "studio")
@@ -77,6 +79,7 @@ class StudioConfig:
             max_pixels=_positive(environ, "DIFFVC_STUDIO_MAX_PIXELS", DEFAULT_MAX_PIXELS, int),
             heavy_jobs=_positive(environ, "DIFFVC_STUDIO_JOBS", 1, int),
             threads=_positive(environ, "DIFFVC_STUDIO_THREADS", None, int),
+            lanes=_lanes(environ),
         )
 
 
@@ -106,6 +109,7 @@ class HeavyJob:
     time_limit_s: float
     threads: int | None  # None: the cores idle when it starts (codec.threads)
     jobs: int  # heavy jobs that may run at once
+    lanes: int | None = None  # None: two where a second core is idle when it starts (codec.threads)
     began: float = field(default_factory=time.monotonic)
     stop_pressed: threading.Event = field(default_factory=threading.Event)
 
@@ -119,7 +123,7 @@ class HeavyJob:
         return self.stop_pressed.is_set()
 
     def running(self) -> AbstractContextManager[JobCores]:
-        return job_cores(self.threads, self.jobs)
+        return job_cores(self.threads, self.jobs, self.lanes)
 
 
 class RecentComparisons:
@@ -185,7 +189,8 @@ class Workspace:
 
     def heavy_job(self) -> HeavyJob:
         """A comparison or sweep starting now, under the configured time limit, threads and number of jobs."""
-        return HeavyJob(self.config.time_limit_s, self.config.threads, self.config.heavy_jobs)
+        config = self.config
+        return HeavyJob(config.time_limit_s, config.threads, config.heavy_jobs, config.lanes)
 
     def session_dir(self, session: str) -> Path:
         safe = re.sub(r"[^A-Za-z0-9_-]", "", session)[:64] or "anonymous"
@@ -235,6 +240,13 @@ def display_name(name: str) -> str:
 def escape(text: str) -> str:
     """Markdown/HTML-inert text."""
     return re.sub(r"([\\`*_{}\[\]<>#|])", r"\\\1", str(text))
+
+
+def _lanes(environ) -> int | None:
+    lanes = _positive(environ, "DIFFVC_STUDIO_LANES", None, int)
+    if lanes not in (None, 1, 2):
+        raise ValueError(f"DIFFVC_STUDIO_LANES must be 1 or 2, got {lanes}")
+    return lanes
 
 
 def _positive(environ, name: str, default, kind):
