@@ -1,7 +1,7 @@
 """How many torch threads a heavy job gets: the cores nobody else is using, measured when the job starts.
 
 On this project's 2-core machine (docs/RESULTS.md, "Metrics people trust, fast"):
-* alone, a comparison takes 42.8 s on one thread and 27.5 s on two (`tools.compare_time`);
+* alone, the default comparison takes 24.5-25.5 s on two threads (`tools.compare_time --lanes 1`);
 * beside another busy process, two threads stall: a DiffVC encode took 61 s on two threads, 9 s on one. PyTorch's
   intra-op threads wait for each other at every operator, and one of them keeps losing its core.
 
@@ -10,10 +10,13 @@ short window (Linux: /proc/stat minus this process's own share from /proc/self/s
 cores, at least one, shared between the heavy jobs that may run at once. Where /proc is missing it leaves one core
 to the rest of the machine (cores - 1), the previous fixed default.
 
-A second torch thread barely speeds a comparison's small frames up (27.3 s on two against 26.8-28.8 s on one),
-while its two kinds of work are independent: coding one codec and measuring the previous one. So where a job has
-at least `TWO_LANES_IDLE` idle cores it runs two lanes, each on half its threads: the comparison scores a coding
-on a second thread while the next codec codes (`codec.eval.compare`).
+Intra-op threads need whole idle cores; a partly busy second core still serves an independent piece of work. A
+comparison has two kinds: coding one codec and measuring the previous one. So a job with two or more idle cores
+runs its steps in turn on all their threads (on a quiet 2-core machine the default comparison takes 24.5-25.5 s
+that way, 32.7 s as two one-thread lanes: VGG16 and the codecs use a second thread well); a job left one whole
+core and at least `TWO_LANES_IDLE` idle (a browser beside the app uses about 0.35 of a core) runs two lanes of one
+thread, the comparison scoring a coding on a second thread while the next codec codes (`codec.eval.compare`; in
+the browser test 33.8-36.3 s against 39.8 s in turn).
 """
 
 from __future__ import annotations
@@ -79,11 +82,13 @@ class JobCores:
 
 def cores_for_job(cores: int, busy_elsewhere: float | None, jobs: int = 1) -> JobCores:
     """One of `jobs` heavy jobs' share of `cores` cores of which `busy_elsewhere` are in use by other processes
-    (None: unknown): the idle cores' threads (`threads_for_job`), in two lanes from `TWO_LANES_IDLE` idle cores."""
+    (None: unknown): the idle cores' threads (`threads_for_job`) in one lane where there are two or more, else
+    two lanes of one thread where `TWO_LANES_IDLE` cores are idle, else one lane of one thread."""
     threads = threads_for_job(cores, busy_elsewhere, jobs)
+    if threads >= 2:
+        return JobCores(threads, 1)
     idle = (cores - 1 if busy_elsewhere is None else cores - busy_elsewhere) / max(1, jobs)
-    lanes = 2 if idle >= TWO_LANES_IDLE else 1
-    return JobCores(max(1, threads // lanes), lanes)
+    return JobCores(1, 2 if idle >= TWO_LANES_IDLE else 1)
 
 
 @contextmanager

@@ -64,16 +64,17 @@ def test_this_process_own_work_is_not_counted():
 @pytest.mark.parametrize(
     ("cores", "busy", "jobs", "expected"),
     [
-        (2, 0.0, 1, JobCores(1, 2)),  # alone: one coding and the previous one's metrics at once, a core each
-        (2, 0.35, 1, JobCores(1, 2)),  # a browser beside it still leaves most of a second core
+        (2, 0.0, 1, JobCores(2, 1)),  # alone: every step on both cores
+        (2, 0.35, 1, JobCores(1, 2)),  # a browser beside it: one coding and the previous one's metrics at once
+        (2, 0.6, 1, JobCores(1, 1)),  # 1.4 cores idle: not enough for a second lane
         (2, 1.0, 1, JobCores(1, 1)),  # a training run on one core: everything in turn on the other
         (2, None, 1, JobCores(1, 1)),
-        (16, 0.0, 1, JobCores(8, 2)),  # two lanes of eight threads
-        (16, 0.0, 4, JobCores(2, 2)),
+        (16, 0.0, 1, JobCores(16, 1)),
+        (16, 0.0, 4, JobCores(4, 1)),
         (3, 1.0, 2, JobCores(1, 1)),  # one idle core each: one lane
     ],
 )
-def test_a_job_runs_two_lanes_where_a_second_core_is_idle(cores, busy, jobs, expected):
+def test_a_job_runs_two_lanes_where_only_part_of_a_second_core_is_idle(cores, busy, jobs, expected):
     assert cores_for_job(cores, busy, jobs) == expected
 
 
