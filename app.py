@@ -45,6 +45,10 @@ def create(environ=os.environ):
 
 
 if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    logging.getLogger("codec.threads").setLevel(logging.INFO)  # each heavy job's threads and lanes, in the log
     demo, options = create()
     demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),

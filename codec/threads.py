@@ -21,6 +21,7 @@ the browser test 33.8-36.3 s against 39.8 s in turn).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -33,6 +34,7 @@ __all__ = ["JobCores", "busy_cores_elsewhere", "cores_for_job", "job_cores", "th
 
 PROBE_S = 0.25  # how long the other processes' CPU use is watched before a job starts
 BUSY_MARGIN = 0.3  # a core counts as taken when another process used more than this share of it
+log = logging.getLogger(__name__)
 TWO_LANES_IDLE = 1.5  # idle cores per job from which a job runs two lanes (a browser beside it uses about 0.35)
 
 
@@ -99,12 +101,15 @@ def job_cores(fixed: int | None = None, jobs: int = 1, lanes: int | None = None)
     import torch
 
     previous = torch.get_num_threads()
+    busy = None
     if fixed:
         cores = JobCores(fixed, lanes or 1)
     else:
-        cores = cores_for_job(os.cpu_count() or 1, busy_cores_elsewhere(), jobs)
+        busy = busy_cores_elsewhere()
+        cores = cores_for_job(os.cpu_count() or 1, busy, jobs)
         if lanes:
             cores = JobCores(max(1, cores.threads * cores.lanes // lanes), lanes)
+    log.info("heavy job: %d thread(s) in %d lane(s); other processes busy: %s cores", cores.threads, cores.lanes, busy)
     torch.set_num_threads(cores.threads)
     try:
         yield cores
