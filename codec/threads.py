@@ -14,7 +14,7 @@ Intra-op threads need whole idle cores; a partly busy second core still serves a
 comparison has two kinds: coding one codec and measuring the previous one. So a job with two or more idle cores
 runs its steps in turn on all their threads (on a quiet 2-core machine the default comparison takes 24.5-25.5 s
 that way, 32.7 s as two one-thread lanes: VGG16 and the codecs use a second thread well); a job left one whole
-core and at least `TWO_LANES_IDLE` idle (a browser beside the app uses about 0.35 of a core) runs two lanes of one
+core and at least `TWO_LANES_IDLE` idle (a browser beside the app uses 0.3-0.5 of a core) runs two lanes of one
 thread, the comparison scoring a coding on a second thread while the next codec codes (`codec.eval.compare`; in
 the browser test 33.8-36.3 s against 39.8 s in turn).
 """
@@ -35,7 +35,7 @@ __all__ = ["JobCores", "busy_cores_elsewhere", "cores_for_job", "job_cores", "th
 PROBE_S = 0.25  # how long the other processes' CPU use is watched before a job starts
 BUSY_MARGIN = 0.3  # a core counts as taken when another process used more than this share of it
 log = logging.getLogger(__name__)
-TWO_LANES_IDLE = 1.5  # idle cores per job from which a job runs two lanes (a browser beside it uses about 0.35)
+TWO_LANES_IDLE = 1.25  # idle cores per job from which a one-thread job runs two lanes (a browser uses 0.3-0.5)
 
 
 def _machine_busy_ticks() -> int:

@@ -66,7 +66,8 @@ def test_this_process_own_work_is_not_counted():
     [
         (2, 0.0, 1, JobCores(2, 1)),  # alone: every step on both cores
         (2, 0.35, 1, JobCores(1, 2)),  # a browser beside it: one coding and the previous one's metrics at once
-        (2, 0.6, 1, JobCores(1, 1)),  # 1.4 cores idle: not enough for a second lane
+        (2, 0.6, 1, JobCores(1, 2)),
+        (2, 0.8, 1, JobCores(1, 1)),  # 1.2 cores idle: a second lane would mostly take another process's core
         (2, 1.0, 1, JobCores(1, 1)),  # a training run on one core: everything in turn on the other
         (2, None, 1, JobCores(1, 1)),
         (16, 0.0, 1, JobCores(16, 1)),
