@@ -3,7 +3,9 @@
 python app.py        # http://127.0.0.1:7860; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT to change host and port
 DIFFVC_STUDIO_PACK=random-tiny python app.py     # a model pack by name or folder ("" = the embedded default)
 DIFFVC_STUDIO_DATA=<folder>, DIFFVC_STUDIO_JOBS=<heavy jobs at once, default 1>,
-DIFFVC_STUDIO_THREADS=<torch threads per heavy job, default: the cores idle when the job starts (codec.threads)>
+DIFFVC_STUDIO_THREADS=<torch threads per heavy job, default: the cores idle when the job starts (codec.threads)>,
+DIFFVC_STUDIO_LANES=<1: a job's steps in turn, 2: its metrics beside its codings; default: 2 where the second core
+is only partly busy (codec.threads)>,
 DIFFVC_STUDIO_MAX_UPLOAD=<largest upload, default 500mb>, DIFFVC_STUDIO_TIME_LIMIT=<seconds per heavy job,
 default 900>, DIFFVC_STUDIO_MAX_PIXELS=<frames x width x height per job, default 4e7>; the reader's own limits:
 DIFFVC_MAX_WIDTH / _HEIGHT (4096), DIFFVC_MAX_SOURCE_SIDE (8192), DIFFVC_MAX_FRAMES (10000),
