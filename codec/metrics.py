@@ -71,8 +71,8 @@ def luma(frames: np.ndarray) -> np.ndarray:
 def _batched_torch_metrics(ref: np.ndarray, dist: np.ndarray, names: list[str], device: str) -> dict[str, np.ndarray]:
     """Deep metrics in batches of _BATCH frames. A metric with a features function reuses the reference's features
     across codings (`REFERENCE_FEATURES`) and the distorted frames' within this measurement (`DISTORTED_FEATURES`:
-    tLP measured first ran LPIPS's VGG16 on them already), all computed on the same batches, so the values are those
-    of a full run to the bit."""
+    tLP measured first ran LPIPS's VGG16 on them already; one cache per thread), all computed on the same batches, so
+    the values are those of a full run to the bit."""
     results: dict[str, list[float]] = {n: [] for n in names}
     with torch.inference_mode():
         for start in range(0, ref.shape[0], _BATCH):
@@ -129,9 +129,24 @@ class FeatureCache:
             self._frames, self._store, self._bytes = None, {}, 0
 
 
+class ThreadFeatureCache(threading.local):
+    """A `FeatureCache` for each thread. A measurement runs on one thread, so two at once (two heavy jobs, or a job
+    beside its scoring lane) neither evict each other's decoded-frame features nor wait on one lock to compute
+    theirs."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.cache = FeatureCache(max_bytes)
+
+    def get(self, frames: np.ndarray, key: tuple, compute: Callable[[], list[torch.Tensor]]) -> list[torch.Tensor]:
+        return self.cache.get(frames, key, compute)
+
+    def clear(self) -> None:
+        self.cache.clear()
+
+
 FEATURE_CACHE_MB = int(os.environ.get("DIFFVC_FEATURE_CACHE_MB", "2048"))  # the source's; half that for a decoded clip
 REFERENCE_FEATURES = FeatureCache(max_bytes=FEATURE_CACHE_MB << 20)
-DISTORTED_FEATURES = FeatureCache(max_bytes=FEATURE_CACHE_MB << 19)
+DISTORTED_FEATURES = ThreadFeatureCache(max_bytes=FEATURE_CACHE_MB << 19)
 
 
 def _ms_ssim(x: torch.Tensor, y: torch.Tensor, device: str) -> torch.Tensor:

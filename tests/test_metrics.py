@@ -249,3 +249,24 @@ def test_tlp_sees_flicker_the_source_does_not_have():
         d, s = frames_to_tensor(flickering.frames, "cpu"), frames_to_tensor(clip.frames, "cpu")
         direct = (model(d[1:], d[:-1]) - model(s[1:], s[:-1])).abs().double().numpy()
     assert np.allclose(flickered[1:], direct, atol=1e-6)
+
+
+def test_two_threads_measuring_at_once_get_each_their_own_clips_values(frames):
+    """Decoded-frame features are kept per thread: two measurements at once give what each gives alone."""
+    import threading
+
+    other = Video(np.ascontiguousarray(frames.frames[:, :, ::-1]), frames.fps)
+    shifted = [Video(np.roll(v.frames, 2, axis=2), v.fps) for v in (frames, other)]
+    alone = [compute_metrics(r, d, ["lpips", "tlp"]) for r, d in zip((frames, other), shifted, strict=True)]
+    together: list = [None, None]
+
+    def measure(i: int) -> None:
+        together[i] = compute_metrics((frames, other)[i], shifted[i], ["lpips", "tlp"])
+
+    threads = [threading.Thread(target=measure, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(alone, together, strict=True):
+        assert all(np.array_equal(a[n], b[n]) for n in a)
