@@ -111,6 +111,7 @@ def test_two_lanes_give_the_rows_of_one_with_the_metrics_beside_the_codings(tmp_
     assert len(on_workers) == 3 and all(name.startswith("metrics") for name in on_workers)
     assert scored_on == ["MainThread"] * 3
     assert seen == sorted(seen) and seen[-1] == 1.0
+    assert any("two lanes" in note for note in two.notes) and not any("two lanes" in note for note in one.notes)
     assert [r.slug for r in two.runs] == [r.slug for r in one.runs] == ["diffvc", "diffvc-tdir-off", "x265"]
     for a, b in zip(two.runs, one.runs, strict=True):
         assert (a.row.bytes, a.row.sha256, a.row.per_frame) == (b.row.bytes, b.row.sha256, b.row.per_frame)

@@ -503,6 +503,11 @@ def _run(job: ComparisonJob, folder: Path, steps: _Steps) -> Comparison:
     began = time.perf_counter()
     metrics, notes = metrics_for_size(job.settings.metrics, job.video.width, job.video.height)
     lineup = _lineup(job, notes)
+    if job.lanes > 1:
+        notes.append(
+            "Each codec's metrics ran on a second core while the next codec coded (two lanes, as the idle cores "
+            "allowed): its timings were taken beside that work."
+        )
     steps.total = len(lineup) * 4.0  # warm-up + encode + decode + metrics, about equal shares per codec
     runs: list[CodecRun] = []
     decoded: dict[str, np.ndarray] = {"original": job.video.frames}
