@@ -106,6 +106,17 @@ def test_two_lanes_give_the_rows_of_one_in_the_same_order(video, rows):
     assert [(r.spec, r.qp, r.bytes, r.per_frame) for r in two] == [(r.spec, r.qp, r.bytes, r.per_frame) for r in rows]
 
 
+def test_a_row_cached_under_another_spelling_answers_to_this_requests_spec(video, tmp_path, monkeypatch):
+    """The cache key is the canonical spec: "x264" and "x264:preset=medium" (its default) share a row, and each
+    request gets it under its own spec."""
+    first = evaluate(
+        EvalRequest(video=video, specs=["x264:preset=medium"], qps=(30,), metrics=("psnr",), cache_dir=tmp_path)
+    )
+    monkeypatch.setattr(engine, "code", lambda *a, **k: pytest.fail("the cached row was not reused"))
+    [again] = evaluate(EvalRequest(video=video, specs=["x264"], qps=(30,), metrics=("psnr",), cache_dir=tmp_path))
+    assert again.spec == "x264" and first[0].spec == "x264:preset=medium" and again.bytes == first[0].bytes
+
+
 def test_a_damaged_cache_entry_is_recomputed(video, tmp_path):
     request = EvalRequest(video=video, specs=["x264"], qps=(30,), metrics=("psnr",), cache_dir=tmp_path)
     first = evaluate(request)

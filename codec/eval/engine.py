@@ -90,7 +90,9 @@ def evaluate(
     cache = ResultCache(request.cache_dir) if request.cache_dir else None
     clip_hash = request.video.content_hash()
     keys = [_job_key(request, job, clip_hash) for job in jobs]
-    rows: list[ResultRow | None] = [None if (request.force or cache is None) else cache.get(key) for key in keys]
+    rows: list[ResultRow | None] = [
+        None if (request.force or cache is None) else _cached(cache, key, job) for key, job in zip(keys, jobs)
+    ]
     done = 0
     for i, row in enumerate(rows):
         if row is not None:
@@ -107,6 +109,14 @@ def evaluate(
         if progress:
             progress(done, len(jobs), f"{jobs[i].spec} qp={jobs[i].qp}")
     return [row for row in rows if row is not None]
+
+
+def _cached(cache: ResultCache, key: str, job: Job) -> ResultRow | None:
+    """The cached row of `job`, named by this job's spec: the key is the canonical spec, so a row cached under
+    another spelling of the same configuration ("condlc" and "condlc:intra_qp_offset=-12" when that is the default)
+    is reused, and must answer to the name this request gave it."""
+    row = cache.get(key)
+    return None if row is None else replace(row, spec=job.spec)
 
 
 class JobRunner(Protocol):
