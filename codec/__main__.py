@@ -254,8 +254,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _runner(args: argparse.Namespace):
-    """Where evaluation jobs run: on Ray (`--ray`), or here (`codec.eval.engine.LocalRunner`), in two lanes where a
-    second core is idle (`codec.threads.cores_for_job`; each lane then on at most half the cores' threads)."""
+    """Where evaluation jobs run: on Ray (`--ray`), or here (`codec.eval.engine.LocalRunner`), in two one-thread lanes
+    where the second core is only partly busy (`codec.threads.cores_for_job`), else in turn."""
     if args.ray:
         from codec.eval.cluster import RayRunner
 

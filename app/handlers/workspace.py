@@ -56,7 +56,7 @@ class StudioConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS  # frames x W x H of a job's clip (after the size cap)
     heavy_jobs: int = 1  # heavy jobs (comparison, sweep, API) at once
     threads: int | None = None  # torch threads per heavy job; None: the cores idle when it starts (codec.threads)
-    lanes: int | None = None  # 1: a job's steps in turn; 2: metrics beside codings; None: 2 where a core is idle
+    lanes: int | None = None  # 1: a job's steps in turn; 2: metrics beside codings; None: as codec.threads decides
 
     @classmethod
     def from_env(cls, environ: dict[str, str], repo: Path) -> StudioConfig:
@@ -64,7 +64,7 @@ class StudioConfig:
         per heavy job, default 900), DIFFVC_STUDIO_MAX_PIXELS (frames x width x height per job, default 4e7),
         DIFFVC_STUDIO_JOBS (heavy jobs at once, default 1), DIFFVC_STUDIO_THREADS (torch threads per heavy job,
         default: the cores idle when it starts), DIFFVC_STUDIO_LANES (1: a job's steps in turn, 2: its metrics
-        beside its codings; default: 2 where a second core is idle when it starts)."""
+        beside its codings; default: 2 where the second core is only partly busy when it starts)."""
         from codec.weights import cache_root
 
         data = Path(environ.get("DIFFVC_STUDIO_DATA") or cache_root() / "studio")
@@ -109,7 +109,7 @@ class HeavyJob:
     time_limit_s: float
     threads: int | None  # None: the cores idle when it starts (codec.threads)
     jobs: int  # heavy jobs that may run at once
-    lanes: int | None = None  # None: two where a second core is idle when it starts (codec.threads)
+    lanes: int | None = None  # None: two where the second core is only partly busy (codec.threads)
     began: float = field(default_factory=time.monotonic)
     stop_pressed: threading.Event = field(default_factory=threading.Event)
 
