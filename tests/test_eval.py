@@ -43,18 +43,21 @@ def video():
     return moving_clip(frames=6, height=64, width=96, seed=3)
 
 
-@pytest.fixture(scope="module")
-def rows(video, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    request = EvalRequest(
+def anchors_request(video, cache_dir=None) -> EvalRequest:
+    """x265 and x264 over QPS with the cheap metrics: the requests `rows` and the two-lane test run."""
+    return EvalRequest(
         video=video,
         specs=["x265", "x264:preset=fast"],
         qps=QPS,
         source="synthetic",
         metrics=("psnr", "psnr_y", "ms_ssim"),
-        cache_dir=cache,
+        cache_dir=cache_dir,
     )
-    return evaluate(request)
+
+
+@pytest.fixture(scope="module")
+def rows(video, tmp_path_factory):
+    return evaluate(anchors_request(video, tmp_path_factory.mktemp("cache")))
 
 
 def test_rows_are_real_measurements(rows, video):
@@ -93,15 +96,8 @@ def test_cache_makes_a_rerun_free_and_force_recomputes(video, tmp_path, monkeypa
 
 def test_two_lanes_give_the_rows_of_one_in_the_same_order(video, rows):
     """LocalRunner(2): each job's metrics beside the next job's coding, the rows those of the jobs in turn."""
-    request = EvalRequest(
-        video=video,
-        specs=["x265", "x264:preset=fast"],
-        qps=QPS,
-        source="synthetic",
-        metrics=("psnr", "psnr_y", "ms_ssim"),
-    )
     seen = []
-    two = evaluate(request, lambda done, total, label: seen.append(done), engine.LocalRunner(lanes=2))
+    two = evaluate(anchors_request(video), lambda done, total, label: seen.append(done), engine.LocalRunner(lanes=2))
     assert seen == list(range(1, len(rows) + 1))
     assert [(r.spec, r.qp, r.bytes, r.per_frame) for r in two] == [(r.spec, r.qp, r.bytes, r.per_frame) for r in rows]
 
