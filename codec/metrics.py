@@ -7,16 +7,18 @@ own constructors run, which download torchvision's VGG16 and piq's releases on a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import piq
 import torch
+from piq.functional import similarity_map
 from piq.perceptual import VGG16_LAYERS, ContentLoss
 from torchvision.models.vgg import cfgs, make_layers
 
@@ -72,25 +74,43 @@ def _batched_torch_metrics(ref: np.ndarray, dist: np.ndarray, names: list[str], 
     """Deep metrics in batches of _BATCH frames. A metric with a features function reuses the reference's features
     across codings (`REFERENCE_FEATURES`) and the distorted frames' within this measurement (`DISTORTED_FEATURES`:
     tLP measured first ran LPIPS's VGG16 on them already; one cache per thread), all computed on the same batches, so
-    the values are those of a full run to the bit."""
+    the values are those of a full run to the bit; LPIPS and DISTS run VGG16's stem on a batch once (`shared_stems`)."""
     results: dict[str, list[float]] = {n: [] for n in names}
     with torch.inference_mode():
         for start in range(0, ref.shape[0], _BATCH):
             x = frames_to_tensor(dist[start : start + _BATCH], device)
             y = frames_to_tensor(ref[start : start + _BATCH], device)
+            with shared_stems():
+                results_of_batch = _batch_metrics(x, y, ref, dist, start, names, device)
             for name in names:
-                metric = METRIC_TABLE[name]
-                if metric.reference_features is None:
-                    values = metric.fn(x, y, device)
-                else:
-                    key = (name, device, start)
-                    y_features = REFERENCE_FEATURES.get(ref, key, lambda m=metric, y=y: m.reference_features(y, device))
-                    x_features = DISTORTED_FEATURES.get(
-                        dist, key, lambda m=metric, x=x: m.reference_features(x, device)
-                    )
-                    values = metric.fn(x_features, y_features, device)
-                results[name].extend(values.double().cpu().tolist())
+                results[name].extend(results_of_batch[name].double().cpu().tolist())
     return {n: np.asarray(v, dtype=np.float64) for n, v in results.items()}
+
+
+def _batch_metrics(
+    x: torch.Tensor, y: torch.Tensor, ref: np.ndarray, dist: np.ndarray, start: int, names: list[str], device: str
+) -> dict[str, torch.Tensor]:
+    """The batched metrics `names` of one batch: decoded frames `x` against source frames `y` (frames `start` on of
+    the clips `dist` and `ref`, which key the feature caches)."""
+    values = {}
+    for name in names:
+        metric = METRIC_TABLE[name]
+        if metric.reference_features is None:
+            values[name] = metric.fn(x, y, device)
+            continue
+        key = (name, device, start)
+        y_features = REFERENCE_FEATURES.get(ref, key, lambda m=metric: m.reference_features(y, device))
+        x_features = DISTORTED_FEATURES.get(dist, key, lambda m=metric: m.reference_features(x, device))
+        values[name] = metric.fn(x_features, y_features, device)
+    return values
+
+
+Features = list  # a deep metric's features of a batch: per layer, a tensor or a tuple of tensors (DISTS' statistics)
+
+
+def _nbytes(features: Features) -> int:
+    tensors = [t for item in features for t in (item if isinstance(item, tuple) else (item,))]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class FeatureCache:
@@ -105,11 +125,11 @@ class FeatureCache:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._frames: np.ndarray | None = None
-        self._store: dict[tuple, list[torch.Tensor]] = {}
+        self._store: dict[tuple, Features] = {}
         self._bytes = 0
         self.hits = self.misses = 0
 
-    def get(self, frames: np.ndarray, key: tuple, compute: Callable[[], list[torch.Tensor]]) -> list[torch.Tensor]:
+    def get(self, frames: np.ndarray, key: tuple, compute: Callable[[], Features]) -> Features:
         with self._lock:
             if self._frames is not frames:
                 self._frames, self._store, self._bytes = frames, {}, 0
@@ -118,7 +138,7 @@ class FeatureCache:
                 return self._store[key]
             self.misses += 1
             features = compute()
-            size = sum(f.numel() * f.element_size() for f in features)
+            size = _nbytes(features)
             if self._bytes + size <= self.max_bytes:
                 self._store[key] = features
                 self._bytes += size
@@ -137,7 +157,7 @@ class ThreadFeatureCache(threading.local):
     def __init__(self, max_bytes: int) -> None:
         self.cache = FeatureCache(max_bytes)
 
-    def get(self, frames: np.ndarray, key: tuple, compute: Callable[[], list[torch.Tensor]]) -> list[torch.Tensor]:
+    def get(self, frames: np.ndarray, key: tuple, compute: Callable[[], Features]) -> Features:
         return self.cache.get(frames, key, compute)
 
     def clear(self) -> None:
@@ -167,20 +187,35 @@ def _ms_ssim(x: torch.Tensor, y: torch.Tensor, device: str) -> torch.Tensor:
     )
 
 
-def _lpips(x_features: list[torch.Tensor], y_features: list[torch.Tensor], device: str) -> torch.Tensor:
+def _lpips(x_features: Features, y_features: Features, device: str) -> torch.Tensor:
     return _feature_distance(perceptual_model("lpips", device), x_features, y_features)
 
 
-def _dists(x_features: list[torch.Tensor], y_features: list[torch.Tensor], device: str) -> torch.Tensor:
-    return 1 - _feature_distance(perceptual_model("dists", device), x_features, y_features)
+def _dists(x_statistics: Features, y_statistics: Features, device: str) -> torch.Tensor:
+    """1 - piq's DISTS distance (`DISTS.compute_distance`, then `ContentLoss.forward`'s weighting), from each side's
+    (features, mean, variance) per layer, so that the reference's statistics are computed once with its features."""
+    structure, texture = [], []
+    for (x, x_mean, x_var), (y, y_mean, y_var) in zip(x_statistics, y_statistics):
+        structure.append(similarity_map(x_mean, y_mean, constant=_DISTS_EPS))
+        xy_cov = (x * y).mean([2, 3], keepdim=True) - x_mean * y_mean
+        texture.append((2 * xy_cov + _DISTS_EPS) / (x_var + y_var + _DISTS_EPS))
+    return 1 - _weighted_sum(perceptual_model("dists", device), structure + texture)
 
 
-def _lpips_features(y: torch.Tensor, device: str) -> list[torch.Tensor]:
-    return perceptual_model("lpips", device).get_features(y)
+def _lpips_features(y: torch.Tensor, device: str) -> Features:
+    return _vgg16_features(perceptual_model("lpips", device), y)
 
 
-def _dists_features(y: torch.Tensor, device: str) -> list[torch.Tensor]:
-    return perceptual_model("dists", device).get_features(_dists_resize(y))
+def _dists_features(y: torch.Tensor, device: str) -> Features:
+    """DISTS' features (the frames themselves, then VGG16's with L2 pooling), each with its spatial mean and
+    variance as `DISTS.compute_distance` computes them."""
+    y = _dists_resize(y)
+    features = [y, *_vgg16_features(perceptual_model("dists", device), y)]
+    statistics = []
+    for f in features:
+        mean = f.mean([2, 3], keepdim=True)
+        statistics.append((f, mean, ((f - mean) ** 2).mean([2, 3], keepdim=True)))
+    return statistics
 
 
 def _dists_resize(x: torch.Tensor) -> torch.Tensor:
@@ -191,9 +226,77 @@ def _dists_resize(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.interpolate(x, scale_factor=256 / side, recompute_scale_factor=False, mode="bilinear")
 
 
-def _feature_distance(model: ContentLoss, x_features: list[torch.Tensor], y_features: list[torch.Tensor]):
-    """piq's `ContentLoss.forward` (LPIPS, DISTS before its 1 - ...) on features already computed."""
-    distances = model.compute_distance(x_features, y_features)
+def _vgg16_features(model: ContentLoss, x: torch.Tensor) -> Features:
+    """piq's `ContentLoss.get_features`, the same operations on the same weights, with two savings: the stem comes
+    from `_vgg16_stem` (LPIPS and DISTS share it), and the network stops at the last layer measured."""
+    h = _vgg16_stem(model, x)
+    features = []
+    for name, module in list(model.model.named_children())[_STEM_END - 1 : int(model.layers[-1]) + 1]:
+        h = h if name == _STEM_LAST else module(h)
+        if name in model.layers:
+            features.append(model.normalize(h) if model.normalize_features else h)
+    return features
+
+
+class _StemMemo(threading.local):
+    """The VGG16 stem of the batch being measured, on each thread, while `shared_stems` is open: LPIPS and DISTS
+    normalise the frames alike and hold the same VGG16 weights, so their networks agree up to relu1_2 and part only
+    at the first pooling (max for LPIPS, L2 for DISTS). The stem is the costliest block per frame (it runs at full
+    resolution); one batch's is kept."""
+
+    active = False
+    frames: torch.Tensor | None = None
+    model: ContentLoss | None = None
+    stem: torch.Tensor | None = None
+
+
+_STEM_MEMO = _StemMemo()
+_STEM_LAST = VGG16_LAYERS["relu1_2"]  # the stem: conv1_1, relu1_1, conv1_2, relu1_2
+_STEM_END = int(_STEM_LAST) + 1
+
+
+@contextlib.contextmanager
+def shared_stems() -> Iterator[None]:
+    """Within: LPIPS and DISTS features of the same frames tensor run the VGG16 stem once (`_StemMemo`)."""
+    memo = _STEM_MEMO
+    memo.active = True
+    try:
+        yield
+    finally:
+        memo.active, memo.frames, memo.model, memo.stem = False, None, None, None
+
+
+_DISTS_EPS = 1e-6  # DISTS.compute_distance's
+
+
+def _vgg16_stem(model: ContentLoss, x: torch.Tensor) -> torch.Tensor:
+    """relu1_2 of `model` on frames `x` (ImageNet-normalised first, as piq does): the memo's when it holds the same
+    frames' stem from a network with the same normalisation and stem weights."""
+    memo = _STEM_MEMO
+    if memo.active and memo.frames is x and memo.model is not None and _same_stem(memo.model, model):
+        return memo.stem
+    stem = model.model[:_STEM_END]((x - model.mean.to(x)) / model.std.to(x))
+    if memo.active:
+        memo.frames, memo.model, memo.stem = x, model, stem
+    return stem
+
+
+@functools.cache
+def _same_stem(a: ContentLoss, b: ContentLoss) -> bool:
+    same = [torch.equal(a.mean, b.mean), torch.equal(a.std, b.std)]
+    a_weights, b_weights = a.model[:_STEM_END].state_dict(), b.model[:_STEM_END].state_dict()
+    same += [a_weights.keys() == b_weights.keys()]
+    same += [torch.equal(a_weights[k], b_weights[k]) for k in a_weights if k in b_weights]
+    return all(same)
+
+
+def _feature_distance(model: ContentLoss, x_features: Features, y_features: Features) -> torch.Tensor:
+    """piq's `ContentLoss.forward` (LPIPS) on features already computed."""
+    return _weighted_sum(model, model.compute_distance(x_features, y_features))
+
+
+def _weighted_sum(model: ContentLoss, distances: list[torch.Tensor]) -> torch.Tensor:
+    """`ContentLoss.forward`'s reduction: each layer's distance map weighted, averaged over space, summed."""
     return torch.cat([(d * w.to(d)).mean(dim=[2, 3]) for d, w in zip(distances, model.weights)], dim=1).sum(dim=1)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import pickle
 
@@ -15,11 +16,13 @@ from torchvision.models import vgg16
 from codec.errors import CodecError
 from codec.metrics import (
     OfflineLPIPS,
+    _vgg16_features,
     compute_metrics,
     load_metric_models,
     luma,
     perceptual_model,
     psnr,
+    shared_stems,
     vgg16_features,
 )
 from codec.video import Video, frames_to_tensor, read_video
@@ -213,6 +216,42 @@ def test_reference_features_are_computed_once_per_clip_with_the_same_values():
     again = compute_metrics(copy, distorted[1], ["lpips", "dists"])
     assert all(np.array_equal(again[n], values[1][n]) for n in ("lpips", "dists"))
     assert REFERENCE_FEATURES.misses - misses == 8
+
+
+def test_lpips_and_dists_run_the_vgg16_stem_once_per_batch_with_the_same_values():
+    """LPIPS and DISTS share VGG16's weights and normalisation up to relu1_2: with the reference's features cached,
+    a batch of decoded frames goes through conv1_1 once for both metrics, and the values are piq's to the bit."""
+    clip = read_video(EXAMPLE_CLIP, start=40, frames=10, size=(256, 144))  # two batches of frames
+    distorted = _degrade(clip, noise=8)
+    compute_metrics(clip, distorted, ["lpips", "dists"])  # the reference's features cached
+    calls = []
+    hooks = [
+        perceptual_model(n, "cpu").model[0].register_forward_hook(lambda *a: calls.append(1))
+        for n in ("lpips", "dists")
+    ]
+    try:
+        values = compute_metrics(clip, distorted, ["lpips", "dists"])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(calls) == 2  # one per batch, not one per batch and metric
+    x, y = frames_to_tensor(distorted.frames, "cpu"), frames_to_tensor(clip.frames, "cpu")
+    with torch.inference_mode():
+        for name in ("lpips", "dists"):
+            full = torch.cat([perceptual_model(name)(x[i : i + 8], y[i : i + 8]) for i in (0, 8)]).double().numpy()
+            assert np.array_equal(values[name], full), name
+
+
+def test_a_network_with_another_stem_does_not_take_the_shared_one():
+    lpips_model = perceptual_model("lpips")
+    other = copy.deepcopy(perceptual_model("dists"))
+    with torch.no_grad():
+        other.model[2].weight[0, 0, 0, 0] += 0.5  # conv1_2
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode(), shared_stems():
+        _vgg16_features(lpips_model, x)
+        features = _vgg16_features(other, x)
+        assert all(torch.equal(a, b) for a, b in zip(features, other.get_features(x)[1:]))  # [0]: the frames
 
 
 def test_vmaf_tops_on_identical_clips_falls_with_the_qp_and_neg_refuses_sharpening():
