@@ -31,6 +31,17 @@ def test_the_embedded_pack_is_the_default_and_fits_its_budget():
     assert get_codec("diffvc").identity().startswith(pack_info(PACK).sha256)
 
 
+def test_the_pack_is_loaded_once_however_it_is_named():
+    """The default (""), its name (the app's pack picker) and its path are one pack: one model in memory."""
+    from codec.diffvc.codec import _pack_key
+
+    assert _pack_key("") == _pack_key(DEFAULT_PACK_NAME) == _pack_key(str(PACK)) == str(PACK.resolve())
+    assert _pack_key("random-tiny") == "random-tiny"
+    assert _pack_key("no-such-pack") == "no-such-pack"  # load_model refuses it with its own message
+    models = {id(get_codec(f"condlc:pack={p}")._model()[0]) for p in ("", DEFAULT_PACK_NAME, str(PACK))}
+    assert len(models) == 1
+
+
 def test_rates_fall_over_the_whole_qp_range(footage):
     """Real bytes at every QP 0..63 (condlc: the same latent codec, without the diffusion stage's cost). On three
     frames the HEVC I-frame dominates, and its QP moves once every 3 QPs (HEVC's 52 QPs against our 64 over the

@@ -130,6 +130,19 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _pack_key(pack: str) -> str:
+    """One spelling per pack folder, so that `load_model` loads it once whether it is named by default (""), by name
+    (the app's pack picker) or by path: the folder's absolute path. Random packs, and names that find no folder (for
+    `load_model` to refuse), as given."""
+    if pack.startswith(RANDOM_PACK_PREFIX):
+        return pack
+    try:
+        folder = resolve_pack(pack or None)
+    except CodecError:
+        return pack
+    return str(folder.resolve()) if folder is not None else pack
+
+
 @functools.lru_cache(maxsize=4)
 def load_model(pack: str, device: str, compile: bool = False) -> tuple[DiffVCModel, PackInfo]:
     """The model of a pack on a device, loaded once per process (packs are read-only).
@@ -187,7 +200,7 @@ class NeuralCodecBase(CodecBase):
 
     def _model(self) -> tuple[DiffVCModel, PackInfo, torch.device]:
         device = pick_device(self.options.device)
-        model, info = load_model(self.options.pack, str(device), self.options.compile)
+        model, info = load_model(_pack_key(self.options.pack), str(device), self.options.compile)
         return model, info, device
 
     def identity(self) -> str:
