@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,30 @@ def test_a_full_model_takes_its_unet_shape_and_latent_scale_from_the_base(full_m
         latent = full_model.latent_space.encode(frames)
     average = torch.nn.functional.avg_pool2d(frames * 2 - 1, 8) * 3.0
     assert torch.allclose(latent[:, :3], average, atol=1e-4) and latent[:, 3].abs().max() < 1e-4
+
+
+def test_a_fresh_diffusion_stage_on_full_starts_from_the_bases_unet(full_model, sd_base):
+    """`--fresh-diffusion` on a full pack: the base's U-Net and a ControlNet copied from it (as `--sd-base` starts),
+    a new QP prompt, every codec weight kept; a pack that names no base is refused."""
+    from diffusers import UNet2DConditionModel
+
+    from codec.diffvc.sd_base import load_part
+    from codec.train.stages import with_fresh_diffusion
+
+    with torch.no_grad():
+        for p in full_model.diffusion.unet.parameters():
+            p.add_(1.0)  # as training would have moved it
+    fresh = with_fresh_diffusion(full_model)
+    assert fresh.config.diffusion.block_out_channels == SD_STYLE_UNET["block_out_channels"]
+    base_unet = load_part(sd_base, UNet2DConditionModel, "unet").state_dict()
+    assert all(torch.equal(v, base_unet[k]) for k, v in fresh.diffusion.unet.state_dict().items())
+    codec = {k: v for k, v in full_model.state_dict().items() if not k.startswith("diffusion.")}
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in codec.items())
+    full_model.config = replace(
+        full_model.config, latent_space=replace(full_model.config.latent_space, base_model=None)
+    )
+    with pytest.raises(CodecError, match="names none"):
+        with_fresh_diffusion(full_model)
 
 
 @pytest.mark.parametrize("stage_name", ["diffusion", "finetune"])

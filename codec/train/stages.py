@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from codec.diffvc.config import DiffVCConfig
 from codec.diffvc.diffusion import (
+    SD21_UNET_SHAPE,
     SamplingRequest,
     TDIRReuse,
     TDIRSampler,
@@ -373,18 +374,30 @@ def with_flat_quantizer(model: DiffVCModel) -> DiffVCModel:
 
 
 def preset_diffusion(config: DiffVCConfig) -> DiffVCConfig:
-    """The config with its diffusion stage replaced by the preset's current one (same latent and context)."""
-    make = {"tiny": tiny_diffusion_config, "full": full_diffusion_config}[config.preset]
-    kwargs = {"latent_channels": config.latent_space.channels} if config.preset == "tiny" else {}
-    return replace(config, diffusion=make(context_channels=config.context.channels[0], **kwargs))
+    """The config with its diffusion stage replaced by the preset's current one (same latent and context; for `full`,
+    the same U-Net shape: its base's)."""
+    context = config.context.channels[0]
+    if config.preset == "tiny":
+        diffusion = tiny_diffusion_config(context_channels=context, latent_channels=config.latent_space.channels)
+    else:
+        shape = {k: getattr(config.diffusion, k) for k in SD21_UNET_SHAPE}
+        diffusion = full_diffusion_config(context_channels=context, unet=shape)
+    return replace(config, diffusion=diffusion)
 
 
 def with_fresh_diffusion(model: DiffVCModel, unsharp_init: float = 0.0) -> DiffVCModel:
-    """The same codec with a randomly initialised diffusion stage at the preset's current configuration (anchored:
-    it starts as the identity, diffvc = condlc): `train diffusion|finetune --fresh-diffusion`, for a pack whose
-    diffusion stage was trained with another parametrization. Every codec weight is kept. `unsharp_init` > 0 starts
-    the anchor filter as an unsharp mask of that amount (`--unsharp-init`): then diffvc = that mask of condlc."""
+    """The same codec with a fresh diffusion stage at the preset's current configuration: `train diffusion|finetune
+    --fresh-diffusion`, for a pack whose diffusion stage was trained with another parametrization. Every codec weight
+    is kept. `tiny`: randomly initialised and anchored (it starts as the identity, diffvc = condlc); `unsharp_init`
+    > 0 starts the anchor filter as an unsharp mask of that amount (`--unsharp-init`): then diffvc = that mask of
+    condlc. `full`: the U-Net of the Stable Diffusion base the pack names (found as `find_base` finds it) and the
+    ControlNet copied from it, as `train --sd-base` starts one; the QP prompt random."""
+    base = model.config.latent_space.base_model
+    if model.config.preset == "full" and base is None:
+        raise CodecError("--fresh-diffusion on a full pack needs the Stable Diffusion base it names; it names none")
     new = DiffVCModel(preset_diffusion(model.config))
+    if model.config.preset == "full":
+        new.diffusion.load_sd_unet(base)
     if unsharp_init:
         stage = new.diffusion
         if stage.anchor_filter is None:
