@@ -80,11 +80,11 @@ def test_a_fresh_diffusion_stage_on_full_starts_from_the_bases_unet(full_model, 
         with_fresh_diffusion(full_model)
 
 
-@pytest.mark.parametrize("stage_name", ["diffusion", "finetune"])
+@pytest.mark.parametrize("stage_name", ["diffusion", "distill", "finetune"])
 def test_gradient_checkpointing_keeps_the_loss_and_the_gradients(stage_name, full_model, monkeypatch):
     """Recomputing the U-Net's, ControlNet's and VAE's activations in the backward pass changes memory, not maths:
-    one step's loss and every gradient agree with and without it (the fine-tuning step backpropagates through the
-    sampler and the VAE decoder)."""
+    one step's loss and every gradient agree with and without it (the fine-tuning and distillation steps backpropagate
+    through the sampler and the VAE decoder)."""
     if stage_name == "finetune" and not perceptual_weights_prepared():
         pytest.skip("DISTS weights not prepared (python -m codec.weights prepare)")
     batch = collate_clips([{"frames": torch.rand(2, 3, CROP, CROP, generator=torch.Generator().manual_seed(1))}])
@@ -107,7 +107,7 @@ def test_gradient_checkpointing_keeps_the_loss_and_the_gradients(stage_name, ful
         values["loss"].backward()
         losses.append(values["loss"].detach())
     assert checkpointed, "no block was checkpointed"
-    if stage_name == "finetune":  # the VAE decoder's blocks too
+    if stage_name in ("distill", "finetune"):  # the VAE decoder's blocks too
         assert "UpDecoderBlock2D" in checkpointed
     assert torch.allclose(losses[0], losses[1], rtol=1e-5, atol=1e-7)
     named = dict(recomputed.named_parameters())
