@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from codec.diffvc.entropy import (
+    ENTROPY_MODELS,
     MAX_ABS_SYMBOL,
     FactorizedPrior,
     GaussianConditional,
     bits_from_likelihoods,
-    get_scale_table,
     quantize_pmf,
 )
 from codec.errors import BitstreamError
@@ -29,9 +29,10 @@ def gaussian_params(shape: tuple[int, ...], seed: int) -> tuple[torch.Tensor, to
     return y, means, scales
 
 
-@pytest.fixture(scope="module")
-def gaussian() -> GaussianConditional:
-    return GaussianConditional().eval()
+@pytest.fixture(scope="module", params=sorted(ENTROPY_MODELS))
+def gaussian(request) -> GaussianConditional:
+    """y's conditional entropy model, each distribution (`GaussianConditional`, `LaplaceConditional`)."""
+    return ENTROPY_MODELS[request.param]().eval()
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +180,7 @@ def test_coding_params_are_exact_functions_of_the_inputs(gaussian: GaussianCondi
     assert torch.all(table[indexes] >= torch.minimum(scales, table[-1]))  # smallest table entry >= the scale
     below = indexes > 0
     assert torch.all(table[indexes[below] - 1] < scales[below])
-    assert torch.allclose(table.double(), get_scale_table().float().double())
+    assert torch.allclose(table.double(), gaussian.default_scale_table().float().double())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -283,7 +284,7 @@ def test_compression_is_deterministic_and_survives_a_state_dict(prior: Factorize
 
 
 def test_gaussian_tables_are_deterministic(gaussian: GaussianConditional) -> None:
-    other = GaussianConditional()
+    other = type(gaussian)()
     for name in ("_frequencies", "_lengths", "_offsets", "scale_table"):
         assert torch.equal(getattr(other, name), getattr(gaussian, name)), name
     y, means, scales = gaussian_params((1, 8, 8, 8), seed=11)

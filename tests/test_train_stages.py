@@ -29,6 +29,7 @@ from codec.registry import get_codec
 from codec.train import cli
 from codec.train.loop import LoopSettings, collate_clips, load_checkpoint, read_log, run_stage
 from codec.train.stages import (
+    LAPLACE_FROM_GAUSSIAN,
     RATE_LR_SCALE,
     CodecStage,
     DistillStage,
@@ -38,6 +39,7 @@ from codec.train.stages import (
     frame_weight,
     rd_lambda,
     with_anchor_gain,
+    with_entropy_model,
     with_fresh_diffusion,
     with_spynet,
 )
@@ -152,6 +154,33 @@ def test_eval_mode_sequence_coding_matches_the_registered_condlc_codec():
         coded = code_sequence(model.eval(), frames, torch.tensor([40]))
     ours = torch.stack([(f.recon[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0) for f in coded])
     assert np.array_equal(ours.numpy(), encoded.reconstruction.frames)
+
+
+def test_a_pack_moved_to_laplace_codes_exactly_and_keeps_its_distribution(tmp_path):
+    """`train codec --entropy-model laplace` on a Gaussian pack: y's model becomes a Laplace with its own scale and
+    coding tables, the prior's scales times LAPLACE_FROM_GAUSSIAN; written as a pack it is read back as Laplace,
+    and a clip coded with it decodes exactly."""
+    from codec.diffvc.codec import load_model
+    from codec.diffvc.entropy import LaplaceConditional
+    from codec.diffvc.latent_codec import prior_output
+    from codec.diffvc.pack import write_pack
+
+    gaussian, _ = load_model("random-tiny", "cpu")
+    laplace = with_entropy_model(gaussian, "laplace")
+    for part in ("intra", "inter"):
+        ours, theirs = getattr(laplace, part), getattr(gaussian, part)
+        assert isinstance(ours.gaussian, LaplaceConditional) and not isinstance(theirs.gaussian, LaplaceConditional)
+        assert torch.equal(ours.gaussian.scale_table, LaplaceConditional.default_scale_table().float())
+        half = prior_output(ours).out_channels // 2
+        expected = prior_output(theirs).bias[half:] * LAPLACE_FROM_GAUSSIAN
+        assert torch.allclose(prior_output(ours).bias[half:], expected)
+    folder = tmp_path / "laplace-pack"
+    write_pack(folder, laplace.config.to_dict(), laplace.trainable_state(), "a test pack")
+    codec = get_codec(f"condlc:pack={folder}:intra=learned:intra_qp_offset=0")
+    assert isinstance(codec._model()[0].inter.gaussian, LaplaceConditional)
+    clip = moving_clip(frames=3, height=64, width=64, seed=4)
+    encoded = codec.encode(clip, 30)
+    assert np.array_equal(codec.decode(encoded.bitstream).frames, encoded.reconstruction.frames)
 
 
 def test_eval_mode_sequence_coding_with_hevc_intra_matches_the_codec():

@@ -48,14 +48,13 @@ import torch
 from torch import Tensor, nn
 
 from codec.diffvc.entropy import (
+    ENTROPY_MODELS,
     FactorizedPrior,
-    GaussianConditional,
     Region,
     Segment,
     SegmentReader,
     bits_from_likelihoods,
     encode_segments,
-    get_scale_table,
 )
 from codec.diffvc.layers import (
     ResidualBlock,
@@ -220,8 +219,9 @@ class HyperpriorCodec(nn.Module):
       carries, e.g. contexts and the previous y),
     * `_synthesis(y_deq, cond) -> out` (any structure).
 
-    `cond` is whatever the codec conditions on (None for motion and intra). Members: `hyperprior`, `gaussian`
-    (GaussianConditional), `qp_scales` (QPScales over y's channels).
+    `cond` is whatever the codec conditions on (None for motion and intra). Members: `hyperprior`, `gaussian` (y's
+    conditional entropy model: `GaussianConditional`, or `LaplaceConditional` where the config says), `qp_scales`
+    (QPScales over y's channels).
     """
 
     def __init__(
@@ -233,11 +233,12 @@ class HyperpriorCodec(nn.Module):
         qp_anchors: int,
         qp_init_range: float,
         qp_per_channel: bool = True,
+        entropy_model: str = "gaussian",
     ) -> None:
         super().__init__()
         self.y_channels = y_channels
         self.hyperprior = Hyperprior(y_channels, z_channels, hyper_channels, hyper_downsamples)
-        self.gaussian = GaussianConditional()
+        self.gaussian = ENTROPY_MODELS[entropy_model]()  # the name packs' state dicts know it by, whatever the model
         self.qp_scales = QPScales(QPScalesConfig(y_channels, qp_anchors, qp_init_range, qp_per_channel))
 
     # -- hooks --------------------------------------------------------------------------------------------------
@@ -260,12 +261,12 @@ class HyperpriorCodec(nn.Module):
 
     @torch.no_grad()
     def update(self) -> None:
-        """Rebuild the coding tables of every entropy model (call after training or loading weights); the Gaussian
-        takes the current default scale table (`entropy.get_scale_table`)."""
+        """Rebuild the coding tables of every entropy model (call after training or loading weights); y's model
+        takes its distribution's current default scale table (`default_scale_table`)."""
         for module in self.modules():
             if isinstance(module, FactorizedPrior):
                 module.update()
-        self.gaussian.use_scale_table(get_scale_table())
+        self.gaussian.use_scale_table(self.gaussian.default_scale_table())
 
     def entropy_params(self, z_hat: Tensor, cond: Any, q_enc: Tensor) -> tuple[Tensor, Tensor]:
         """(means, scales) of y [N, M, hy, wy] from z_hat: THE one function both coding sides use."""
@@ -539,7 +540,8 @@ class LatentCodecConfig:
     """What the intra and contextual latent codecs share. channels: hidden widths at 1/8 and 1/16 of the frame;
     y_channels (M) at 1/32 (deep) or 1/8 (block); z_channels (Z) at 1/64; hyper_channels: the hyperprior's width;
     feature_channels (F): the DPB feature; qp_*: the per-QP quantization steps (`codec.diffvc.qp`); transform:
-    "deep" (learned) or "block" (the block-transform skeleton, docs/DESIGN-NOTES.md) with its gain."""
+    "deep" (learned) or "block" (the block-transform skeleton, docs/DESIGN-NOTES.md) with its gain; entropy_model:
+    y's distribution, "gaussian" (Ballé/Minnen, the default) or "laplace" (DCVC's)."""
 
     latent_channels: int = 192
     channels: tuple[int, int] = (64, 96)
@@ -552,10 +554,13 @@ class LatentCodecConfig:
     qp_per_channel: bool = True  # False: a flat quantization matrix (one step per QP), codec.diffvc.qp
     transform: Literal["deep", "block"] = "deep"
     block_gain: float = 8.0
+    entropy_model: Literal["gaussian", "laplace"] = "gaussian"  # y's distribution (`entropy.ENTROPY_MODELS`)
 
     def __post_init__(self) -> None:
         if len(self.channels) != 2 or min(self._sizes()) < 1:
             raise ValueError(f"{type(self).__name__} needs two hidden widths and positive sizes: {self}")
+        if self.entropy_model not in ENTROPY_MODELS:
+            raise ValueError(f"entropy_model must be one of {', '.join(ENTROPY_MODELS)}, got {self.entropy_model!r}")
         _check_transform(self.transform, self.y_channels, self.latent_channels, self.block_gain)
 
     def _sizes(self) -> tuple[int, ...]:
@@ -891,6 +896,7 @@ def _hyperprior_args(config: LatentCodecConfig) -> tuple:
         config.qp_anchors,
         config.qp_init_range,
         config.qp_per_channel,
+        config.entropy_model,
     )
 
 
@@ -927,6 +933,12 @@ def _start_as_transform_coder(codec: HyperpriorCodec) -> None:
 
 
 INITIAL_SCALE = 1.0  # a skeleton codec's first Gaussian scale, in quantization steps
+
+
+def prior_output(codec: HyperpriorCodec) -> nn.Conv2d:
+    """The convolution whose output is y's entropy parameters [means; scales] (2M channels)."""
+    head = getattr(codec, "prior_head", None) or codec.prior_fusion
+    return [m for m in head.modules() if isinstance(m, nn.Conv2d)][-1]
 
 
 def start_prior_flat(prior_head: nn.Module, scale: float = INITIAL_SCALE) -> None:

@@ -103,6 +103,12 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="codec: start the latent codecs of a per-channel pack on one quantization step per QP",
     )
     p.add_argument(
+        "--entropy-model",
+        choices=("gaussian", "laplace"),
+        help="codec: code the latent codecs' y under this distribution from now on (default: the pack's); a "
+        "Gaussian pack's scales start scaled for Laplace",
+    )
+    p.add_argument(
         "--fresh-diffusion",
         action="store_true",
         help="diffusion/finetune: keep the pack's codec, start the diffusion stage from random init at the "
@@ -210,6 +216,7 @@ def run_train(args: argparse.Namespace) -> int:
         "fresh_diffusion": args.fresh_diffusion,
         **({"unsharp_init": args.unsharp_init} if args.unsharp_init else {}),
         **({"unsharp": args.unsharp} if args.stage == "distill" else {}),
+        **({"entropy_model": args.entropy_model} if args.entropy_model else {}),
     }
     from codec.train import data
 
@@ -284,7 +291,13 @@ def start_source(args: argparse.Namespace) -> str:
 def start_model(args: argparse.Namespace):
     """The model the stage starts from when there is no checkpoint (a SpyNet is added for `flow --force`)."""
     from codec.diffvc.model import DiffVCModel
-    from codec.train.stages import with_anchor_gain, with_flat_quantizer, with_fresh_diffusion, with_spynet
+    from codec.train.stages import (
+        with_anchor_gain,
+        with_entropy_model,
+        with_flat_quantizer,
+        with_fresh_diffusion,
+        with_spynet,
+    )
 
     if args.pack_from:
         model, _ = DiffVCModel.from_pack(resolve_start_pack(args.pack_from))
@@ -298,6 +311,8 @@ def start_model(args: argparse.Namespace):
         model = full_model_from_base(args.sd_path)
     else:
         model = DiffVCModel(start_model_config(args))
+    if args.entropy_model:
+        model = with_entropy_model(model, args.entropy_model)
     return with_spynet(model) if args.stage == "flow" else model
 
 

@@ -48,9 +48,10 @@ from codec.diffvc.diffusion import (
     num_sampling_steps,
     tiny_diffusion_config,
 )
-from codec.diffvc.entropy import FactorizedPrior
+from codec.diffvc.entropy import FactorizedPrior, GaussianConditional
 from codec.diffvc.hevc_intra import encode_intra
 from codec.diffvc.latent import pixel_unshuffle_kernel, unsharp_mask
+from codec.diffvc.latent_codec import prior_output
 from codec.diffvc.model import DiffVCModel, code_p_frame, diffusion_condition, reused_x0
 from codec.diffvc.motion import DISFlow, endpoint_error
 from codec.diffvc.qp import (
@@ -370,6 +371,31 @@ def with_flat_quantizer(model: DiffVCModel) -> DiffVCModel:
         state[enc], state[dec] = flatten_log_scales(state[enc], state[dec])
     new.load_state_dict(state)
     new.update_entropy_models()
+    return new
+
+
+LAPLACE_FROM_GAUSSIAN = 0.55  # Laplace b per Gaussian scale: fewest bits on the training clip (docs/RESULTS.md)
+
+
+def with_entropy_model(model: DiffVCModel, name: str) -> DiffVCModel:
+    """The same model with the intra and contextual latent codecs' y coded under `name`'s distribution
+    (`LatentCodecConfig.entropy_model`): `train codec --entropy-model laplace` on a pack trained with Gaussians.
+    From Gaussian to Laplace the predicted scales are multiplied by `LAPLACE_FROM_GAUSSIAN` (the prior's last
+    convolution's scale rows), where a Gaussian pack's symbols cost the fewest bits, so training starts there; the
+    coding tables are the new distribution's. Every other weight is kept."""
+    parts = {"intra": model.config.intra, "inter": model.config.inter}
+    if all(c.entropy_model == name for c in parts.values()):
+        return model
+    new = DiffVCModel(replace(model.config, **{k: replace(c, entropy_model=name) for k, c in parts.items()}))
+    buffers = ("scale_table", *GaussianConditional._TABLE_BUFFERS)  # the coder's: the new distribution's own
+    tables = {f"{part}.gaussian.{buffer}" for part in parts for buffer in buffers}
+    new.load_state_dict({k: v for k, v in model.state_dict().items() if k not in tables}, strict=False)
+    factors = {("gaussian", "laplace"): LAPLACE_FROM_GAUSSIAN, ("laplace", "gaussian"): 1 / LAPLACE_FROM_GAUSSIAN}
+    with torch.no_grad():
+        for part, config in parts.items():
+            last, factor = prior_output(getattr(new, part)), factors.get((config.entropy_model, name), 1.0)
+            last.weight[last.out_channels // 2 :] *= factor
+            last.bias[last.out_channels // 2 :] *= factor
     return new
 
 
