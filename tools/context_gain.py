@@ -11,7 +11,10 @@ colour * 64 + u * 8 + v) with the model's Gaussian means and scales. It prints:
   bits: the model's own p(0) in 10 bins (recalibration alone), then crossed with a checkerboard context (a
   second-pass symbol sees how many of its 4 first-pass neighbours in its channel are non-zero; He et al. 2021) or
   with a channel context (a coefficient of frequency u + v > 2 sees how many of its block's 18 low-frequency
-  coefficients are non-zero; ELIC-like grouping).
+  coefficients are non-zero; ELIC-like grouping);
+* with `--calibration`, the model's p(0) in bins against the zeros' frequency, and the model bits of the same
+  symbols under a Gaussian or a Laplace whose scales are the model's times a factor (the Laplace bounded below at
+  its 0.06, as `LaplaceConditional` codes), relative to the model's own.
 
 The frequencies are fitted on the symbols they are scored on, with at most 50 contexts over 10^6 or more symbols:
 an estimate, slightly optimistic, of what a learned context model could take, not a coded result.
@@ -26,6 +29,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from codec.diffvc.entropy import LAPLACE_SCALE_BOUND, SCALE_BOUND, GaussianConditional, LaplaceConditional
 from codec.diffvc.latent_codec import ContextualLatentCodec
 from codec.registry import get_codec
 from codec.video import read_video
@@ -35,8 +39,9 @@ P0_BINS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 LOW_FREQUENCY = 2  # u + v at most this: the "first group" of the channel context
 
 
-def decoded_symbols(spec: str, clip, qp: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(symbols, p(0), likelihoods) of every P-frame's latent as the decoder reads them: [T, C, H, W] each."""
+def decoded_symbols(spec: str, clip, qp: int) -> tuple[np.ndarray, ...]:
+    """(symbols, p(0), likelihoods, means, scales) of every P-frame's latent as the decoder reads them: [T, C, H, W]
+    each, float64."""
     frames: list[tuple[np.ndarray, ...]] = []
     codec = get_codec(spec)
     stream = codec.encode(clip, qp).bitstream
@@ -52,7 +57,8 @@ def decoded_symbols(spec: str, clip, qp: int) -> tuple[np.ndarray, np.ndarray, n
         symbols = (y_hat - mean_q).round()[crop]
         p0 = latent_codec.gaussian.likelihood(mean_q, means, scales)[crop]
         likelihood = latent_codec.gaussian.likelihood(y_hat, means, scales)[crop]
-        frames.append(tuple(t.double().numpy() for t in (symbols, p0, likelihood)))
+        parts = (symbols, p0, likelihood, (y_hat - means)[crop], scales[crop])
+        frames.append(tuple(t.double().numpy() for t in parts))
         return y_hat
 
     latent_codec.gaussian.read = reading
@@ -73,7 +79,7 @@ def empirical_bits(significant: np.ndarray, context: np.ndarray) -> float:
     return float(-(counts * logs).sum())
 
 
-def context_report(symbols: np.ndarray, p0: np.ndarray, likelihood: np.ndarray) -> dict[str, float]:
+def context_report(symbols: np.ndarray, p0: np.ndarray, likelihood: np.ndarray, *_: np.ndarray) -> dict[str, float]:
     """The shares of the latent's model bits (percent) described in the module docstring."""
     significant = symbols != 0
     total = float(-np.log2(likelihood).sum())
@@ -102,11 +108,48 @@ def context_report(symbols: np.ndarray, p0: np.ndarray, likelihood: np.ndarray) 
     }
 
 
+SCALE_FACTORS = (0.5, 0.55, 0.6, 0.7071, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5)
+
+
+def calibration_report(symbols, p0, likelihood, offsets, scales) -> tuple[list[tuple], dict[str, list[float]]]:
+    """([(bin's mean p(0), zeros' frequency, symbols)] per p(0) bin, {distribution: [bits relative to the model's
+    own, percent, per SCALE_FACTORS]}); `offsets` = y_hat - means."""
+    significant = symbols != 0
+    p0_bin = np.digitize(p0, P0_BINS)
+    bins = [
+        (float(p0[p0_bin == k].mean()), 1 - float(significant[p0_bin == k].mean()), int((p0_bin == k).sum()))
+        for k in range(len(P0_BINS) + 1)
+        if (p0_bin == k).any()
+    ]
+    own = float(-np.log2(likelihood).sum())
+    distance = torch.from_numpy(np.abs(offsets))
+    models = {"gaussian": (GaussianConditional(), SCALE_BOUND), "laplace": (LaplaceConditional(), LAPLACE_SCALE_BOUND)}
+    relative = {}
+    for name, (model, bound) in models.items():
+        relative[name] = []
+        for factor in SCALE_FACTORS:
+            b = torch.from_numpy(scales * factor).clamp_min(bound)
+            p = (model._cdf((0.5 - distance) / b) - model._cdf((-0.5 - distance) / b)).clamp_min(1e-9)
+            relative[name].append(100 * (float(-torch.log2(p).sum()) / own - 1))
+    return bins, relative
+
+
+def print_calibration(name: str, qp: int, report: tuple[list[tuple], dict[str, list[float]]]) -> None:
+    bins, relative = report
+    cells = ", ".join(f"{model:.4f} -> {actual:.4f} ({count})" for model, actual, count in bins)
+    print(f"\n{name} QP {qp}: p(0) by the model -> zeros' frequency (symbols): {cells}")
+    print("| distribution | " + " | ".join(f"x{f:g}" for f in SCALE_FACTORS) + " |")
+    print("| --- |" + " --- |" * len(SCALE_FACTORS))
+    for model, values in relative.items():
+        print(f"| {model} | " + " | ".join(f"{v:+.1f} %" for v in values) + " |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.context_gain", description=__doc__.split("\n")[0])
     parser.add_argument("--spec", default="condlc")
     parser.add_argument("--qps", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--calibration", action="store_true", help="also the p(0) bins and other distributions")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     columns: list[tuple[str, Callable[[dict], str]]] = [
@@ -118,11 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("| clip | QP | " + " | ".join(name for name, _ in columns) + " |")
     print("| --- | --- |" + " --- |" * len(columns))
+    calibrations = []
     for name, (path, size) in CLIPS.items():
         clip = read_video(path, frames=args.frames, size=size)
         for qp in args.qps:
-            report = context_report(*decoded_symbols(args.spec, clip, qp))
+            decoded = decoded_symbols(args.spec, clip, qp)
+            report = context_report(*decoded)
             print(f"| {name} | {qp} | " + " | ".join(cell(report) for _, cell in columns) + " |", flush=True)
+            if args.calibration:
+                calibrations.append((name, qp, calibration_report(*decoded)))
+    for name, qp, report in calibrations:
+        print_calibration(name, qp, report)
     return 0
 
 
