@@ -141,6 +141,18 @@ def test_bd_rate_sign_and_identity(rows):
     assert bd_rate(a[:3], better, "lpips") == (None, "needs 4 points per curve")
 
 
+def test_bd_rate_leaves_out_points_no_encoder_would_choose():
+    """A point that another of its curve beats (at least its quality for no more bits: a deep metric scoring a
+    codec's lowest rate better than the one above) is left out, said in the note, and the BD-rate is that of the
+    remaining operating points."""
+    a = [point(b, dists=0.5 - b) for b in (0.1, 0.2, 0.3, 0.4, 0.5)]
+    test = [point(b, dists=0.45 - b) for b in (0.1, 0.2, 0.3, 0.4, 0.5)]
+    dominated = [point(0.15, dists=0.5), *test]  # more bits than 0.1 for worse DISTS
+    value, note = bd_rate(a, dominated, "dists")
+    assert value == pytest.approx(bd_rate(a, test, "dists")[0]) and value < 0
+    assert "1 test point(s) off its monotone curve left out" in note
+
+
 def test_written_results(rows, tmp_path):
     paths = write_results(rows, tmp_path)
     table = pd.read_csv(paths["csv"])

@@ -71,25 +71,40 @@ def rate_quality(points: Sequence[RatePoint], metric: str, sign: float = 1.0) ->
 
 
 def bd_rate(anchor: Sequence[RatePoint], test: Sequence[RatePoint], metric: str) -> tuple[float | None, str]:
-    """BD-rate (%) of `test` against `anchor` on `metric`, and a note ('' when fine, else why it is missing)."""
-    a, t = rate_quality(anchor, metric), rate_quality(test, metric)
-    if min(len(a), len(t)) < MIN_BD_POINTS:
-        return None, f"needs {MIN_BD_POINTS} points per curve"
+    """BD-rate (%) of `test` against `anchor` on `metric`, and a note ('' when fine, else why it is missing or what
+    was left out).
+
+    Each curve is first reduced to its operating points (`_monotone_curve`, as `rate_ratio_at_equal_quality`
+    reads the anchor's): a point is left out when another point of the same curve reaches at least its quality for
+    no more bits, an operating point no encoder would choose. Quality then rises with rate along both curves, as the
+    Bjontegaard integral needs (a deep metric can score a codec's lowest rate better than the one above it); the
+    note counts the points left out."""
     sign = get_metric(metric).sign
+    a_points = [(bpp, quality) for bpp, quality in rate_quality(anchor, metric, sign) if bpp > 0]
+    t_points = [(bpp, quality) for bpp, quality in rate_quality(test, metric, sign) if bpp > 0]
+    a, t = _monotone_curve(a_points), _monotone_curve(t_points)
+    left_out = [
+        f"{n} {name} point(s) off its monotone curve left out"
+        for n, name in ((len(a_points) - len(a), "anchor"), (len(t_points) - len(t), "test"))
+        if n
+    ]
+    if min(len(a), len(t)) < MIN_BD_POINTS:
+        return None, "; ".join([f"needs {MIN_BD_POINTS} points per curve", *left_out])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             value = bjontegaard.bd_rate(
-                [p[0] for p in a],
-                [sign * p[1] for p in a],
-                [p[0] for p in t],
-                [sign * p[1] for p in t],
+                [math.exp(log_bpp) for _, log_bpp in a],
+                [quality for quality, _ in a],
+                [math.exp(log_bpp) for _, log_bpp in t],
+                [quality for quality, _ in t],
                 method=BD_METHOD,
                 require_matching_points=False,
             )
         except (ValueError, ZeroDivisionError, np.linalg.LinAlgError) as e:
             return None, f"not computable: {e}"
-    note = "; ".join(sorted({str(w.message).splitlines()[0] for w in caught}))[:200]
+    warned = sorted({str(w.message).splitlines()[0] for w in caught})
+    note = "; ".join([*left_out, *warned])[:200]
     return (float(value) if is_number(value) else None), note
 
 
