@@ -1,4 +1,5 @@
-"""Learned entropy models shared by every part of DiffVC: a factorized prior and a Gaussian conditional.
+"""Learned entropy models shared by every part of DiffVC: a factorized prior and a Gaussian conditional (or its
+Laplace variant, `LaplaceConditional`, where a pack asks for it).
 
 Both follow the hyperprior design of Ballé et al., "Variational image compression with a scale hyperprior"
 (ICLR 2018), as CompressAI (Bégaint et al. 2020) packages it: `forward` returns the quantized tensor and its
@@ -70,8 +71,10 @@ from torch import Tensor, nn
 from codec.errors import BitstreamError
 
 __all__ = [
+    "ENTROPY_MODELS",
     "FactorizedPrior",
     "GaussianConditional",
+    "LaplaceConditional",
     "CodingTables",
     "bits_from_likelihoods",
     "decode_indexed",
@@ -794,7 +797,8 @@ class GaussianConditional(_TabledEntropyModel):
         return mean_q, indexes
 
     def likelihood(self, y_hat: Tensor, means: Tensor, scales: Tensor) -> Tensor:
-        """P(y_hat's unit bin) under N(means, max(scales, 0.11)), bounded below by 1e-9; y_hat's shape."""
+        """P(y_hat's unit bin) under the distribution (N or Laplace) of `means` and max(scales, the scale bound),
+        bounded below by 1e-9; y_hat's shape."""
         scales = lower_bound(scales, self.scale_bound)
         distance = (y_hat - means).abs()
         upper = self._cdf((0.5 - distance) / scales)
