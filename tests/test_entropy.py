@@ -12,6 +12,7 @@ from codec.diffvc.entropy import (
     MAX_ABS_SYMBOL,
     FactorizedPrior,
     GaussianConditional,
+    LaplaceConditional,
     bits_from_likelihoods,
     quantize_pmf,
 )
@@ -177,9 +178,13 @@ def test_coding_params_are_exact_functions_of_the_inputs(gaussian: GaussianCondi
     table = gaussian.scale_table
     mean_q, indexes = gaussian._coding_params(means.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2), scales)
     assert torch.equal(mean_q, torch.round(means * 64) / 64)
-    assert torch.all(table[indexes] >= torch.minimum(scales, table[-1]))  # smallest table entry >= the scale
-    below = indexes > 0
-    assert torch.all(table[indexes[below] - 1] < scales[below])
+    if isinstance(gaussian, LaplaceConditional):  # the nearest table entry, in log
+        nearest = (table.double().log()[None] - scales.double().flatten()[:, None].log()).abs().argmin(dim=1)
+        assert torch.equal(indexes.flatten(), nearest)
+    else:  # the smallest table entry >= the scale
+        assert torch.all(table[indexes] >= torch.minimum(scales, table[-1]))
+        below = indexes > 0
+        assert torch.all(table[indexes[below] - 1] < scales[below])
     assert torch.allclose(table.double(), gaussian.default_scale_table().float().double())
 
 

@@ -25,7 +25,7 @@ from codec.diffvc.config import DiffVCConfig
 from codec.diffvc.context import Contexts, TemporalContext, add_prediction
 from codec.diffvc.diffusion import DiffusionStage, SamplingRequest, TDIRReuse, TDIRSampler
 from codec.diffvc.dpb import DecodedPictureBuffer
-from codec.diffvc.entropy import FactorizedPrior, GaussianConditional, SegmentReader
+from codec.diffvc.entropy import FactorizedPrior, GaussianConditional, SegmentReader, uniform_bits
 from codec.diffvc.hevc_intra import decode_intra, encode_intra
 from codec.diffvc.latent import build_latent_space
 from codec.diffvc.latent_codec import (
@@ -166,8 +166,10 @@ class PFrameCoding:
     motion_likelihoods: dict[str, Tensor]
 
     def estimated_bits(self) -> float:
-        """sum(-log2 p) over the MV codec's and the latent codec's symbols: the rate the likelihoods promise."""
-        return float(estimated_bits(self.motion_likelihoods)) + float(self.latent.estimated_bits())
+        """sum(-log2 p) over the MV codec's and the latent codec's symbols, and the string's uniform bits (its motion
+        flag and end marker, `uniform_bits`): the rate the likelihoods promise."""
+        learned = float(estimated_bits(self.motion_likelihoods)) + float(self.latent.estimated_bits())
+        return learned + uniform_bits(self.strings, flags=1 if self.strings else 0)  # one motion flag
 
 
 def latent_valid_hw(model: DiffVCModel, picture_hw: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -316,7 +318,7 @@ class FrameCoder:
             with t.stage("latent"):
                 strings, coded = m.intra.compress(latent, qp, latent_valid_hw(m, picture_hw))
             result = self._finish(coded, None, None, frame_type, qp, index)
-            result.estimated_bits = float(coded.estimated_bits())
+            result.estimated_bits = float(coded.estimated_bits()) + uniform_bits(strings)
             return strings, result
         p = code_p_frame(
             m,
