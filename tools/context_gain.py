@@ -13,8 +13,8 @@ colour * 64 + u * 8 + v) with the model's Gaussian means and scales. It prints:
   with a channel context (a coefficient of frequency u + v > 2 sees how many of its block's 18 low-frequency
   coefficients are non-zero; ELIC-like grouping);
 * with `--calibration`, the model's p(0) in bins against the zeros' frequency, and the model bits of the same
-  symbols under a Gaussian or a Laplace whose scales are the model's times a factor (the Laplace bounded below at
-  its 0.06, as `LaplaceConditional` codes), relative to the model's own.
+  symbols under a Gaussian or a Laplace whose scales are the model's times a factor (each bounded below as its
+  entropy model codes: 0.11, 0.06), relative to the model's own.
 
 The frequencies are fitted on the symbols they are scored on, with at most 50 contexts over 10^6 or more symbols:
 an estimate, slightly optimistic, of what a learned context model could take, not a coded result.
@@ -29,7 +29,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from codec.diffvc.entropy import LAPLACE_SCALE_BOUND, SCALE_BOUND, GaussianConditional, LaplaceConditional
+from codec.diffvc.entropy import ENTROPY_MODELS, bits_from_likelihoods
 from codec.diffvc.latent_codec import ContextualLatentCodec
 from codec.registry import get_codec
 from codec.video import read_video
@@ -122,15 +122,11 @@ def calibration_report(symbols, p0, likelihood, offsets, scales) -> tuple[list[t
         if (p0_bin == k).any()
     ]
     own = float(-np.log2(likelihood).sum())
-    distance = torch.from_numpy(np.abs(offsets))
-    models = {"gaussian": (GaussianConditional(), SCALE_BOUND), "laplace": (LaplaceConditional(), LAPLACE_SCALE_BOUND)}
+    offsets_t, centre = torch.from_numpy(offsets), torch.zeros(offsets.shape, dtype=torch.float64)
     relative = {}
-    for name, (model, bound) in models.items():
-        relative[name] = []
-        for factor in SCALE_FACTORS:
-            b = torch.from_numpy(scales * factor).clamp_min(bound)
-            p = (model._cdf((0.5 - distance) / b) - model._cdf((-0.5 - distance) / b)).clamp_min(1e-9)
-            relative[name].append(100 * (float(-torch.log2(p).sum()) / own - 1))
+    for name, model in ENTROPY_MODELS.items():
+        likelihoods = (model().likelihood(offsets_t, centre, torch.from_numpy(scales * f)) for f in SCALE_FACTORS)
+        relative[name] = [100 * (float(bits_from_likelihoods(p)) / own - 1) for p in likelihoods]
     return bins, relative
 
 

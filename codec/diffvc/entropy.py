@@ -94,15 +94,6 @@ MAX_ABS_SYMBOL = 2**30  # values are clamped to +-2**30 around their mean/median
 MAX_HALF_SUPPORT = 2048  # the factorized prior's table spans at most 2 * 2048 + 1 values around the median
 END_MARKER = 0xD1A5  # 16-bit value decoded last from every non-empty string
 END_MARKER_BITS = 16  # its cost, coded uniform: counted in the estimate, as a flag's 1 bit is
-
-
-def uniform_bits(strings: Sequence[bytes], flags: int = 0) -> int:
-    """The bits of `strings` that are coded uniform, not by a learned model: each non-empty string's end marker
-    and `flags` one-bit flags (in the strings that carry them). Estimates (sum of -log2 p) add them, so that
-    real / estimated measures the coder alone: its final state and its tables' rounding."""
-    return sum(END_MARKER_BITS for s in strings if s) + flags
-
-
 ESCAPE_CHUNK_BITS = 16  # overflow bits are bypass-coded in chunks of at most this many bits
 
 
@@ -160,6 +151,13 @@ def bits_from_likelihoods(likelihoods: Tensor) -> Tensor:
     This is the training rate and the labelled "estimated bits"; real rates come from `len(compress(...))`.
     """
     return -torch.log2(likelihoods).sum()
+
+
+def uniform_bits(strings: Sequence[bytes], flags: int = 0) -> int:
+    """The bits of `strings` that are coded uniform, not by a learned model: each non-empty string's end marker
+    and `flags` one-bit flags (in the strings that carry them). Estimates (sum of -log2 p) add them, so that
+    real / estimated measures the coder alone: its final state and its tables' rounding."""
+    return sum(END_MARKER_BITS for s in strings if s) + flags
 
 
 def get_scale_table(
@@ -729,10 +727,12 @@ class GaussianConditional(_TabledEntropyModel):
     rounded to a 1/64 grid before coding and in the evaluation-mode forward (see the module docstring).
     """
 
+    min_scale = SCALE_BOUND  # the default scale bound, and where the default scale table starts
+
     def __init__(
         self,
         scale_table: Sequence[float] | Tensor | None = None,
-        scale_bound: float = SCALE_BOUND,
+        scale_bound: float | None = None,
         tail_mass: float = TAIL_MASS,
         likelihood_bound: float = LIKELIHOOD_BOUND,
         mean_step: float = MEAN_STEP,
@@ -740,10 +740,10 @@ class GaussianConditional(_TabledEntropyModel):
         super().__init__(likelihood_bound)
         if math.frexp(mean_step)[0] != 0.5:
             raise ValueError(f"mean_step must be a power of two so that rounding to it is exact, got {mean_step}")
-        self.scale_bound = float(scale_bound)
+        self.scale_bound = float(self.min_scale if scale_bound is None else scale_bound)
         self.tail_mass = float(tail_mass)
         self.mean_step = float(mean_step)
-        table = get_scale_table() if scale_table is None else torch.as_tensor(scale_table, dtype=torch.float64)
+        table = self.default_scale_table() if scale_table is None else torch.as_tensor(scale_table, dtype=torch.float64)
         self.register_buffer("scale_table", table.float())
         self._store_tables(self._tables(self.scale_table.double()))
 
@@ -755,10 +755,11 @@ class GaussianConditional(_TabledEntropyModel):
             )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    @staticmethod
-    def default_scale_table() -> Tensor:
-        """The scale table a model of this distribution codes with unless its pack stores another."""
-        return get_scale_table()
+    @classmethod
+    def default_scale_table(cls) -> Tensor:
+        """The scale table a model of this distribution codes with unless its pack stores another: from its
+        `min_scale` up."""
+        return get_scale_table(min_scale=cls.min_scale)
 
     @torch.no_grad()
     def use_scale_table(self, table: Tensor) -> None:
@@ -893,13 +894,7 @@ class LaplaceConditional(GaussianConditional):
     would cost 0.015 bits (exp(-0.5 / b) of the mass lies off the zero bin), against 5e-6 bits for the Gaussian.
     Same coding and shapes."""
 
-    def __init__(self, scale_table: Sequence[float] | Tensor | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("scale_bound", LAPLACE_SCALE_BOUND)
-        super().__init__(self.default_scale_table() if scale_table is None else scale_table, **kwargs)
-
-    @staticmethod
-    def default_scale_table() -> Tensor:
-        return get_scale_table(min_scale=LAPLACE_SCALE_BOUND)
+    min_scale = LAPLACE_SCALE_BOUND
 
     @staticmethod
     def _cdf(x: Tensor) -> Tensor:

@@ -63,6 +63,7 @@ from codec.diffvc.layers import (
     config_from_dict,
     conv,
     init_variance_preserving,
+    last_convolution,
     zero_last_convolution,
 )
 from codec.diffvc.qp import QPScales, QPScalesConfig, qp_tensor
@@ -929,22 +930,27 @@ def _start_as_transform_coder(codec: HyperpriorCodec) -> None:
     if isinstance(codec.encoder, BlockTransformAnalysis):
         zero_last_convolution(codec.encoder.learned)
         zero_last_convolution(codec.decoder.head)
-        start_prior_flat(getattr(codec, "prior_head", None) or codec.prior_fusion)
+        start_prior_flat(_prior_head(codec))
 
 
 INITIAL_SCALE = 1.0  # a skeleton codec's first Gaussian scale, in quantization steps
 
 
+def _prior_head(codec: HyperpriorCodec) -> nn.Module:
+    """The module whose output is y's entropy parameters [means; scales]: the intra and motion codecs' `prior_head`,
+    the contextual codec's `prior_fusion`."""
+    return getattr(codec, "prior_head", None) or codec.prior_fusion
+
+
 def prior_output(codec: HyperpriorCodec) -> nn.Conv2d:
     """The convolution whose output is y's entropy parameters [means; scales] (2M channels)."""
-    head = getattr(codec, "prior_head", None) or codec.prior_fusion
-    return [m for m in head.modules() if isinstance(m, nn.Conv2d)][-1]
+    return last_convolution(_prior_head(codec))
 
 
 def start_prior_flat(prior_head: nn.Module, scale: float = INITIAL_SCALE) -> None:
     """Make a prior head whose output is [means; scales] (2M channels) start at means 0 and scales `scale`: an
     untrained codec then codes with one fixed model, and its rate falls as the QP rises, from the first step."""
-    last = [m for m in prior_head.modules() if isinstance(m, nn.Conv2d)][-1]
+    last = last_convolution(prior_head)
     zero_last_convolution(prior_head)
     with torch.no_grad():
         last.bias[last.out_channels // 2 :] = scale

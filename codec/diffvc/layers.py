@@ -64,9 +64,14 @@ def config_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
+def last_convolution(module: nn.Module) -> nn.Conv2d:
+    """The last convolution in `module`, in registration order (the one that makes its output)."""
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d)][-1]
+
+
 def zero_last_convolution(module: nn.Module) -> None:
     """Zero the weights and bias of the last convolution in `module` (its output starts at exactly 0)."""
-    last = [m for m in module.modules() if isinstance(m, nn.Conv2d)][-1]
+    last = last_convolution(module)
     nn.init.zeros_(last.weight)
     if last.bias is not None:
         nn.init.zeros_(last.bias)

@@ -80,8 +80,7 @@ def bd_rate(anchor: Sequence[RatePoint], test: Sequence[RatePoint], metric: str)
     Bjontegaard integral needs (a deep metric can score a codec's lowest rate better than the one above it); the
     note counts the points left out."""
     sign = get_metric(metric).sign
-    a_points = [(bpp, quality) for bpp, quality in rate_quality(anchor, metric, sign) if bpp > 0]
-    t_points = [(bpp, quality) for bpp, quality in rate_quality(test, metric, sign) if bpp > 0]
+    a_points, t_points = _rated(anchor, metric, sign), _rated(test, metric, sign)
     a, t = _monotone_curve(a_points), _monotone_curve(t_points)
     left_out = [
         f"{n} {name} point(s) off its monotone curve left out"
@@ -94,9 +93,9 @@ def bd_rate(anchor: Sequence[RatePoint], test: Sequence[RatePoint], metric: str)
         warnings.simplefilter("always")
         try:
             value = bjontegaard.bd_rate(
-                [math.exp(log_bpp) for _, log_bpp in a],
+                [bpp for _, bpp in a],
                 [quality for quality, _ in a],
-                [math.exp(log_bpp) for _, log_bpp in t],
+                [bpp for _, bpp in t],
                 [quality for quality, _ in t],
                 method=BD_METHOD,
                 require_matching_points=False,
@@ -127,8 +126,7 @@ def rate_ratio_at_equal_quality(
     `MIN_ANCHOR_POINTS` points on its curve. Rates (bpp) must be > 0; points without `metric` are skipped.
     """
     sign = get_metric(metric).sign
-    a = [(bpp, quality) for bpp, quality in rate_quality(anchor, metric, sign) if bpp > 0]
-    t = [(bpp, quality) for bpp, quality in rate_quality(test, metric, sign) if bpp > 0]
+    a, t = _rated(anchor, metric, sign), _rated(test, metric, sign)
     curve = _monotone_curve(a)
     dropped = f"; {len(a) - len(curve)} anchor point(s) off its monotone curve ignored" if len(curve) < len(a) else ""
     if len(curve) < MIN_ANCHOR_POINTS:
@@ -136,7 +134,7 @@ def rate_ratio_at_equal_quality(
     if not t:
         return None, f"no test point has {metric}"
     q = np.array([c[0] for c in curve])
-    log_bpp = np.array([c[1] for c in curve])
+    log_bpp = np.log([c[1] for c in curve])
     inside = [(bpp, quality) for bpp, quality in t if q[0] <= quality <= q[-1]]
     better = sum(quality > q[-1] for _, quality in t)
     worse = len(t) - len(inside) - better
@@ -171,13 +169,18 @@ def rate_ratio_at_equal_quality(
     )
 
 
+def _rated(points: Sequence[RatePoint], metric: str, sign: float) -> list[tuple[float, float]]:
+    """(bpp, sign * metric) of the points that have `metric` and a positive rate."""
+    return [(bpp, quality) for bpp, quality in rate_quality(points, metric, sign) if bpp > 0]
+
+
 def _monotone_curve(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """(bpp, quality) -> (quality, log bpp) of the points no other beats (as good a quality for no more bits),
-    sorted by quality; quality and bpp both strictly increase along it."""
+    """(bpp, quality) -> (quality, bpp) of the points no other beats (as good a quality for no more bits), sorted by
+    quality; quality and bpp both strictly increase along it."""
     curve: list[tuple[float, float]] = []
     for bpp, quality in sorted(points, key=lambda p: (p[0], -p[1])):  # by rate; at equal rate, best quality first
         if not curve or quality > curve[-1][0]:
-            curve.append((quality, math.log(bpp)))
+            curve.append((quality, bpp))
     return curve
 
 
