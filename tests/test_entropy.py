@@ -15,6 +15,7 @@ from codec.diffvc.entropy import (
     LaplaceConditional,
     bits_from_likelihoods,
     quantize_pmf,
+    use_training_quantization,
 )
 from codec.errors import BitstreamError
 
@@ -214,6 +215,25 @@ def test_gaussian_training_forward_has_gradients(gaussian: GaussianConditional) 
     bits_from_likelihoods(likelihoods).backward()
     for tensor in (y, means, scales):
         assert torch.isfinite(tensor.grad).all() and tensor.grad.abs().sum() > 0
+
+
+def test_mixed_quantization_decodes_as_the_coder_and_rates_as_the_noise(gaussian: GaussianConditional) -> None:
+    """Training with "mixed" quantization: y_hat is the evaluation's rounding (what the decoder will see, mean
+    included) with y's gradient passed straight through; the likelihoods are those of the noisy y, draw for draw."""
+    model, reference = type(gaussian)(), type(gaussian)()
+    y, means, scales = gaussian_params((1, 4, 5, 5), seed=9)
+    y.requires_grad_()
+    use_training_quantization(model, "mixed")
+    torch.manual_seed(3)
+    y_hat, likelihoods = model(y, means, scales, training=True)
+    torch.manual_seed(3)
+    _, noisy_likelihoods = reference(y, means, scales, training=True)
+    assert torch.equal(y_hat.detach(), model(y.detach(), means, scales, training=False)[0])
+    assert torch.equal(likelihoods, noisy_likelihoods)
+    y_hat.sum().backward()
+    assert torch.equal(y.grad, torch.ones_like(y))
+    with pytest.raises(ValueError, match="quantization"):
+        use_training_quantization(model, "round")
 
 
 def test_likelihoods_stay_float32_under_bf16_autocast(prior: FactorizedPrior, gaussian: GaussianConditional) -> None:

@@ -157,9 +157,9 @@ def test_eval_mode_sequence_coding_matches_the_registered_condlc_codec():
 
 
 def test_a_pack_moved_to_laplace_codes_exactly_and_keeps_its_distribution(tmp_path):
-    """`train codec --entropy-model laplace` on a Gaussian pack: y's model becomes a Laplace with its own scale and
-    coding tables, the prior's scales times LAPLACE_FROM_GAUSSIAN; written as a pack it is read back as Laplace,
-    and a clip coded with it decodes exactly."""
+    """`train codec --entropy-model laplace` on a Gaussian pack: each codec's y model (intra, inter, motion)
+    becomes a Laplace with its own scale and coding tables, the prior's scales times LAPLACE_FROM_GAUSSIAN; written
+    as a pack it is read back as Laplace, and a clip coded with it decodes exactly."""
     from codec.diffvc.codec import load_model
     from codec.diffvc.entropy import LaplaceConditional
     from codec.diffvc.latent_codec import prior_output
@@ -167,7 +167,7 @@ def test_a_pack_moved_to_laplace_codes_exactly_and_keeps_its_distribution(tmp_pa
 
     gaussian, _ = load_model("random-tiny", "cpu")
     laplace = with_entropy_model(gaussian, "laplace")
-    for part in ("intra", "inter"):
+    for part in ("intra", "inter", "motion"):
         ours, theirs = getattr(laplace, part), getattr(gaussian, part)
         assert isinstance(ours.gaussian, LaplaceConditional) and not isinstance(theirs.gaussian, LaplaceConditional)
         assert torch.equal(ours.gaussian.scale_table, LaplaceConditional.default_scale_table().float())
@@ -177,7 +177,7 @@ def test_a_pack_moved_to_laplace_codes_exactly_and_keeps_its_distribution(tmp_pa
     folder = tmp_path / "laplace-pack"
     write_pack(folder, laplace.config.to_dict(), laplace.trainable_state(), "a test pack")
     codec = get_codec(f"condlc:pack={folder}:intra=learned:intra_qp_offset=0")
-    assert isinstance(codec._model()[0].inter.gaussian, LaplaceConditional)
+    assert all(isinstance(getattr(codec._model()[0], p).gaussian, LaplaceConditional) for p in ("inter", "motion"))
     clip = moving_clip(frames=3, height=64, width=64, seed=4)
     encoded = codec.encode(clip, 30)
     assert np.array_equal(codec.decode(encoded.bitstream).frames, encoded.reconstruction.frames)
@@ -319,9 +319,15 @@ def test_distill_stage_starts_at_the_codec_and_learns_the_teacher():
     assert np.mean(losses[-3:]) < 0.7 * float(first["distill_codec"]), losses
 
 
-def test_codec_loss_decreases_on_a_fixed_batch():
+@pytest.mark.parametrize("quantization", ["noise", "mixed"])
+def test_codec_loss_decreases_on_a_fixed_batch(quantization):
+    """With either training quantization (`--quantization`), which the stage gives every conditional model."""
+    from codec.diffvc.entropy import GaussianConditional
+
     torch.manual_seed(0)
-    stage = CodecStage(tiny_model(), StageOptions(qp=32), seed=0)
+    stage = CodecStage(tiny_model(), StageOptions(qp=32, quantization=quantization), seed=0)
+    models = [m for m in stage.model.modules() if isinstance(m, GaussianConditional)]
+    assert len(models) == 3 and all(m.training_quantization == quantization for m in models)
     optimizer = torch.optim.Adam(stage.trainable_parameters(), lr=5e-4)
     batch = collate_clips([TranslatingTextures()[i] for i in range(BATCH)])
     losses = []

@@ -10,7 +10,8 @@ targets), and from them
 * real bits over the estimate from the likelihoods;
 and, on Big Buck Bunny, the I-frame alone against x265-intra, a still clip (one frame repeated: each P-frame's bytes
 against the I-frame's at the same stream QP) and the rates over every QP 0..63 (a 32-frame GOP, and 3 frames as
-tests/test_pack.py).
+tests/test_pack.py); on each clip its first frame repeated over a whole GOP (what the P-frames keep of the
+I-frame's quality when nothing changes: generation loss, x265 beside it).
 Results go through the evaluation cache, so a rerun only measures what changed. Prints Markdown; writes JSON.
 """
 
@@ -26,6 +27,7 @@ import numpy as np
 from codec.eval.engine import EvalRequest, evaluate
 from codec.eval.report import rate_ratio_at_equal_quality
 from codec.eval.rows import ResultRow
+from codec.metrics import compute_metrics
 from codec.registry import get_codec
 from codec.video import Video, read_video
 
@@ -130,6 +132,36 @@ def still_figures(spec: str) -> list[dict]:
     return out
 
 
+STILL_GOP_ANCHOR_QPS = (22, 32)  # x265's, for reference: about the codec's quality at QP 8 and 32
+
+
+def still_gop_figures(spec: str) -> list[dict]:
+    """Each clip's first frame repeated over a whole GOP (32 frames): what the P-frames keep of the I-frame's
+    quality when nothing changes (a codec without generation loss holds it; x265 beside it for reference)."""
+    out = []
+    for name, (path, size) in CLIPS.items():
+        if not path.is_file():
+            continue
+        frame = read_video(path, frames=1, size=size)
+        still = Video(np.repeat(frame.frames, FRAMES, axis=0), frame.fps)
+        runs = [(spec, qp) for qp in DRIFT_QPS] + [(ANCHOR, qp) for qp in STILL_GOP_ANCHOR_QPS]
+        for codec_spec, qp in runs:
+            encoded = get_codec(codec_spec).encode(still, qp)
+            psnr = compute_metrics(still, encoded.reconstruction, ["psnr"])["psnr"]
+            out.append(
+                {
+                    "clip": name,
+                    "spec": codec_spec,
+                    "qp": qp,
+                    "i_psnr": float(psnr[0]),
+                    "first_p_psnr": float(psnr[1]),
+                    "last_p_psnr": float(psnr[-1]),
+                    "p_bytes": float(np.sum(encoded.frame_bits[1:]) / 8),
+                }
+            )
+    return out
+
+
 def rate_range(spec: str, frames: int, start: int = 0) -> dict:
     """Bytes at every QP 0..63 on `frames` frames of Big Buck Bunny from `start`: the targets' GOP (32 from 0), and
     tests/test_pack.py's footage (3 from 24), where the HEVC I-frame's QP, which moves once every 3 of ours, rules."""
@@ -172,6 +204,16 @@ def markdown(figures: dict) -> str:
         f"| {s['qp']} | {s['i_bytes']:.0f} | {s['max_p_bytes']:.0f} | {100 * s['p_over_i']:.2f} % |"
         for s in figures["still"]
     ]
+    lines += [
+        "",
+        "| still GOP (frame 0 x 32) | QP | I-frame PSNR | first P | last P | lost over the GOP | P-frames' bytes |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {s['clip']}, {s['spec']} | {s['qp']} | {s['i_psnr']:.2f} dB | {s['first_p_psnr']:.2f} dB | "
+        f"{s['last_p_psnr']:.2f} dB | {s['first_p_psnr'] - s['last_p_psnr']:.2f} dB | {s['p_bytes']:.0f} |"
+        for s in figures["still_gop"]
+    ]
     lines.append("")
     lines += [
         f"Rates over QP 0..63 ({r['frames']} frames): {r['bytes'][0]} -> {r['bytes'][-1]} bytes, {r['span']:.1f}x; "
@@ -191,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "clips": [clip_figures(name, args.spec) for name in CLIPS if CLIPS[name][0].is_file()],
         "intra": intra_figures(args.spec),
         "still": still_figures(args.spec),
+        "still_gop": still_gop_figures(args.spec),
         "rates": [rate_range(args.spec, FRAMES), rate_range(args.spec, 3, start=24)],
     }
     write_figures(args.out, figures, markdown(figures))

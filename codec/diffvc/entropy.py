@@ -81,6 +81,7 @@ __all__ = [
     "encode_indexed",
     "get_scale_table",
     "quantize_symbols",
+    "use_training_quantization",
 ]
 
 SCALE_BOUND = 0.11  # smallest Gaussian scale (CompressAI's SCALES_MIN); units of the latent's quantization step
@@ -728,6 +729,10 @@ class GaussianConditional(_TabledEntropyModel):
     """
 
     min_scale = SCALE_BOUND  # the default scale bound, and where the default scale table starts
+    # What the decoder side of training sees (the likelihoods always take y + U(-1/2, 1/2)): "noise", the same noisy
+    # y (Ballé et al. 2017); "mixed", y rounded as the coder rounds it, round(y - mean_q) + mean_q, with a
+    # straight-through gradient (Minnen & Singh 2020; ELIC's "mixed quantization"). Set by training, not stored.
+    training_quantization: str = "noise"
 
     def __init__(
         self,
@@ -827,15 +832,20 @@ class GaussianConditional(_TabledEntropyModel):
     ) -> tuple[Tensor, Tensor]:
         """(y_hat, likelihoods), both y's shape.
 
-        training (default: the module's mode): y_hat = y + U(-1/2, 1/2) noise; otherwise
-        y_hat = round(y - mean_q) + mean_q (mean_q: means on the 1/64 grid), exactly what
+        training (default: the module's mode): the likelihoods of y + U(-1/2, 1/2) noise, and y_hat that noisy y or,
+        with `training_quantization` "mixed", the evaluation's rounding with y's gradient passed straight through;
+        otherwise y_hat = round(y - mean_q) + mean_q (mean_q: means on the 1/64 grid), exactly what
         `decompress(compress(y, means, scales, region), means, scales, region)` returns: outside `region` mean_q,
         with likelihood 1 (not coded).
         """
         training = self.training if training is None else training
         if training:
-            y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5)
-            return y_hat, self.likelihood(y_hat, means, scales)
+            noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+            likelihood = self.likelihood(noisy, means, scales)
+            if self.training_quantization == "noise":
+                return noisy, likelihood
+            mean_q, _ = self._coding_params(means, scales)
+            return y + (quantize_symbols(y, mean_q) + mean_q - y).detach(), likelihood
         mean_q, _ = self._coding_params(means, scales)
         symbols = quantize_symbols(y, mean_q)
         likelihood = self.likelihood(symbols + mean_q, means, scales)
@@ -923,3 +933,15 @@ def _laplace_cdf(x: Tensor) -> Tensor:
     """Laplace(0, 1) CDF, accurate in both tails (no exp of a positive number, so finite gradients)."""
     half_tail = 0.5 * torch.exp(-x.abs())
     return torch.where(x < 0, half_tail, 1 - half_tail)
+
+
+TRAINING_QUANTIZATIONS = ("noise", "mixed")  # `GaussianConditional.training_quantization`
+
+
+def use_training_quantization(module: nn.Module, quantization: str) -> None:
+    """Set `training_quantization` of every conditional entropy model in `module` ("noise" or "mixed")."""
+    if quantization not in TRAINING_QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {', '.join(TRAINING_QUANTIZATIONS)}, got {quantization!r}")
+    for m in module.modules():
+        if isinstance(m, GaussianConditional):
+            m.training_quantization = quantization

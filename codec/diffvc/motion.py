@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from codec.diffvc.entropy import Segment, SegmentReader
+from codec.diffvc.entropy import ENTROPY_MODELS, Segment, SegmentReader
 from codec.diffvc.latent_codec import CodingOutput, HyperpriorCodec, qp_batch, read_one_string, start_prior_flat
 from codec.diffvc.layers import (
     ResidualBlock,
@@ -214,7 +214,8 @@ class DISFlow(nn.Module):
 class MotionCodecConfig:
     """Widths of the MV codec: channels (hidden width of the MV encoder/decoder), y_channels (M) of y_mv at 1/16,
     z_channels of z_mv at 1/64, hyper_channels (the hyperprior's width). flow_scale: the flow (pixels) is divided
-    by it before the encoder and the decoder's output multiplied by it."""
+    by it before the encoder and the decoder's output multiplied by it. entropy_model: y_mv's distribution,
+    "gaussian" (the default) or "laplace" (as the latent codecs', `LatentCodecConfig.entropy_model`)."""
 
     channels: int = 48
     y_channels: int = 48
@@ -225,10 +226,13 @@ class MotionCodecConfig:
     qp_init_range: float = 16.0
     block_skeleton: bool = False
     block_gain: float = 4.0
+    entropy_model: Literal["gaussian", "laplace"] = "gaussian"
 
     def __post_init__(self) -> None:
         if min(self.channels, self.y_channels, self.z_channels, self.hyper_channels) < 1 or self.flow_scale <= 0:
             raise ValueError(f"MotionCodecConfig sizes and flow_scale must be positive: {self}")
+        if self.entropy_model not in ENTROPY_MODELS:
+            raise ValueError(f"entropy_model must be one of {', '.join(ENTROPY_MODELS)}, got {self.entropy_model!r}")
 
     @classmethod
     def tiny(cls) -> MotionCodecConfig:
@@ -250,15 +254,22 @@ class MotionCodec(HyperpriorCodec):
     """MV autoencoder (DVC, Lu et al. 2019; DCVC-DC's MvEnc/MvDec) with a mean-scale hyperprior.
 
     flow [N, 2, H, W] (pixels; H, W multiples of 64) -> four stride-2 convolutions -> y_mv [N, M, H/16, W/16]
-    (times the QP's encoder scale) -> hyperprior z_mv [N, Z, H/64, W/64] -> Gaussian conditional with means and
-    scales from the hyper-decoder -> y_mv_hat * q_dec -> four sub-pixel x2 stages -> flow_hat [N, 2, H, W].
+    (times the QP's encoder scale) -> hyperprior z_mv [N, Z, H/64, W/64] -> Gaussian (or Laplace, the config's
+    `entropy_model`) conditional with means and scales from the hyper-decoder -> y_mv_hat * q_dec -> four sub-pixel
+    x2 stages -> flow_hat [N, 2, H, W].
     One string per frame: z then y.
     """
 
     def __init__(self, config: MotionCodecConfig | None = None) -> None:
         config = config or MotionCodecConfig()
         super().__init__(
-            config.y_channels, config.z_channels, config.hyper_channels, 2, config.qp_anchors, config.qp_init_range
+            config.y_channels,
+            config.z_channels,
+            config.hyper_channels,
+            2,
+            config.qp_anchors,
+            config.qp_init_range,
+            entropy_model=config.entropy_model,
         )
         self.config = config
         c, m = config.channels, config.y_channels

@@ -109,6 +109,13 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "Gaussian pack's scales start scaled for Laplace",
     )
     p.add_argument(
+        "--quantization",
+        choices=("noise", "mixed"),
+        default="noise",
+        help="what the codecs' decoders see in training: y plus uniform noise (default) or y rounded as the coder "
+        "rounds it, with a straight-through gradient (mixed; the likelihoods take the noisy y either way)",
+    )
+    p.add_argument(
         "--fresh-diffusion",
         action="store_true",
         help="diffusion/finetune: keep the pack's codec, start the diffusion stage from random init at the "
@@ -205,6 +212,7 @@ def run_train(args: argparse.Namespace) -> int:
         intra=args.intra,
         intra_qp_offset=args.intra_qp_offset,
         gradient_checkpointing=args.gradient_checkpointing,
+        quantization=args.quantization,
     )
     dataset = make_dataset(args.stage, args.data, args.frames, args.crop, args.seed, args.clips)
     record = {
@@ -217,6 +225,7 @@ def run_train(args: argparse.Namespace) -> int:
         **({"unsharp_init": args.unsharp_init} if args.unsharp_init else {}),
         **({"unsharp": args.unsharp} if args.stage == "distill" else {}),
         **({"entropy_model": args.entropy_model} if args.entropy_model else {}),
+        **({"quantization": args.quantization} if args.quantization != "noise" else {}),
     }
     from codec.train import data
 

@@ -48,7 +48,7 @@ from codec.diffvc.diffusion import (
     num_sampling_steps,
     tiny_diffusion_config,
 )
-from codec.diffvc.entropy import FactorizedPrior, GaussianConditional
+from codec.diffvc.entropy import TRAINING_QUANTIZATIONS, FactorizedPrior, GaussianConditional, use_training_quantization
 from codec.diffvc.hevc_intra import encode_intra
 from codec.diffvc.latent import pixel_unshuffle_kernel, unsharp_mask
 from codec.diffvc.latent_codec import prior_output
@@ -235,6 +235,7 @@ class StageOptions:
     intra_qp_offset: int = 0  # frame 0's QP offset, as the encoder's intra_qp_offset
     unsharp: float = 0.5
     gradient_checkpointing: bool = False
+    quantization: str = "noise"  # what the codecs' decoders see in training (`entropy.TRAINING_QUANTIZATIONS`)
 
     def __post_init__(self) -> None:
         if self.qp is not None and not QP_MIN <= self.qp <= QP_MAX:
@@ -247,6 +248,8 @@ class StageOptions:
             raise CodecError(f"intra must be learned or hevc and |intra_qp_offset| <= {QP_MAX}")
         if not 0.0 < self.unsharp <= 4.0:
             raise CodecError(f"unsharp must be in (0, 4], got {self.unsharp}")
+        if self.quantization not in TRAINING_QUANTIZATIONS:
+            raise CodecError(f"quantization must be one of {', '.join(TRAINING_QUANTIZATIONS)}")
 
 
 @dataclass(frozen=True)
@@ -287,6 +290,7 @@ class TrainingStage(nn.Module):
             getattr(model, part).requires_grad_(True)
         if self.options.gradient_checkpointing:
             model.enable_gradient_checkpointing()
+        use_training_quantization(model, self.options.quantization)
         if not self.trainable_parameters():
             raise CodecError(f"stage {self.name}: the model has no trainable parameters in {self.trainable}")
         self.train()
@@ -378,12 +382,13 @@ LAPLACE_FROM_GAUSSIAN = 0.55  # Laplace b per Gaussian scale: fewest bits on the
 
 
 def with_entropy_model(model: DiffVCModel, name: str) -> DiffVCModel:
-    """The same model with the intra and contextual latent codecs' y coded under `name`'s distribution
-    (`LatentCodecConfig.entropy_model`): `train codec --entropy-model laplace` on a pack trained with Gaussians.
+    """The same model with the intra, contextual and motion codecs' y coded under `name`'s distribution
+    (`LatentCodecConfig.entropy_model`, `MotionCodecConfig.entropy_model`): `train codec --entropy-model laplace`
+    on a pack trained with Gaussians, or one whose motion codec still codes with one.
     From Gaussian to Laplace the predicted scales are multiplied by `LAPLACE_FROM_GAUSSIAN` (the prior's last
     convolution's scale rows), where a Gaussian pack's symbols cost the fewest bits, so training starts there; the
     coding tables are the new distribution's. Every other weight is kept."""
-    parts = {"intra": model.config.intra, "inter": model.config.inter}
+    parts = {"intra": model.config.intra, "inter": model.config.inter, "motion": model.config.motion}
     if all(c.entropy_model == name for c in parts.values()):
         return model
     new = DiffVCModel(replace(model.config, **{k: replace(c, entropy_model=name) for k, c in parts.items()}))
