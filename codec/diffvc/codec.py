@@ -49,8 +49,8 @@ FLAG_REUSE_WARP = 2  # TDIR warps the reused x0 with the decoded flow
 FLAG_CODEC_REFERENCE = 4  # the next frame refers to the latent codec's reconstruction; the diffusion output is shown
 FLAG_HEVC_INTRA = 8  # I-frames are HEVC-intra pictures (codec.diffvc.hevc_intra)
 FLAG_VAE_TILED = 16  # the VAE latent space encodes and decodes in tiles (codec.diffvc.latent.VAE_TILING)
-ENCODER_REVISION = 5  # bump when the encoder's choices change what a stream holds (then cached results are redone)
-INTRA_QP_OFFSET = -12  # the default I-frame QP offset (docs/RESULTS.md, "I-frames" and "The I-frame offset")
+ENCODER_REVISION = 6  # bump when the encoder's choices change what a stream holds (then cached results are redone)
+INTRA_QP_OFFSET = -16  # the default I-frame QP offset (docs/RESULTS.md, "I-frames" and "The I-frame offset")
 INTRA_CODER = "hevc"  # the default I-frame coder (docs/RESULTS.md, "I-frames")
 STRINGS_PER_TYPE = {"I": (1,), "P": (1,)}  # one string per frame (a P-frame's: motion flag, MVs, latent)
 
