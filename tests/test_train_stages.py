@@ -25,6 +25,7 @@ from codec.diffvc.diffusion import SamplingRequest, TDIRSampler, seeded_noise
 from codec.diffvc.latent import unsharp_mask
 from codec.diffvc.model import DiffVCModel
 from codec.diffvc.warp import warp
+from codec.errors import CodecError
 from codec.registry import get_codec
 from codec.train import cli
 from codec.train.loop import LoopSettings, collate_clips, load_checkpoint, read_log, run_stage
@@ -387,6 +388,14 @@ def test_codec_pack_codes_exactly_with_the_registered_codec(codec_run):
     assert np.array_equal(codec.decode(encoded.bitstream).frames, encoded.reconstruction.frames)
 
 
+def test_a_run_resumes_only_with_the_quantization_it_trains_with(codec_run):
+    """A run trained with noise is not resumed with --quantization mixed (or the other way), which would train on
+    in silence under the wrong pack history."""
+    out, _ = codec_run
+    with pytest.raises(CodecError, match="--quantization noise"):
+        run_stage("codec", tiny_model, TranslatingTextures(), settings(out, 3), record={"quantization": "mixed"})
+
+
 def test_resuming_continues_the_step_count_and_equals_an_uninterrupted_run(codec_run, tmp_path):
     out, _ = codec_run
     resumed = run_stage("codec", tiny_model, TranslatingTextures(), settings(out, 4), log=lambda _: None)
@@ -470,6 +479,13 @@ def test_cli_flow_stage_skips_a_dis_preset(tmp_path, capsys):
     args = parse(["flow", "--data", str(tmp_path), "--out", str(tmp_path / "run")])
     assert args.run(args) == 0
     assert "DIS" in capsys.readouterr().out and not (tmp_path / "run").exists()
+
+
+def test_cli_refuses_quantization_outside_the_codec_stage(tmp_path):
+    args = parse(["finetune", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--quantization", "mixed"])
+    with pytest.raises(CodecError, match="stage codec only"):
+        args.run(args)
+    assert not (tmp_path / "run").exists()
 
 
 def test_warmup_raises_the_lr_linearly_then_holds_it(tmp_path):

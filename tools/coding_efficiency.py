@@ -27,7 +27,6 @@ import numpy as np
 from codec.eval.engine import EvalRequest, evaluate
 from codec.eval.report import rate_ratio_at_equal_quality
 from codec.eval.rows import ResultRow
-from codec.metrics import compute_metrics
 from codec.registry import get_codec
 from codec.video import Video, read_video
 
@@ -144,21 +143,21 @@ def still_gop_figures(spec: str) -> list[dict]:
             continue
         frame = read_video(path, frames=1, size=size)
         still = Video(np.repeat(frame.frames, FRAMES, axis=0), frame.fps)
-        runs = [(spec, qp) for qp in DRIFT_QPS] + [(ANCHOR, qp) for qp in STILL_GOP_ANCHOR_QPS]
-        for codec_spec, qp in runs:
-            encoded = get_codec(codec_spec).encode(still, qp)
-            psnr = compute_metrics(still, encoded.reconstruction, ["psnr"])["psnr"]
-            out.append(
-                {
-                    "clip": name,
-                    "spec": codec_spec,
-                    "qp": qp,
-                    "i_psnr": float(psnr[0]),
-                    "first_p_psnr": float(psnr[1]),
-                    "last_p_psnr": float(psnr[-1]),
-                    "p_bytes": float(np.sum(encoded.frame_bits[1:]) / 8),
-                }
-            )
+        curves = rd(still, {spec: DRIFT_QPS, ANCHOR: STILL_GOP_ANCHOR_QPS}, f"{name}-still-gop")
+        for codec_spec in (spec, ANCHOR):
+            for row in curves[codec_spec]:
+                psnr = row.per_frame["psnr"]
+                out.append(
+                    {
+                        "clip": name,
+                        "spec": codec_spec,
+                        "qp": row.qp,
+                        "i_psnr": float(psnr[0]),
+                        "first_p_psnr": float(psnr[1]),
+                        "last_p_psnr": float(psnr[-1]),
+                        "p_bytes": float(np.sum(row.frame_bits[1:]) / 8),
+                    }
+                )
     return out
 
 

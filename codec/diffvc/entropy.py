@@ -732,6 +732,7 @@ class GaussianConditional(_TabledEntropyModel):
     # What the decoder side of training sees (the likelihoods always take y + U(-1/2, 1/2)): "noise", the same noisy
     # y (Ballé et al. 2017); "mixed", y rounded as the coder rounds it, round(y - mean_q) + mean_q, with a
     # straight-through gradient (Minnen & Singh 2020; ELIC's "mixed quantization"). Set by training, not stored.
+    # Only y's: the hyper-latent z (`FactorizedPrior`) trains on noise either way.
     training_quantization: str = "noise"
 
     def __init__(
@@ -833,7 +834,8 @@ class GaussianConditional(_TabledEntropyModel):
         """(y_hat, likelihoods), both y's shape.
 
         training (default: the module's mode): the likelihoods of y + U(-1/2, 1/2) noise, and y_hat that noisy y or,
-        with `training_quantization` "mixed", the evaluation's rounding with y's gradient passed straight through;
+        with `training_quantization` "mixed", the evaluation's rounding with y's gradient passed straight through
+        (over the whole tensor: training codes no region);
         otherwise y_hat = round(y - mean_q) + mean_q (mean_q: means on the 1/64 grid), exactly what
         `decompress(compress(y, means, scales, region), means, scales, region)` returns: outside `region` mean_q,
         with likelihood 1 (not coded).

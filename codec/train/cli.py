@@ -110,7 +110,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     p.add_argument(
         "--quantization",
-        choices=("noise", "mixed"),
+        choices=("noise", "mixed"),  # entropy.TRAINING_QUANTIZATIONS (this module imports torch lazily)
         default="noise",
         help="what the codecs' decoders see in training: y plus uniform noise (default) or y rounded as the coder "
         "rounds it, with a straight-through gradient (mixed; the likelihoods take the noisy y either way)",
@@ -175,6 +175,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise CodecError(f"--crop must be a positive multiple of 64 (the motion codec works at 1/64), got {args.crop}")
     if args.frames < 2:
         raise CodecError(f"--frames must be >= 2 (an I-frame and at least one P-frame), got {args.frames}")
+    if args.quantization != "noise" and args.stage != "codec":
+        raise CodecError(f"--quantization trains the codecs' decoders: stage codec only, not {args.stage}")
     if args.unsharp_init and not args.fresh_diffusion:
         raise CodecError("--unsharp-init sets the start of a new diffusion stage: it needs --fresh-diffusion")
     if args.sd_path:

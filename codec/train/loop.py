@@ -284,10 +284,14 @@ def _starting_point(
         raise CodecError(
             f"{settings.out} holds a checkpoint of stage {checkpoint['stage']!r}, not {stage_name!r}: use another --out"
         )
+    resumed = dict(checkpoint.get("record", record) or {})
+    asked, trained = ((r or {}).get("quantization", "noise") for r in (record, resumed))
+    if asked != trained:
+        raise CodecError(f"{settings.out} trains with --quantization {trained}: resume it with that, not {asked}")
     model = model_from_checkpoint(checkpoint)
     step, seconds = int(checkpoint["step"]), float(checkpoint["seconds"])
     say(f"resuming {stage_name} from {path} at step {step}")
-    return _Start(model, step, seconds, dict(checkpoint.get("record", record) or {}), checkpoint)
+    return _Start(model, step, seconds, resumed, checkpoint)
 
 
 def _resumed_loader(
