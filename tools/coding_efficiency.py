@@ -116,11 +116,16 @@ def intra_figures(spec: str) -> dict:
     }
 
 
+def still_clip(name: str, frames: int, start: int = 0) -> Video:
+    """Frame `start` of evaluation clip `name` repeated `frames` times."""
+    path, size = CLIPS[name]
+    frame = read_video(path, start=start, frames=1, size=size)
+    return Video(np.repeat(frame.frames, frames, axis=0), frame.fps)
+
+
 def still_figures(spec: str) -> list[dict]:
     """Frame 24 of Big Buck Bunny repeated 8 times: each P-frame's bytes over the I-frame's."""
-    path, size = CLIPS["bbb"]
-    frame = read_video(path, start=24, frames=1, size=size)
-    still = Video(np.repeat(frame.frames, 8, axis=0), frame.fps)
+    still = still_clip("bbb", 8, start=24)
     codec = get_codec(spec)
     out = []
     for qp in (8, 32, 56):
@@ -138,11 +143,10 @@ def still_gop_figures(spec: str) -> list[dict]:
     """Each clip's first frame repeated over a whole GOP (32 frames): what the P-frames keep of the I-frame's
     quality when nothing changes (a codec without generation loss holds it; x265 beside it for reference)."""
     out = []
-    for name, (path, size) in CLIPS.items():
+    for name, (path, _) in CLIPS.items():
         if not path.is_file():
             continue
-        frame = read_video(path, frames=1, size=size)
-        still = Video(np.repeat(frame.frames, FRAMES, axis=0), frame.fps)
+        still = still_clip(name, FRAMES)
         curves = rd(still, {spec: DRIFT_QPS, ANCHOR: STILL_GOP_ANCHOR_QPS}, f"{name}-still-gop")
         for codec_spec in (spec, ANCHOR):
             for row in curves[codec_spec]:

@@ -807,11 +807,14 @@ class GaussianConditional(_TabledEntropyModel):
         the result depends on the inputs alone, whatever the device. Index = the smallest table entry >= scale
         (the last entry for larger scales), as in CompressAI's `build_indexes`.
         """
-        means = means.detach().float().contiguous()
         scales = scales.detach().float().contiguous()
-        mean_q = torch.round(means / self.mean_step) * self.mean_step
         indexes = torch.bucketize(scales, self._index_boundaries().to(scales.device))
-        return mean_q, indexes
+        return self._mean_grid(means), indexes
+
+    def _mean_grid(self, means: Tensor) -> Tensor:
+        """The means rounded to the 1/64 grid (float32, contiguous, no gradient): the centres the coder rounds y
+        around (`_coding_params`, and training's "mixed" quantization)."""
+        return torch.round(means.detach().float().contiguous() / self.mean_step) * self.mean_step
 
     def _index_boundaries(self) -> Tensor:
         """Scales above boundary i take table entry i + 1: the entries themselves, so a scale codes with the
@@ -846,7 +849,7 @@ class GaussianConditional(_TabledEntropyModel):
             likelihood = self.likelihood(noisy, means, scales)
             if self.training_quantization == "noise":
                 return noisy, likelihood
-            mean_q, _ = self._coding_params(means, scales)
+            mean_q = self._mean_grid(means)
             return y + (quantize_symbols(y, mean_q) + mean_q - y).detach(), likelihood
         mean_q, _ = self._coding_params(means, scales)
         symbols = quantize_symbols(y, mean_q)
