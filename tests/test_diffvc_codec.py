@@ -37,12 +37,25 @@ def test_decode_reproduces_the_encoder_exactly_across_a_gop_boundary(clip, encod
 
 @pytest.mark.parametrize(
     "spec",
-    [f"diffvc:{RANDOM}:tdir=off", f"diffvc:{RANDOM}:reuse=step:reuse_warp=off", f"condlc:{RANDOM}:intra_period=-1"],
+    [
+        f"diffvc:{RANDOM}:tdir=off",
+        f"diffvc:{RANDOM}:reuse=step:reuse_warp=off",
+        f"condlc:{RANDOM}:intra_period=-1",
+        f"condlc:{RANDOM}:intra=learned:deadzone=0.3",
+    ],
 )
 def test_exact_round_trip_with_other_switches(clip, spec):
     codec = get_codec(spec)
     enc = codec.encode(moving_clip(frames=4, height=64, width=64, seed=2), 40)
     assert np.array_equal(codec.decode(enc.bitstream).frames, enc.reconstruction.frames)
+
+
+def test_a_deadzone_is_the_encoders_choice(clip):
+    """A dead zone codes fewer bits and the decoder, which reads no option, still reproduces the encoder."""
+    plain = get_codec(f"condlc:{RANDOM}").encode(clip, 30)
+    dead = get_codec(f"condlc:{RANDOM}:deadzone=0.3").encode(clip, 30)
+    assert sum(dead.frame_bits[1:]) < sum(plain.frame_bits[1:])
+    assert np.array_equal(get_codec(f"condlc:{RANDOM}").decode(dead.bitstream).frames, dead.reconstruction.frames)
 
 
 def test_tdir_halves_the_unet_evaluations(encoded):
@@ -125,6 +138,8 @@ def test_options_are_checked():
         get_codec(f"diffvc:{RANDOM}:intra_period=0")
     with pytest.raises(SpecError):
         get_codec(f"diffvc:{RANDOM}:qp_offsets=a,b")
+    with pytest.raises(SpecError, match="deadzone"):
+        get_codec(f"condlc:{RANDOM}:deadzone=0.5")
     with pytest.raises(CodecUnavailableError, match="not found"):
         get_codec("diffvc:pack=no-such-pack")
 

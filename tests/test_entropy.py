@@ -14,7 +14,9 @@ from codec.diffvc.entropy import (
     GaussianConditional,
     LaplaceConditional,
     bits_from_likelihoods,
+    deadzone_rounding,
     quantize_pmf,
+    quantize_symbols,
     use_training_quantization,
 )
 from codec.errors import BitstreamError
@@ -104,6 +106,33 @@ def test_gaussian_reconstruction_uses_the_mean_grid(gaussian: GaussianConditiona
     y_hat, _ = gaussian(y, means, scales, training=False)
     mean_q = torch.round(means * 64) / 64
     assert torch.equal(y_hat - mean_q, torch.round(y - mean_q))
+
+
+def test_deadzone_rounds_toward_the_centre() -> None:
+    """A dead zone of d: |r| < 1/2 + d codes 0, and every symbol moves toward the centre by at most one step."""
+    r = torch.tensor([-2.7, -1.6, -0.64, -0.5, -0.2, 0.0, 0.2, 0.5, 0.64, 0.66, 1.6, 2.64, 2.66])
+    assert quantize_symbols(r, torch.zeros(())).tolist() == [-3, -2, -1, -0, -0, 0, 0, 0, 1, 1, 2, 3, 3]
+    assert quantize_symbols(r, torch.zeros(()), 0.15).tolist() == [-3, -1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3]
+    y, means, _ = gaussian_params((2, 4, 9, 9), seed=5)
+    plain, dead = quantize_symbols(y, means), quantize_symbols(y, means, 0.3)
+    assert torch.all(dead.abs() <= plain.abs()) and torch.all(plain.abs() - dead.abs() <= 1)
+    assert torch.all(dead[(y - means).abs() < 0.8] == 0)
+
+
+def test_deadzone_stream_decodes_exactly_and_costs_less(gaussian: GaussianConditional) -> None:
+    """Inside `deadzone_rounding` the encoder's forward and its strings agree (the decoder, which never knows the
+    dead zone, reads the forward's y_hat bit for bit), the string is shorter, and outside it nothing changed."""
+    y, means, scales = gaussian_params((1, 16, 12, 12), seed=11)
+    scales = scales.clamp(0.3, 3.0)
+    plain = gaussian.compress(y, means, scales)
+    with deadzone_rounding(0.25):
+        y_hat, _ = gaussian(y, means, scales, training=False)
+        string = gaussian.compress(y, means, scales)
+    assert torch.equal(gaussian.decompress(string, means, scales), y_hat)
+    assert len(string) < len(plain)
+    assert gaussian.compress(y, means, scales) == plain
+    with pytest.raises(ValueError, match="deadzone"), deadzone_rounding(0.5):
+        pass
 
 
 def test_empty_tensors_give_empty_strings(prior: FactorizedPrior, gaussian: GaussianConditional) -> None:

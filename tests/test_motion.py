@@ -88,6 +88,26 @@ def test_warp_of_a_known_translation_matches_the_shifted_image() -> None:
     assert torch.allclose(half[..., :-1], (ref[..., :-1] + ref[..., 1:]) / 2, atol=1e-5)
 
 
+def test_bicubic_warp_keeps_integer_shifts_and_loses_less_detail_at_half_pixels() -> None:
+    """Bicubic warping copies integer shifts as bilinear does; repeated half-pixel shifts there and back (a reference
+    chain resampled frame after frame) keep more of a textured picture than bilinear's averaging."""
+    ref = textured(48, 64)
+    flow = torch.zeros(1, 2, 48, 64)
+    flow[:, 0], flow[:, 1] = 2, -1
+    assert torch.allclose(warp(ref, flow, "bicubic")[:, :, 3:45, 4:60], warp(ref, flow)[:, :, 3:45, 4:60], atol=1e-5)
+    half = torch.zeros(1, 2, 48, 64)
+    half[:, 0] = 0.5
+    errors = {}
+    for mode in ("bilinear", "bicubic"):
+        x = ref
+        for k in range(6):
+            x = warp(x, half if k % 2 == 0 else -half, mode)
+        errors[mode] = float((x - ref)[..., 4:-4].square().mean())
+    assert errors["bicubic"] < 0.7 * errors["bilinear"], errors  # measured 0.58
+    with pytest.raises(ValueError, match="interpolation"):
+        warp(ref, flow, "lanczos")
+
+
 def test_dis_recovers_a_global_translation() -> None:
     big = textured(96, 112, seed=1)
     dx, dy = 3, 2

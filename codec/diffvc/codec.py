@@ -52,6 +52,7 @@ FLAG_VAE_TILED = 16  # the VAE latent space encodes and decodes in tiles (codec.
 ENCODER_REVISION = 6  # bump when the encoder's choices change what a stream holds (then cached results are redone)
 INTRA_QP_OFFSET = -16  # the default I-frame QP offset (docs/RESULTS.md, "I-frames" and "The I-frame offset")
 INTRA_CODER = "hevc"  # the default I-frame coder (docs/RESULTS.md, "I-frames")
+DEADZONE = 0.0  # the default latent dead zone (docs/RESULTS.md, "A dead zone")
 STRINGS_PER_TYPE = {"I": (1,), "P": (1,)}  # one string per frame (a P-frame's: motion flag, MVs, latent)
 
 
@@ -63,6 +64,7 @@ class NeuralOptions:
     qp_offsets: str = "0"
     intra_qp_offset: int = INTRA_QP_OFFSET
     intra: Literal["learned", "hevc"] = INTRA_CODER  # I-frames: the learned intra codec or HEVC-intra (x265)
+    deadzone: float = DEADZONE  # the encoder rounds latents toward their means by this much (`deadzone_rounding`)
     pack: str = ""  # a pack name or folder; "" = the default pack; "random-tiny" = random init
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
@@ -76,6 +78,8 @@ class NeuralOptions:
             raise ValueError(f"intra must be learned or hevc, got {self.intra!r}")
         if abs(self.intra_qp_offset) > QP_MAX:
             raise ValueError(f"intra_qp_offset must be in [-63, 63], got {self.intra_qp_offset}")
+        if not 0.0 <= self.deadzone < 0.5:
+            raise ValueError(f"deadzone must be in [0, 0.5), got {self.deadzone}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -224,6 +228,7 @@ class NeuralCodecBase(CodecBase):
     def encode(self, video: Video, qp: int, **overrides: Any) -> Encoded:
         """Encode `video` at `qp` (0..63; larger = fewer bits) into one DVC1 stream."""
         from codec.diffvc.config import PAD_MULTIPLE
+        from codec.diffvc.entropy import deadzone_rounding
         from codec.diffvc.latent import vae_tiling
         from codec.diffvc.timing import StageTimer, active_timer
 
@@ -243,7 +248,7 @@ class NeuralCodecBase(CodecBase):
         coder = self.frame_coder(model, plan, timer, device)
         units, recon, evals, estimated = [], [], [], []
         start = time.perf_counter()
-        with active_timer(timer), vae_tiling(_tile_grid(tiled)):
+        with active_timer(timer), vae_tiling(_tile_grid(tiled)), deadzone_rounding(opts.deadzone):
             for t in range(video.num_frames):
                 ftype = frame_type(t, opts.intra_period)
                 fqp = frame_qp(qp, t, opts.intra_period, offsets, opts.intra_qp_offset)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from codec.diffvc.layers import ResidualBlock, SubpelUpsample, act, config_from_dict, conv
-from codec.diffvc.warp import resize_flow, warp
+from codec.diffvc.warp import INTERPOLATIONS, resize_flow, warp
 
 __all__ = ["Contexts", "TemporalContext", "TemporalContextConfig", "add_prediction"]
 
@@ -50,15 +50,20 @@ class Contexts:
 @dataclass(frozen=True)
 class TemporalContextConfig:
     """feature_channels (F): channels of the DPB feature (the latent decoder's `feature_channels`);
-    channels: widths of C1, C2, C3; use_warped_frame: add the warped frame, PixelUnshuffle(8)'ed, to C1."""
+    channels: widths of C1, C2, C3; use_warped_frame: add the warped frame, PixelUnshuffle(8)'ed, to C1;
+    frame_interpolation: how the reference frame (pixels) is warped, the motion-compensated prediction (`warp`'s
+    bilinear or bicubic; docs/RESULTS.md, "Bicubic motion compensation"). The features are warped bilinearly."""
 
     feature_channels: int = 64
     channels: tuple[int, int, int] = (64, 64, 96)
     use_warped_frame: bool = True
+    frame_interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         if len(self.channels) != 3 or min(self.feature_channels, *self.channels) < 1:
             raise ValueError(f"TemporalContextConfig needs a positive feature width and 3 positive widths: {self}")
+        if self.frame_interpolation not in INTERPOLATIONS:
+            raise ValueError(f"frame_interpolation must be one of {INTERPOLATIONS}, got {self.frame_interpolation!r}")
 
     @classmethod
     def tiny(cls) -> TemporalContextConfig:
@@ -129,7 +134,7 @@ class TemporalContext(nn.Module):
         f1, f2, f3 = (warp(f, resize_flow(flow, f.shape[-2:])) for f in (f1, f2, f3))
         if self.warped_frame is None:
             return self._fuse(f1, f2, f3, None)
-        warped = warp(frame, flow)
+        warped = warp_frame(frame, flow, self.config.frame_interpolation)
         contexts = self._fuse(f1, f2, f3, self.warped_frame(warped))
         contexts.warped_frame = warped
         return contexts
@@ -144,12 +149,23 @@ class TemporalContext(nn.Module):
         return Contexts(c1, c2, c3)
 
 
+def warp_frame(frame: Tensor, flow: Tensor, mode: str) -> Tensor:
+    """A frame [N, 3, H, W] in [0, 1] warped with `flow` by `mode`'s interpolation, kept in [0, 1] (bicubic
+    overshoots at edges)."""
+    warped = warp(frame, flow, mode)
+    return warped if mode == "bilinear" else warped.clamp(0.0, 1.0)
+
+
 def add_prediction(
-    contexts: Contexts, reference: Tensor, flow_hat: Tensor, encode_latent: Callable[[Tensor], Tensor]
+    contexts: Contexts,
+    reference: Tensor,
+    flow_hat: Tensor,
+    encode_latent: Callable[[Tensor], Tensor],
+    mode: str = "bilinear",
 ) -> Contexts:
     """Set contexts.prediction: the latent of the reference [N, 3, H, W] warped with the decoded flow [N, 2, H, W]
-    (`encode_latent`: the latent space's encoder), the motion-compensated prediction a residual codec codes against.
-    Reuses the warped frame the contexts already hold. Returns `contexts`."""
-    warped = contexts.warped_frame if contexts.warped_frame is not None else warp(reference, flow_hat)
+    by `mode`'s interpolation (`encode_latent`: the latent space's encoder), the motion-compensated prediction a
+    residual codec codes against. Reuses the warped frame the contexts already hold. Returns `contexts`."""
+    warped = contexts.warped_frame if contexts.warped_frame is not None else warp_frame(reference, flow_hat, mode)
     contexts.prediction = encode_latent(warped)
     return contexts

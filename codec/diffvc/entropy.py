@@ -54,8 +54,10 @@ container's CRCs (codec/bitstream.py) are the first line of defence.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property, wraps
@@ -77,6 +79,7 @@ __all__ = [
     "LaplaceConditional",
     "CodingTables",
     "bits_from_likelihoods",
+    "deadzone_rounding",
     "decode_indexed",
     "encode_indexed",
     "get_scale_table",
@@ -168,13 +171,40 @@ def get_scale_table(
     return torch.exp(torch.linspace(math.log(min_scale), math.log(max_scale), levels, dtype=torch.float64))
 
 
-def quantize_symbols(x: Tensor, center: Tensor) -> Tensor:
+def quantize_symbols(x: Tensor, center: Tensor, deadzone: float = 0.0) -> Tensor:
     """round(x - center) clamped to +-MAX_ABS_SYMBOL: the integer symbols (as float32) that get coded.
 
     x: float tensor; center: broadcastable to x (medians or grid-rounded means). One float32 subtraction, a
     rounding and a clamp, which every IEEE device computes identically, so the result does not depend on it.
+    deadzone in [0, 1/2): r = x - center rounds toward zero instead, sign(r) floor(|r| + 1/2 - deadzone) (HEVC's
+    rounding offset 1/2 - deadzone), so |r| < 1/2 + deadzone gives 0; exact operations too.
     """
-    return torch.round(x.float() - center).clamp_(-MAX_ABS_SYMBOL, MAX_ABS_SYMBOL)
+    residual = x.float() - center
+    if deadzone:
+        rounded = torch.sign(residual) * torch.floor(residual.abs() + (0.5 - deadzone))
+    else:
+        rounded = torch.round(residual)
+    return rounded.clamp_(-MAX_ABS_SYMBOL, MAX_ABS_SYMBOL)
+
+
+MAX_DEADZONE = 0.5  # exclusive: at 1/2 the rounding offset is 0 and a symbol of 1 needs |r| >= 1
+_DEADZONE: contextvars.ContextVar[float] = contextvars.ContextVar("deadzone", default=0.0)
+
+
+@contextlib.contextmanager
+def deadzone_rounding(deadzone: float) -> Iterator[None]:
+    """Inside the block, the conditional models (`GaussianConditional`, `LaplaceConditional`) code y with a dead
+    zone: `quantize_symbols(y, mean_q, deadzone)` in the evaluation-mode forward and in `segment` alike, so the
+    encoder's reconstruction is still what the decoder reads. An encoder's choice, as HEVC encoders' rounding
+    offsets are: the decoder reads symbols and never knows it. Training and the factorized prior (z) are unchanged.
+    The codec wraps a whole stream's encoding in it (`NeuralOptions.deadzone`; docs/RESULTS.md, "A dead zone")."""
+    if not 0.0 <= deadzone < MAX_DEADZONE:
+        raise ValueError(f"deadzone must be in [0, {MAX_DEADZONE}), got {deadzone}")
+    token = _DEADZONE.set(float(deadzone))
+    try:
+        yield
+    finally:
+        _DEADZONE.reset(token)
 
 
 Region = tuple[int, int] | None  # (rows, cols) of a latent's top-left area that is coded; None: all of it
@@ -839,7 +869,8 @@ class GaussianConditional(_TabledEntropyModel):
         training (default: the module's mode): the likelihoods of y + U(-1/2, 1/2) noise, and y_hat that noisy y or,
         with `training_quantization` "mixed", the evaluation's rounding with y's gradient passed straight through
         (over the whole tensor: training codes no region);
-        otherwise y_hat = round(y - mean_q) + mean_q (mean_q: means on the 1/64 grid), exactly what
+        otherwise y_hat = round(y - mean_q) + mean_q (mean_q: means on the 1/64 grid; rounded with a dead zone inside
+        `deadzone_rounding`), exactly what
         `decompress(compress(y, means, scales, region), means, scales, region)` returns: outside `region` mean_q,
         with likelihood 1 (not coded).
         """
@@ -852,7 +883,7 @@ class GaussianConditional(_TabledEntropyModel):
             mean_q = self._mean_grid(means)
             return y + (quantize_symbols(y, mean_q) + mean_q - y).detach(), likelihood
         mean_q, _ = self._coding_params(means, scales)
-        symbols = quantize_symbols(y, mean_q)
+        symbols = quantize_symbols(y, mean_q, _DEADZONE.get())
         likelihood = self.likelihood(symbols + mean_q, means, scales)
         if region is not None:
             outside = outside_region(y, region)
@@ -876,7 +907,7 @@ class GaussianConditional(_TabledEntropyModel):
         mean_q, indexes = self._cpu_params(means, scales)
         y = _to_cpu_float32(y)
         _check_finite("y", y)
-        symbols = in_region(quantize_symbols(y, mean_q), region)
+        symbols = in_region(quantize_symbols(y, mean_q, _DEADZONE.get()), region)
         return symbols.numpy().astype(np.int64), in_region(indexes, region).numpy(), self.coding_tables()
 
     def compress(self, y: Tensor, means: Tensor, scales: Tensor, region: Region = None) -> bytes:

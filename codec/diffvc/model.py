@@ -64,7 +64,9 @@ class DiffVCModel(nn.Module):
         the reference warped with the decoded flow [N, C, H/8, W/8]. Encoder, decoder and training all call this."""
         contexts = self.context(reference, feature, flow_hat)
         if self.inter.config.codes_residual:
-            add_prediction(contexts, reference, flow_hat, self.latent_space.encode)
+            add_prediction(
+                contexts, reference, flow_hat, self.latent_space.encode, self.config.context.frame_interpolation
+            )
         return contexts
 
     def coding_parts(self) -> list[nn.Module]:

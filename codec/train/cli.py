@@ -109,6 +109,11 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "Gaussian pack's scales start scaled for Laplace",
     )
     p.add_argument(
+        "--frame-interpolation",
+        choices=("bilinear", "bicubic"),  # warp.INTERPOLATIONS (this module imports torch lazily)
+        help="codec: warp the reference frame with this interpolation from now on (default: the pack's)",
+    )
+    p.add_argument(
         "--quantization",
         choices=("noise", "mixed"),  # entropy.TRAINING_QUANTIZATIONS (this module imports torch lazily)
         default="noise",
@@ -227,6 +232,7 @@ def run_train(args: argparse.Namespace) -> int:
         **({"unsharp_init": args.unsharp_init} if args.unsharp_init else {}),
         **({"unsharp": args.unsharp} if args.stage == "distill" else {}),
         **({"entropy_model": args.entropy_model} if args.entropy_model else {}),
+        **({"frame_interpolation": args.frame_interpolation} if args.frame_interpolation else {}),
         **({"quantization": args.quantization} if args.quantization != "noise" else {}),
     }
     from codec.train import data
@@ -306,6 +312,7 @@ def start_model(args: argparse.Namespace):
         with_anchor_gain,
         with_entropy_model,
         with_flat_quantizer,
+        with_frame_interpolation,
         with_fresh_diffusion,
         with_spynet,
     )
@@ -324,6 +331,8 @@ def start_model(args: argparse.Namespace):
         model = DiffVCModel(start_model_config(args))
     if args.entropy_model:
         model = with_entropy_model(model, args.entropy_model)
+    if args.frame_interpolation:
+        model = with_frame_interpolation(model, args.frame_interpolation)
     return with_spynet(model) if args.stage == "flow" else model
 
 

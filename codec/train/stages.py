@@ -378,6 +378,17 @@ def with_flat_quantizer(model: DiffVCModel) -> DiffVCModel:
     return new
 
 
+def with_frame_interpolation(model: DiffVCModel, mode: str) -> DiffVCModel:
+    """The same model with its reference frame warped by `mode`'s interpolation
+    (`TemporalContextConfig.frame_interpolation`): `train codec --frame-interpolation bicubic` on a pack trained
+    with bilinear motion compensation. Every weight is kept."""
+    if model.config.context.frame_interpolation == mode:
+        return model
+    new = DiffVCModel(replace(model.config, context=replace(model.config.context, frame_interpolation=mode)))
+    new.load_state_dict(model.state_dict())
+    return new
+
+
 LAPLACE_FROM_GAUSSIAN = 0.55  # Laplace b per Gaussian scale: fewest bits on the training clip (docs/RESULTS.md)
 
 
