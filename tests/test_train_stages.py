@@ -36,7 +36,6 @@ from codec.train.stages import (
     DistillStage,
     FinetuneStage,
     StageOptions,
-    calibrate_anchor_gain,
     code_sequence,
     frame_weight,
     rd_lambda,
@@ -319,41 +318,6 @@ def test_the_anchor_gain_starts_at_zero_and_makes_the_restoration_depend_on_the_
     groups = FinetuneStage(model).parameter_groups(1e-5)
     fast = next(g for g in groups if g["lr_scale"] > 1)["params"]
     assert all(any(p is q for q in fast) for p in stage.anchor_gain.parameters())  # the gain learns fast
-
-
-def test_a_calibrated_anchor_gain_follows_the_measured_gains_between_and_beyond_them():
-    """`calibrate_anchor_gain`: g(QP) is the measured gains at their QPs, linear between them, held beyond them; the
-    rest of the model is kept. `tools.anchor_gain_scan` picks each QP's gain by a parabola through its scan."""
-    from dataclasses import replace
-
-    from tools.anchor_gain_scan import best_gain
-
-    config = tiny_config()
-    without = DiffVCModel(replace(config, diffusion=replace(config.diffusion, anchor_gain=False)))
-    as_if_trained(without.diffusion, scale=0.05)
-    model = calibrate_anchor_gain(without, {8: 0.25, 40: 0.0, 60: -0.5})
-    stage = model.diffusion
-    with torch.no_grad():
-        gains = stage.anchor_gain(stage.qp_prompt(torch.arange(64)).mean(1))[:, 0].numpy()
-    expected = np.interp(np.arange(64), [8, 40, 60], [0.25, 0.0, -0.5])
-    assert np.abs(gains - expected).max() < 1e-3, np.abs(gains - expected).max()
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in without.state_dict().items())
-    assert best_gain({-1.0: 0.30, -0.5: 0.26, 0.0: 0.25, 0.5: 0.27}) == pytest.approx(-1 / 12)
-    assert best_gain({-1.0: 0.20, -0.5: 0.26, 0.0: 0.28}) == -1.0
-    with pytest.raises(CodecError, match="gain"):
-        calibrate_anchor_gain(without, {})
-
-
-def test_the_gain_scan_table_reads_back(tmp_path):
-    from tools.anchor_gain_scan import read_scan
-
-    scan = tmp_path / "scan.md"
-    scan.write_text(
-        "| QP | g | PSNR | LPIPS | DISTS | LPIPS + DISTS |\n| --- | --- | --- | --- | --- | --- |\n"
-        "| 8 | -0.50 | 30.00 | 0.2000 | 0.1000 | 0.3000 |\n| 8 | +0.00 | 30.10 | 0.1900 | 0.1000 | 0.2900 |\n"
-        "| 8 | best -0.100 | | | | |\n| 16 | +0.00 | 29.00 | 0.2500 | 0.1500 | 0.4000 |\n"
-    )
-    assert read_scan(scan) == {8: {-0.5: 0.3, 0.0: 0.29}, 16: {0.0: 0.4}}
 
 
 def test_distill_stage_starts_at_the_codec_and_learns_the_teacher():
