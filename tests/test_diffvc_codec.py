@@ -58,6 +58,19 @@ def test_a_deadzone_is_the_encoders_choice(clip):
     assert np.array_equal(get_codec(f"condlc:{RANDOM}").decode(dead.bitstream).frames, dead.reconstruction.frames)
 
 
+def test_a_filter_level_travels_in_the_header_and_decodes_exactly(clip, encoded):
+    """`filter=G` writes its level into the header's flag bits 5-7; the decoder, which takes no option, reads it
+    and reproduces the encoder's frames. Level 0 (the default) leaves the bits as streams had them before."""
+    from codec.diffvc.codec import FILTER_LEVEL_SHIFT, FLAG_FILTER_LEVEL, STREAM_FILTER_GAINS
+
+    coded = get_codec(f"diffvc:{RANDOM}:intra_period=4:filter=-0.5").encode(clip, 30)
+    flags = read_stream(coded.bitstream)[0].flags
+    assert STREAM_FILTER_GAINS[(flags & FLAG_FILTER_LEVEL) >> FILTER_LEVEL_SHIFT] == -0.5
+    assert coded.params["filter_gain"] == -0.5
+    assert read_stream(encoded.bitstream)[0].flags & FLAG_FILTER_LEVEL == 0
+    assert np.array_equal(get_codec(f"diffvc:{RANDOM}").decode(coded.bitstream).frames, coded.reconstruction.frames)
+
+
 def test_tdir_halves_the_unet_evaluations(encoded):
     per_frame = encoded.stats["unet_evals_per_frame"]
     full = per_frame[0]
@@ -140,6 +153,10 @@ def test_options_are_checked():
         get_codec(f"diffvc:{RANDOM}:qp_offsets=a,b")
     with pytest.raises(SpecError, match="deadzone"):
         get_codec(f"condlc:{RANDOM}:deadzone=0.5")
+    with pytest.raises(SpecError, match="filter"):
+        get_codec(f"diffvc:{RANDOM}:filter=0.3")
+    with pytest.raises(SpecError, match="reference=codec"):
+        get_codec(f"diffvc:{RANDOM}:filter=auto:reference=diffusion")
     with pytest.raises(CodecUnavailableError, match="not found"):
         get_codec("diffvc:pack=no-such-pack")
 

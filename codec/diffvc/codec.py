@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -49,6 +49,14 @@ FLAG_REUSE_WARP = 2  # TDIR warps the reused x0 with the decoded flow
 FLAG_CODEC_REFERENCE = 4  # the next frame refers to the latent codec's reconstruction; the diffusion output is shown
 FLAG_HEVC_INTRA = 8  # I-frames are HEVC-intra pictures (codec.diffvc.hevc_intra)
 FLAG_VAE_TILED = 16  # the VAE latent space encodes and decodes in tiles (codec.diffvc.latent.VAE_TILING)
+FILTER_LEVEL_SHIFT = 5  # flag bits 5-7: the stream's anchor-filter level, an index into STREAM_FILTER_GAINS
+FLAG_FILTER_LEVEL = 0b111 << FILTER_LEVEL_SHIFT
+# The diffusion stage's anchor filter restores by (1 + gain) (`diffusion.stream_filter_gain`): level 0 is the filter
+# as trained, -1 switches it off. The encoder picks the level (`DiffVC.encode_with_plan`; docs/RESULTS.md, "A filter
+# strength per stream"); streams written before these bits existed have level 0.
+STREAM_FILTER_GAINS: tuple[float, ...] = (0.0, -1.0, -0.75, -0.5, -0.25, 0.25, 0.5, 1.0)
+FILTER_PROBE_GAINS = (-1.0, -0.5, 0.0, 0.5)  # the gains `filter=auto` codes a stream at (`DiffVC.encode_with_plan`)
+FILTER_SCORE_METRICS = ("lpips", "dists")  # and the metrics it keeps the best by, summed (`filter_score`)
 ENCODER_REVISION = 6  # bump when the encoder's choices change what a stream holds (then cached results are redone)
 INTRA_QP_OFFSET = -16  # the default I-frame QP offset (docs/RESULTS.md, "I-frames" and "The I-frame offset")
 INTRA_CODER = "hevc"  # the default I-frame coder (docs/RESULTS.md, "I-frames")
@@ -95,13 +103,25 @@ class DiffVCOptions(NeuralOptions):
     reuse: Literal["final", "step"] = "final"
     reuse_warp: bool = True
     reference: Literal["diffusion", "codec"] = "codec"  # what the next frame refers to (docs/RESULTS.md: measured)
+    filter: str = "0"  # the anchor filter's gain for the stream: one of STREAM_FILTER_GAINS, or "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.filter != "auto" and _filter_gain(self.filter) not in STREAM_FILTER_GAINS:
+            raise ValueError(f"filter must be auto or one of {', '.join(f'{g:g}' for g in STREAM_FILTER_GAINS)}")
+        if self.filter == "auto" and self.reference != "codec":
+            raise ValueError("filter=auto compares streams of one rate: it needs reference=codec")
         if self.tdir_ratio > 1 or self.strength > 1 or not 0 <= self.steps <= 1000:
             raise ValueError("need tdir_ratio <= 1, strength <= 1 and 0 <= steps <= 1000")
         if self.reference not in ("diffusion", "codec"):
             raise ValueError(f"reference must be diffusion or codec, got {self.reference!r}")
+
+
+def _filter_gain(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def parse_offsets(text: str) -> tuple[int, ...]:
@@ -227,19 +247,29 @@ class NeuralCodecBase(CodecBase):
 
     def encode(self, video: Video, qp: int, **overrides: Any) -> Encoded:
         """Encode `video` at `qp` (0..63; larger = fewer bits) into one DVC1 stream."""
-        from codec.diffvc.config import PAD_MULTIPLE
-        from codec.diffvc.entropy import deadzone_rounding
-        from codec.diffvc.latent import vae_tiling
-        from codec.diffvc.timing import StageTimer, active_timer
-
         qp = self.check_qp(qp)
-        opts = self.options
-        model, info, device = self._model()
+        model = self._model()[0]
         plan = self.sampling_plan(model)
         try:  # the decoder refuses such a stream (a schedule past the pack's noise schedule): never write one
             _check_schedule(model, plan)
         except BitstreamError as e:
             raise SpecError(f"{self.name}: {e}") from None
+        return self.encode_with_plan(video, qp, plan)
+
+    def encode_with_plan(self, video: Video, qp: int, plan: SamplingPlan) -> Encoded:
+        """`video` coded at `qp` with `plan` (a codec with a diffusion stage also picks its filter level)."""
+        return self._encode(video, qp, plan)
+
+    def _encode(self, video: Video, qp: int, plan: SamplingPlan) -> Encoded:
+        """`video` coded at `qp` with `plan` into one DVC1 stream."""
+        from codec.diffvc.config import PAD_MULTIPLE
+        from codec.diffvc.diffusion import stream_filter_gain
+        from codec.diffvc.entropy import deadzone_rounding
+        from codec.diffvc.latent import vae_tiling
+        from codec.diffvc.timing import StageTimer, active_timer
+
+        opts = self.options
+        model, info, device = self._model()
         tiled = uses_vae_tiling(model, video.width, video.height)
         header = self._header(video, qp, plan, info, tiled)
         frames, size_hw = pad_to_multiple(video.frames, PAD_MULTIPLE)
@@ -248,7 +278,12 @@ class NeuralCodecBase(CodecBase):
         coder = self.frame_coder(model, plan, timer, device)
         units, recon, evals, estimated = [], [], [], []
         start = time.perf_counter()
-        with active_timer(timer), vae_tiling(_tile_grid(tiled)), deadzone_rounding(opts.deadzone):
+        with (
+            active_timer(timer),
+            vae_tiling(_tile_grid(tiled)),
+            deadzone_rounding(opts.deadzone),
+            stream_filter_gain(STREAM_FILTER_GAINS[plan.filter_level]),
+        ):
             for t in range(video.num_frames):
                 ftype = frame_type(t, opts.intra_period)
                 fqp = frame_qp(qp, t, opts.intra_period, offsets, opts.intra_qp_offset)
@@ -283,6 +318,7 @@ class NeuralCodecBase(CodecBase):
                 "strength": plan.strength,
                 "tdir_k": plan.tdir_k,
                 "vae_tiled": tiled,
+                "filter_gain": STREAM_FILTER_GAINS[plan.filter_level],
                 "header_bytes": len(bitstream) - sum(len(s) for u in units for s in u.strings),
             },
             stats={
@@ -301,6 +337,7 @@ class NeuralCodecBase(CodecBase):
             | (FLAG_CODEC_REFERENCE if plan.codec_reference else 0)
             | (FLAG_HEVC_INTRA if plan.hevc_intra else 0)
             | (FLAG_VAE_TILED if vae_tiled else 0)
+            | plan.filter_level << FILTER_LEVEL_SHIFT
         )
         return StreamHeader(
             codec=self.name,
@@ -324,6 +361,7 @@ class NeuralCodecBase(CodecBase):
     def decode(self, bitstream: bytes) -> Video:
         """DVC1 bytes -> the video the encoder reconstructed, bit for bit (same pack, same device)."""
         from codec.diffvc.config import PAD_MULTIPLE
+        from codec.diffvc.diffusion import stream_filter_gain
         from codec.diffvc.latent import vae_tiling
         from codec.diffvc.model import FrameCoder, SamplingPlan
         from codec.diffvc.timing import StageTimer
@@ -340,13 +378,15 @@ class NeuralCodecBase(CodecBase):
             header.seed,
             bool(header.flags & FLAG_CODEC_REFERENCE),
             bool(header.flags & FLAG_HEVC_INTRA),
+            (header.flags & FLAG_FILTER_LEVEL) >> FILTER_LEVEL_SHIFT,
         )
         _check_schedule(model, plan)
         size_hw = (header.height, header.width)
         padded_hw = tuple(-(-v // PAD_MULTIPLE) * PAD_MULTIPLE for v in size_hw)
         coder = FrameCoder(model, plan, StageTimer(device), _autocast_dtype(device))
         frames = []
-        with vae_tiling(_tile_grid(bool(header.flags & FLAG_VAE_TILED))):
+        tiling = vae_tiling(_tile_grid(bool(header.flags & FLAG_VAE_TILED)))
+        with tiling, stream_filter_gain(STREAM_FILTER_GAINS[plan.filter_level]):
             for t, unit in enumerate(units):
                 if len(unit.strings) not in STRINGS_PER_TYPE[unit.frame_type]:
                     raise BitstreamError(f"frame {t}: {unit.frame_type}-frame with {len(unit.strings)} strings")
@@ -438,7 +478,9 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
 class DiffVC(NeuralCodecBase):
     Options = DiffVCOptions
     has_diffusion = under_test = True
-    defined_flags = FLAG_REUSE_STEP | FLAG_REUSE_WARP | FLAG_CODEC_REFERENCE | FLAG_HEVC_INTRA | FLAG_VAE_TILED
+    defined_flags = (
+        FLAG_REUSE_STEP | FLAG_REUSE_WARP | FLAG_CODEC_REFERENCE | FLAG_HEVC_INTRA | FLAG_VAE_TILED | FLAG_FILTER_LEVEL
+    )
 
     def sampling_plan(self, model: DiffVCModel) -> SamplingPlan:
         from codec.diffvc.diffusion import num_reuse_steps, num_sampling_steps
@@ -453,11 +495,40 @@ class DiffVC(NeuralCodecBase):
             steps, strength, k, opts.reuse, opts.reuse_warp, opts.seed, opts.reference == "codec", opts.intra == "hevc"
         )
 
+    def encode_with_plan(self, video: Video, qp: int, plan: SamplingPlan) -> Encoded:
+        """The stream at the option's filter level; with `filter=auto` the stream coded at each of FILTER_PROBE_GAINS
+        whose P-frames score the lowest LPIPS + DISTS against the source (`filter_score`), as an encoder searches
+        HEVC's SAO parameters: the encoder sees the source, the decoder reads the level. With `reference=codec` the
+        latent codec's chain, so the rate, is the same at every level: only the shown frames differ. Costs one
+        coding per gain; a pack whose stage has no anchor filter has nothing to tune (level 0)."""
+        if self.options.filter != "auto":
+            level = STREAM_FILTER_GAINS.index(_filter_gain(self.options.filter))
+            return self._encode(video, qp, replace(plan, filter_level=level))
+        if not plan.enabled or not self._model()[0].config.diffusion.anchor_filter:
+            return self._encode(video, qp, plan)
+        codings = [
+            self._encode(video, qp, replace(plan, filter_level=STREAM_FILTER_GAINS.index(gain)))
+            for gain in FILTER_PROBE_GAINS
+        ]
+        return min(codings, key=lambda coding: filter_score(video, coding.reconstruction))
+
 
 @register_codec("condlc", "baseline neural codec: DiffVC's conditional latent codec, diffusion stage off in the loop")
 class CondLC(NeuralCodecBase):
     Options = NeuralOptions
     rate_of_under_test = True  # DiffVC's own stream without the diffusion stage (reference=codec, the default)
+
+
+def filter_score(video: Video, shown: Video) -> float:
+    """LPIPS + DISTS (the stage's fine-tuning objective) of `shown` against `video`, over the P-frames (the whole
+    clip when it has one frame)."""
+    from codec.metrics import compute_metrics
+
+    scored = slice(1, None) if video.num_frames > 1 else slice(None)
+    values = compute_metrics(
+        Video(video.frames[scored], video.fps), Video(shown.frames[scored], video.fps), list(FILTER_SCORE_METRICS)
+    )
+    return sum(float(values[m].mean()) for m in FILTER_SCORE_METRICS)
 
 
 def pack_summary() -> list[tuple[str, Path, str]]:

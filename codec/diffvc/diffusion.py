@@ -23,11 +23,12 @@ compression. Which of the [S]/[I] choices (PAPER.md) each default reflects is sa
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +45,22 @@ ReuseSource = Literal["final", "step"]
 REUSE_SOURCES: tuple[str, ...] = ("final", "step")
 Anchor = Literal["none", "reconstruction", "reconstruction_x0"]
 ANCHORS: tuple[str, ...] = ("none", "reconstruction", "reconstruction_x0")
+_STREAM_FILTER_GAIN: contextvars.ContextVar[float] = contextvars.ContextVar("stream_filter_gain", default=0.0)
+
+
+@contextlib.contextmanager
+def stream_filter_gain(gain: float) -> Iterator[None]:
+    """Inside the block the anchor filter restores by (1 + gain + the QP gain) (`reconstruction_anchor`; -1 without
+    a QP gain: no filter), as `torch.autocast` sets a precision: the codec wraps a whole stream's coding in it,
+    encoder and decoder alike, with the gain its header names (`codec.diffvc.codec.STREAM_FILTER_GAINS`). Training
+    never sets it."""
+    if not -1.0 <= gain <= 4.0:
+        raise ValueError(f"a stream's filter gain must be in [-1, 4], got {gain}")
+    token = _STREAM_FILTER_GAIN.set(float(gain))
+    try:
+        yield
+    finally:
+        _STREAM_FILTER_GAIN.reset(token)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -481,18 +498,21 @@ class DiffusionStage(nn.Module):
         return eps + net.float() if self.config.anchor == "reconstruction" else eps
 
     def reconstruction_anchor(self, latent_hat: Tensor, tokens: Tensor | None = None) -> Tensor:
-        """l^ + (1 + g) A(l^) in float32 (`DiffusionConfig.anchor_filter`, `anchor_gain`; l^ itself without the
-        filter, g = 0 without the gain or the QP prompt's tokens [N, num_tokens, dim]). The latent is padded by one
-        block of pixels replicated at the frame's edges, so A sees the picture an image filter would, edges
-        included."""
-        if self.anchor_filter is None:
+        """l^ + (1 + g + s) A(l^) in float32 (`DiffusionConfig.anchor_filter`, `anchor_gain`; l^ itself without the
+        filter, g = 0 without the gain or the QP prompt's tokens [N, num_tokens, dim]; s the stream's gain,
+        `stream_filter_gain`, 0 outside one). The latent is padded by one block of pixels replicated at the frame's
+        edges, so A sees the picture an image filter would, edges included."""
+        stream_gain = _STREAM_FILTER_GAIN.get()
+        if self.anchor_filter is None or stream_gain == -1.0 and self.anchor_gain is None:
             return latent_hat
         f = self.config.unshuffle_factor
         padded = F.pixel_unshuffle(F.pad(F.pixel_shuffle(latent_hat, f), (f, f, f, f), mode="replicate"), f)
         restoration = F.conv2d(padded, self.anchor_filter.weight.float())
         if self.anchor_gain is not None and tokens is not None:
             gain = self.anchor_gain(tokens.to(self.anchor_gain.weight.dtype).mean(1)).float()  # [N, 1]
-            restoration = restoration * (1.0 + gain)[:, :, None, None]
+            restoration = restoration * (1.0 + stream_gain + gain)[:, :, None, None]
+        elif stream_gain:
+            restoration = restoration * (1.0 + stream_gain)
         return latent_hat + restoration
 
     def _alphas_on(self, device: torch.device) -> Tensor:

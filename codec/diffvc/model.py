@@ -267,6 +267,7 @@ class SamplingPlan:
     seed: int
     codec_reference: bool = False  # the DPB keeps the latent codec's reconstruction; the diffusion output is shown
     hevc_intra: bool = False  # I-frames are HEVC-intra pictures (codec.diffvc.hevc_intra)
+    filter_level: int = 0  # the anchor filter's gain for this stream (codec.diffvc.codec.STREAM_FILTER_GAINS)
 
     @property
     def enabled(self) -> bool:
