@@ -61,7 +61,8 @@ def test_a_deadzone_is_the_encoders_choice(clip):
 def test_a_filter_level_travels_in_the_header_and_decodes_exactly(clip, encoded):
     """`filter=G` writes its level into the header's flag bits 5-7; the decoder, which takes no option, reads it
     and reproduces the encoder's frames. Level 0 (the default) leaves the bits as streams had them before."""
-    from codec.diffvc.codec import FILTER_LEVEL_SHIFT, FLAG_FILTER_LEVEL, STREAM_FILTER_GAINS
+    from codec.diffvc import STREAM_FILTER_GAINS
+    from codec.diffvc.codec import FILTER_LEVEL_SHIFT, FLAG_FILTER_LEVEL
 
     coded = get_codec(f"diffvc:{RANDOM}:intra_period=4:filter=-0.5").encode(clip, 30)
     flags = read_stream(coded.bitstream)[0].flags
@@ -69,6 +70,17 @@ def test_a_filter_level_travels_in_the_header_and_decodes_exactly(clip, encoded)
     assert coded.params["filter_gain"] == -0.5
     assert read_stream(encoded.bitstream)[0].flags & FLAG_FILTER_LEVEL == 0
     assert np.array_equal(get_codec(f"diffvc:{RANDOM}").decode(coded.bitstream).frames, coded.reconstruction.frames)
+
+
+def test_filter_minus_one_switches_the_stage_off_for_the_stream(clip):
+    """Level 1 (gain -1): the stream shows the latent codec's frames, condlc's own, and runs no U-Net; the decoder
+    does the same from the header alone."""
+    off = get_codec(f"diffvc:{RANDOM}:filter=-1").encode(clip, 30)
+    assert off.stats["unet_evals"] == 0
+    assert np.array_equal(
+        off.reconstruction.frames, get_codec(f"condlc:{RANDOM}").encode(clip, 30).reconstruction.frames
+    )
+    assert np.array_equal(get_codec(f"diffvc:{RANDOM}").decode(off.bitstream).frames, off.reconstruction.frames)
 
 
 def test_tdir_halves_the_unet_evaluations(encoded):

@@ -6,3 +6,9 @@ file imports nothing so that importing one part never loads the others (and regi
 """
 
 QP_MIN, QP_MAX = 0, 63  # DiffVC's QP range, HEVC-like: larger = coarser quantization = fewer bits
+# A stream's diffusion-stage filter by level (three bits of DiffVC's header flags, `codec.diffvc.codec`): the anchor
+# filter's gain, the stage restoring by (1 + gain); level 0 is the filter as trained (every stream written before
+# the bits existed), level 1 (-1) switches the whole stage off for the stream, whose frames are then the latent
+# codec's. The encoder picks the level (`DiffVC.encode_with_plan`; docs/RESULTS.md, "A filter strength per stream").
+STREAM_FILTER_GAINS: tuple[float, ...] = (0.0, -1.0, -0.75, -0.5, -0.25, 0.25, 0.5, 1.0)
+STAGE_OFF_LEVEL = 1

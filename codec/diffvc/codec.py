@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from codec.bitstream import CODEC_IDS, FORMAT_VERSION, MAGIC, FrameUnit, StreamHeader, read_stream, write_stream
-from codec.diffvc import QP_MAX, QP_MIN
+from codec.diffvc import QP_MAX, QP_MIN, STREAM_FILTER_GAINS
 from codec.diffvc.pack import PackInfo, find_packs, pack_info, resolve_pack
 from codec.errors import BitstreamError, CodecError, CodecUnavailableError, SpecError, VideoError
 from codec.progress import report_frame
@@ -49,12 +49,8 @@ FLAG_REUSE_WARP = 2  # TDIR warps the reused x0 with the decoded flow
 FLAG_CODEC_REFERENCE = 4  # the next frame refers to the latent codec's reconstruction; the diffusion output is shown
 FLAG_HEVC_INTRA = 8  # I-frames are HEVC-intra pictures (codec.diffvc.hevc_intra)
 FLAG_VAE_TILED = 16  # the VAE latent space encodes and decodes in tiles (codec.diffvc.latent.VAE_TILING)
-FILTER_LEVEL_SHIFT = 5  # flag bits 5-7: the stream's anchor-filter level, an index into STREAM_FILTER_GAINS
+FILTER_LEVEL_SHIFT = 5  # flag bits 5-7: the stream's filter level, an index into STREAM_FILTER_GAINS
 FLAG_FILTER_LEVEL = 0b111 << FILTER_LEVEL_SHIFT
-# The diffusion stage's anchor filter restores by (1 + gain) (`diffusion.stream_filter_gain`): level 0 is the filter
-# as trained, -1 switches it off. The encoder picks the level (`DiffVC.encode_with_plan`; docs/RESULTS.md, "A filter
-# strength per stream"); streams written before these bits existed have level 0.
-STREAM_FILTER_GAINS: tuple[float, ...] = (0.0, -1.0, -0.75, -0.5, -0.25, 0.25, 0.5, 1.0)
 FILTER_PROBE_GAINS = (-1.0, -0.5, 0.0, 0.5)  # the gains `filter=auto` codes a stream at (`DiffVC.encode_with_plan`)
 FILTER_SCORE_METRICS = ("lpips", "dists")  # and the metrics it keeps the best by, summed (`filter_score`)
 ENCODER_REVISION = 6  # bump when the encoder's choices change what a stream holds (then cached results are redone)
@@ -103,7 +99,7 @@ class DiffVCOptions(NeuralOptions):
     reuse: Literal["final", "step"] = "final"
     reuse_warp: bool = True
     reference: Literal["diffusion", "codec"] = "codec"  # what the next frame refers to (docs/RESULTS.md: measured)
-    filter: str = "0"  # the anchor filter's gain for the stream: one of STREAM_FILTER_GAINS, or "auto"
+    filter: str = "0"  # the stage's filter gain for the stream: one of STREAM_FILTER_GAINS (-1: stage off), or "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from codec.diffvc import STAGE_OFF_LEVEL
 from codec.diffvc.config import DiffVCConfig
 from codec.diffvc.context import Contexts, TemporalContext, add_prediction
 from codec.diffvc.diffusion import DiffusionStage, SamplingRequest, TDIRReuse, TDIRSampler
@@ -267,11 +268,12 @@ class SamplingPlan:
     seed: int
     codec_reference: bool = False  # the DPB keeps the latent codec's reconstruction; the diffusion output is shown
     hevc_intra: bool = False  # I-frames are HEVC-intra pictures (codec.diffvc.hevc_intra)
-    filter_level: int = 0  # the anchor filter's gain for this stream (codec.diffvc.codec.STREAM_FILTER_GAINS)
+    filter_level: int = 0  # the stage's filter gain for this stream (codec.diffvc.STREAM_FILTER_GAINS)
 
     @property
     def enabled(self) -> bool:
-        return self.steps > 0 and self.strength > 0
+        """Whether the diffusion stage runs: a schedule, and not switched off for the stream (STAGE_OFF_LEVEL)."""
+        return self.steps > 0 and self.strength > 0 and self.filter_level != STAGE_OFF_LEVEL
 
 
 @dataclass
