@@ -33,6 +33,13 @@ from app.views import LABEL_BAR
 from codec.metrics import METRIC_TABLE, get_metric, metric_names, perceptual_metrics
 
 HEAVY = "heavy"  # the concurrency group of the jobs that load the CPU (comparison, sweep, API)
+FILTER_CHOICES = [  # DiffVCOptions.filter: (label, value)
+    ("as trained", "0"),
+    ("auto: the encoder codes the clip 4 times and keeps the best (LPIPS + DISTS)", "auto"),
+    ("off: show the latent codec's frames", "-1"),
+    ("half", "-0.5"),
+    ("stronger (x1.5)", "0.5"),
+]
 
 
 def _joined(words) -> str:
@@ -85,6 +92,7 @@ class SettingsInputs:
     steps: gr.Slider
     strength: gr.Slider
     tdir_ratio: gr.Slider
+    filter: gr.Dropdown
     metrics: gr.CheckboxGroup
     anchors: gr.CheckboxGroup
     match: gr.Checkbox
@@ -105,6 +113,7 @@ class SettingsInputs:
             tdir_contrast=bool(values[self.contrast]),
             metrics=tuple(values[self.metrics]),
             pack=str(values[self.pack] or ""),
+            filter=str(values[self.filter]),
         )
 
     @property
@@ -116,6 +125,7 @@ class SettingsInputs:
             self.steps,
             self.strength,
             self.tdir_ratio,
+            self.filter,
             self.metrics,
             self.anchors,
             self.match,
@@ -302,6 +312,9 @@ def _settings_column(packs: PackPicker, max_jobs: int) -> SettingsInputs:
         steps = gr.Slider(0, 50, value=0, step=1, label="DDIM steps (0 = the pack's default)")
         strength = gr.Slider(-1, 1, value=-1, step=0.05, label="start strength (-1 = the pack's default)")
         tdir_ratio = gr.Slider(-1, 1, value=-1, step=0.05, label="TDIR ratio K / T_s (-1 = the pack's default)")
+        stage_filter = gr.Dropdown(
+            FILTER_CHOICES, value="0", label="diffusion stage's sharpening, per stream", elem_id="stage-filter"
+        )
         costly = _joined(m.label for m in METRIC_TABLE.values() if m.cost == "deep")
         metrics = gr.CheckboxGroup(
             metric_choices(), value=list(metric_names()), label=f"metrics ({costly} cost the most time on a CPU)"
@@ -316,7 +329,20 @@ def _settings_column(packs: PackPicker, max_jobs: int) -> SettingsInputs:
         halt = gr.Button("Stop", variant="stop", elem_id="stop")
     gr.Markdown(f"At most {max_jobs} heavy job{'s' if max_jobs > 1 else ''} run at once; others wait in the queue.")
     return SettingsInputs(
-        pack, pack_note, qp, tdir, steps, strength, tdir_ratio, metrics, anchors, match, contrast, run, halt
+        pack,
+        pack_note,
+        qp,
+        tdir,
+        steps,
+        strength,
+        tdir_ratio,
+        stage_filter,
+        metrics,
+        anchors,
+        match,
+        contrast,
+        run,
+        halt,
     )
 
 

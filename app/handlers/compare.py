@@ -47,6 +47,7 @@ class CompareRequest:
     tdir_contrast: bool = True
     metrics: tuple[str, ...] = field(default_factory=metric_names)
     pack: str = ""  # an installed pack's name (`CodecInfo.pack_choices`); "" = the studio's configured pack
+    filter: str = "0"  # DiffVC's stage filter for the stream (`DiffVCOptions.filter`)
 
     @classmethod
     def api(cls, video: str, qp: int, tdir: bool, frames: int) -> CompareRequest:
@@ -190,6 +191,7 @@ class CompareHandler:
             match_bitrate=bool(request.match_bitrate),
             tdir_contrast=bool(request.tdir_contrast),
             pack=installed_pack(request.pack).name if request.pack else self.workspace.config.pack,
+            filter=str(request.filter),
             metrics=tuple(m for m in metric_names() if m in request.metrics),
             device=metric_device(),
         )

@@ -106,7 +106,8 @@ class CompareSettings:
     anchors: names of registered codecs other than DiffVC (`comparison_anchors`). match_bitrate: search each
     anchor's QP for DiffVC's rate (else the anchors run at `qp`, clipped to their range). tdir_contrast: also run
     DiffVC with TDIR flipped (time and quality of TDIR on against off). pack: the DiffVC model pack ("" = the
-    default pack, "random-tiny" = random init).
+    default pack, "random-tiny" = random init). filter: DiffVC's stage filter for the stream (`DiffVCOptions.filter`:
+    "0" as trained, "-1" the stage off, "auto" the encoder's pick from four codings).
     """
 
     qp: int = 32
@@ -119,6 +120,7 @@ class CompareSettings:
     tdir_contrast: bool = True
     intra_period: int = 32
     pack: str = ""
+    filter: str = "0"
     metrics: tuple[str, ...] = field(default_factory=metric_names)
     device: str = "cpu"  # where metrics run (the neural codecs pick their own device)
 
@@ -138,6 +140,7 @@ class CompareSettings:
             "strength": self.strength,
             "tdir_ratio": self.tdir_ratio,
             "intra_period": self.intra_period,
+            "filter": self.filter,
         }
 
     def anchor_options(self, name: str) -> dict[str, Any]:
