@@ -53,7 +53,7 @@ FILTER_LEVEL_SHIFT = 5  # flag bits 5-7: the stream's filter level, an index int
 FLAG_FILTER_LEVEL = 0b111 << FILTER_LEVEL_SHIFT
 FILTER_PROBE_GAINS = (-1.0, -0.5, 0.0, 0.5)  # the gains `filter=auto` codes a stream at (`DiffVC.encode_with_plan`)
 FILTER_SCORE_METRICS = ("lpips", "dists")  # and the metrics it keeps the best by, summed (`filter_score`)
-ENCODER_REVISION = 6  # bump when the encoder's choices change what a stream holds (then cached results are redone)
+ENCODER_REVISION = 7  # bump when the encoder's choices change what a stream holds (then cached results are redone)
 INTRA_QP_OFFSET = -16  # the default I-frame QP offset (docs/RESULTS.md, "I-frames" and "The I-frame offset")
 INTRA_CODER = "hevc"  # the default I-frame coder (docs/RESULTS.md, "I-frames")
 DEADZONE = 0.0  # the default latent dead zone (docs/RESULTS.md, "A dead zone")
