@@ -51,7 +51,7 @@ FLAG_HEVC_INTRA = 8  # I-frames are HEVC-intra pictures (codec.diffvc.hevc_intra
 FLAG_VAE_TILED = 16  # the VAE latent space encodes and decodes in tiles (codec.diffvc.latent.VAE_TILING)
 FILTER_LEVEL_SHIFT = 5  # flag bits 5-7: the stream's filter level, an index into STREAM_FILTER_GAINS
 FLAG_FILTER_LEVEL = 0b111 << FILTER_LEVEL_SHIFT
-FILTER_PROBE_GAINS = (-1.0, -0.5, 0.0, 0.5)  # the gains `filter=auto` codes a stream at (`DiffVC.encode_with_plan`)
+FILTER_SEARCH_GAINS = (-1.0, -0.5, 0.0, 0.5)  # the gains `filter=auto` codes a stream at (`DiffVC.encode_with_plan`)
 FILTER_SCORE_METRICS = ("lpips", "dists")  # and the metrics it keeps the best by, summed (`filter_score`)
 ENCODER_REVISION = 7  # bump when the encoder's choices change what a stream holds (then cached results are redone)
 INTRA_QP_OFFSET = -16  # the default I-frame QP offset (docs/RESULTS.md, "I-frames" and "The I-frame offset")
@@ -492,7 +492,7 @@ class DiffVC(NeuralCodecBase):
         )
 
     def encode_with_plan(self, video: Video, qp: int, plan: SamplingPlan) -> Encoded:
-        """The stream at the option's filter level; with `filter=auto` the stream coded at each of FILTER_PROBE_GAINS
+        """The stream at the option's filter level; with `filter=auto` the stream coded at each of FILTER_SEARCH_GAINS
         whose P-frames score the lowest LPIPS + DISTS against the source (`filter_score`), as an encoder searches
         HEVC's SAO parameters: the encoder sees the source, the decoder reads the level. With `reference=codec` the
         latent codec's chain, so the rate, is the same at every level: only the shown frames differ. Costs one
@@ -506,7 +506,7 @@ class DiffVC(NeuralCodecBase):
         start = time.perf_counter()
         codings = [
             self._encode(video, qp, replace(plan, filter_level=STREAM_FILTER_GAINS.index(gain)))
-            for gain in FILTER_PROBE_GAINS
+            for gain in FILTER_SEARCH_GAINS
         ]
         best = min(codings, key=lambda coding: filter_score(video, coding.reconstruction))
         best.timings["encode"] = time.perf_counter() - start  # the search's: every coding and its scoring
