@@ -106,6 +106,8 @@ def test_compare_sweep_vote_and_restart(browser, tmp_path):
         page.on("request", lambda r: None if r.url.startswith(local) else outside.append(r.url))
         page.goto(server.url, wait_until="load")
         page.get_by_text("DiffVC model pack").wait_for()
+        page.get_by_text("Advanced").click()
+        page.locator("#stage-filter").get_by_text("diffusion stage's sharpening, per stream").wait_for()
 
         # Compare: upload the example clip, a few frames at a small size (fast), run
         page.locator("#clip button[aria-label='Clear']").click()
