@@ -58,18 +58,25 @@ def test_a_deadzone_is_the_encoders_choice(clip):
     assert np.array_equal(get_codec(f"condlc:{RANDOM}").decode(dead.bitstream).frames, dead.reconstruction.frames)
 
 
-def test_a_filter_level_travels_in_the_header_and_decodes_exactly(clip, encoded):
-    """`filter=G` writes its level into the header's flag bits 5-7; the decoder, which takes no option, reads it
-    and reproduces the encoder's frames. Level 0 (the default) leaves the bits as streams had them before."""
+def test_a_filter_level_travels_in_the_header_and_decodes_exactly(tmp_path, clip, encoded):
+    """`filter=G` writes its level into the header's flag bits 5-7 and the stage restores by (1 + G): on a stage
+    whose anchor filter acts, other frames; the decoder, which takes no option, reads the level and reproduces
+    them. Level 0 (the default) leaves the bits as streams had them before."""
     from codec.diffvc import STREAM_FILTER_GAINS
     from codec.diffvc.codec import FILTER_LEVEL_SHIFT, FLAG_FILTER_LEVEL
 
-    coded = get_codec(f"diffvc:{RANDOM}:intra_period=4:filter=-0.5").encode(clip, 30)
-    flags = read_stream(coded.bitstream)[0].flags
+    model, _ = DiffVCModel.random(tiny_config(), seed=0)
+    with torch.no_grad():
+        model.diffusion.anchor_filter.weight.normal_(0.0, 0.02)  # random-tiny's filter is zero: nothing to scale
+    pack = write_pack(tmp_path / "filtering", tiny_config().to_dict(), model.trainable_state(), "test\n").path
+    half, trained = (get_codec(f"diffvc:pack={pack}:filter={g}").encode(clip, 30) for g in ("-0.5", "0"))
+    flags = read_stream(half.bitstream)[0].flags
     assert STREAM_FILTER_GAINS[(flags & FLAG_FILTER_LEVEL) >> FILTER_LEVEL_SHIFT] == -0.5
-    assert coded.params["filter_gain"] == -0.5
+    assert half.params["filter_gain"] == -0.5 and half.bitstream != trained.bitstream
+    assert not np.array_equal(half.reconstruction.frames, trained.reconstruction.frames)
+    assert np.array_equal(get_codec(f"diffvc:pack={pack}").decode(half.bitstream).frames, half.reconstruction.frames)
     assert read_stream(encoded.bitstream)[0].flags & FLAG_FILTER_LEVEL == 0
-    assert np.array_equal(get_codec(f"diffvc:{RANDOM}").decode(coded.bitstream).frames, coded.reconstruction.frames)
+    assert get_codec(f"diffvc:{RANDOM}:filter=.5").options.filter == "0.5"  # one spelling, one cache key
 
 
 def test_filter_minus_one_switches_the_stage_off_for_the_stream(clip):

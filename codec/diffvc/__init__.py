@@ -6,6 +6,7 @@ file imports nothing so that importing one part never loads the others (and regi
 """
 
 QP_MIN, QP_MAX = 0, 63  # DiffVC's QP range, HEVC-like: larger = coarser quantization = fewer bits
+MAX_DEADZONE = 0.5  # an encoder's dead zone is in [0, 1/2): at 1/2 a symbol of 1 would need |y - mean| >= 1
 # A stream's diffusion-stage filter by level (three bits of DiffVC's header flags, `codec.diffvc.codec`): the anchor
 # filter's gain, the stage restoring by (1 + gain); level 0 is the filter as trained (every stream written before
 # the bits existed), level 1 (-1) switches the whole stage off for the stream, whose frames are then the latent

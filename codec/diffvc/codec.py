@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from codec.bitstream import CODEC_IDS, FORMAT_VERSION, MAGIC, FrameUnit, StreamHeader, read_stream, write_stream
-from codec.diffvc import QP_MAX, QP_MIN, STREAM_FILTER_GAINS
+from codec.diffvc import MAX_DEADZONE, QP_MAX, QP_MIN, STREAM_FILTER_GAINS
 from codec.diffvc.pack import PackInfo, find_packs, pack_info, resolve_pack
 from codec.errors import BitstreamError, CodecError, CodecUnavailableError, SpecError, VideoError
-from codec.progress import report_frame
+from codec.progress import frame_share, report_frame
 from codec.registry import CodecBase, Encoded, options_dict, register_codec
 from codec.video import DEFAULT_LIMITS, Video, crop, frames_to_tensor, pad_to_multiple, tensor_to_frames
 
@@ -82,8 +82,8 @@ class NeuralOptions:
             raise ValueError(f"intra must be learned or hevc, got {self.intra!r}")
         if abs(self.intra_qp_offset) > QP_MAX:
             raise ValueError(f"intra_qp_offset must be in [-63, 63], got {self.intra_qp_offset}")
-        if not 0.0 <= self.deadzone < 0.5:
-            raise ValueError(f"deadzone must be in [0, 0.5), got {self.deadzone}")
+        if not 0.0 <= self.deadzone < MAX_DEADZONE:
+            raise ValueError(f"deadzone must be in [0, {MAX_DEADZONE}), got {self.deadzone}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -105,6 +105,8 @@ class DiffVCOptions(NeuralOptions):
         super().__post_init__()
         if self.filter != "auto" and _filter_gain(self.filter) not in STREAM_FILTER_GAINS:
             raise ValueError(f"filter must be auto or one of {', '.join(f'{g:g}' for g in STREAM_FILTER_GAINS)}")
+        if self.filter != "auto":  # one spelling per gain ("0.5", ".5", "5e-1"), so one cache key
+            object.__setattr__(self, "filter", f"{_filter_gain(self.filter):g}")
         if self.filter == "auto" and self.reference != "codec":
             raise ValueError("filter=auto compares streams of one rate: it needs reference=codec")
         if self.tdir_ratio > 1 or self.strength > 1 or not 0 <= self.steps <= 1000:
@@ -259,7 +261,6 @@ class NeuralCodecBase(CodecBase):
     def _encode(self, video: Video, qp: int, plan: SamplingPlan) -> Encoded:
         """`video` coded at `qp` with `plan` into one DVC1 stream."""
         from codec.diffvc.config import PAD_MULTIPLE
-        from codec.diffvc.diffusion import stream_filter_gain
         from codec.diffvc.entropy import deadzone_rounding
         from codec.diffvc.latent import vae_tiling
         from codec.diffvc.timing import StageTimer, active_timer
@@ -274,12 +275,7 @@ class NeuralCodecBase(CodecBase):
         coder = self.frame_coder(model, plan, timer, device)
         units, recon, evals, estimated = [], [], [], []
         start = time.perf_counter()
-        with (
-            active_timer(timer),
-            vae_tiling(_tile_grid(tiled)),
-            deadzone_rounding(opts.deadzone),
-            stream_filter_gain(STREAM_FILTER_GAINS[plan.filter_level]),
-        ):
+        with active_timer(timer), vae_tiling(_tile_grid(tiled)), deadzone_rounding(opts.deadzone):
             for t in range(video.num_frames):
                 ftype = frame_type(t, opts.intra_period)
                 fqp = frame_qp(qp, t, opts.intra_period, offsets, opts.intra_qp_offset)
@@ -357,7 +353,6 @@ class NeuralCodecBase(CodecBase):
     def decode(self, bitstream: bytes) -> Video:
         """DVC1 bytes -> the video the encoder reconstructed, bit for bit (same pack, same device)."""
         from codec.diffvc.config import PAD_MULTIPLE
-        from codec.diffvc.diffusion import stream_filter_gain
         from codec.diffvc.latent import vae_tiling
         from codec.diffvc.model import FrameCoder, SamplingPlan
         from codec.diffvc.timing import StageTimer
@@ -381,8 +376,7 @@ class NeuralCodecBase(CodecBase):
         padded_hw = tuple(-(-v // PAD_MULTIPLE) * PAD_MULTIPLE for v in size_hw)
         coder = FrameCoder(model, plan, StageTimer(device), _autocast_dtype(device))
         frames = []
-        tiling = vae_tiling(_tile_grid(bool(header.flags & FLAG_VAE_TILED)))
-        with tiling, stream_filter_gain(STREAM_FILTER_GAINS[plan.filter_level]):
+        with vae_tiling(_tile_grid(bool(header.flags & FLAG_VAE_TILED))):
             for t, unit in enumerate(units):
                 if len(unit.strings) not in STRINGS_PER_TYPE[unit.frame_type]:
                     raise BitstreamError(f"frame {t}: {unit.frame_type}-frame with {len(unit.strings)} strings")
@@ -504,11 +498,13 @@ class DiffVC(NeuralCodecBase):
         if not plan.enabled or not self._model()[0].config.diffusion.anchor_filter:
             return self._encode(video, qp, plan)
         start = time.perf_counter()
-        codings = [
-            self._encode(video, qp, replace(plan, filter_level=STREAM_FILTER_GAINS.index(gain)))
-            for gain in FILTER_SEARCH_GAINS
-        ]
-        best = min(codings, key=lambda coding: filter_score(video, coding.reconstruction))
+        best, best_score = None, float("inf")
+        for part, gain in enumerate(FILTER_SEARCH_GAINS):
+            with frame_share(part, len(FILTER_SEARCH_GAINS)):
+                coding = self._encode(video, qp, replace(plan, filter_level=STREAM_FILTER_GAINS.index(gain)))
+            score = filter_score(video, coding.reconstruction)
+            if score < best_score:
+                best, best_score = coding, score
         best.timings["encode"] = time.perf_counter() - start  # the search's: every coding and its scoring
         return best
 
@@ -524,11 +520,9 @@ def filter_score(video: Video, shown: Video) -> float:
     clip when it has one frame)."""
     from codec.metrics import compute_metrics
 
-    scored = slice(1, None) if video.num_frames > 1 else slice(None)
-    values = compute_metrics(
-        Video(video.frames[scored], video.fps), Video(shown.frames[scored], video.fps), list(FILTER_SCORE_METRICS)
-    )
-    return sum(float(values[m].mean()) for m in FILTER_SCORE_METRICS)
+    values = compute_metrics(video, shown, list(FILTER_SCORE_METRICS))  # whole clips: the source's features are
+    scored = slice(1, None) if video.num_frames > 1 else slice(None)  # computed once for every coding scored
+    return sum(float(values[m][scored].mean()) for m in FILTER_SCORE_METRICS)
 
 
 def pack_summary() -> list[tuple[str, Path, str]]:

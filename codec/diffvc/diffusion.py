@@ -51,9 +51,9 @@ _STREAM_FILTER_GAIN: contextvars.ContextVar[float] = contextvars.ContextVar("str
 @contextlib.contextmanager
 def stream_filter_gain(gain: float) -> Iterator[None]:
     """Inside the block the anchor filter restores by (1 + gain + the QP gain) (`reconstruction_anchor`; -1 without
-    a QP gain: no filter), as `torch.autocast` sets a precision: the codec wraps a whole stream's coding in it,
-    encoder and decoder alike, with the gain its header names (`codec.diffvc.STREAM_FILTER_GAINS`). Training
-    never sets it."""
+    a QP gain: no filter), as `torch.autocast` sets a precision: `FrameCoder` wraps each frame's sampling in it, on
+    both sides, with the gain of its stream's plan (`SamplingPlan.filter_level`, `codec.diffvc.STREAM_FILTER_GAINS`).
+    Training never sets it."""
     if not -1.0 <= gain <= 4.0:
         raise ValueError(f"a stream's filter gain must be in [-1, 4], got {gain}")
     token = _STREAM_FILTER_GAIN.set(float(gain))

@@ -70,6 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from codec.diffvc import MAX_DEADZONE
 from codec.errors import BitstreamError
 
 __all__ = [
@@ -187,7 +188,6 @@ def quantize_symbols(x: Tensor, center: Tensor, deadzone: float = 0.0) -> Tensor
     return rounded.clamp_(-MAX_ABS_SYMBOL, MAX_ABS_SYMBOL)
 
 
-MAX_DEADZONE = 0.5  # exclusive: at 1/2 the rounding offset is 0 and a symbol of 1 needs |r| >= 1
 _DEADZONE: contextvars.ContextVar[float] = contextvars.ContextVar("deadzone", default=0.0)
 
 

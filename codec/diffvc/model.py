@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from codec.diffvc import STAGE_OFF_LEVEL
+from codec.diffvc import STAGE_OFF_LEVEL, STREAM_FILTER_GAINS
 from codec.diffvc.config import DiffVCConfig
 from codec.diffvc.context import Contexts, TemporalContext, add_prediction
-from codec.diffvc.diffusion import DiffusionStage, SamplingRequest, TDIRReuse, TDIRSampler
+from codec.diffvc.diffusion import DiffusionStage, SamplingRequest, TDIRReuse, TDIRSampler, stream_filter_gain
 from codec.diffvc.dpb import DecodedPictureBuffer
 from codec.diffvc.entropy import FactorizedPrior, GaussianConditional, SegmentReader, uniform_bits
 from codec.diffvc.hevc_intra import decode_intra, encode_intra
@@ -420,7 +420,7 @@ class FrameCoder:
         plan = self.plan
         if not plan.enabled:
             return latent_hat, None, 0
-        with self.timer.stage("diffusion"):
+        with self.timer.stage("diffusion"), stream_filter_gain(STREAM_FILTER_GAINS[plan.filter_level]):
             c1 = contexts.c1 if contexts is not None else None
             condition = diffusion_condition(latent_hat, c1, self.model.config.context.channels[0])
             reuse = self._tdir_reuse(flow_hat, latent_hat.shape[-2:]) if frame_type == "P" else None
