@@ -53,7 +53,8 @@ FILTER_LEVEL_SHIFT = 5  # flag bits 5-7: the stream's filter level, an index int
 FLAG_FILTER_LEVEL = 0b111 << FILTER_LEVEL_SHIFT
 FILTER_SEARCH_GAINS = (-1.0, -0.5, 0.0, 0.5)  # the gains `filter=auto` codes a stream at (`DiffVC.encode_with_plan`)
 FILTER_SCORE_METRICS = ("lpips", "dists")  # and the metrics it keeps the best by, summed (`filter_score`)
-ENCODER_REVISION = 7  # bump when the encoder's choices change what a stream holds (then cached results are redone)
+FILTER_SCORE_STEP = 4  # on every 4th P-frame (the metrics, not the codings, cost most of the search)
+ENCODER_REVISION = 8  # bump when the encoder's choices change what a stream holds (then cached results are redone)
 INTRA_QP_OFFSET = -16  # the default I-frame QP offset (docs/RESULTS.md, "I-frames" and "The I-frame offset")
 INTRA_CODER = "hevc"  # the default I-frame coder (docs/RESULTS.md, "I-frames")
 DEADZONE = 0.0  # the default latent dead zone (docs/RESULTS.md, "A dead zone")
@@ -486,23 +487,25 @@ class DiffVC(NeuralCodecBase):
         )
 
     def encode_with_plan(self, video: Video, qp: int, plan: SamplingPlan) -> Encoded:
-        """The stream at the option's filter level; with `filter=auto` the stream coded at each of FILTER_SEARCH_GAINS
-        whose P-frames score the lowest LPIPS + DISTS against the source (`filter_score`), as an encoder searches
-        HEVC's SAO parameters: the encoder sees the source, the decoder reads the level. With `reference=codec` the
-        latent codec's chain, so the rate, is the same at every level: only the shown frames differ. Costs one
-        coding per gain (the encode time reported is the whole search's); a pack whose stage has no anchor filter has
-        nothing to tune (level 0)."""
+        """The stream at the option's filter level; with `filter=auto` the stream coded at each of
+        FILTER_SEARCH_GAINS whose P-frames score the lowest LPIPS + DISTS against the source (`filter_score` on
+        `scored_frames`), as an encoder searches HEVC's SAO parameters: the encoder sees the source, the decoder
+        reads the level. With `reference=codec` the latent codec's chain, so the rate, is the same at every level:
+        only the shown frames differ. Costs one coding per gain and its scoring (the encode time reported is the
+        whole search's); a pack whose stage has no anchor filter has nothing to tune (level 0)."""
         if self.options.filter != "auto":
             level = STREAM_FILTER_GAINS.index(_filter_gain(self.options.filter))
             return self._encode(video, qp, replace(plan, filter_level=level))
         if not plan.enabled or not self._model()[0].config.diffusion.anchor_filter:
             return self._encode(video, qp, plan)
         start = time.perf_counter()
+        scored = scored_frames(video.num_frames)
+        source = Video(video.frames[scored], video.fps)  # one array: its features are computed once
         best, best_score = None, float("inf")
         for part, gain in enumerate(FILTER_SEARCH_GAINS):
             with frame_share(part, len(FILTER_SEARCH_GAINS)):
                 coding = self._encode(video, qp, replace(plan, filter_level=STREAM_FILTER_GAINS.index(gain)))
-            score = filter_score(video, coding.reconstruction)
+            score = filter_score(source, Video(coding.reconstruction.frames[scored], video.fps))
             if score < best_score:
                 best, best_score = coding, score
         best.timings["encode"] = time.perf_counter() - start  # the search's: every coding and its scoring
@@ -515,14 +518,18 @@ class CondLC(NeuralCodecBase):
     rate_of_under_test = True  # DiffVC's own stream without the diffusion stage (reference=codec, the default)
 
 
-def filter_score(video: Video, shown: Video) -> float:
-    """LPIPS + DISTS (the stage's fine-tuning objective) of `shown` against `video`, over the P-frames (the whole
-    clip when it has one frame)."""
+def scored_frames(num_frames: int) -> list[int]:
+    """The frames `filter=auto` scores: every FILTER_SCORE_STEP-th P-frame from the first (frame 0 alone in a
+    1-frame clip)."""
+    return list(range(1, num_frames, FILTER_SCORE_STEP)) or [0]
+
+
+def filter_score(source: Video, shown: Video) -> float:
+    """LPIPS + DISTS (the stage's fine-tuning objective) of `shown` against `source`, averaged over the frames."""
     from codec.metrics import compute_metrics
 
-    values = compute_metrics(video, shown, list(FILTER_SCORE_METRICS))  # whole clips: the source's features are
-    scored = slice(1, None) if video.num_frames > 1 else slice(None)  # computed once for every coding scored
-    return sum(float(values[m][scored].mean()) for m in FILTER_SCORE_METRICS)
+    values = compute_metrics(source, shown, list(FILTER_SCORE_METRICS))
+    return sum(float(values[m].mean()) for m in FILTER_SCORE_METRICS)
 
 
 def pack_summary() -> list[tuple[str, Path, str]]:
