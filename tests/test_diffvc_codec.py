@@ -204,3 +204,13 @@ def test_the_encoder_refuses_a_schedule_its_decoder_would_refuse(clip):
     """1000 DDIM steps at strength 1 start one past SD's 1000-step noise schedule: a SpecError, not an IndexError."""
     with pytest.raises(SpecError, match="schedule"):
         get_codec(f"diffvc:{RANDOM}:steps=1000:strength=1.0").encode(clip, 30)
+
+
+def test_the_qpp_checks_condlc_twin_keeps_only_the_options_the_codecs_share():
+    """`tools.qpp_check` compares a diffvc spec with its latent codec alone: the stage's options (reference, filter,
+    TDIR) are dropped, the codec's kept, and condlc takes the result."""
+    from tools.qpp_check import condlc_twin
+
+    twin = condlc_twin(f"diffvc:{RANDOM}:reference=diffusion:filter=-0.5:tdir=off:intra_qp_offset=-12")
+    assert twin == "condlc:pack=random-tiny:intra_qp_offset=-12"
+    assert get_codec(twin).options.intra_qp_offset == -12

@@ -11,12 +11,14 @@ beside condlc's (the stage off). A stage that uses its prompt is worse with a wr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
+from codec.diffvc.codec import NeuralOptions
 from codec.diffvc.model import FrameCoder
 from codec.metrics import compute_metrics
-from codec.registry import get_codec
+from codec.registry import get_codec, parse_spec
 from codec.video import Video, read_video
 
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "clips" / "bigbuckbunny.mp4"
@@ -47,6 +49,13 @@ def code(spec: str, video: Video, qp: int, prompt: int | None) -> Video:
     return Prompted(codec.options).encode(video, qp).reconstruction
 
 
+def condlc_twin(spec: str) -> str:
+    """`spec`'s latent codec alone: condlc with the options the two codecs share (the stage's dropped)."""
+    _, options = parse_spec(spec)
+    shared = {f.name for f in dataclasses.fields(NeuralOptions)}
+    return ":".join(["condlc", *(f"{k}={v}" for k, v in options.items() if k in shared)])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.qpp_check", description=__doc__.split("\n")[0])
     parser.add_argument("--spec", default="diffvc")
@@ -54,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, nargs="+", default=[0, 63])
     parser.add_argument("--frames", type=int, default=16)
     args = parser.parse_args(argv)
+    if parse_spec(args.spec)[1].get("filter") == "auto":
+        parser.error("filter=auto picks a gain for each prompt's coding: check the prompt with a fixed filter")
     video = read_video(CLIP, frames=args.frames, size=(256, 144))
-    condlc = get_codec(args.spec.replace("diffvc", "condlc", 1).split(":reference=")[0]).encode(video, args.qp)
+    condlc = get_codec(condlc_twin(args.spec)).encode(video, args.qp)
     runs = {
         "condlc (stage off)": condlc.reconstruction,
         f"QP prompt {args.qp} (true)": code(args.spec, video, args.qp, None),
