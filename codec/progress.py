@@ -12,19 +12,16 @@ import contextlib
 import contextvars
 from collections.abc import Callable, Iterator
 
+from codec.scoped import scoped
+
 FrameListener = Callable[[str, int, int], None]  # (phase "encode" | "decode", frames done, frames in all)
 
 _LISTENER: contextvars.ContextVar[FrameListener | None] = contextvars.ContextVar("frame_listener", default=None)
 
 
-@contextlib.contextmanager
-def frame_progress(listener: FrameListener) -> Iterator[None]:
+def frame_progress(listener: FrameListener) -> contextlib.AbstractContextManager[FrameListener]:
     """Send `report_frame` calls made inside the block (in this thread or task) to `listener`."""
-    token = _LISTENER.set(listener)
-    try:
-        yield
-    finally:
-        _LISTENER.reset(token)
+    return scoped(_LISTENER, listener)
 
 
 @contextlib.contextmanager

@@ -12,4 +12,4 @@ MAX_DEADZONE = 0.5  # an encoder's dead zone is in [0, 1/2): at 1/2 a symbol of 
 # the bits existed), level 1 (-1) switches the whole stage off for the stream, whose frames are then the latent
 # codec's. The encoder picks the level (`DiffVC.encode_with_plan`; docs/RESULTS.md, "A filter strength per stream").
 STREAM_FILTER_GAINS: tuple[float, ...] = (0.0, -1.0, -0.75, -0.5, -0.25, 0.25, 0.5, 1.0)
-STAGE_OFF_LEVEL = 1
+STAGE_OFF_LEVEL = STREAM_FILTER_GAINS.index(-1.0)

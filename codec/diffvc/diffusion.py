@@ -40,6 +40,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import Tensor, nn
 
 from codec.errors import CodecError
+from codec.scoped import scoped
 
 ReuseSource = Literal["final", "step"]
 REUSE_SOURCES: tuple[str, ...] = ("final", "step")
@@ -56,11 +57,8 @@ def stream_filter_gain(gain: float) -> Iterator[None]:
     Training never sets it."""
     if not -1.0 <= gain <= 4.0:
         raise ValueError(f"a stream's filter gain must be in [-1, 4], got {gain}")
-    token = _STREAM_FILTER_GAIN.set(float(gain))
-    try:
+    with scoped(_STREAM_FILTER_GAIN, float(gain)):
         yield
-    finally:
-        _STREAM_FILTER_GAIN.reset(token)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -502,9 +500,9 @@ class DiffusionStage(nn.Module):
         filter, g = 0 without the gain or the QP prompt's tokens [N, num_tokens, dim]; s the stream's gain,
         `stream_filter_gain`, 0 outside one). The latent is padded by one block of pixels replicated at the frame's
         edges, so A sees the picture an image filter would, edges included."""
-        stream_gain = _STREAM_FILTER_GAIN.get()
-        if self.anchor_filter is None or stream_gain == -1.0 and self.anchor_gain is None:
+        if self.anchor_filter is None:
             return latent_hat
+        stream_gain = _STREAM_FILTER_GAIN.get()
         f = self.config.unshuffle_factor
         padded = F.pixel_unshuffle(F.pad(F.pixel_shuffle(latent_hat, f), (f, f, f, f), mode="replicate"), f)
         restoration = F.conv2d(padded, self.anchor_filter.weight.float())

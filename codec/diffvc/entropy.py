@@ -72,6 +72,7 @@ from torch import Tensor, nn
 
 from codec.diffvc import MAX_DEADZONE
 from codec.errors import BitstreamError
+from codec.scoped import scoped
 
 __all__ = [
     "ENTROPY_MODELS",
@@ -200,11 +201,8 @@ def deadzone_rounding(deadzone: float) -> Iterator[None]:
     The codec wraps a whole stream's encoding in it (`NeuralOptions.deadzone`; docs/RESULTS.md, "A dead zone")."""
     if not 0.0 <= deadzone < MAX_DEADZONE:
         raise ValueError(f"deadzone must be in [0, {MAX_DEADZONE}), got {deadzone}")
-    token = _DEADZONE.set(float(deadzone))
-    try:
+    with scoped(_DEADZONE, float(deadzone)):
         yield
-    finally:
-        _DEADZONE.reset(token)
 
 
 Region = tuple[int, int] | None  # (rows, cols) of a latent's top-left area that is coded; None: all of it

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,6 +21,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from codec.scoped import scoped
 
 SD21_VAE_CONFIG = {  # stabilityai/stable-diffusion-2-1-base, vae/config.json
     "in_channels": 3,
@@ -69,16 +71,11 @@ TILE_ABOVE_PIXELS = (
 _ACTIVE_TILING: contextvars.ContextVar[TileGrid | None] = contextvars.ContextVar("vae_tiling", default=None)
 
 
-@contextlib.contextmanager
-def vae_tiling(grid: TileGrid | None) -> Iterator[None]:
+def vae_tiling(grid: TileGrid | None) -> contextlib.AbstractContextManager[TileGrid | None]:
     """Run a VAE latent space's encode and decode in `grid`'s tiles inside the block (None: whole frames), as
     `torch.autocast` sets a precision: the codec wraps a whole stream's coding in it, so every VAE call of the
     encoder and of the decoder (frames, references, an HEVC I-frame's latent) is tiled alike."""
-    token = _ACTIVE_TILING.set(grid)
-    try:
-        yield
-    finally:
-        _ACTIVE_TILING.reset(token)
+    return scoped(_ACTIVE_TILING, grid)
 
 
 def tiled_map(

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from codec.scoped import scoped
+
 STAGES = ("motion", "latent", "entropy", "diffusion", "vae")
 
 
@@ -49,14 +51,9 @@ class StageTimer:
 _ACTIVE: contextvars.ContextVar[StageTimer | None] = contextvars.ContextVar("active_stage_timer", default=None)
 
 
-@contextlib.contextmanager
-def active_timer(timer: StageTimer) -> Iterator[StageTimer]:
+def active_timer(timer: StageTimer) -> contextlib.AbstractContextManager[StageTimer]:
     """Make `timer` the one that `timed` functions report to, for the duration of the block."""
-    token = _ACTIVE.set(timer)
-    try:
-        yield timer
-    finally:
-        _ACTIVE.reset(token)
+    return scoped(_ACTIVE, timer)
 
 
 def timed(stage: str, fn: Callable) -> Callable:
