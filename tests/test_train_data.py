@@ -25,6 +25,7 @@ from codec.train.data import (
     Vimeo90kSeptuplets,
     camera_affine,
     collate_clips,
+    deformation,
     held_out_photos,
     list_videos,
     mixed_dataset,
@@ -198,6 +199,42 @@ def test_synthetic_clips_with_patches_only(photos):
         moving_pixels += float((sample["flow"].abs().sum(1) > 0.1).float().mean())
         assert warp_psnr(sample) > 30.0
     assert moving_pixels > 0.5  # patches move over a still background in several of the clips
+
+
+def test_deformation_is_smooth_bounded_and_moves():
+    rng = np.random.default_rng(0)
+    offsets = deformation(rng, 6, (20, 30), amplitude=3.0)
+    assert offsets.shape == (6, 20, 30, 2) and offsets.dtype == np.float32
+    assert float(np.abs(offsets).max()) <= 3.0
+    assert float(np.abs(np.diff(offsets, axis=0)).mean()) > 0.05  # the shape changes from frame to frame
+    assert float(np.abs(np.diff(offsets, axis=2)).max()) < 1.0  # smooth across the patch: no tearing
+
+
+def test_a_deforming_patch_changes_shape_in_place_and_its_flow_is_not_valid():
+    texture = smooth_texture(24, 24, seed=2).astype(np.float32) / 255.0
+    positions = np.tile([20.0, 20.0], (4, 1))
+    deform = deformation(np.random.default_rng(1), 4, (24, 24), amplitude=3.0)
+    patch = MovingPatch(texture, np.ones((24, 24), np.float32), positions, deform)
+    world = np.zeros((CROP + 8, CROP + 8, 3), np.uint8)
+    affines = np.repeat(camera_affine([CROP / 2, CROP / 2], 1.0, 0.0, CROP)[None], 4, axis=0)
+    sample = render_clip(world, affines, [patch], CROP)
+    frames, valid = sample["frames"], sample["flow_valid"]
+    inside = (slice(None), slice(None), slice(24, 40), slice(24, 40))
+    assert float((frames[1:] - frames[:-1])[inside].abs().mean()) > 0.01  # it moves, though it stays in place
+    assert not bool(valid[inside].any())  # a translation does not describe it
+    assert bool(valid[:, :, 50:, 50:].all()) and warp_psnr(sample) > 35.0
+
+
+def test_deform_prob_gives_non_rigid_patches_and_is_checked(photos):
+    rigid = MotionRanges(max_pan=0.0, zoom_prob=0.0, rotation_prob=0.0, max_patches=3)
+    non_rigid = MotionRanges(max_pan=0.0, zoom_prob=0.0, rotation_prob=0.0, max_patches=3, deform_prob=1.0)
+    a = SyntheticMotionClips(photos, num_frames=4, crop=CROP, seed=1, length=8, motion=rigid)
+    b = SyntheticMotionClips(photos, num_frames=4, crop=CROP, seed=1, length=8, motion=non_rigid)
+    invalid = [float((~b[i]["flow_valid"]).float().mean() - (~a[i]["flow_valid"]).float().mean()) for i in range(8)]
+    assert max(invalid) > 0.02  # deforming patches' pixels leave the exact flow
+    assert all(warp_psnr(b[i]) > 30.0 for i in range(8))
+    with pytest.raises(ValueError, match="deform_prob"):
+        MotionRanges(deform_prob=1.5)
 
 
 # --- real video ------------------------------------------------------------------------------------------

@@ -149,6 +149,14 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="also write the pack every N steps (0: only at the end)",
     )
     p.add_argument("--clips", type=int, default=100_000, help="dataset length (distinct clip draws per epoch)")
+    p.add_argument(
+        "--deform-prob",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="synthetic clips: the share of moving patches that also change shape in place, non-rigid motion "
+        "(default 0)",
+    )
     p.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is faster on a busy CPU)")
     p.add_argument(
@@ -221,7 +229,7 @@ def run_train(args: argparse.Namespace) -> int:
         gradient_checkpointing=args.gradient_checkpointing,
         quantization=args.quantization,
     )
-    dataset = make_dataset(args.stage, args.data, args.frames, args.crop, args.seed, args.clips)
+    dataset = make_dataset(args.stage, args.data, args.frames, args.crop, args.seed, args.clips, args.deform_prob)
     record = {
         "from": start_source(args),
         "crop": args.crop,
@@ -381,8 +389,9 @@ def full_model_from_base(base: str):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def make_dataset(stage: str, data_dir: Path, frames: int, crop: int, seed: int, length: int):
-    """The stage's dataset from `codec.train.data`, by what `data_dir` holds:
+def make_dataset(stage: str, data_dir: Path, frames: int, crop: int, seed: int, length: int, deform_prob: float = 0.0):
+    """The stage's dataset from `codec.train.data`, by what `data_dir` holds (`deform_prob`: the share of the
+    synthetic clips' patches that change shape in place, `MotionRanges.deform_prob`):
 
     * `flow`: synthetic motion clips (exact flow) over the training photos of DATA_DIR/photos, else over every photo
       under the folder (a Vimeo-90k root's frames serve as photos too);
@@ -406,7 +415,8 @@ def make_dataset(stage: str, data_dir: Path, frames: int, crop: int, seed: int, 
         if (data_dir / VIMEO_LIST).is_file():
             return data.Vimeo90kSeptuplets(data_dir, VIMEO_LIST, frames, crop, seed)
         if (data_dir / PHOTOS_DIR).is_dir() or (data_dir / CLIPS_DIR).is_dir():
-            return data.mixed_dataset(data_dir, frames, crop, seed, length)
+            motion = data.MotionRanges(deform_prob=deform_prob)
+            return data.mixed_dataset(data_dir, frames, crop, seed, length, motion=motion)
         if not data.list_videos(data_dir):
             raise CodecError(
                 f"no training data in {data_dir}: expected photos/ and clips/ (python -m codec.train.fetch DIR), a "

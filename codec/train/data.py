@@ -121,17 +121,38 @@ class MotionRanges:
     max_patches: int = 3  # 0..max_patches independently moving patches, uniformly
     patch_size: tuple[float, float] = (0.15, 0.45)  # patch side, as a fraction of the crop
     patch_max_speed: float = 8.0  # patch speed relative to the frame, px/frame
+    deform_prob: float = 0.0  # probability that a patch also changes shape in place (non-rigid motion)
+    max_deform: float = 3.0  # a deforming patch's largest displacement from its rest shape, px
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.deform_prob <= 1.0:
+            raise ValueError(f"deform_prob must be in [0, 1], got {self.deform_prob}")
+
     scale_range: tuple[float, float] = (0.75, 4.0)  # photo pixels per output pixel (log-uniform; > 1: downscaled)
 
 
 @dataclass(frozen=True, eq=False)
 class MovingPatch:
     """A patch composited over the frames: texture float32 [h, w, 3] in [0, 1], mask float32 [h, w] in [0, 1],
-    positions float64 [T, 2]: the (x, y) of its top-left corner in output pixels, per frame."""
+    positions float64 [T, 2]: the (x, y) of its top-left corner in output pixels, per frame; deform None (rigid)
+    or float32 [T, h, w, 2]: per frame, where each patch pixel samples its texture and mask, as an offset in
+    pixels (a non-rigid patch, whose texture and outline change shape in place)."""
 
     texture: np.ndarray
     mask: np.ndarray
     positions: np.ndarray
+    deform: np.ndarray | None = None
+
+    def at(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """The texture and mask as frame t shows them."""
+        if self.deform is None:
+            return self.texture, self.mask
+        h, w = self.mask.shape
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        map_x, map_y = xs + self.deform[t, ..., 0], ys + self.deform[t, ..., 1]
+        texture = cv2.remap(self.texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+        mask = cv2.remap(self.mask, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        return texture, mask
 
 
 def camera_affine(center: Sequence[float], scale: float, angle_deg: float, crop: int) -> np.ndarray:
@@ -154,7 +175,8 @@ def render_clip(
     world pixel), with `patches` composited on top in order; return frames, exact backward flow and flow_valid.
 
     Background flow of frame t+1: A_t^-1 A_{t+1} p - p. Flow of a pixel owned by patch k (alpha > 0.5, top-most):
-    positions[t] - positions[t+1]. Sampling is bilinear (OpenCV, 1/32-pixel coordinate precision).
+    positions[t] - positions[t+1], exact for a rigid patch; a deforming patch's pixels are not `flow_valid` (the
+    translation is only its motion's mean). Sampling is bilinear (OpenCV, 1/32-pixel coordinate precision).
     """
     t_len = len(affines)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
@@ -172,8 +194,9 @@ def render_clip(
                 continue
             shift = np.array([[1.0, 0.0, x0 - px], [0.0, 1.0, y0 - py]])
             box = (x1 - x0, y1 - y0)
-            texture = cv2.warpAffine(patch.texture, shift, box, flags=flags, borderMode=cv2.BORDER_REPLICATE)
-            alpha = cv2.warpAffine(patch.mask, shift, box, flags=flags, borderMode=cv2.BORDER_CONSTANT)
+            texture, mask = patch.at(t)
+            texture = cv2.warpAffine(texture, shift, box, flags=flags, borderMode=cv2.BORDER_REPLICATE)
+            alpha = cv2.warpAffine(mask, shift, box, flags=flags, borderMode=cv2.BORDER_CONSTANT)
             under = frame[y0:y1, x0:x1]
             under += alpha[..., None] * (texture - under)
             alphas[t, k, y0:y1, x0:x1] = alpha
@@ -200,6 +223,8 @@ def render_clip(
             ok &= np.where(above, (here <= ALPHA_EPS) & (there <= ALPHA_EPS), True)
             mine = owner == k + 1
             ok &= np.where(mine, (here >= 1 - ALPHA_EPS) & (there >= 1 - ALPHA_EPS), True)
+            if patches[k].deform is not None:
+                ok &= ~mine
         flow[t, 0], flow[t, 1] = fx, fy
         valid[t, 0] = ok
     return {
@@ -343,7 +368,26 @@ class SyntheticMotionClips(SeededClips):
         start = np.array([rng.uniform(-w / 2, crop - w / 2), rng.uniform(-h / 2, crop - h / 2)])
         steps = np.zeros((t_len - 1, 2)) if still else velocity + rng.normal(0.0, 0.5, (t_len - 1, 2))
         positions = np.concatenate([start[None], start + np.cumsum(steps, axis=0)])
-        return MovingPatch(texture, mask, positions)
+        # drawn only when deforming patches are asked for, so the clips of a rigid MotionRanges stay the same
+        deforms = m.deform_prob > 0 and not still and rng.random() < m.deform_prob
+        deform = deformation(rng, t_len, (h, w), m.max_deform) if deforms else None
+        return MovingPatch(texture, mask, positions, deform)
+
+
+def deformation(rng: np.random.Generator, num_frames: int, size: tuple[int, int], amplitude: float) -> np.ndarray:
+    """A smooth non-rigid motion: float32 [T, h, w, 2] offsets, each component a sum of two travelling waves of
+    0.5-1.5 cycles across the patch, moving 0.15-0.6 rad per frame, the largest offset at most `amplitude` px."""
+    h, w = size
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    t = np.arange(num_frames, dtype=np.float64)[:, None, None]
+    offsets = np.zeros((num_frames, h, w, 2))
+    for c in range(2):
+        for _ in range(2):
+            cycles, angle = rng.uniform(0.5, 1.5), rng.uniform(0.0, 2 * math.pi)
+            kx, ky = 2 * math.pi * cycles * math.cos(angle) / w, 2 * math.pi * cycles * math.sin(angle) / h
+            speed = rng.uniform(0.15, 0.6) * rng.choice((-1.0, 1.0))
+            offsets[..., c] += np.sin(kx * xs + ky * ys + rng.uniform(0.0, 2 * math.pi) + speed * t)
+    return (offsets * (rng.uniform(0.3, 1.0) * amplitude / 2)).astype(np.float32)
 
 
 # --- real video --------------------------------------------------------------------------------------------
