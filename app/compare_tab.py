@@ -35,7 +35,7 @@ from codec.metrics import METRIC_TABLE, get_metric, metric_names, perceptual_met
 HEAVY = "heavy"  # the concurrency group of the jobs that load the CPU (comparison, sweep, API)
 FILTER_CHOICES = [  # DiffVCOptions.filter: (label, value)
     ("as trained", "0"),
-    ("auto: the encoder codes the clip 4 times and keeps the best by LPIPS + DISTS (about 6x the encode time)", "auto"),
+    ("auto: the encoder tries 4 strengths and keeps the best by LPIPS + DISTS (about 4x the encode time)", "auto"),
     ("off: show the latent codec's frames", "-1"),
     ("half", "-0.5"),
     ("stronger (x1.5)", "0.5"),

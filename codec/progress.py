@@ -64,23 +64,6 @@ def job_bar() -> Iterator[Callable[[int, int, str], None]]:
         yield progress
 
 
-@contextlib.contextmanager
-def frame_share(part: int, parts: int) -> Iterator[None]:
-    """Inside the block a coding is part `part` (0-based) of `parts` codings of the same frames that count as one
-    run (an encoder's search): its `report_frame(phase, done, total)` reaches the listener as frame
-    part * total + done of parts * total, so the listener's total and its stops between frames still hold."""
-    outer = _LISTENER.get()
-    if outer is None:
-        yield
-        return
-
-    def listener(phase: str, done: int, total: int) -> None:
-        outer(phase, part * total + done, parts * total)
-
-    with frame_progress(listener):
-        yield
-
-
 def report_frame(phase: str, done: int, total: int) -> None:
     """Called by a codec after each frame; does nothing when nobody listens."""
     listener = _LISTENER.get()

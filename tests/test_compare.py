@@ -162,20 +162,6 @@ def test_the_stage_filter_setting_reaches_diffvc(tmp_path):
     assert comparison.runs[0].row.unet_evals == 0
 
 
-def test_a_search_of_several_codings_reports_its_frames_as_one_run():
-    """`frame_share`: the second of four codings of 3 frames reports frames 4..6 of 12, so a listener's total and
-    its fractions stay right through an encoder's search (`diffvc:filter=auto`); no listener, no effect."""
-    from codec.progress import frame_progress, frame_share, report_frame
-
-    heard: list[tuple[str, int, int]] = []
-    with frame_progress(lambda phase, done, total: heard.append((phase, done, total))), frame_share(1, 4):
-        for i in range(1, 4):
-            report_frame("encode", i, 3)
-    assert heard == [("encode", 4, 12), ("encode", 5, 12), ("encode", 6, 12)]
-    with frame_share(2, 4):
-        report_frame("encode", 1, 3)
-
-
 def test_without_a_pack_the_anchors_still_run(tmp_path):
     settings = CompareSettings(pack="no-such-pack", qp=60, anchors=("x265",), metrics=("psnr",))
     comparison = ComparisonStore(tmp_path).run(moving_clip(frames=2), settings)

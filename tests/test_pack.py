@@ -82,24 +82,50 @@ def test_the_pack_is_trained(footage):
     assert trained < 0.5 and untrained > 10 * trained, (trained, untrained)  # measured: 0.33 and 7.9
 
 
-def test_filter_auto_keeps_the_best_of_its_codings(footage):
-    """`diffvc:filter=auto` codes the stream at each search gain and keeps the one whose P-frames score the lowest
-    LPIPS + DISTS: never worse on that score than the filter as trained, at the same bytes (`reference=codec`), and
-    its stream decodes to its frames. On a clip blurred before coding (nothing left to sharpen) it turns the filter
-    down."""
+def test_one_coding_shows_every_filter_level_as_its_own_stream_would(footage):
+    """`FrameCoder.also_show`: the stream coded once with the stage run at each of the search's levels gives, for
+    each level, the stream and frames of that level coded alone, bit for bit (its own TDIR chain from the third
+    frame on, the same strings)."""
+    from dataclasses import replace
+
+    from codec.diffvc import STREAM_FILTER_GAINS
+    from codec.diffvc.codec import FILTER_SEARCH_GAINS
+
+    codec = get_codec("diffvc")
+    levels = [STREAM_FILTER_GAINS.index(g) for g in FILTER_SEARCH_GAINS]
+    plan = codec.sampling_plan(codec._model()[0])
+    together = codec._encode_levels(footage, 32, replace(plan, filter_level=levels[0]), levels[1:])
+    for gain, coding in zip(FILTER_SEARCH_GAINS, together, strict=True):
+        alone = get_codec(f"diffvc:filter={gain:g}").encode(footage, 32)
+        assert coding.bitstream == alone.bitstream, gain
+        assert np.array_equal(coding.reconstruction.frames, alone.reconstruction.frames), gain
+        assert coding.stats["unet_evals"] == alone.stats["unet_evals"], gain
+    assert len({c.reconstruction.frames.tobytes() for c in together}) == len(together)  # the levels differ
+
+
+def test_filter_auto_keeps_the_best_level(footage):
+    """`diffvc:filter=auto` keeps the level whose P-frames score the lowest LPIPS + DISTS: the stream of that level
+    coded alone, at the same bytes as every other (`reference=codec`), decoding to its frames, its frames reported
+    once each. On a clip blurred before coding (nothing left to sharpen) it turns the filter down."""
     import cv2
 
-    from codec.diffvc.codec import filter_score, scored_frames
+    from codec.diffvc.codec import FILTER_SEARCH_GAINS, filter_score, scored_frames
+    from codec.progress import frame_progress
     from codec.video import Video
 
-    auto, trained = (get_codec(f"diffvc:filter={f}").encode(footage, 32) for f in ("auto", "0"))
+    heard: list[tuple[str, int, int]] = []
+    with frame_progress(lambda phase, done, total: heard.append((phase, done, total))):
+        auto = get_codec("diffvc:filter=auto").encode(footage, 32)
+    assert heard == [("encode", t + 1, footage.num_frames) for t in range(footage.num_frames)]
     scored = scored_frames(footage.num_frames)
-
-    def score(coding) -> float:
-        return filter_score(*(Video(v.frames[scored], v.fps) for v in (footage, coding.reconstruction)))
-
-    assert score(auto) <= score(trained)
-    assert len(auto.bitstream) == len(trained.bitstream)
+    alone = {g: get_codec(f"diffvc:filter={g:g}").encode(footage, 32) for g in FILTER_SEARCH_GAINS}
+    scores = {
+        g: filter_score(*(Video(v.frames[scored], v.fps) for v in (footage, c.reconstruction)))
+        for g, c in alone.items()
+    }
+    best = min(scores, key=scores.get)
+    assert auto.params["filter_gain"] == best and auto.bitstream == alone[best].bitstream
+    assert len({len(c.bitstream) for c in alone.values()}) == 1
     assert np.array_equal(get_codec("diffvc").decode(auto.bitstream).frames, auto.reconstruction.frames)
     smooth = Video(np.stack([cv2.GaussianBlur(f, (0, 0), 3) for f in footage.frames]), footage.fps)
     assert get_codec("diffvc:filter=auto").encode(smooth, 32).params["filter_gain"] < 0

@@ -43,8 +43,8 @@ def code(spec: str, video: Video, qp: int, prompt: int | None) -> Video:
     codec = get_codec(spec)
 
     class Prompted(type(codec)):
-        def frame_coder(self, model, plan, timer, device):
-            return PromptedFrameCoder(model, plan, timer, prompt=prompt)
+        def frame_coder(self, model, plan, timer, device, also_show=()):
+            return PromptedFrameCoder(model, plan, timer, also_show=also_show, prompt=prompt)
 
     return Prompted(codec.options).encode(video, qp).reconstruction
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -30,7 +31,7 @@ from codec.bitstream import CODEC_IDS, FORMAT_VERSION, MAGIC, FrameUnit, StreamH
 from codec.diffvc import MAX_DEADZONE, QP_MAX, QP_MIN, STREAM_FILTER_GAINS
 from codec.diffvc.pack import PackInfo, find_packs, pack_info, resolve_pack
 from codec.errors import BitstreamError, CodecError, CodecUnavailableError, SpecError, VideoError
-from codec.progress import frame_share, report_frame
+from codec.progress import report_frame
 from codec.registry import CodecBase, Encoded, options_dict, register_codec
 from codec.video import DEFAULT_LIMITS, Video, crop, frames_to_tensor, pad_to_multiple, tensor_to_frames
 
@@ -237,12 +238,12 @@ class NeuralCodecBase(CodecBase):
 
     # --- encoder --------------------------------------------------------------------------------------
 
-    def frame_coder(self, model, plan, timer, device: torch.device):
+    def frame_coder(self, model, plan, timer, device: torch.device, also_show: Sequence[SamplingPlan] = ()):
         """The `FrameCoder` that codes one stream (the encoder's; a subclass may change how frames are generated,
         as tools.qpp_check prompts the diffusion stage with another QP)."""
         from codec.diffvc.model import FrameCoder
 
-        return FrameCoder(model, plan, timer, _autocast_dtype(device))
+        return FrameCoder(model, plan, timer, _autocast_dtype(device), also_show)
 
     def encode(self, video: Video, qp: int, **overrides: Any) -> Encoded:
         """Encode `video` at `qp` (0..63; larger = fewer bits) into one DVC1 stream."""
@@ -261,6 +262,12 @@ class NeuralCodecBase(CodecBase):
 
     def _encode(self, video: Video, qp: int, plan: SamplingPlan) -> Encoded:
         """`video` coded at `qp` with `plan` into one DVC1 stream."""
+        return self._encode_levels(video, qp, plan, ())[0]
+
+    def _encode_levels(self, video: Video, qp: int, plan: SamplingPlan, also_levels: Sequence[int]) -> list[Encoded]:
+        """`video` coded at `qp` with `plan` into one DVC1 stream, then the same coding's stream at each filter
+        level of `also_levels` (a `reference=codec` plan: the same strings, each level's own shown frames;
+        `FrameCoder.also_show`), in that order. The timings are the whole coding's."""
         from codec.diffvc.config import PAD_MULTIPLE
         from codec.diffvc.entropy import deadzone_rounding
         from codec.diffvc.latent import vae_tiling
@@ -269,12 +276,13 @@ class NeuralCodecBase(CodecBase):
         opts = self.options
         model, info, device = self._model()
         tiled = uses_vae_tiling(model, video.width, video.height)
-        header = self._header(video, qp, plan, info, tiled)
+        plans = [plan, *(replace(plan, filter_level=level) for level in also_levels)]
         frames, size_hw = pad_to_multiple(video.frames, PAD_MULTIPLE)
         offsets = parse_offsets(opts.qp_offsets)
         timer = StageTimer(device)
-        coder = self.frame_coder(model, plan, timer, device)
-        units, recon, evals, estimated = [], [], [], []
+        coder = self.frame_coder(model, plan, timer, device, plans[1:])
+        units, estimated = [], []
+        recon, evals = [[] for _ in plans], [[] for _ in plans]
         start = time.perf_counter()
         with active_timer(timer), vae_tiling(_tile_grid(tiled)), deadzone_rounding(opts.deadzone):
             for t in range(video.num_frames):
@@ -289,18 +297,40 @@ class NeuralCodecBase(CodecBase):
                     intra_qp=qp + opts.intra_qp_offset,
                 )
                 units.append(FrameUnit(ftype, fqp, tuple(strings)))
-                recon.append(crop(tensor_to_frames(result.frame), size_hw)[0])
-                evals.append(result.unet_evals)
                 estimated.append(result.estimated_bits)
+                for i, shown in enumerate([result, *result.also_shown]):
+                    recon[i].append(crop(tensor_to_frames(shown.frame), size_hw)[0])
+                    evals[i].append(shown.unet_evals)
                 report_frame("encode", t + 1, video.num_frames)
         encode_s = time.perf_counter() - start
-        bitstream = write_stream(header, units)
+        timings = {**timer.as_dict(), "encode": encode_s}
+        return [
+            self._encoded(video, qp, p, tiled, units, estimated, Video(np.stack(r), video.fps), e, dict(timings))
+            for p, r, e in zip(plans, recon, evals, strict=True)
+        ]
+
+    def _encoded(
+        self,
+        video: Video,
+        qp: int,
+        plan: SamplingPlan,
+        tiled: bool,
+        units: list[FrameUnit],
+        estimated: list[float],
+        reconstruction: Video,
+        evals: list[int],
+        timings: dict[str, float],
+    ) -> Encoded:
+        """The stream of `units` under `plan`'s header, with what the encoder reports of it."""
+        opts = self.options
+        _, info, device = self._model()
+        bitstream = write_stream(self._header(video, qp, plan, info, tiled), units)
         return Encoded(
             bitstream=bitstream,
-            reconstruction=Video(np.stack(recon), video.fps),
+            reconstruction=reconstruction,
             frame_bits=[8 * sum(len(s) for s in u.strings) for u in units],
             frame_types=[u.frame_type for u in units],
-            timings={**timer.as_dict(), "encode": encode_s},
+            timings=timings,
             params={
                 **options_dict(opts),
                 "qp": qp,
@@ -491,24 +521,22 @@ class DiffVC(NeuralCodecBase):
         FILTER_SEARCH_GAINS whose P-frames score the lowest LPIPS + DISTS against the source (`filter_score` on
         `scored_frames`), as an encoder searches HEVC's SAO parameters: the encoder sees the source, the decoder
         reads the level. With `reference=codec` the latent codec's chain, so the rate, is the same at every level:
-        only the shown frames differ. Costs one coding per gain and its scoring (the encode time reported is the
-        whole search's); a pack whose stage has no anchor filter has nothing to tune (level 0)."""
+        only the shown frames differ, so the stream is coded once and the diffusion stage run at each level
+        (`FrameCoder.also_show`). Costs the stage once per searched level that runs it, and the scoring (the encode
+        time reported is the whole search's); a pack whose stage has no anchor filter has nothing to tune (level 0)."""
         if self.options.filter != "auto":
             level = STREAM_FILTER_GAINS.index(_filter_gain(self.options.filter))
             return self._encode(video, qp, replace(plan, filter_level=level))
         if not plan.enabled or not self._model()[0].config.diffusion.anchor_filter:
             return self._encode(video, qp, plan)
         start = time.perf_counter()
+        levels = [STREAM_FILTER_GAINS.index(gain) for gain in FILTER_SEARCH_GAINS]
+        codings = self._encode_levels(video, qp, replace(plan, filter_level=levels[0]), levels[1:])
         scored = scored_frames(video.num_frames)
         source = Video(video.frames[scored], video.fps)  # one array: its features are computed once
-        best, best_score = None, float("inf")
-        for part, gain in enumerate(FILTER_SEARCH_GAINS):
-            with frame_share(part, len(FILTER_SEARCH_GAINS)):
-                coding = self._encode(video, qp, replace(plan, filter_level=STREAM_FILTER_GAINS.index(gain)))
-            score = filter_score(source, Video(coding.reconstruction.frames[scored], video.fps))
-            if score < best_score:
-                best, best_score = coding, score
-        best.timings["encode"] = time.perf_counter() - start  # the search's: every coding and its scoring
+        scores = [filter_score(source, Video(c.reconstruction.frames[scored], video.fps)) for c in codings]
+        best = codings[int(np.argmin(scores))]
+        best.timings["encode"] = time.perf_counter() - start  # the search's: the coding, every level's stage, scoring
         return best
 
 

@@ -14,7 +14,8 @@ the decoder does (`FrameCoder._finish`), so both hold the same DPB.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -281,17 +282,32 @@ class FrameResult:
     frame: Tensor  # [1, 3, H, W] in [0, 1], padded size
     unet_evals: int
     estimated_bits: float = 0.0  # encoder side: sum(-log2 p) of the coded symbols (0 on the decoder side)
+    also_shown: list[FrameResult] = field(default_factory=list)  # the frame under each of `FrameCoder.also_show`
 
 
 class FrameCoder:
-    """Codes one stream's frames in order, holding the decoded-picture buffer. One instance per stream and side."""
+    """Codes one stream's frames in order, holding the decoded-picture buffer. One instance per stream and side.
+
+    also_show (encoder side, with a `codec_reference` plan): further plans that differ only in the diffusion stage's
+    filter level. The latent codec's chain, so every string, is the same under each (the references are the codec's
+    reconstructions); each keeps its own TDIR state and makes the frame a stream at its level would show, from the
+    same coding: an encoder's search over the levels at one coding's cost (`DiffVC.encode_with_plan`)."""
 
     def __init__(
-        self, model: DiffVCModel, plan: SamplingPlan, timer: StageTimer, autocast_dtype: torch.dtype | None = None
+        self,
+        model: DiffVCModel,
+        plan: SamplingPlan,
+        timer: StageTimer,
+        autocast_dtype: torch.dtype | None = None,
+        also_show: Sequence[SamplingPlan] = (),
     ) -> None:
         self.model, self.plan, self.timer = model, plan, timer
         self.sampler = TDIRSampler(model.diffusion, autocast_dtype)
         self.dpb = DecodedPictureBuffer()
+        for other in also_show:
+            if not plan.codec_reference or replace(other, filter_level=plan.filter_level) != plan:
+                raise ValueError("also_show needs reference=codec plans that differ only in their filter level")
+        self.also_show = [FrameCoder(model, other, timer, autocast_dtype) for other in also_show]
 
     # --- encoder side ---------------------------------------------------------------------------------
 
@@ -406,7 +422,8 @@ class FrameCoder:
             if self.plan.codec_reference and self.plan.enabled:
                 reference = self.model.latent_space.decode(coded.latent_hat).float()
         self.dpb.push(reference, coded.feature, coded.y_hat if frame_type == "P" else None, x0, frame_type)
-        return FrameResult(frame, evals)
+        also_shown = [other._finish(coded, contexts, flow_hat, frame_type, qp, index) for other in self.also_show]
+        return FrameResult(frame, evals, also_shown=also_shown)
 
     def _generate(
         self,

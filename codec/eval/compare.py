@@ -107,7 +107,7 @@ class CompareSettings:
     anchor's QP for DiffVC's rate (else the anchors run at `qp`, clipped to their range). tdir_contrast: also run
     DiffVC with TDIR flipped (time and quality of TDIR on against off). pack: the DiffVC model pack ("" = the
     default pack, "random-tiny" = random init). filter: DiffVC's stage filter for the stream (`DiffVCOptions.filter`:
-    "0" as trained, "-1" the stage off, "auto" the encoder's pick from four codings).
+    "0" as trained, "-1" the stage off, "auto" the encoder's pick of four strengths).
     """
 
     qp: int = 32
