@@ -160,9 +160,21 @@ def metrics_table(runs: Sequence[Any], fps: str) -> pd.DataFrame:
                 "enc fps": _num(row.enc_fps, 2),
                 "dec fps": _num(row.dec_fps, 2),
                 "U-Net evals": _unet_evals(row),
+                "stage filter": stage_filter(row),
             }
         )
     return pd.DataFrame(records)
+
+
+def stage_filter(row: ResultRow) -> str:
+    """How strongly a DiffVC stream's diffusion stage restores (its header's filter level): "off", "as trained" or
+    "1.5x" (the trained filter's strength times 1 + gain), with "(auto)" where the encoder chose it; "" for a
+    codec without the stage (condlc's streams declare no sampling steps)."""
+    gain = row.params.get("filter_gain")
+    if gain is None or not row.params.get("steps"):
+        return ""
+    strength = "off" if gain == -1 else "as trained" if gain == 0 else f"{1 + gain:g}x"
+    return f"{strength} (auto)" if row.options.get("filter") == "auto" else strength
 
 
 def _fps_of(row: ResultRow, fps: str) -> str:

@@ -294,3 +294,18 @@ def test_the_pack_picker_lists_installed_packs_and_runs_the_one_chosen(tmp_path,
     assert {row["options"]["pack"] for row in rows if row["codec"] == "diffvc"} == {"my-pack"}
     with pytest.raises(UserError):
         studio.compare.run(replace(request, pack="../packs/my-pack"), SessionState(), "s")
+
+
+def test_the_results_table_says_how_strongly_the_stage_restored():
+    """`stage_filter`: the stream's filter level in words, "(auto)" where the encoder chose it; blank for anchors."""
+    from types import SimpleNamespace
+
+    from app.views import stage_filter
+
+    def row(gain, option="0", steps=4):
+        params = {"steps": steps} if gain is None else {"filter_gain": gain, "steps": steps}
+        return SimpleNamespace(params=params, options={"filter": option})
+
+    assert [stage_filter(row(g)) for g in (0.0, -1.0, 0.5, -0.25)] == ["as trained", "off", "1.5x", "0.75x"]
+    assert stage_filter(row(0.5, "auto")) == "1.5x (auto)"
+    assert stage_filter(row(None)) == stage_filter(row(0.0, steps=0)) == ""  # an anchor; condlc

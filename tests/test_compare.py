@@ -155,11 +155,14 @@ def test_progress_moves_with_every_diffvc_frame_and_stop_acts_between_frames(tmp
 
 def test_the_stage_filter_setting_reaches_diffvc(tmp_path):
     """The app's "sharpening, per stream" choice: "-1" switches the stage off, so DiffVC shows the latent codec's
-    frames and runs no U-Net."""
+    frames and runs no U-Net; the results table says so."""
+    from app.views import metrics_table
+
     settings = CompareSettings(anchors=(), tdir_contrast=False, filter="-1", **FAST)
     assert settings.diffvc_options()["filter"] == "-1"
     comparison = ComparisonStore(tmp_path).run(moving_clip(frames=3), settings)
     assert comparison.runs[0].row.unet_evals == 0
+    assert metrics_table(comparison.runs, "25")["stage filter"].tolist() == ["off"]
 
 
 def test_without_a_pack_the_anchors_still_run(tmp_path):
