@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.compare_tab import HEAVY, ClipInputs, metric_choices
+from app.compare_tab import FILTER_CHOICES, HEAVY, ClipInputs, metric_choices
 from app.feedback import error_message
 from app.handlers import (
     DEFAULT_ANCHOR_QPS,
@@ -34,6 +34,9 @@ def build_rd_tab(handler: SweepHandler, clip: ClipInputs, state: gr.State, max_j
         neural_qps = gr.Textbox(DEFAULT_NEURAL_QPS, label="DiffVC / condlc QPs (0-63)")
     with gr.Row():
         tdir = gr.Checkbox(True, label="DiffVC with TDIR")
+        stage_filter = gr.Dropdown(
+            FILTER_CHOICES, value="0", label="DiffVC: diffusion stage's sharpening, per stream", elem_id="rd-filter"
+        )
         metrics = gr.CheckboxGroup(metric_choices(), value=list(metric_names()), label="metrics")
         run = gr.Button("Run sweep", variant="primary", elem_id="rd-run")
     status = gr.Markdown("", elem_id="rd-status")
@@ -55,6 +58,7 @@ def build_rd_tab(handler: SweepHandler, clip: ClipInputs, state: gr.State, max_j
                     values[neural_qps],
                     bool(values[tdir]),
                     tuple(values[metrics]),
+                    values[stage_filter],
                 ),
                 values[state],
                 request.session_hash,
@@ -81,7 +85,7 @@ def build_rd_tab(handler: SweepHandler, clip: ClipInputs, state: gr.State, max_j
 
     run.click(
         on_run,
-        inputs={*clip.components, codecs, anchor_qps, neural_qps, tdir, metrics, state},
+        inputs={*clip.components, codecs, anchor_qps, neural_qps, tdir, metrics, stage_filter, state},
         outputs=[state, status, plot, bd, results, files, metric],
         concurrency_limit=max_jobs,
         concurrency_id=HEAVY,

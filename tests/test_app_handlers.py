@@ -194,6 +194,15 @@ def test_sweep_writes_report_and_bd_rate(tmp_path):
         studio.sweep.figure(CurveRequest("psnr"), state)
 
 
+def test_the_sweep_gives_diffvc_the_stage_filter_chosen(tmp_path):
+    """The RD tab's "sharpening, per stream" reaches DiffVC's sweep (the codec that has the option) and no other."""
+    studio = make_studio(tmp_path)
+    request = SweepRequest(ClipRequest("c.mp4", 0, 2, 256), codecs=("x265", "diffvc", "condlc"), filter="auto")
+    plans = {plan.name: plan.options for plan in studio.sweep._plans(request)}
+    assert plans["diffvc"]["filter"] == "auto" and "filter" not in plans["condlc"] and "filter" not in plans["x265"]
+    assert studio.sweep._plans(replace(request, filter="-1"))[1].options["filter"] == "-1"
+
+
 def test_default_anchor_qps_span_the_neural_codecs_quality(tmp_path):
     """x265 at the tab's default QPs reaches from below 26 to above 38 dB, where the neural codecs' points lie, so
     their bits at equal quality can be read off its curve."""

@@ -34,6 +34,7 @@ class SweepRequest:
     neural_qps: str = DEFAULT_NEURAL_QPS
     tdir: bool = True
     metrics: tuple[str, ...] = field(default_factory=metric_names)
+    filter: str = "0"  # DiffVC's stage filter per stream (`DiffVCOptions.filter`): a gain, "-1" (off) or "auto"
 
 
 @dataclass
@@ -101,20 +102,22 @@ class SweepHandler:
     def _plans(self, request: SweepRequest) -> list[SweepPlan]:
         """The chosen codecs in the order the sweep runs them (`sweep_codecs`), each with its QPs."""
         anchor_qps, neural_qps = _qps(request.anchor_qps, "anchor"), _qps(request.neural_qps, "DiffVC / condlc")
-        return [
-            self._plan(name, request.tdir, anchor_qps, neural_qps) for name in sweep_codecs() if name in request.codecs
-        ]
+        return [self._plan(name, request, anchor_qps, neural_qps) for name in sweep_codecs() if name in request.codecs]
 
-    def _plan(self, name: str, tdir: bool, anchor_qps: tuple[int, ...], neural_qps: tuple[int, ...]) -> SweepPlan:
-        """A codec's sweep: the neural QPs for a neural codec, the anchor QPs otherwise; the model pack and the
-        TDIR switch where its options have them."""
+    def _plan(
+        self, name: str, request: SweepRequest, anchor_qps: tuple[int, ...], neural_qps: tuple[int, ...]
+    ) -> SweepPlan:
+        """A codec's sweep: the neural QPs for a neural codec, the anchor QPs otherwise; the model pack, the TDIR
+        switch and the stage filter where its options have them."""
         from codec.eval.compare import SweepPlan
         from codec.registry import get_entry
 
         entry = get_entry(name)
         options = {"pack": self.workspace.config.pack} if entry.takes_pack else {}
         if entry.has_option("tdir"):
-            options["tdir"] = bool(tdir)
+            options["tdir"] = bool(request.tdir)
+        if entry.has_option("filter"):
+            options["filter"] = request.filter
         return SweepPlan(name, options, neural_qps if entry.kind == "neural" else anchor_qps)
 
     def _next_sweep_dir(self, session: str) -> Path:
