@@ -36,6 +36,7 @@ from codec.train.stages import (
     DistillStage,
     FinetuneStage,
     StageOptions,
+    calibrate_anchor_gain,
     code_sequence,
     frame_weight,
     rd_lambda,
@@ -320,6 +321,53 @@ def test_the_anchor_gain_starts_at_zero_and_makes_the_restoration_depend_on_the_
     assert all(any(p is q for q in fast) for p in stage.anchor_gain.parameters())  # the gain learns fast
 
 
+def test_a_calibrated_anchor_gain_follows_the_measured_gains_between_and_beyond_them():
+    """`calibrate_anchor_gain`: g(QP) is the measured gains at their QPs, linear between them, held beyond them; the
+    rest of the model is kept. `tools.anchor_gain_scan` picks each QP's gain by a parabola through its scan."""
+    from dataclasses import replace
+
+    from tools.anchor_gain_scan import best_gain
+
+    config = tiny_config()
+    without = DiffVCModel(replace(config, diffusion=replace(config.diffusion, anchor_gain=False)))
+    as_if_trained(without.diffusion, scale=0.05)
+    model = calibrate_anchor_gain(without, {8: 0.25, 40: 0.0, 60: -0.5})
+    stage = model.diffusion
+    with torch.no_grad():
+        gains = stage.anchor_gain(stage.qp_prompt(torch.arange(64)).mean(1))[:, 0].numpy()
+    expected = np.interp(np.arange(64), [8, 40, 60], [0.25, 0.0, -0.5])
+    assert np.abs(gains - expected).max() < 1e-3, np.abs(gains - expected).max()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in without.state_dict().items())
+    assert best_gain({-1.0: 0.30, -0.5: 0.26, 0.0: 0.25, 0.5: 0.27}) == pytest.approx(-1 / 12)
+    assert best_gain({-1.0: 0.20, -0.5: 0.26, 0.0: 0.28}) == -1.0
+    with pytest.raises(CodecError, match="gain"):
+        calibrate_anchor_gain(without, {})
+
+
+def test_the_qp_trend_takes_each_clips_level_out_and_leaves_unmeasured_clips_out(tmp_path):
+    """`tools.anchor_gain_scan.qp_trend`: how the best gain moves with the QP, averaged over clips after each clip's
+    own mean is taken out; a clip pinned at an end of the scanned range (a smooth clip wanting the stage off) does
+    not count. `read_scan` reads back the table the tool prints."""
+    from tools.anchor_gain_scan import qp_trend, read_scan
+
+    best = {
+        "textured": {8: 0.5, 24: 0.5, 40: 1.0, 56: 1.0},  # its mean, 0.75, is the content's level
+        "grainy": {8: -0.75, 24: -0.25, 40: 0.0, 56: 0.25},
+        "smooth": {8: -1.0, 24: -1.0, 40: -1.0, 56: -1.0},  # the stage off at every QP: its optimum unmeasured
+    }
+    trend = qp_trend(best, -1.0, 1.0)
+    assert trend == pytest.approx({8: -0.40625, 24: -0.15625, 40: 0.21875, 56: 0.34375})
+    with pytest.raises(ValueError, match="inside the scanned range"):
+        qp_trend({"smooth": best["smooth"]}, -1.0, 1.0)
+    scan = tmp_path / "scan.md"
+    scan.write_text(
+        "| clip | QP | g | LPIPS | DISTS | LPIPS + DISTS |\n| --- | --- | --- | --- | --- | --- |\n"
+        "| a.mp4 | 8 | -0.50 | 0.1 | 0.2 | 0.3000 |\n| a.mp4 | 8 | +0.50 | 0.1 | 0.1 | 0.2000 |\n"
+        "| a.mp4 | 8 | best +0.500 | | | |\n"
+    )
+    assert read_scan(scan) == {"a.mp4": {8: {-0.5: 0.3, 0.5: 0.2}}}
+
+
 def test_distill_stage_starts_at_the_codec_and_learns_the_teacher():
     """A fresh anchored stage returns the reconstruction, so its distance to the teacher is the codec's; a few
     steps on a fixed batch bring the decoded frames closer to the unsharp mask of the reconstruction."""
@@ -594,3 +642,20 @@ def test_rate_control_parameters_learn_faster_and_every_parameter_is_trained_onc
     }
     assert scales <= {id(p) for p in fast["params"]}
     assert len(fast["params"]) < len(ids) / 4  # a few small tensors, not the networks
+
+
+def test_the_gain_scan_codes_once_per_qp_and_scores_every_gain(tmp_path, capsys):
+    """`tools.anchor_gain_scan`: synthetic clips of the training photos, each gain's LPIPS + DISTS per QP, printed as
+    the table `read_scan` reads back."""
+    from conftest import write_photos
+
+    from tools.anchor_gain_scan import read_scan, scan, synthetic_clips
+
+    write_photos(tmp_path / "photos", 3)
+    clips = synthetic_clips(tmp_path, 2, 64, 3)
+    assert list(clips) == ["synthetic-0", "synthetic-1"] and clips["synthetic-0"].frames.shape == (3, 64, 64, 3)
+    table = scan("synthetic-0", clips["synthetic-0"], [40], [-1.0, 0.0])
+    assert set(table) == {40} and set(table[40]) == {-1.0, 0.0} and table[40][-1.0] != table[40][0.0]
+    (tmp_path / "scan.md").write_text(capsys.readouterr().out)
+    printed = {qp: {g: round(v, 4) for g, v in objective.items()} for qp, objective in table.items()}
+    assert read_scan(tmp_path / "scan.md") == {"synthetic-0": printed}

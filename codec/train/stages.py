@@ -28,7 +28,7 @@ Stages (docs/DESIGN.md section 3):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -462,6 +462,28 @@ def with_anchor_gain(model: DiffVCModel) -> DiffVCModel:
         return model
     new = DiffVCModel(replace(model.config, diffusion=replace(diffusion, anchor_gain=True)))
     return _keeping(new, model.state_dict(), new_prefix="diffusion.anchor_gain.", what="the stage")
+
+
+def calibrate_anchor_gain(model: DiffVCModel, gains: Mapping[int, float]) -> DiffVCModel:
+    """The model with its anchor filter's QP gain set so that g(QP) follows `gains` (QP -> g: the best fixed gain at
+    each QP, measured by `tools.anchor_gain_scan` on real footage), linearly interpolated between the given QPs and
+    held beyond them. The gain is linear in the mean of the QP prompt's tokens, so this is a least-squares fit
+    (minimum norm) of that layer over every QP; adds the gain where the stage has none (`with_anchor_gain`). Every
+    other weight is kept."""
+    if not gains:
+        raise CodecError("calibrating the anchor gain needs at least one QP's gain")
+    model = with_anchor_gain(model)
+    stage = model.diffusion
+    levels = stage.config.qp_prompt.qp_levels
+    qps = sorted(gains)
+    targets = np.interp(np.arange(levels), qps, [float(gains[q]) for q in qps])
+    with torch.no_grad():
+        tokens = stage.qp_prompt(torch.arange(levels)).mean(1).double()
+        design = torch.cat((tokens, torch.ones(levels, 1, dtype=torch.float64)), dim=1)
+        solution = torch.linalg.lstsq(design, torch.from_numpy(targets)[:, None], driver="gelsd").solution[:, 0]
+        stage.anchor_gain.weight.copy_(solution[:-1][None, :].float())
+        stage.anchor_gain.bias.copy_(solution[-1:].float())
+    return model
 
 
 def _keeping(new: DiffVCModel, state: dict[str, Tensor], new_prefix: str, what: str) -> DiffVCModel:
