@@ -214,3 +214,10 @@ def test_the_qpp_checks_condlc_twin_keeps_only_the_options_the_codecs_share():
     twin = condlc_twin(f"diffvc:{RANDOM}:reference=diffusion:filter=-0.5:tdir=off:intra_qp_offset=-12")
     assert twin == "condlc:pack=random-tiny:intra_qp_offset=-12"
     assert get_codec(twin).options.intra_qp_offset == -12
+
+
+def test_the_qpp_check_keeps_the_level_auto_picked_with_the_true_prompt():
+    from tools.qpp_check import with_filter
+
+    assert with_filter(f"diffvc:{RANDOM}:filter=auto:tdir=off", 0.5) == f"diffvc:{RANDOM}:filter=0.5:tdir=off"
+    assert get_codec(with_filter("diffvc", -1.0)).options.filter == "-1"

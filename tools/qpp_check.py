@@ -5,7 +5,9 @@
 Codes Big Buck Bunny (256x144) with the spec's DiffVC at `--qp`, once with the true QP prompt and once with each
 wrong one. With `reference=codec` (the default) the latent codec's chain, and so the rate, is the same whatever the
 prompt: only the frames the diffusion stage shows differ. Prints PSNR, LPIPS and DISTS of each against the source,
-beside condlc's (the stage off). A stage that uses its prompt is worse with a wrong one.
+beside condlc's (the stage off). A stage that uses its prompt is worse with a wrong one. With `filter=auto` the
+stream's filter level is the one the encoder picks with the true prompt, kept for the wrong ones (each prompt
+searching its own would hide what the prompt does).
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ def condlc_twin(spec: str) -> str:
     return ":".join(["condlc", *(f"{k}={v}" for k, v in options.items() if k in shared)])
 
 
+def with_filter(spec: str, gain: float) -> str:
+    """`spec` with its stage filter set to `gain` (replacing any `filter=` it has)."""
+    name, options = parse_spec(spec)
+    return ":".join([name, *(f"{k}={v}" for k, v in {**options, "filter": f"{gain:g}"}.items())])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.qpp_check", description=__doc__.split("\n")[0])
     parser.add_argument("--spec", default="diffvc")
@@ -63,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, nargs="+", default=[0, 63])
     parser.add_argument("--frames", type=int, default=16)
     args = parser.parse_args(argv)
-    if parse_spec(args.spec)[1].get("filter") == "auto":
-        parser.error("filter=auto picks a gain for each prompt's coding: check the prompt with a fixed filter")
     video = read_video(CLIP, frames=args.frames, size=(256, 144))
+    if parse_spec(args.spec)[1].get("filter") == "auto":  # the level the encoder picks with the true prompt, kept
+        args.spec = with_filter(args.spec, get_codec(args.spec).encode(video, args.qp).params["filter_gain"])
     condlc = get_codec(condlc_twin(args.spec)).encode(video, args.qp)
     runs = {
         "condlc (stage off)": condlc.reconstruction,
