@@ -654,7 +654,7 @@ def test_the_gain_scan_codes_once_per_qp_and_scores_every_gain(tmp_path, capsys)
     write_photos(tmp_path / "photos", 3)
     clips = synthetic_clips(tmp_path, 2, 64, 3)
     assert list(clips) == ["synthetic-0", "synthetic-1"] and clips["synthetic-0"].frames.shape == (3, 64, 64, 3)
-    table = scan("synthetic-0", clips["synthetic-0"], [40], [-1.0, 0.0])
+    table = scan("synthetic-0", clips["synthetic-0"], "", [40], [-1.0, 0.0])
     assert set(table) == {40} and set(table[40]) == {-1.0, 0.0} and table[40][-1.0] != table[40][0.0]
     (tmp_path / "scan.md").write_text(capsys.readouterr().out)
     printed = {qp: {g: round(v, 4) for g, v in objective.items()} for qp, objective in table.items()}

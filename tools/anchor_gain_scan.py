@@ -5,14 +5,15 @@
     python -m tools.anchor_gain_scan --synthetic 6 --data DATA_DIR --size 256x256 ...
 
 The tiny stage's output is x0 = l^ + (1 + g) A(l^) + net(...), A its learned linear filter (`DiffusionConfig`,
-`anchor_filter`, `anchor_gain`). This codes each clip with the embedded pack's DiffVC at each QP and shows its frames
-with the gain g fixed to each value (the stream filter levels, `STREAM_FILTER_GAINS`: one coding per QP, the stage
-run at every gain, `FrameCoder.also_show`), and prints LPIPS, DISTS and the fine-tuning objective's LPIPS + DISTS
+`anchor_filter`, `anchor_gain`). This codes each clip with the pack's DiffVC (`--pack`, default the embedded one)
+at each QP and shows its frames with the gain g fixed to each value (the stream filter levels,
+`STREAM_FILTER_GAINS`, which add to a QP gain the pack's stage has: one coding per QP, the stage run at every gain,
+`FrameCoder.also_show`), and prints LPIPS, DISTS and the fine-tuning objective's LPIPS + DISTS
 per g, and the best g per QP (refined by a parabola). With `reference=codec` the rate is the same for every g.
 `--synthetic N` scans N clips of the training photos instead (DATA_DIR/photos, the held-out ones excepted: whole
 frames of photos 2-4x downscaled, a slow camera, up to two patches), as footage downscaled for coding looks.
 
-With --calibrate OUT it then writes the embedded pack to the folder OUT with the gain set to follow the best g's
+With --calibrate OUT it then writes the pack to the folder OUT with the gain set to follow the best g's
 trend over the QPs (`qp_trend`: each clip's best g less its own mean, averaged over the clips whose best is inside
 the scanned gains; the content's share is left to the encoder's per-stream level, `filter=auto`), by
 `codec.train.stages.calibrate_anchor_gain`, and its README saying so; --from-scan takes the objective from a scan
@@ -81,9 +82,10 @@ def synthetic_clips(data_dir: Path, count: int, width: int, frames: int) -> dict
     return out
 
 
-def scan(name: str, video: Video, qps: list[int], gains: list[float]) -> dict[int, dict[float, float]]:
-    """QP -> {g: LPIPS + DISTS of the P-frames} for `video`, printing a table row per (QP, g) and the best g."""
-    codec = get_codec("diffvc")
+def scan(name: str, video: Video, pack: str, qps: list[int], gains: list[float]) -> dict[int, dict[float, float]]:
+    """QP -> {g: LPIPS + DISTS of the P-frames} for `video` coded with `pack`'s DiffVC, printing a table row per
+    (QP, g) and the best g."""
+    codec = get_codec(f"diffvc:pack={pack}" if pack else "diffvc")
     levels = [STREAM_FILTER_GAINS.index(g) for g in gains]
     plan = replace(codec.sampling_plan(codec._model()[0]), filter_level=levels[0])
     source = Video(video.frames[1:], video.fps)
@@ -111,19 +113,25 @@ def read_scan(path: Path) -> dict[str, dict[int, dict[float, float]]]:
     return table
 
 
-def write_calibrated_pack(out: Path, table: dict[str, dict[int, dict[float, float]]], footage: str) -> None:
-    """The embedded pack with its anchor gain following the scan's `qp_trend`, written to `out`, its README the
-    base's plus how the gain was set."""
-    base, info = load_model("", "cpu")
+def write_calibrated_pack(
+    out: Path, pack: str, table: dict[str, dict[int, dict[float, float]]], footage: str, command: str
+) -> None:
+    """`pack` with its anchor gain following the scan's `qp_trend`, written to `out`, its README the base's plus
+    how the gain was set (`command`)."""
+    base, info = load_model(pack, "cpu")
     best = {clip: {qp: best_gain(obj) for qp, obj in per_qp.items()} for clip, per_qp in table.items()}
     scanned = sorted({g for per_qp in table.values() for obj in per_qp.values() for g in obj})
     trend = qp_trend(best, scanned[0], scanned[-1])
     model = calibrate_anchor_gain(base, trend)
     gains = ", ".join(f"QP {qp}: {g:+.3f}" for qp, g in sorted(trend.items()))
     readme = (info.path / "README.md").read_text().rstrip() + (
-        f"\n\n## The anchor filter's QP gain\n\nSet by `python -m tools.anchor_gain_scan ... --calibrate` to the trend "
-        f"over the QPs of the best fixed gain (LPIPS + DISTS) on {footage}, each clip's own level taken out, "
-        f"interpolated between the QPs: {gains}.\n"
+        "\n\n## The anchor filter's QP gain\n\nThe stage's anchor filter restores by (1 + g(QP)), g read from the QP "
+        "prompt's tokens by one linear layer (`DiffusionConfig.anchor_gain`). It was set, not trained: on "
+        f"{footage} the stage was coded at each QP with the filter's gain fixed to each of {scanned[0]:+g} ... "
+        f"{scanned[-1]:+g}, the best gain per clip and QP read off LPIPS + DISTS, each clip's own mean taken out (the "
+        "content's share, which `filter=auto` picks per stream), and the layer fitted by least squares to the "
+        f"average trend, linear between those QPs and held beyond: {gains}. Every other weight is the base pack's "
+        f"({info.sha256[:16]}).\n\n```sh\n{command}\n```\n"
     )
     written = write_pack(out, model.config.to_dict(), model.trainable_state(), readme)
     print(f"calibrated pack: {written.path} ({written.sha256[:16]}); g(QP): {gains}")
@@ -132,6 +140,7 @@ def write_calibrated_pack(out: Path, table: dict[str, dict[int, dict[float, floa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.anchor_gain_scan", description=__doc__.split("\n")[0])
     parser.add_argument("clips", nargs="*")
+    parser.add_argument("--pack", default="", help="the model pack to scan and calibrate (default: the embedded one)")
     parser.add_argument("--synthetic", type=int, default=0, metavar="N", help="scan N clips of the training photos")
     parser.add_argument("--data", type=Path, default=Path("/work/data"), help="with --synthetic: the data folder")
     parser.add_argument("--size", default="256x108")
@@ -143,11 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
     named = [Path(c).name for c in args.clips] + [f"{args.synthetic} synthetic clips"] * bool(args.synthetic)
-    footage = f"{', '.join(named)} at {args.size}"
+    footage = f"{', '.join(named)} at {args.size}, {args.frames} frames"
+    command = "python -m tools.anchor_gain_scan " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.from_scan:
         if not args.calibrate:
             parser.error("--from-scan needs --calibrate")
-        write_calibrated_pack(args.calibrate, read_scan(args.from_scan), footage)
+        write_calibrated_pack(args.calibrate, args.pack, read_scan(args.from_scan), footage, command)
         return 0
     unknown = [g for g in args.gains if g not in STREAM_FILTER_GAINS]
     if unknown:
@@ -159,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give clips or --synthetic N")
     print("| clip | QP | g | LPIPS | DISTS | LPIPS + DISTS |")
     print("| --- | --- | --- | --- | --- | --- |", flush=True)
-    table = {name: scan(name, video, args.qps, sorted(args.gains)) for name, video in videos.items()}
+    table = {name: scan(name, video, args.pack, args.qps, sorted(args.gains)) for name, video in videos.items()}
     if args.calibrate:
-        write_calibrated_pack(args.calibrate, table, footage)
+        write_calibrated_pack(args.calibrate, args.pack, table, footage, command)
     return 0
 
 
