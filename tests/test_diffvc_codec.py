@@ -221,3 +221,22 @@ def test_the_qpp_check_keeps_the_level_auto_picked_with_the_true_prompt():
 
     assert with_filter(f"diffvc:{RANDOM}:filter=auto:tdir=off", 0.5) == f"diffvc:{RANDOM}:filter=0.5:tdir=off"
     assert get_codec(with_filter("diffvc", -1.0)).options.filter == "-1"
+
+
+def test_frames_shown_at_other_levels_need_the_codec_as_reference():
+    """`FrameCoder.also_show` shares one coding between filter levels: only where the latent codec's reconstruction
+    is the reference (so the strings do not depend on the level) and only plans that differ in the level alone."""
+    from dataclasses import replace
+
+    from codec.diffvc.model import FrameCoder, SamplingPlan
+    from codec.diffvc.timing import StageTimer
+
+    model, _ = DiffVCModel.random(tiny_config(), seed=0)
+    plan = SamplingPlan(10, 0.4, 2, "final", True, 0, codec_reference=True)
+    FrameCoder(model, plan, StageTimer(torch.device("cpu")), also_show=[replace(plan, filter_level=3)])
+    for other_plan, other in [
+        (replace(plan, codec_reference=False), replace(plan, codec_reference=False, filter_level=3)),
+        (plan, replace(plan, filter_level=3, seed=1)),
+    ]:
+        with pytest.raises(ValueError, match="differ only in their filter level"):
+            FrameCoder(model, other_plan, StageTimer(torch.device("cpu")), also_show=[other])
