@@ -134,7 +134,8 @@ def kbps(row: ResultRow, fps: str | float) -> float | None:
 
 
 def metrics_table(runs: Sequence[Any], fps: str) -> pd.DataFrame:
-    """One row per codec: rate (bytes, bpp, kbps), quality, speed, U-Net evaluations, how its QP was chosen."""
+    """One row per codec: how its QP was chosen, its diffusion stage's strength, rate (bytes, bpp, kbps), quality,
+    speed, U-Net evaluations."""
     records = []
     for run in runs:
         row = run.row
@@ -153,6 +154,7 @@ def metrics_table(runs: Sequence[Any], fps: str) -> pd.DataFrame:
                 "codec": run.label,
                 "QP": row.qp,
                 "QP from": how,
+                "stage filter": stage_filter(row),
                 "bytes": row.bytes,
                 "bpp": _num(row.bpp, 4),
                 "kbps": _num(kbps(row, _fps_of(row, fps)), 1),
@@ -160,7 +162,6 @@ def metrics_table(runs: Sequence[Any], fps: str) -> pd.DataFrame:
                 "enc fps": _num(row.enc_fps, 2),
                 "dec fps": _num(row.dec_fps, 2),
                 "U-Net evals": _unet_evals(row),
-                "stage filter": stage_filter(row),
             }
         )
     return pd.DataFrame(records)

@@ -122,6 +122,7 @@ def test_compare_sweep_vote_and_restart(browser, tmp_path):
         print(f"\ncomparison in the browser: {seconds:.1f} s ({FRAMES} frames, size cap {MAX_SIDE}, pack {PACK!r})")
         table = page.locator("#metrics-table").inner_text()
         assert "DiffVC (TDIR on)" in table and "DiffVC (TDIR off)" in table and "x265" in table
+        assert "stage filter" in table and "as trained" in table  # how strongly each DiffVC stream's stage restored
         for elem_id, count in (("side-by-side", 1), ("wipe", 2), ("zoom", 1), ("heatmap", 1)):
             page.locator(f"#{elem_id} img").nth(count - 1).wait_for()
         page.locator("#next").click()
@@ -136,6 +137,7 @@ def test_compare_sweep_vote_and_restart(browser, tmp_path):
 
         # Rate-distortion: x265 and x264 over the default anchor QPs, BD-rate of x264 against x265
         page.get_by_role("tab", name="Rate-distortion").click()
+        page.locator("#rd-filter").get_by_text("diffusion stage's sharpening, per stream").wait_for()
         page.locator("#rd-codecs label").filter(has_text="diffvc").locator("input").uncheck()
         page.locator("#rd-codecs label").filter(has_text="x264").locator("input").check()
         page.locator("#rd-run").click()
