@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pack", default="", help="the model pack to scan and calibrate (default: the embedded one)")
     parser.add_argument("--synthetic", type=int, default=0, metavar="N", help="scan N clips of the training photos")
     parser.add_argument("--data", type=Path, default=Path("/work/data"), help="with --synthetic: the data folder")
-    parser.add_argument("--size", default="256x108")
+    parser.add_argument("--size", default="256x108", help="WxH of the clips; synthetic clips are W x W")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--qps", type=int, nargs="+", default=[8, 24, 40, 56])
     parser.add_argument("--gains", type=float, nargs="+", default=[-1.0, -0.5, 0.0, 0.5, 1.0])
