@@ -35,7 +35,7 @@ from codec.diffvc.codec import load_model
 from codec.diffvc.pack import write_pack
 from codec.metrics import compute_metrics
 from codec.registry import get_codec
-from codec.train.stages import calibrate_anchor_gain
+from codec.train.stages import anchor_gains, calibrate_anchor_gain
 from codec.video import Video, read_video
 
 SYNTHETIC_SEED = 100
@@ -121,7 +121,8 @@ def write_calibrated_pack(
     base, info = load_model(pack, "cpu")
     best = {clip: {qp: best_gain(obj) for qp, obj in per_qp.items()} for clip, per_qp in table.items()}
     scanned = sorted({g for per_qp in table.values() for obj in per_qp.values() for g in obj})
-    trend = qp_trend(best, scanned[0], scanned[-1])
+    current = anchor_gains(base)  # the scanned levels added to the pack's own gain, so the trend adds to it too
+    trend = {qp: float(current[qp]) + g for qp, g in qp_trend(best, scanned[0], scanned[-1]).items()}
     model = calibrate_anchor_gain(base, trend)
     gains = ", ".join(f"QP {qp}: {g:+.3f}" for qp, g in sorted(trend.items()))
     readme = (info.path / "README.md").read_text().rstrip() + (
@@ -130,8 +131,8 @@ def write_calibrated_pack(
         f"{footage} the stage was coded at each QP with the filter's gain fixed to each of {scanned[0]:+g} ... "
         f"{scanned[-1]:+g}, the best gain per clip and QP read off LPIPS + DISTS, each clip's own mean taken out (the "
         "content's share, which `filter=auto` picks per stream), and the layer fitted by least squares to the "
-        f"average trend, linear between those QPs and held beyond: {gains}. Every other weight is the base pack's "
-        f"({info.sha256[:16]}).\n\n```sh\n{command}\n```\n"
+        f"average trend (added to the base pack's own gain, if any), linear between those QPs and held beyond: "
+        f"{gains}. Every other weight is the base pack's ({info.sha256[:16]}).\n\n```sh\n{command}\n```\n"
     )
     written = write_pack(out, model.config.to_dict(), model.trainable_state(), readme)
     print(f"calibrated pack: {written.path} ({written.sha256[:16]}); g(QP): {gains}")

@@ -464,6 +464,16 @@ def with_anchor_gain(model: DiffVCModel) -> DiffVCModel:
     return _keeping(new, model.state_dict(), new_prefix="diffusion.anchor_gain.", what="the stage")
 
 
+def anchor_gains(model: DiffVCModel) -> np.ndarray:
+    """g(QP) of the stage's anchor filter at every QP level, float64 [qp_levels] (zeros for a stage without one)."""
+    stage = model.diffusion
+    levels = stage.config.qp_prompt.qp_levels
+    if stage.anchor_gain is None:
+        return np.zeros(levels)
+    with torch.no_grad():
+        return stage.anchor_gain(stage.qp_prompt(torch.arange(levels)).mean(1))[:, 0].double().numpy()
+
+
 def calibrate_anchor_gain(model: DiffVCModel, gains: Mapping[int, float]) -> DiffVCModel:
     """The model with its anchor filter's QP gain set so that g(QP) follows `gains` (QP -> g: the best fixed gain at
     each QP, measured by `tools.anchor_gain_scan` on real footage), linearly interpolated between the given QPs and
