@@ -52,7 +52,7 @@ FLAG_HEVC_INTRA = 8  # I-frames are HEVC-intra pictures (codec.diffvc.hevc_intra
 FLAG_VAE_TILED = 16  # the VAE latent space encodes and decodes in tiles (codec.diffvc.latent.VAE_TILING)
 FILTER_LEVEL_SHIFT = 5  # flag bits 5-7: the stream's filter level, an index into STREAM_FILTER_GAINS
 FLAG_FILTER_LEVEL = 0b111 << FILTER_LEVEL_SHIFT
-FILTER_SEARCH_GAINS = (-1.0, -0.5, 0.0, 0.5)  # the gains `filter=auto` codes a stream at (`DiffVC.encode_with_plan`)
+FILTER_SEARCH_GAINS = (-1.0, -0.5, 0.0, 0.5)  # the gains `filter=auto` shows a stream at (`DiffVC.encode_with_plan`)
 FILTER_SCORE_METRICS = ("lpips", "dists")  # and the metrics it keeps the best by, summed (`filter_score`)
 FILTER_SCORE_STEP = 4  # on every 4th P-frame (the metrics, not the codings, cost most of the search)
 ENCODER_REVISION = 8  # bump when the encoder's choices change what a stream holds (then cached results are redone)

@@ -412,17 +412,28 @@ class FrameCoder:
         return LatentCodingOutput(latent, None, None, {})
 
     def _finish(
-        self, coded, contexts: Contexts | None, flow_hat: Tensor | None, frame_type: str, qp: int, index: int
+        self,
+        coded,
+        contexts: Contexts | None,
+        flow_hat: Tensor | None,
+        frame_type: str,
+        qp: int,
+        index: int,
+        reference: Tensor | None = None,
     ) -> FrameResult:
-        """Diffusion (with TDIR) and the latent decoder; pushes the frame into the DPB. Both sides run this."""
+        """Diffusion (with TDIR) and the latent decoder; pushes the frame into the DPB. Both sides run this.
+        reference: the latent codec's reconstruction where it was decoded already (what `also_show`'s coders get from
+        theirs: the same coding, so the same picture)."""
         latent, x0, evals = self._generate(coded.latent_hat, contexts, flow_hat, frame_type, qp, index)
         with self.timer.stage("vae"):
             frame = self.model.latent_space.decode(latent).float()
-            reference = frame
-            if self.plan.codec_reference and self.plan.enabled:
-                reference = self.model.latent_space.decode(coded.latent_hat).float()
+            if reference is None:
+                codec_picture = self.plan.codec_reference and self.plan.enabled
+                reference = self.model.latent_space.decode(coded.latent_hat).float() if codec_picture else frame
         self.dpb.push(reference, coded.feature, coded.y_hat if frame_type == "P" else None, x0, frame_type)
-        also_shown = [other._finish(coded, contexts, flow_hat, frame_type, qp, index) for other in self.also_show]
+        also_shown = [
+            other._finish(coded, contexts, flow_hat, frame_type, qp, index, reference) for other in self.also_show
+        ]
         return FrameResult(frame, evals, also_shown=also_shown)
 
     def _generate(

@@ -123,12 +123,11 @@ class MotionRanges:
     patch_max_speed: float = 8.0  # patch speed relative to the frame, px/frame
     deform_prob: float = 0.0  # probability that a patch also changes shape in place (non-rigid motion)
     max_deform: float = 3.0  # a deforming patch's largest displacement from its rest shape, px
+    scale_range: tuple[float, float] = (0.75, 4.0)  # photo pixels per output pixel (log-uniform; > 1: downscaled)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.deform_prob <= 1.0:
             raise ValueError(f"deform_prob must be in [0, 1], got {self.deform_prob}")
-
-    scale_range: tuple[float, float] = (0.75, 4.0)  # photo pixels per output pixel (log-uniform; > 1: downscaled)
 
 
 @dataclass(frozen=True, eq=False)

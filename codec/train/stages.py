@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from codec.diffvc.config import DiffVCConfig
 from codec.diffvc.diffusion import (
     SD21_UNET_SHAPE,
+    DiffusionStage,
     SamplingRequest,
     TDIRReuse,
     TDIRSampler,
@@ -464,22 +465,26 @@ def with_anchor_gain(model: DiffVCModel) -> DiffVCModel:
     return _keeping(new, model.state_dict(), new_prefix="diffusion.anchor_gain.", what="the stage")
 
 
+def _prompt_means(stage: DiffusionStage) -> Tensor:
+    """The mean token of the QP prompt at every QP level [qp_levels, dim]: what the anchor gain reads."""
+    return stage.qp_prompt(torch.arange(stage.config.qp_prompt.qp_levels)).mean(1)
+
+
 def anchor_gains(model: DiffVCModel) -> np.ndarray:
     """g(QP) of the stage's anchor filter at every QP level, float64 [qp_levels] (zeros for a stage without one)."""
     stage = model.diffusion
-    levels = stage.config.qp_prompt.qp_levels
     if stage.anchor_gain is None:
-        return np.zeros(levels)
+        return np.zeros(stage.config.qp_prompt.qp_levels)
     with torch.no_grad():
-        return stage.anchor_gain(stage.qp_prompt(torch.arange(levels)).mean(1))[:, 0].double().numpy()
+        return stage.anchor_gain(_prompt_means(stage))[:, 0].double().numpy()
 
 
 def calibrate_anchor_gain(model: DiffVCModel, gains: Mapping[int, float]) -> DiffVCModel:
-    """The model with its anchor filter's QP gain set so that g(QP) follows `gains` (QP -> g: the best fixed gain at
-    each QP, measured by `tools.anchor_gain_scan` on real footage), linearly interpolated between the given QPs and
-    held beyond them. The gain is linear in the mean of the QP prompt's tokens, so this is a least-squares fit
-    (minimum norm) of that layer over every QP; adds the gain where the stage has none (`with_anchor_gain`). Every
-    other weight is kept."""
+    """The model with its anchor filter's QP gain set so that g(QP) follows `gains` (QP -> g, e.g. the trend of the
+    best fixed gain that `tools.anchor_gain_scan` measures), linearly interpolated between the given QPs and held
+    beyond them. The gain is linear in the mean of the QP prompt's tokens, so this is a least-squares fit (minimum
+    norm) of that layer over every QP; adds the gain where the stage has none (`with_anchor_gain`). Every other
+    weight is kept."""
     if not gains:
         raise CodecError("calibrating the anchor gain needs at least one QP's gain")
     model = with_anchor_gain(model)
@@ -488,7 +493,7 @@ def calibrate_anchor_gain(model: DiffVCModel, gains: Mapping[int, float]) -> Dif
     qps = sorted(gains)
     targets = np.interp(np.arange(levels), qps, [float(gains[q]) for q in qps])
     with torch.no_grad():
-        tokens = stage.qp_prompt(torch.arange(levels)).mean(1).double()
+        tokens = _prompt_means(stage).double()
         design = torch.cat((tokens, torch.ones(levels, 1, dtype=torch.float64)), dim=1)
         solution = torch.linalg.lstsq(design, torch.from_numpy(targets)[:, None], driver="gelsd").solution[:, 0]
         stage.anchor_gain.weight.copy_(solution[:-1][None, :].float())
