@@ -55,11 +55,14 @@ FLAG_FILTER_LEVEL = 0b111 << FILTER_LEVEL_SHIFT
 FILTER_SEARCH_GAINS = (-1.0, -0.5, 0.0, 0.5)  # the gains `filter=auto` shows a stream at (`DiffVC.encode_with_plan`)
 FILTER_SCORE_METRICS = ("lpips", "dists")  # and the metrics it keeps the best by, summed (`filter_score`)
 FILTER_SCORE_STEP = 4  # on every 4th P-frame (the metrics, not the codings, cost most of the search)
-ENCODER_REVISION = 8  # bump when the encoder's choices change what a stream holds (then cached results are redone)
+ENCODER_REVISION = 9  # bump when the encoder's choices change what a stream holds (then cached results are redone)
 INTRA_QP_OFFSET = -16  # the default I-frame QP offset (docs/RESULTS.md, "I-frames" and "The I-frame offset")
 INTRA_CODER = "hevc"  # the default I-frame coder (docs/RESULTS.md, "I-frames")
 DEADZONE = 0.0  # the default latent dead zone (docs/RESULTS.md, "A dead zone")
-STRINGS_PER_TYPE = {"I": (1,), "P": (1,)}  # one string per frame (a P-frame's: motion flag, MVs, latent)
+STRINGS_PER_TYPE = {
+    "I": (1,),
+    "P": (0, 1),
+}  # one string per frame (a P-frame's: motion flag, MVs, latent); none: skipped
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class NeuralOptions:
     intra_qp_offset: int = INTRA_QP_OFFSET
     intra: Literal["learned", "hevc"] = INTRA_CODER  # I-frames: the learned intra codec or HEVC-intra (x265)
     deadzone: float = DEADZONE  # the encoder rounds latents toward their means by this much (`deadzone_rounding`)
+    skip: bool = True  # the encoder may skip a P-frame (no strings) where that costs less (`model.prefers_skip`)
     pack: str = ""  # a pack name or folder; "" = the default pack; "random-tiny" = random init
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
@@ -295,6 +299,7 @@ class NeuralCodecBase(CodecBase):
                     t,
                     size_hw,
                     intra_qp=qp + opts.intra_qp_offset,
+                    allow_skip=opts.skip,
                 )
                 units.append(FrameUnit(ftype, fqp, tuple(strings)))
                 estimated.append(result.estimated_bits)

@@ -242,19 +242,50 @@ def prefers_zero_motion(
 ) -> bool:
     """The encoder's mode decision: True when coding the frame with zero motion (no MV symbols) costs no more than
     with its coded motion, in J = bits + lambda(QP) * pixels * MSE, the trade-off the codec was trained on
-    (`codec.diffvc.qp.rd_lambda`). MSE over the picture's latent (the tiny preset's latent holds the pixels
-    themselves; `factor` x `factor` pixels per latent element)."""
-    lam = float(rd_lambda(torch.as_tensor(qp).reshape(-1)[:1]).item())
+    (`codec.diffvc.qp.rd_lambda`), over the picture's latent (`distortion_cost`)."""
+    lam = frame_lambda(qp)
     return rd_cost(latent, still, lam, valid_hw, factor) <= rd_cost(latent, moving, lam, valid_hw, factor)
+
+
+def prefers_skip(
+    latent: Tensor,
+    reference_latent: Tensor,
+    coded: PFrameCoding,
+    qp: int | Tensor,
+    valid_hw: tuple[int, int] | None,
+    factor: int,
+) -> bool:
+    """The encoder's skip decision: True when repeating the previous frame (no strings, no bits; its latent is
+    `reference_latent`) costs less than the P-frame as coded, in the same J as `prefers_zero_motion`. A picture that
+    has not changed is skipped, as HEVC's skipped blocks are; a coded frame that buys its bits' worth of quality
+    (a refinement of a coarse reference) is kept."""
+    lam = frame_lambda(qp)
+    return distortion_cost(latent, reference_latent, lam, valid_hw, factor) < rd_cost(
+        latent, coded, lam, valid_hw, factor
+    )
+
+
+def frame_lambda(qp: int | Tensor) -> float:
+    """The lambda of a frame's mode decisions: the one the codec was trained at for its QP (`rd_lambda`)."""
+    return float(rd_lambda(torch.as_tensor(qp).reshape(-1)[:1]).item())
 
 
 def rd_cost(latent: Tensor, coding: PFrameCoding, lam: float, valid_hw: tuple[int, int] | None, factor: int) -> float:
     """bits + lam * pixels * MSE of one coded P-frame (its real bytes, its latent error over the picture)."""
-    error = (coding.latent.latent_hat - latent).float()
+    bits = 8 * sum(len(s) for s in coding.strings)
+    return bits + distortion_cost(latent, coding.latent.latent_hat, lam, valid_hw, factor)
+
+
+def distortion_cost(
+    latent: Tensor, latent_hat: Tensor, lam: float, valid_hw: tuple[int, int] | None, factor: int
+) -> float:
+    """lam * pixels * MSE of a reconstruction's latent against the frame's, over the picture (the tiny preset's
+    latent holds the pixels themselves; `factor` x `factor` pixels per latent element)."""
+    error = (latent_hat - latent).float()
     if valid_hw is not None:
         error = error[..., : valid_hw[0], : valid_hw[1]]
     pixels = error.shape[-2] * error.shape[-1] * factor**2
-    return 8 * sum(len(s) for s in coding.strings) + lam * pixels * error.square().mean().item()
+    return lam * pixels * error.square().mean().item()
 
 
 @dataclass(frozen=True)
@@ -304,6 +335,7 @@ class FrameCoder:
         self.model, self.plan, self.timer = model, plan, timer
         self.sampler = TDIRSampler(model.diffusion, autocast_dtype)
         self.dpb = DecodedPictureBuffer()
+        self.shown: Tensor | None = None  # the last frame shown: what a skipped P-frame shows again
         for other in also_show:
             if not plan.codec_reference or replace(other, filter_level=plan.filter_level) != plan:
                 raise ValueError("also_show needs reference=codec plans that differ only in their filter level")
@@ -320,10 +352,12 @@ class FrameCoder:
         index: int,
         picture_hw: tuple[int, int] | None = None,
         intra_qp: int | None = None,
+        allow_skip: bool = True,
     ) -> tuple[list[bytes], FrameResult]:
         """x [1, 3, H, W] in [0, 1] -> (entropy-coded strings, the reconstruction the decoder will make).
         picture_hw: the picture's size when x is padded (the padding is not coded); intra_qp: an HEVC I-frame's QP
-        before clamping to 0..63 (`hevc_intra.hevc_qp`; default `qp`)."""
+        before clamping to 0..63 (`hevc_intra.hevc_qp`; default `qp`); allow_skip: a P-frame may be skipped (no
+        strings: the previous frame shown again) where that costs less (`prefers_skip`)."""
         m, t = self.model, self.timer
         if frame_type == "I" and self.plan.hevc_intra:
             picture_hw = picture_hw or tuple(x.shape[-2:])
@@ -353,6 +387,9 @@ class FrameCoder:
             timer=t,
             picture_hw=picture_hw,
         )
+        valid, factor = latent_valid_hw(m, picture_hw), m.latent_space.factor
+        if allow_skip and prefers_skip(latent, self.dpb.latent, p, qp, valid, factor):
+            return [], self._skip()
         result = self._finish(p.latent, p.contexts, p.flow_hat, frame_type, qp, index)
         result.estimated_bits = p.estimated_bits()
         return p.strings, result
@@ -387,6 +424,8 @@ class FrameCoder:
             return self._finish(coded, None, None, frame_type, qp, index)
         if self.dpb.empty:
             raise BitstreamError(f"frame {index}: a P-frame with no reference")
+        if not strings:
+            return self._skip()
         reader = SegmentReader(strings[0])  # the stream's reader checked the count (codec.STRINGS_PER_TYPE)
         with t.stage("motion"):
             if reader.read_flag():
@@ -425,16 +464,23 @@ class FrameCoder:
         reference: the latent codec's reconstruction where it was decoded already (what `also_show`'s coders get from
         theirs: the same coding, so the same picture)."""
         latent, x0, evals = self._generate(coded.latent_hat, contexts, flow_hat, frame_type, qp, index)
+        codec_picture = self.plan.codec_reference and self.plan.enabled
         with self.timer.stage("vae"):
             frame = self.model.latent_space.decode(latent).float()
             if reference is None:
-                codec_picture = self.plan.codec_reference and self.plan.enabled
                 reference = self.model.latent_space.decode(coded.latent_hat).float() if codec_picture else frame
-        self.dpb.push(reference, coded.feature, coded.y_hat if frame_type == "P" else None, x0, frame_type)
+        reference_latent = coded.latent_hat if codec_picture else latent
+        y_hat = coded.y_hat if frame_type == "P" else None
+        self.dpb.push(reference, reference_latent, coded.feature, y_hat, x0, frame_type)
+        self.shown = frame
         also_shown = [
             other._finish(coded, contexts, flow_hat, frame_type, qp, index, reference) for other in self.also_show
         ]
         return FrameResult(frame, evals, also_shown=also_shown)
+
+    def _skip(self) -> FrameResult:
+        """A skipped P-frame (no strings; both sides): the last frame shown again, the DPB unchanged, no U-Net run."""
+        return FrameResult(self.shown, 0, also_shown=[other._skip() for other in self.also_show])
 
     def _generate(
         self,
