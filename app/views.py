@@ -248,9 +248,16 @@ def tdir_summary(runs: Sequence[Any]) -> str:
 # --- figures ------------------------------------------------------------------------------------------------
 
 
+def frame_kinds(types: str, frame_bits: Sequence[int]) -> list[str]:
+    """Each frame's type as the per-frame chart names it: "I", "P", or "P, skipped" for a P-frame of no bits (a
+    neural codec's skipped frame: the previous frame shown again; docs/FORMAT.md)."""
+    return ["P, skipped" if t == "P" and b == 0 else t for t, b in zip(types, frame_bits, strict=False)]
+
+
 def per_frame_figure(runs: Sequence[Any], metric: str):
     """Two panels over the frame index: `metric` per frame and bits per frame, one colour per codec; intra frames
-    are drawn as diamonds on the metric curve and as outlined bars."""
+    are drawn as diamonds on the metric curve and as outlined bars; the hover names each frame's type, and a
+    skipped P-frame as such."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -266,6 +273,7 @@ def per_frame_figure(runs: Sequence[Any], metric: str):
         types = run.row.frame_types
         values = run.row.per_frame.get(metric)
         x = list(range(len(run.row.frame_bits)))
+        kinds = frame_kinds(types, run.row.frame_bits)
         symbols = ["diamond" if t == "I" else "circle" for t in types] or None
         sizes = [10 if t == "I" else 5 for t in types] or None
         if values is not None:
@@ -278,7 +286,7 @@ def per_frame_figure(runs: Sequence[Any], metric: str):
                     legendgroup=run.label,
                     line=dict(color=colour),
                     marker=dict(symbol=symbols, size=sizes),
-                    customdata=list(types) or None,
+                    customdata=kinds or None,
                     hovertemplate="frame %{x} (%{customdata})<br>%{y:.4f}<extra>%{fullData.name}</extra>",
                 ),
                 row=1,
@@ -294,7 +302,7 @@ def per_frame_figure(runs: Sequence[Any], metric: str):
                 marker=dict(
                     color=colour, line=dict(color=["black" if t == "I" else colour for t in types] or colour, width=2)
                 ),
-                customdata=list(types) or None,
+                customdata=kinds or None,
                 hovertemplate="frame %{x} (%{customdata})<br>%{y} bits<extra>%{fullData.name}</extra>",
             ),
             row=2,

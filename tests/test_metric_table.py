@@ -9,7 +9,7 @@ import pytest
 from conftest import moving_clip
 
 from app.compare_tab import metric_choices
-from app.views import bd_rate_view, metrics_table, per_frame_figure
+from app.views import bd_rate_view, frame_kinds, metrics_table, per_frame_figure
 from codec.eval import EvalRequest, evaluate
 from codec.eval.compare import CodecRun
 from codec.eval.report import bd_rate, bd_rate_table, rd_figure, write_results
@@ -72,3 +72,7 @@ def test_a_metric_added_to_the_table_shows_up_everywhere(with_mae, tmp_path):
     ]
     assert "MAE" in metrics_table(runs, "25").columns
     assert per_frame_figure(runs, "mae").layout.annotations[0].text == "MAE (grey levels)"
+
+
+def test_the_per_frame_chart_names_skipped_p_frames() -> None:
+    assert frame_kinds("IPPP", [8000, 400, 0, 16]) == ["I", "P", "P, skipped", "P"]
