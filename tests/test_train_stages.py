@@ -152,7 +152,7 @@ def test_eval_mode_sequence_coding_matches_the_registered_condlc_codec():
 
     model, _ = load_model("random-tiny", "cpu")  # the same cached model the codec spec below uses
     clip = moving_clip(frames=3, height=64, width=64, seed=4)
-    encoded = get_codec("condlc:pack=random-tiny:intra=learned:intra_qp_offset=0").encode(clip, 40)
+    encoded = get_codec("condlc:pack=random-tiny:intra=learned:intra_qp_offset=0:skip=false").encode(clip, 40)
     frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float().div(255)[None]
     with torch.no_grad():
         coded = code_sequence(model.eval(), frames, torch.tensor([40]))
@@ -214,7 +214,7 @@ def test_eval_mode_sequence_coding_with_hevc_intra_matches_the_codec():
 
     model, _ = load_model("random-tiny", "cpu")
     clip = moving_clip(frames=3, height=64, width=64, seed=4)
-    encoded = get_codec("condlc:pack=random-tiny:intra=hevc:intra_qp_offset=-6").encode(clip, 40)
+    encoded = get_codec("condlc:pack=random-tiny:intra=hevc:intra_qp_offset=-6:skip=false").encode(clip, 40)
     frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float().div(255)[None]
     with torch.no_grad():
         coded = code_sequence(model.eval(), frames, torch.tensor([40]), hevc_intra=True, intra_qp_offset=-6)
@@ -234,7 +234,7 @@ def test_finetuning_samples_each_sequence_as_the_decoder_does(tmp_path):
     pack = write_pack(tmp_path / "pack", model.config.to_dict(), model.trainable_state(), "test pack\n").path
     model, _ = DiffVCModel.from_pack(pack)  # the pack's (half-precision) weights, as the codec loads them
     clip = moving_clip(frames=4, height=64, width=64, seed=4)
-    spec = f"diffvc:pack={pack}:intra=learned:intra_qp_offset=0:seed=5"
+    spec = f"diffvc:pack={pack}:intra=learned:intra_qp_offset=0:seed=5:skip=false"
     decoded = get_codec(spec).encode(clip, 40).reconstruction.frames
     stage = FinetuneStage(model)
     frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float().div(255)[None]

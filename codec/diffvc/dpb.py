@@ -15,7 +15,6 @@ class DecodedPictureBuffer:
     """One reference picture and what was decoded with it.
 
     frame: the previous decoded frame [1, 3, H, W] in [0, 1] (padded size): the motion and context reference.
-    latent: that frame's latent [1, C, H/8, W/8] (what the encoder's skip decision measures a repeat of it by).
     feature: the latent decoder's feature of that frame [1, F, H/8, W/8], fused into the temporal contexts.
     y_hat: that frame's quantized latent y (the temporal prior of the next one), or None after an I-frame.
     x0: the diffusion stage's clean-latent prediction(s) of that frame, reused by TDIR: the final latent
@@ -24,7 +23,6 @@ class DecodedPictureBuffer:
     """
 
     frame: Tensor | None = None
-    latent: Tensor | None = None
     feature: Tensor | None = None
     y_hat: Tensor | None = None
     x0: Tensor | list[Tensor] | None = None
@@ -35,15 +33,8 @@ class DecodedPictureBuffer:
         return self.frame is None
 
     def push(
-        self,
-        frame: Tensor,
-        latent: Tensor,
-        feature: Tensor,
-        y_hat: Tensor | None,
-        x0: Tensor | list[Tensor] | None,
-        frame_type: str,
+        self, frame: Tensor, feature: Tensor, y_hat: Tensor | None, x0: Tensor | list[Tensor] | None, frame_type: str
     ) -> None:
-        """Replace the reference with a newly decoded frame. (A skipped P-frame pushes nothing: the next frame refers
-        to the same picture.)"""
-        self.frame, self.latent, self.feature, self.y_hat, self.x0 = frame, latent, feature, y_hat, x0
+        """Replace the reference with a newly decoded frame."""
+        self.frame, self.feature, self.y_hat, self.x0 = frame, feature, y_hat, x0
         self.frames_since_intra = 0 if frame_type == "I" else self.frames_since_intra + 1

@@ -14,7 +14,7 @@ the decoder does (`FrameCoder._finish`), so both hold the same DPB.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -229,40 +229,38 @@ def code_p_frame(
         zero_segments, zero_out = model.inter.segments(latent, zero_contexts, prev_y_hat, qp, valid)
         zero_string = model.inter.entropy_encode(zero_segments, flags=(False,))
         still = PFrameCoding([zero_string], zero_flow, zero_contexts, zero_out, {})
-    return still if prefers_zero_motion(latent, coded, still, qp, valid, model.latent_space.factor) else coded
+    return still if prefers_zero_motion(x, coded, still, qp, picture_hw, model.latent_space.decode) else coded
 
 
 def prefers_zero_motion(
-    latent: Tensor,
+    x: Tensor,
     moving: PFrameCoding,
     still: PFrameCoding,
     qp: int | Tensor,
-    valid_hw: tuple[int, int] | None,
-    factor: int,
+    picture_hw: tuple[int, int] | None,
+    decode: Callable[[Tensor], Tensor],
 ) -> bool:
-    """The encoder's mode decision: True when coding the frame with zero motion (no MV symbols) costs no more than
+    """The encoder's mode decision: True when coding the frame x with zero motion (no MV symbols) costs no more than
     with its coded motion, in J = bits + lambda(QP) * pixels * MSE, the trade-off the codec was trained on
-    (`codec.diffvc.qp.rd_lambda`), over the picture's latent (`distortion_cost`)."""
+    (`codec.diffvc.qp.rd_lambda`; `distortion_cost`). decode: the latent space's, latent -> picture."""
     lam = frame_lambda(qp)
-    return rd_cost(latent, still, lam, valid_hw, factor) <= rd_cost(latent, moving, lam, valid_hw, factor)
+    return rd_cost(x, still, lam, picture_hw, decode) <= rd_cost(x, moving, lam, picture_hw, decode)
 
 
 def prefers_skip(
-    latent: Tensor,
-    reference_latent: Tensor,
+    x: Tensor,
+    reference: Tensor,
     coded: PFrameCoding,
     qp: int | Tensor,
-    valid_hw: tuple[int, int] | None,
-    factor: int,
+    picture_hw: tuple[int, int] | None,
+    decode: Callable[[Tensor], Tensor],
 ) -> bool:
-    """The encoder's skip decision: True when repeating the previous frame (no strings, no bits; its latent is
-    `reference_latent`) costs less than the P-frame as coded, in the same J as `prefers_zero_motion`. A picture that
-    has not changed is skipped, as HEVC's skipped blocks are; a coded frame that buys its bits' worth of quality
-    (a refinement of a coarse reference) is kept."""
+    """The encoder's skip decision: True when repeating the reference picture (no strings, no bits) costs less than
+    the P-frame as coded, in the same J as `prefers_zero_motion`. A picture that has not changed is skipped, as
+    HEVC's skipped blocks are; a coded frame that buys its bits' worth of quality (a refinement of a coarse
+    reference) is kept."""
     lam = frame_lambda(qp)
-    return distortion_cost(latent, reference_latent, lam, valid_hw, factor) < rd_cost(
-        latent, coded, lam, valid_hw, factor
-    )
+    return distortion_cost(x, reference, lam, picture_hw) < rd_cost(x, coded, lam, picture_hw, decode)
 
 
 def frame_lambda(qp: int | Tensor) -> float:
@@ -270,21 +268,27 @@ def frame_lambda(qp: int | Tensor) -> float:
     return float(rd_lambda(torch.as_tensor(qp).reshape(-1)[:1]).item())
 
 
-def rd_cost(latent: Tensor, coding: PFrameCoding, lam: float, valid_hw: tuple[int, int] | None, factor: int) -> float:
-    """bits + lam * pixels * MSE of one coded P-frame (its real bytes, its latent error over the picture)."""
-    bits = 8 * sum(len(s) for s in coding.strings)
-    return bits + distortion_cost(latent, coding.latent.latent_hat, lam, valid_hw, factor)
-
-
-def distortion_cost(
-    latent: Tensor, latent_hat: Tensor, lam: float, valid_hw: tuple[int, int] | None, factor: int
+def rd_cost(
+    x: Tensor,
+    coding: PFrameCoding,
+    lam: float,
+    picture_hw: tuple[int, int] | None,
+    decode: Callable[[Tensor], Tensor],
 ) -> float:
-    """lam * pixels * MSE of a reconstruction's latent against the frame's, over the picture (the tiny preset's
-    latent holds the pixels themselves; `factor` x `factor` pixels per latent element)."""
-    error = (latent_hat - latent).float()
-    if valid_hw is not None:
-        error = error[..., : valid_hw[0], : valid_hw[1]]
-    pixels = error.shape[-2] * error.shape[-1] * factor**2
+    """bits + lam * pixels * MSE of one coded P-frame: its real bytes, its decoded picture's error."""
+    bits = 8 * sum(len(s) for s in coding.strings)
+    return bits + distortion_cost(x, decode(coding.latent.latent_hat), lam, picture_hw)
+
+
+def distortion_cost(x: Tensor, picture: Tensor, lam: float, picture_hw: tuple[int, int] | None) -> float:
+    """lam * pixels * MSE of a picture [N, 3, H, W] against the frame x, both in [0, 1], over the picture's area
+    (a padded frame's padding left out): the distortion term of the codec stage's training loss, measured as
+    training measures it (an earlier form measured the tiny preset's latent, 2x - 1, whose MSE is 4x the
+    pictures': it weighed distortion 4x, the lambda of a QP 18 finer)."""
+    error = picture.float() - x.float()
+    if picture_hw is not None:
+        error = error[..., : picture_hw[0], : picture_hw[1]]
+    pixels = error.shape[-2] * error.shape[-1]
     return lam * pixels * error.square().mean().item()
 
 
@@ -387,8 +391,7 @@ class FrameCoder:
             timer=t,
             picture_hw=picture_hw,
         )
-        valid, factor = latent_valid_hw(m, picture_hw), m.latent_space.factor
-        if allow_skip and prefers_skip(latent, self.dpb.latent, p, qp, valid, factor):
+        if allow_skip and prefers_skip(x, self.dpb.frame, p, qp, picture_hw, m.latent_space.decode):
             return [], self._skip()
         result = self._finish(p.latent, p.contexts, p.flow_hat, frame_type, qp, index)
         result.estimated_bits = p.estimated_bits()
@@ -469,9 +472,8 @@ class FrameCoder:
             frame = self.model.latent_space.decode(latent).float()
             if reference is None:
                 reference = self.model.latent_space.decode(coded.latent_hat).float() if codec_picture else frame
-        reference_latent = coded.latent_hat if codec_picture else latent
         y_hat = coded.y_hat if frame_type == "P" else None
-        self.dpb.push(reference, reference_latent, coded.feature, y_hat, x0, frame_type)
+        self.dpb.push(reference, coded.feature, y_hat, x0, frame_type)
         self.shown = frame
         also_shown = [
             other._finish(coded, contexts, flow_hat, frame_type, qp, index, reference) for other in self.also_show
