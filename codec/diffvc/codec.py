@@ -59,10 +59,8 @@ ENCODER_REVISION = 10  # bump when the encoder's choices change what a stream ho
 INTRA_QP_OFFSET = -16  # the default I-frame QP offset (docs/RESULTS.md, "I-frames" and "The I-frame offset")
 INTRA_CODER = "hevc"  # the default I-frame coder (docs/RESULTS.md, "I-frames")
 DEADZONE = 0.0  # the default latent dead zone (docs/RESULTS.md, "A dead zone")
-STRINGS_PER_TYPE = {
-    "I": (1,),
-    "P": (0, 1),
-}  # one string per frame (a P-frame's: motion flag, MVs, latent); none: skipped
+# One string per frame (a P-frame's: motion flag, MVs, latent); a P-frame of none is skipped (docs/FORMAT.md).
+STRINGS_PER_TYPE = {"I": (1,), "P": (0, 1)}
 
 
 @dataclass(frozen=True)

@@ -467,13 +467,12 @@ class FrameCoder:
         reference: the latent codec's reconstruction where it was decoded already (what `also_show`'s coders get from
         theirs: the same coding, so the same picture)."""
         latent, x0, evals = self._generate(coded.latent_hat, contexts, flow_hat, frame_type, qp, index)
-        codec_picture = self.plan.codec_reference and self.plan.enabled
         with self.timer.stage("vae"):
             frame = self.model.latent_space.decode(latent).float()
             if reference is None:
+                codec_picture = self.plan.codec_reference and self.plan.enabled
                 reference = self.model.latent_space.decode(coded.latent_hat).float() if codec_picture else frame
-        y_hat = coded.y_hat if frame_type == "P" else None
-        self.dpb.push(reference, coded.feature, y_hat, x0, frame_type)
+        self.dpb.push(reference, coded.feature, coded.y_hat if frame_type == "P" else None, x0, frame_type)
         self.shown = frame
         also_shown = [
             other._finish(coded, contexts, flow_hat, frame_type, qp, index, reference) for other in self.also_show
