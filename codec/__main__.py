@@ -116,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--warmup", type=int, default=3, help="frames of the warm-up clip coded before each timing")
     sp.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure N times, TDIR on and off in turn first, and report each TDIR time ratio and their median",
+    )
+    sp.add_argument(
         "--intra", choices=["auto", "hevc", "learned"], default="auto", help="I-frames (auto: hevc where PyAV is)"
     )
     sp.set_defaults(run=_cmd_speed)
@@ -328,7 +334,9 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
 
 def _cmd_speed(args: argparse.Namespace) -> int:
-    from codec.speed import available_intra, device_description, format_rows, measure_speed
+    import statistics
+
+    from codec.speed import available_intra, device_description, diffusion_time_ratio, format_rows, measure_speed
     from codec.video import parse_size
 
     pack = f"random-{args.preset}" if args.random_init else (args.pack or "")
@@ -340,16 +348,27 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     tdir = ("on", "off") if args.tdir == "both" else (args.tdir,)
     from codec.progress import frame_bar
 
-    with frame_bar("speed"):
-        rows = measure_speed(pack, size, args.frames, args.device, extra=extra, tdir=tdir, warmup_frames=args.warmup)
-    print(
-        format_rows(
-            rows,
-            f"DiffVC {args.preset} ({pack or 'default pack'}), {size[0]}x{size[1]}, "
-            f"{args.frames} frames, {intra} I-frames, {device_description(args.device)}"
-            f"{', compiled' if args.compile else ''}",
-        )
+    if args.repeat < 1:
+        raise CodecError(f"--repeat must be at least 1, got {args.repeat}")
+    title = (
+        f"DiffVC {args.preset} ({pack or 'default pack'}), {size[0]}x{size[1]}, "
+        f"{args.frames} frames, {intra} I-frames, {device_description(args.device)}"
+        f"{', compiled' if args.compile else ''}"
     )
+    ratios = []
+    for i in range(args.repeat):
+        order = tdir if i % 2 == 0 else tdir[::-1]  # in turn first: a drifting machine favours neither
+        with frame_bar("speed"):
+            rows = measure_speed(
+                pack, size, args.frames, args.device, extra=extra, tdir=order, warmup_frames=args.warmup
+            )
+        print(format_rows(rows, title + (f" (measurement {i + 1} of {args.repeat})" if args.repeat > 1 else "")))
+        ratio = diffusion_time_ratio(rows)
+        if ratio is not None:
+            ratios.append(ratio)
+    if ratios:
+        listed = ", ".join(f"{r:.3f}" for r in ratios)
+        print(f"TDIR on / off, diffusion time: {listed} (median {statistics.median(ratios):.3f})")
     return 0
 
 

@@ -128,6 +128,15 @@ def measure_speed(
     return rows
 
 
+def diffusion_time_ratio(rows: list[SpeedRow]) -> float | None:
+    """TDIR on's diffusion seconds over TDIR off's, from one measurement's rows (None without both)."""
+    by_label = {r.label: r for r in rows}
+    on, off = by_label.get("TDIR on"), by_label.get("TDIR off")
+    if on is None or off is None or not off.stages.get("diffusion"):
+        return None
+    return on.stages.get("diffusion", 0.0) / off.stages["diffusion"]
+
+
 def _reset_peak(cuda: bool) -> None:
     if cuda:
         torch.cuda.synchronize()

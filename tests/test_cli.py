@@ -115,3 +115,22 @@ def test_info_lists_codecs_and_weights():
     for name in ("x265", "x264", "av1"):
         assert name in r.stdout
     assert "metric weights: OK" in r.stdout and "offline (prepared)" in r.stdout
+
+
+def test_speed_repeats_its_measurement_in_turn_and_reports_each_tdir_ratio():
+    """`codec speed --repeat N`: N measurements, TDIR on first, then off first, and so on; each one's diffusion time
+    ratio and their median."""
+    import re
+    import statistics
+
+    result = run_cli("speed", "--random-init", "--size", "32x32", "--frames", 3, "--warmup", 1, "--repeat", 2)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "(measurement 1 of 2)" in out and "(measurement 2 of 2)" in out
+    first, second = out.split("(measurement 2 of 2)")
+    assert first.index("TDIR on") < first.index("TDIR off") and second.index("TDIR off") < second.index("TDIR on")
+    listed, median = re.search(r"TDIR on / off, diffusion time: ([\d., ]+) \(median ([\d.]+)\)", out).groups()
+    ratios = [float(v) for v in listed.split(", ")]
+    assert len(ratios) == 2 and all(r > 0 for r in ratios)  # their size is a benchmark's to judge, not a test's
+    assert abs(statistics.median(ratios) - float(median)) < 1e-3
+    _one_clear_line(run_cli("speed", "--random-init", "--repeat", 0), "--repeat must be at least 1")
