@@ -7,7 +7,8 @@ Per P-frame (DESIGN.md section 3; Ma & Chen 2025, with DCVC-DC's conditional cod
   4. diffusion  z = sqrt(a_s) l^_t + sqrt(1 - a_s) eps; T_s DDIM steps guided by [l^_t, C1] and the QP prompt,
                 the first K of them (TDIR) reusing the previous frame's x0, warped by f^
   5. vae        x^_t = LatentSpace.decode(z_0): the output and the next frame's reference
-I-frames: the intra latent codec, then steps 4-5 with zeros for C1 and no reuse.
+I-frames: the intra latent codec, then steps 4-5 with zeros for C1 and no reuse. A skipped P-frame (no strings;
+the encoder's `prefers_skip`) runs none of them: the last frame is shown again and the DPB kept.
 Every step after the entropy decoding is a function of decoded data only, and the encoder runs it exactly as
 the decoder does (`FrameCoder._finish`), so both hold the same DPB.
 """
