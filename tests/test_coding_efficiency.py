@@ -337,3 +337,18 @@ def test_an_hevc_i_frame_below_qp_0_is_finer_than_at_qp_0() -> None:
     at_zero = get_codec(f"condlc:{RANDOM}:intra_qp_offset=0").encode(clip, 0)
     below = get_codec(f"condlc:{RANDOM}:intra_qp_offset=-16").encode(clip, 0)
     assert read_stream(below.bitstream)[1][0].qp == 0 and below.num_bytes > at_zero.num_bytes
+
+
+def test_mode_decisions_weigh_the_pictures_error_as_training_does() -> None:
+    """J = bits + lambda * pixels * MSE of RGB in [0, 1], over the picture (the padding left out): the term the codec
+    stage's loss weighs. The tiny preset's latent (2x - 1) would weigh it 4x."""
+    from codec.diffvc.latent import LatentSpaceConfig, build_latent_space
+    from codec.diffvc.model import distortion_cost
+
+    x = torch.full((1, 3, 16, 24), 0.5)
+    picture = x.clone()
+    picture[..., :8, :16] += 0.1  # the picture's 8 x 16 area, all off by 0.1; the padding around it exact
+    assert distortion_cost(x, picture, 100.0, (8, 16)) == pytest.approx(100.0 * 8 * 16 * 0.01, rel=1e-4)
+    latents = build_latent_space(LatentSpaceConfig(kind="pixel_unshuffle", factor=8))
+    latent_error = (latents.encode(picture) - latents.encode(x)).square().mean() * 16 * 24
+    assert float(latent_error) == pytest.approx(4 * distortion_cost(x, picture, 1.0, None), rel=1e-4)
