@@ -161,7 +161,8 @@ class PFrameCoding:
     strings: [the frame's one entropy-coded string]: a flag (the frame has motion), then the MV codec's z and y if
     it has, then the latent codec's z and y (empty in training form); flow_hat: the decoded flow [N, 2, H, W] in
     pixels; contexts: C1..C3 (and the prediction) built from it; latent: the contextual codec's output;
-    motion_likelihoods: the MV codec's {"y", "z"} likelihoods ({} for a zero-motion frame).
+    motion_likelihoods: the MV codec's {"y", "z"} likelihoods ({} for a zero-motion frame); cost: its J at the
+    frame's lambda (`rd_cost`), measured once by the encoder for its decisions (None in training form).
     """
 
     strings: list[bytes]
@@ -169,6 +170,7 @@ class PFrameCoding:
     contexts: Contexts
     latent: LatentCodingOutput
     motion_likelihoods: dict[str, Tensor]
+    cost: float | None = None
 
     def estimated_bits(self) -> float:
         """sum(-log2 p) over the MV codec's and the latent codec's symbols, and the string's uniform bits (its motion
@@ -230,38 +232,26 @@ def code_p_frame(
         zero_segments, zero_out = model.inter.segments(latent, zero_contexts, prev_y_hat, qp, valid)
         zero_string = model.inter.entropy_encode(zero_segments, flags=(False,))
         still = PFrameCoding([zero_string], zero_flow, zero_contexts, zero_out, {})
-    return still if prefers_zero_motion(x, coded, still, qp, picture_hw, model.latent_space.decode) else coded
+        lam, decode = frame_lambda(qp), model.latent_space.decode
+        coded.cost, still.cost = (rd_cost(x, c, lam, picture_hw, decode) for c in (coded, still))
+    return still if prefers_zero_motion(coded, still) else coded
 
 
-def prefers_zero_motion(
-    x: Tensor,
-    moving: PFrameCoding,
-    still: PFrameCoding,
-    qp: int | Tensor,
-    picture_hw: tuple[int, int] | None,
-    decode: Callable[[Tensor], Tensor],
-) -> bool:
-    """The encoder's mode decision: True when coding the frame x with zero motion (no MV symbols) costs no more than
+def prefers_zero_motion(moving: PFrameCoding, still: PFrameCoding) -> bool:
+    """The encoder's mode decision: True when the frame coded with zero motion (no MV symbols) costs no more than
     with its coded motion, in J = bits + lambda(QP) * pixels * MSE, the trade-off the codec was trained on
-    (`codec.diffvc.qp.rd_lambda`; `distortion_cost`). decode: the latent space's, latent -> picture."""
-    lam = frame_lambda(qp)
-    return rd_cost(x, still, lam, picture_hw, decode) <= rd_cost(x, moving, lam, picture_hw, decode)
+    (`codec.diffvc.qp.rd_lambda`; their `cost`, `rd_cost`)."""
+    return still.cost <= moving.cost
 
 
 def prefers_skip(
-    x: Tensor,
-    reference: Tensor,
-    coded: PFrameCoding,
-    qp: int | Tensor,
-    picture_hw: tuple[int, int] | None,
-    decode: Callable[[Tensor], Tensor],
+    x: Tensor, reference: Tensor, coded: PFrameCoding, qp: int, picture_hw: tuple[int, int] | None
 ) -> bool:
     """The encoder's skip decision: True when repeating the reference picture (no strings, no bits) costs less than
-    the P-frame as coded, in the same J as `prefers_zero_motion`. A picture that has not changed is skipped, as
-    HEVC's skipped blocks are; a coded frame that buys its bits' worth of quality (a refinement of a coarse
-    reference) is kept."""
-    lam = frame_lambda(qp)
-    return distortion_cost(x, reference, lam, picture_hw) < rd_cost(x, coded, lam, picture_hw, decode)
+    the P-frame as coded (its `cost`), in the same J as `prefers_zero_motion`. A picture that has not changed is
+    skipped, as HEVC's skipped blocks are; a coded frame that buys its bits' worth of quality (a refinement of a
+    coarse reference) is kept."""
+    return distortion_cost(x, reference, frame_lambda(qp), picture_hw) < coded.cost
 
 
 def frame_lambda(qp: int | Tensor) -> float:
@@ -392,7 +382,7 @@ class FrameCoder:
             timer=t,
             picture_hw=picture_hw,
         )
-        if allow_skip and prefers_skip(x, self.dpb.frame, p, qp, picture_hw, m.latent_space.decode):
+        if allow_skip and prefers_skip(x, self.dpb.frame, p, qp, picture_hw):
             return [], self._skip()
         result = self._finish(p.latent, p.contexts, p.flow_hat, frame_type, qp, index)
         result.estimated_bits = p.estimated_bits()
