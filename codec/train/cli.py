@@ -157,6 +157,14 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="synthetic clips: the share of moving patches that also change shape in place, non-rigid motion "
         "(default 0)",
     )
+    p.add_argument(
+        "--real-share",
+        type=float,
+        default=None,
+        metavar="W",
+        help="a fetched data folder: the share of training clips cut from the real videos of clips/, the rest "
+        "synthetic (default 0.2, codec.train.data.DEFAULT_WEIGHTS)",
+    )
     p.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is faster on a busy CPU)")
     p.add_argument(
@@ -229,7 +237,9 @@ def run_train(args: argparse.Namespace) -> int:
         gradient_checkpointing=args.gradient_checkpointing,
         quantization=args.quantization,
     )
-    dataset = make_dataset(args.stage, args.data, args.frames, args.crop, args.seed, args.clips, args.deform_prob)
+    dataset = make_dataset(
+        args.stage, args.data, args.frames, args.crop, args.seed, args.clips, args.deform_prob, args.real_share
+    )
     record = {
         "from": start_source(args),
         "crop": args.crop,
@@ -242,6 +252,8 @@ def run_train(args: argparse.Namespace) -> int:
         **({"entropy_model": args.entropy_model} if args.entropy_model else {}),
         **({"frame_interpolation": args.frame_interpolation} if args.frame_interpolation else {}),
         **({"quantization": args.quantization} if args.quantization != "noise" else {}),
+        **({"deform_prob": args.deform_prob} if args.deform_prob else {}),
+        **({"real_share": args.real_share} if args.real_share is not None else {}),
     }
     from codec.train import data
 
@@ -389,9 +401,19 @@ def full_model_from_base(base: str):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def make_dataset(stage: str, data_dir: Path, frames: int, crop: int, seed: int, length: int, deform_prob: float = 0.0):
+def make_dataset(
+    stage: str,
+    data_dir: Path,
+    frames: int,
+    crop: int,
+    seed: int,
+    length: int,
+    deform_prob: float = 0.0,
+    real_share: float | None = None,
+):
     """The stage's dataset from `codec.train.data`, by what `data_dir` holds (`deform_prob`: the share of the
-    synthetic clips' patches that change shape in place, `MotionRanges.deform_prob`):
+    synthetic clips' patches that change shape in place, `MotionRanges.deform_prob`; `real_share`: the share of a
+    fetched folder's clips cut from its real videos, None for `data.DEFAULT_WEIGHTS`):
 
     * `flow`: synthetic motion clips (exact flow) over the training photos of DATA_DIR/photos, else over every photo
       under the folder (a Vimeo-90k root's frames serve as photos too);
@@ -416,7 +438,12 @@ def make_dataset(stage: str, data_dir: Path, frames: int, crop: int, seed: int, 
             return data.Vimeo90kSeptuplets(data_dir, VIMEO_LIST, frames, crop, seed)
         if (data_dir / PHOTOS_DIR).is_dir() or (data_dir / CLIPS_DIR).is_dir():
             motion = data.MotionRanges(deform_prob=deform_prob)
-            return data.mixed_dataset(data_dir, frames, crop, seed, length, motion=motion)
+            weights = None
+            if real_share is not None:
+                if not 0.0 <= real_share <= 1.0:
+                    raise CodecError(f"--real-share must be within 0..1, got {real_share}")
+                weights = {"synthetic": 1.0 - real_share, "clips": real_share}
+            return data.mixed_dataset(data_dir, frames, crop, seed, length, weights, motion=motion)
         if not data.list_videos(data_dir):
             raise CodecError(
                 f"no training data in {data_dir}: expected photos/ and clips/ (python -m codec.train.fetch DIR), a "

