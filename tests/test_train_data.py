@@ -34,8 +34,8 @@ from codec.train.data import (
     split_photos,
 )
 from codec.train.fetch import (
-    FetchedFile,
     OPENCV_CLIPS,
+    FetchedFile,
     FetchedSource,
     Source,
     fetch_training_data,
@@ -386,7 +386,9 @@ def test_a_package_member_is_unpacked_gunzipped_when_compressed(tmp_path):
 
     (tmp_path / "clip.mp4.gz").write_bytes(gzip.compress(b"video bytes"))
     (tmp_path / "plain.avi").write_bytes(b"avi bytes")
-    assert _unpack_member(tmp_path / "clip.mp4.gz", tmp_path / "out" / "clip.mp4", "x.deb").read_bytes() == b"video bytes"
+    assert (
+        _unpack_member(tmp_path / "clip.mp4.gz", tmp_path / "out" / "clip.mp4", "x.deb").read_bytes() == b"video bytes"
+    )
     assert _unpack_member(tmp_path / "plain.avi", tmp_path / "out" / "plain.avi", "x.deb").read_bytes() == b"avi bytes"
     with pytest.raises(CodecError, match="x.deb has no gone.avi"):
         _unpack_member(tmp_path / "gone.avi", tmp_path / "out" / "gone.avi", "x.deb")
