@@ -40,10 +40,11 @@ __all__ = [
 ]
 
 MAGIC = b"DVC1"
-FORMAT_VERSION = 3  # 3: one string per P-frame (motion flag, MVs, latent); docs/FORMAT.md, "Versions"
+FORMAT_VERSION = 4  # 4: TDIR reuses the I-frame's x0 in the first P-frame after it; docs/FORMAT.md, "Versions"
 RETIRED_VERSIONS = {
     1: "version 1 coded the frame's padding; re-encode the source with this build",
     2: "version 2 coded a P-frame's motion and latent as two strings; re-encode the source with this build",
+    3: "version 3 ran every diffusion step in the first P-frame after an I-frame; re-encode the source with this build",
 }
 CODEC_IDS: dict[str, int] = {"diffvc": 1, "condlc": 2}  # explicit ids, stored in the stream: never reorder or reuse
 CODEC_NAMES: dict[int, str] = {v: k for k, v in CODEC_IDS.items()}

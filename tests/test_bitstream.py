@@ -226,9 +226,9 @@ def test_golden_bytes_match_format_doc() -> None:
     header = StreamHeader("diffvc", 64, 48, 25, 1, 2, -1, 32, 4, 2, 500, 3, 12345, bytes(range(8)))
     units = [FrameUnit("I", 32, (b"abc", b"")), FrameUnit("P", 30, ())]
     expected = bytes.fromhex(
-        "44564331 03 01 40 30 19 01 02 00 20 04 02 f403 03 b960 0001020304050607 dedb5444"
-        " 00 20 02 03 616263 00 a9c02846"
-        " 01 1e 00 de84c260"
+        "44564331 04 01 40 30 19 01 02 00 20 04 02 f403 03 b960 0001020304050607 a9ec4c75"
+        " 00 20 02 03 616263 00 fe3315bc"
+        " 01 1e 00 65e98b63"
     )
     assert write_stream(header, units) == expected
     assert read_stream(expected) == (header, units)
@@ -376,7 +376,7 @@ DAMAGES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "empty": (lambda d: b"", "empty input"),
     "wrong magic": (lambda d: b"RIFF" + d[4:], r"not a DVC1 stream \(magic b'RIFF'\)"),
     "short junk": (lambda d: b"\x00", r"not a DVC1 stream \(magic b'\\x00'\)"),
-    "future version": (lambda d: d[:4] + b"\x07" + d[5:], r"unsupported format version 7 \(this build reads 3\)"),
+    "future version": (lambda d: d[:4] + b"\x07" + d[5:], r"unsupported format version 7 \(this build reads 4\)"),
     "unknown codec": (lambda d: d[:5] + b"\x09" + d[6:], "unknown codec id 9 at byte 5"),
     "header cut": (lambda d: d[:30], "truncated: header needs 5 more bytes for pack_hash at byte 27"),
     "header cut in varint": (lambda d: d[:7], "truncated: header ends inside width"),

@@ -86,11 +86,13 @@ def test_a_144_row_picture_costs_less_than_its_192_row_padding(bbb_frame: Video)
 
 
 @pytest.mark.parametrize(
-    ("version", "reason"), [(1, "padding"), (2, "motion and latent as two strings")], ids=["v1", "v2"]
+    ("version", "reason"),
+    [(1, "padding"), (2, "motion and latent as two strings"), (3, "every diffusion step in the first P-frame")],
+    ids=["v1", "v2", "v3"],
 )
 def test_retired_format_versions_are_refused_with_their_reason(bbb_frame: Video, version: int, reason: str) -> None:
     stream = bytearray(get_codec(f"condlc:{RANDOM}").encode(bbb_frame, 40).bitstream)
-    assert stream[4] == FORMAT_VERSION == 3
+    assert stream[4] == FORMAT_VERSION == 4
     stream[4] = version
     with pytest.raises(BitstreamError, match=f"format version {version} is no longer decoded.*{reason}.*re-encode"):
         read_stream(bytes(stream))

@@ -93,8 +93,8 @@ def test_filter_minus_one_switches_the_stage_off_for_the_stream(clip):
 def test_tdir_halves_the_unet_evaluations(encoded):
     per_frame = encoded.stats["unet_evals_per_frame"]
     full = per_frame[0]
-    # I-frames and the first P after them run every step; later P-frames reuse half (tdir_ratio 0.5)
-    assert full > 0 and per_frame == [full, full, full // 2, full // 2, full, full]
+    # I-frames run every step; P-frames reuse half (tdir_ratio 0.5), the first after an I-frame the I-frame's x0
+    assert full > 0 and per_frame == [full, full // 2, full // 2, full // 2, full, full // 2]
     header, _ = read_stream(encoded.bitstream)
     assert header.tdir_k == full // 2
 

@@ -226,7 +226,8 @@ def test_eval_mode_sequence_coding_with_hevc_intra_matches_the_codec():
 
 def test_finetuning_samples_each_sequence_as_the_decoder_does(tmp_path):
     """The fine-tuning stage trains what `diffvc` decodes: with the stream's seeded noise, its frames (TDIR on,
-    the warped x0 of the previous frame reused from the third frame, codec references) equal the decoder's."""
+    the warped x0 of the previous frame reused in every P-frame, the I-frame's too, codec references) equal the
+    decoder's."""
     from codec.diffvc.pack import write_pack
 
     model, _ = DiffVCModel.random(tiny_config(), seed=0)

@@ -19,22 +19,17 @@ class DecodedPictureBuffer:
     y_hat: that frame's quantized latent y (the temporal prior of the next one), or None after an I-frame.
     x0: the diffusion stage's clean-latent prediction(s) of that frame, reused by TDIR: the final latent
         [1, C, H/8, W/8] or the list of per-step predictions; None when the diffusion stage did not run.
-    frames_since_intra: 0 for an I-frame, 1 for the first P-frame after it, ...
     """
 
     frame: Tensor | None = None
     feature: Tensor | None = None
     y_hat: Tensor | None = None
     x0: Tensor | list[Tensor] | None = None
-    frames_since_intra: int = 0
 
     @property
     def empty(self) -> bool:
         return self.frame is None
 
-    def push(
-        self, frame: Tensor, feature: Tensor, y_hat: Tensor | None, x0: Tensor | list[Tensor] | None, frame_type: str
-    ) -> None:
+    def push(self, frame: Tensor, feature: Tensor, y_hat: Tensor | None, x0: Tensor | list[Tensor] | None) -> None:
         """Replace the reference with a newly decoded frame."""
         self.frame, self.feature, self.y_hat, self.x0 = frame, feature, y_hat, x0
-        self.frames_since_intra = 0 if frame_type == "I" else self.frames_since_intra + 1

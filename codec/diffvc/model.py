@@ -463,7 +463,7 @@ class FrameCoder:
             if reference is None:
                 codec_picture = self.plan.codec_reference and self.plan.enabled
                 reference = self.model.latent_space.decode(coded.latent_hat).float() if codec_picture else frame
-        self.dpb.push(reference, coded.feature, coded.y_hat if frame_type == "P" else None, x0, frame_type)
+        self.dpb.push(reference, coded.feature, coded.y_hat if frame_type == "P" else None, x0)
         self.shown = frame
         also_shown = [
             other._finish(coded, contexts, flow_hat, frame_type, qp, index, reference) for other in self.also_show
@@ -505,9 +505,9 @@ class FrameCoder:
         return result.latent, x0, result.unet_evals
 
     def _tdir_reuse(self, flow_hat: Tensor, latent_hw) -> TDIRReuse | None:
-        """TDIR's first K steps on the previous frame's x0, motion-compensated if asked; None for the first P after
-        an I."""
-        if self.plan.tdir_k == 0 or self.dpb.x0 is None or self.dpb.frames_since_intra < 1:
+        """TDIR's first K steps on the previous frame's x0 (an I-frame's too), motion-compensated if asked; None
+        where the diffusion stage did not run on it."""
+        if self.plan.tdir_k == 0 or self.dpb.x0 is None:
             return None
         return TDIRReuse(
             self.plan.tdir_k, reused_x0(self.dpb.x0, flow_hat if self.plan.reuse_warp else None, latent_hw)

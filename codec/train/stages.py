@@ -639,9 +639,9 @@ class DiffusionTrainingStage(_OnFrozenCodec):
 
 class FinetuneStage(_OnFrozenCodec):
     """Fine-tuning of the diffusion stage exactly as the decoder samples: over each T-frame sequence in order,
-    the config's steps and strength, TDIR on (from the third frame, as `FrameCoder` reuses: the first P-frame
-    after an I-frame has no x0 to reuse; the previous frame's final x0 warped by the decoded flow, at the config's
-    `tdir_ratio`), loss = perceptual(decoded, original) + mse_weight * MSE, averaged over every frame.
+    the config's steps and strength, TDIR on (in every P-frame, as `FrameCoder` reuses: the previous frame's final
+    x0, the I-frame's too, warped by the decoded flow, at the config's `tdir_ratio`), loss = perceptual(decoded,
+    original) + mse_weight * MSE, averaged over every frame.
 
     The perceptual distance is DISTS (Ding et al. 2020) and/or LPIPS-VGG (Zhang et al. 2018) from
     `codec.metrics.perceptual_model` (frozen, not part of the model). `perceptual_codec` logs the same distance of
@@ -680,7 +680,7 @@ class FinetuneStage(_OnFrozenCodec):
         latents: list[Tensor] = []
         for i, f in enumerate(coded):
             reuse = None
-            if f.frame_type == "P" and i >= 2 and coded[i - 1].frame_type == "P":
+            if f.frame_type == "P" and i >= 1:
                 flow = f.flow_hat if cfg.reuse_warp else None
                 reuse = TDIRReuse(reuse_steps, reused_x0(latents[-1].detach(), flow, f.latent_hat.shape[-2:]))
             request = SamplingRequest(
