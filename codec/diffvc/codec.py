@@ -56,7 +56,7 @@ FILTER_SEARCH_GAINS = (-1.0, -0.5, 0.0, 0.5)  # the gains `filter=auto` shows a 
 FILTER_SCORE_METRICS = ("lpips", "dists")  # and the metrics it keeps the best by, summed (`filter_score`)
 FILTER_SCORE_STEP = 4  # on every 4th P-frame (the metrics, not the codings, cost most of the search)
 ENCODER_REVISION = 11  # bump when the encoder's choices change what a stream holds (then cached results are redone)
-INTRA_QP_OFFSET = -8  # the default I-frame QP offset: x265's own I/P ratio (docs/RESULTS.md, "The I-frame offset, again")
+INTRA_QP_OFFSET = -16  # the default I-frame QP offset (docs/RESULTS.md, "I-frames" and "The I-frame offset")
 INTRA_CODER = "hevc"  # the default I-frame coder (docs/RESULTS.md, "I-frames")
 DEADZONE = 0.0  # the default latent dead zone (docs/RESULTS.md, "A dead zone")
 # One string per frame (a P-frame's: motion flag, MVs, latent); a P-frame of none is skipped (docs/FORMAT.md).

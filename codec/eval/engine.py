@@ -113,7 +113,7 @@ def evaluate(
 
 def _cached(cache: ResultCache, key: str, job: Job) -> ResultRow | None:
     """The cached row of `job`, named by this job's spec: the key is the canonical spec, so a row cached under
-    another spelling of the same configuration ("condlc" and "condlc:intra_qp_offset=-8" while that is the default)
+    another spelling of the same configuration ("condlc" and "condlc:intra_qp_offset=-16" while that is the default)
     is reused, and must answer to the name this request gave it."""
     row = cache.get(key)
     return None if row is None else replace(row, spec=job.spec)
