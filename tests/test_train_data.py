@@ -19,7 +19,6 @@ from codec.diffvc.warp import warp
 from codec.errors import CodecError
 from codec.train.data import (
     MAX_SYNTHETIC_FRAMES,
-    VIDEO_SUFFIXES,
     MotionRanges,
     MovingPatch,
     SyntheticMotionClips,
@@ -38,6 +37,7 @@ from codec.train.data import (
 from codec.train.fetch import (
     DEBIAN_CLIPS,
     EVAL_CLIP_FINGERPRINTS,
+    VIDEO_SUFFIXES,
     FetchedFile,
     FetchedSource,
     PackageClip,
