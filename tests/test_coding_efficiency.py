@@ -1,7 +1,10 @@
 """Where the bits go (issue [2.1]): the padding is not coded, still frames cost no motion, the quantizer is flat,
-old streams are refused, and the training data has tripod shots."""
+old streams are refused, the training data has tripod shots, and the drift target's floor is read off the anchor."""
 
 from __future__ import annotations
+
+import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from codec.diffvc.qp import QPScales, QPScalesConfig, flatten_log_scales
 from codec.errors import BitstreamError
 from codec.registry import get_codec
 from codec.video import Video, read_video
+from tools.coding_efficiency import DRIFT_DROP_DB, anchor_drift
 
 RANDOM = "pack=random-tiny"
 
@@ -354,3 +358,29 @@ def test_mode_decisions_weigh_the_pictures_error_as_training_does() -> None:
     latents = build_latent_space(LatentSpaceConfig(kind="pixel_unshuffle", factor=8))
     latent_error = (latents.encode(picture) - latents.encode(x)).square().mean() * 16 * 24
     assert float(latent_error) == pytest.approx(4 * distortion_cost(x, picture, 1.0, None), rel=1e-4)
+
+
+# --- the drift target's floor, read off the anchor -------------------------------------------------------------
+
+
+def _gop_row(qp: int, first: tuple[float, float], last: tuple[float, float]) -> SimpleNamespace:
+    """A 32-frame GOP's row: P-frames 1-23 at `first` (bytes, PSNR), the last 8 at `last`."""
+    frames = [(10 * first[0], first[1] + 3)] + [first] * 23 + [last] * 8
+    return SimpleNamespace(
+        qp=qp, frame_bits=[int(8 * b) for b, _ in frames], per_frame={"psnr": [p for _, p in frames]}
+    )
+
+
+@pytest.mark.parametrize("harder", [1.0, 4.0])
+def test_anchor_drift_floor_is_what_harder_last_frames_cost(harder: float) -> None:
+    # each half: PSNR = 10 + 3 ln(bytes), the last 8 needing `harder` x the bytes for the same PSNR; with the last
+    # 8 held to 1.2x the first 8's bytes the least drop is 3 ln(harder / 1.2), at one QP 3 ln(harder)
+    def psnr(b: float, factor: float) -> float:
+        return 10 + 3 * math.log(b / factor)
+
+    rows = [_gop_row(qp, (b, psnr(b, 1)), (b, psnr(b, harder))) for qp, b in enumerate((2000, 800, 300, 120, 50))]
+    figures = anchor_drift(rows, first_psnr=psnr(300, 1))
+    assert figures["anchor_drop"] == pytest.approx(3 * math.log(harder))
+    assert figures["anchor_least_drop"] == pytest.approx(3 * math.log(harder / 1.2))
+    # the alike halves meet the target (a negative drop: 1.2x the bytes buy PSNR); 4x harder ones cannot
+    assert (figures["anchor_least_drop"] <= DRIFT_DROP_DB) == (harder == 1.0)
