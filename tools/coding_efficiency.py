@@ -88,8 +88,9 @@ def anchor_drift(anchor: list[ResultRow], first_psnr: float) -> dict:
     """What the anchor does over the same GOP with its first 8 P-frames at `first_psnr`: its drop to the last 8 at
     one QP, and the least drop it reaches when its last 8 may spend at most DRIFT_BYTES_RATIO x the first 8's bytes,
     any QP for each half. Both read off its constant-QP rows (each half a curve over the anchor's QPs, log bytes
-    interpolated linearly in PSNR); where that least drop exceeds DRIFT_DROP_DB the clip's later frames are too much
-    harder than its first to meet the drift target at this quality, whatever the rate control."""
+    interpolated linearly in PSNR, held at the curves' ends outside them); where that least drop exceeds
+    DRIFT_DROP_DB the clip's later frames are too much harder than its first to meet the drift target at this
+    quality, whatever the rate control."""
     halves = [drift(row) for row in anchor]
     first = sorted((h["first_psnr"], math.log(h["first_bytes"]), h["first_psnr"] - h["last_psnr"]) for h in halves)
     last = sorted((math.log(h["last_bytes"]), h["last_psnr"]) for h in halves)
@@ -118,8 +119,14 @@ def clip_figures(name: str, spec: str) -> dict:
             for r in curves[spec]
         ],
         "anchor": [{"qp": r.qp, "bpp": r.bpp, "psnr": r.metrics["psnr"]} for r in curves[ANCHOR]],
-        "drift": [(d := drift(rows[q])) | anchor_drift(curves[ANCHOR], d["first_psnr"]) for q in DRIFT_QPS],
+        "drift": [drift_beside_anchor(rows[q], curves[ANCHOR]) for q in DRIFT_QPS],
     }
+
+
+def drift_beside_anchor(row: ResultRow, anchor: list[ResultRow]) -> dict:
+    """`drift` of the codec's row and `anchor_drift` at its first 8 P-frames' PSNR, in one dict."""
+    figures = drift(row)
+    return figures | anchor_drift(anchor, figures["first_psnr"])
 
 
 def intra_figures(spec: str) -> dict:
